@@ -1,0 +1,47 @@
+import FanoutCore
+
+/// One group commit: task row changes, batch snapshots and new events,
+/// written together in one transaction.
+public struct ChangeSet: Sendable {
+    public var tasks: [TaskChange] = []
+    /// The latest state of each touched batch; later snapshots replace earlier ones.
+    public var batches: [BatchID: BatchSnapshot] = [:]
+    public var events: [EventRecord] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { tasks.isEmpty && batches.isEmpty && events.isEmpty }
+
+    public mutating func merge(_ other: ChangeSet) {
+        tasks.append(contentsOf: other.tasks)
+        batches.merge(other.batches) { _, new in new }
+        events.append(contentsOf: other.events)
+    }
+}
+
+public enum TaskChange: Sendable, Hashable {
+    case started(TaskID, attempt: Int, at: Milliseconds)
+    case turns(TaskID, turnsCompleted: Int)
+    /// Back to `pending` or into `retry_wait`, keeping the attempt count.
+    case requeued(TaskID, state: TaskState, failure: TaskFailure?)
+    case finished(TaskID, state: TaskState, result: [UInt8]?, failure: TaskFailure?, turnsCompleted: Int, at: Milliseconds)
+}
+
+/// The columns of a batch row the scheduler owns while the batch is active.
+public struct BatchSnapshot: Sendable, Hashable {
+    public var id: BatchID
+    public var state: BatchState
+    public var counters: BatchCounters
+    public var progressUnits: Int
+    public var startedAt: Milliseconds?
+    public var finishedAt: Milliseconds?
+
+    public init(id: BatchID, state: BatchState, counters: BatchCounters, progressUnits: Int, startedAt: Milliseconds?, finishedAt: Milliseconds?) {
+        self.id = id
+        self.state = state
+        self.counters = counters
+        self.progressUnits = progressUnits
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+    }
+}

@@ -1,0 +1,83 @@
+import GRDB
+
+/// The schema, one migration per change; never edit a shipped migration.
+enum Migrations {
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: batches, tasks, events") { db in
+            try db.execute(sql: """
+                CREATE TABLE batches (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    owner_id TEXT NOT NULL,
+                    agent TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    total INTEGER NOT NULL,
+                    pending INTEGER NOT NULL,
+                    running INTEGER NOT NULL DEFAULT 0,
+                    waiting_children INTEGER NOT NULL DEFAULT 0,
+                    retry_wait INTEGER NOT NULL DEFAULT 0,
+                    completed INTEGER NOT NULL DEFAULT 0,
+                    failed INTEGER NOT NULL DEFAULT 0,
+                    cancelled INTEGER NOT NULL DEFAULT 0,
+                    expired INTEGER NOT NULL DEFAULT 0,
+                    max_turns INTEGER NOT NULL DEFAULT 0,
+                    progress_units INTEGER NOT NULL DEFAULT 0,
+                    metadata TEXT,
+                    parent_task_id INTEGER,
+                    created_at INTEGER NOT NULL,
+                    started_at INTEGER,
+                    finished_at INTEGER,
+                    deadline_at INTEGER,
+                    creator_uid INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE INDEX batches_by_owner ON batches(owner_id, id);
+                CREATE INDEX batches_active ON batches(state) WHERE state IN ('pending', 'processing');
+
+                CREATE TABLE tasks (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    batch_id INTEGER NOT NULL REFERENCES batches(id),
+                    custom_id TEXT NOT NULL,
+                    agent TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    priority INTEGER NOT NULL DEFAULT 0,
+                    attempt INTEGER NOT NULL DEFAULT 0,
+                    max_attempts INTEGER NOT NULL DEFAULT 1,
+                    timeout_ms INTEGER NOT NULL DEFAULT 0,
+                    turns_completed INTEGER NOT NULL DEFAULT 0,
+                    max_turns INTEGER NOT NULL DEFAULT 0,
+                    payload BLOB NOT NULL,
+                    result BLOB,
+                    error_message TEXT,
+                    error_code TEXT,
+                    error_retryable INTEGER,
+                    parent_task_id INTEGER,
+                    created_at INTEGER NOT NULL,
+                    started_at INTEGER,
+                    finished_at INTEGER
+                );
+                -- Results are read per batch in id order; the rowid already orders them.
+                CREATE INDEX tasks_by_batch ON tasks(batch_id, id);
+
+                CREATE TABLE events (
+                    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+                    kind TEXT NOT NULL,
+                    timestamp INTEGER NOT NULL,
+                    owner_id TEXT NOT NULL,
+                    batch_id INTEGER NOT NULL,
+                    task_id INTEGER,
+                    custom_id TEXT,
+                    parent_task_id INTEGER,
+                    progress REAL,
+                    counters TEXT,
+                    attempt INTEGER,
+                    turn INTEGER,
+                    retry_delay_ms INTEGER,
+                    error_message TEXT,
+                    error_code TEXT,
+                    error_retryable INTEGER
+                );
+                """)
+        }
+        return migrator
+    }
+}
