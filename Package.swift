@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -39,7 +40,10 @@ let package = Package(
         ),
         .target(
             name: "FanoutScheduler",
-            dependencies: ["FanoutCore", "FanoutStore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["FanoutCore", "FanoutStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
         ),
         .target(name: "FanoutRunners", dependencies: ["FanoutCore", "FanoutScheduler"]),
         .target(

@@ -1,0 +1,54 @@
+/// Limits on what one client request may ask for. Every one is configurable
+/// on the daemon and announced to clients in the handshake.
+public struct EnqueueLimits: Sendable, Hashable {
+    public var maxTasksPerBatch: Int = 1_000_000
+    public var maxPayloadBytes: Int = 1 << 20
+    public var maxCustomIDBytes: Int = 256
+    public var maxOwnerIDBytes: Int = 256
+    public var maxMetadataEntries: Int = 64
+
+    public init() {}
+}
+
+/// Checks a batch against the limits before anything is stored, so an
+/// invalid request is refused whole with a message that names the problem.
+public enum BatchValidation {
+    public static func validate(_ batch: NewBatch, limits: EnqueueLimits, knownAgents: Set<String>) throws(FanoutError) {
+        if batch.ownerID.isEmpty {
+            throw .invalidArgument("owner_id is required")
+        }
+        if batch.ownerID.utf8.count > limits.maxOwnerIDBytes {
+            throw .invalidArgument("owner_id is \(batch.ownerID.utf8.count) bytes; the limit is \(limits.maxOwnerIDBytes)")
+        }
+        if batch.tasks.isEmpty {
+            throw .invalidArgument("a batch needs at least one task")
+        }
+        if batch.tasks.count > limits.maxTasksPerBatch {
+            throw .resourceExhausted("batch has \(batch.tasks.count) tasks; the limit is \(limits.maxTasksPerBatch) (max_tasks_per_batch)")
+        }
+        if batch.metadata.count > limits.maxMetadataEntries {
+            throw .invalidArgument("batch has \(batch.metadata.count) metadata entries; the limit is \(limits.maxMetadataEntries)")
+        }
+        var seen = Set<String>(minimumCapacity: batch.tasks.count)
+        for (index, task) in batch.tasks.enumerated() {
+            if task.customID.isEmpty {
+                throw .invalidArgument("task \(index): custom_id is required")
+            }
+            if task.customID.utf8.count > limits.maxCustomIDBytes {
+                throw .invalidArgument("task \(index): custom_id is \(task.customID.utf8.count) bytes; the limit is \(limits.maxCustomIDBytes) (max_custom_id_bytes)")
+            }
+            if !seen.insert(task.customID).inserted {
+                throw .invalidArgument("task \(index): custom_id \"\(task.customID)\" appears more than once in the batch")
+            }
+            if task.payload.count > limits.maxPayloadBytes {
+                throw .resourceExhausted("task \"\(task.customID)\": payload is \(task.payload.count) bytes; the limit is \(limits.maxPayloadBytes) (max_payload_bytes)")
+            }
+            if task.agent.isEmpty {
+                throw .invalidArgument("task \"\(task.customID)\": no agent given, for the task or the batch")
+            }
+            if !knownAgents.contains(task.agent) {
+                throw .invalidArgument("task \"\(task.customID)\": unknown agent \"\(task.agent)\"; this daemon runs \(knownAgents.sorted().joined(separator: ", "))")
+            }
+        }
+    }
+}

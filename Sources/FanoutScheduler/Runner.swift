@@ -1,0 +1,55 @@
+import FanoutCore
+
+/// Executes one attempt of a task. Built-in runners (echo, exec, openai) and,
+/// later, worker sessions implement it.
+///
+/// A runner returns the result bytes, or throws a `RunnerFailure` saying
+/// whether the error is worth retrying. It must honour Swift task
+/// cancellation: that is how a task is cancelled or timed out.
+public protocol Runner: Sendable {
+    func run(_ context: RunContext) async throws -> RunOutput
+}
+
+public struct RunContext: Sendable {
+    public var taskID: TaskID
+    public var batchID: BatchID
+    public var customID: String
+    public var agent: String
+    public var attempt: Int
+    public var maxTurns: Int
+    public var payload: [UInt8]
+    /// Reports that one more turn completed (drives `max_turns` progress).
+    public var reportTurn: @Sendable () -> Void
+
+    public init(taskID: TaskID, batchID: BatchID, customID: String, agent: String, attempt: Int, maxTurns: Int,
+                payload: [UInt8], reportTurn: @escaping @Sendable () -> Void) {
+        self.taskID = taskID
+        self.batchID = batchID
+        self.customID = customID
+        self.agent = agent
+        self.attempt = attempt
+        self.maxTurns = maxTurns
+        self.payload = payload
+        self.reportTurn = reportTurn
+    }
+}
+
+public struct RunOutput: Sendable {
+    public var result: [UInt8]
+
+    public init(result: [UInt8]) {
+        self.result = result
+    }
+}
+
+/// A failed attempt, as the runner classified it.
+public struct RunnerFailure: Error, Sendable, Hashable {
+    public var failure: TaskFailure
+    /// The provider asked to wait this long before trying again.
+    public var retryAfterMs: Int64?
+
+    public init(_ message: String, code: String = "", retryable: Bool, retryAfterMs: Int64? = nil) {
+        failure = TaskFailure(message: message, code: code, retryable: retryable)
+        self.retryAfterMs = retryAfterMs
+    }
+}

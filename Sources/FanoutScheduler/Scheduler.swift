@@ -1,0 +1,276 @@
+import FanoutCore
+import FanoutStore
+import Foundation
+import Logging
+import Synchronization
+
+/// Runs the tasks Fanout accepted: admits batches, picks ready tasks within
+/// the limits, runs them on their agents' runners, retries, cancels, and
+/// records every change through group commit.
+///
+/// Decisions are made by `SchedulerState` behind one lock that is never held
+/// across I/O or an `await`; runners run as Swift tasks.
+public final class Scheduler: Sendable {
+    public let configuration: SchedulerConfiguration
+    public let limits: EnqueueLimits
+    let store: any Store
+    private let runners: [String: any Runner]
+    private let logger: Logger
+    private let state: Mutex<SchedulerState>
+    private let hub: EventHub
+    private let commits: CommitQueue
+    private let background = Mutex<[Task<Void, Never>]>([])
+    private let inFlight = Mutex<Int>(0)
+
+    /// - Parameter runners: the runner for each agent, by agent name.
+    public init(store: any Store, configuration: SchedulerConfiguration, runners: [String: any Runner],
+                limits: EnqueueLimits = EnqueueLimits(), logger: Logger = Logger(label: "fanout.scheduler")) throws {
+        self.store = store
+        self.configuration = configuration
+        self.runners = runners
+        self.limits = limits
+        self.logger = logger
+        state = Mutex(SchedulerState(configuration: configuration))
+        hub = EventHub(lastSequence: try store.lastEventSequence())
+        commits = CommitQueue(store: store, hub: hub, logger: logger)
+    }
+
+    // MARK: Life cycle
+
+    /// Recovers what the store holds and starts the commit loop and timers.
+    public func start() throws {
+        let recovered = try store.recover(now: Clock.now)
+        if recovered.requeued > 0 || !recovered.activeBatches.isEmpty {
+            logger.info("recovered work", metadata: [
+                "batches": "\(recovered.activeBatches.count)", "tasks": "\(recovered.runnableTasks.count)",
+                "requeued": "\(recovered.requeued)",
+            ])
+        }
+        let tasksByBatch = Dictionary(grouping: recovered.runnableTasks, by: \.batchID)
+        let commitLoop = Task { await commits.run() }
+        let ticker = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(max(10, self?.configuration.progressIntervalMs ?? 100)))
+                guard let self else { return }
+                self.mutate { state, effects in state.flushProgress(now: Clock.now, effects: &effects) }
+            }
+        }
+        background.withLock { $0 = [commitLoop, ticker] }
+        mutate { state, effects in
+            let now = Clock.now
+            for batch in recovered.activeBatches {
+                state.admit(batch, tasks: tasksByBatch[batch.id] ?? [], now: now, effects: &effects)
+            }
+            state.dispatch(now: now, effects: &effects)
+        }
+    }
+
+    /// Stops starting tasks, interrupts running ones (they run again after a
+    /// restart), writes everything queued, and ends subscriptions.
+    public func shutdown() async {
+        let handles = state.withLock { state -> [Task<Void, Never>] in
+            state.stopping = true
+            return state.slots.values.compactMap(\.handle)
+        }
+        for handle in handles { handle.cancel() }
+        for handle in handles { await handle.value }
+        while inFlight.withLock({ $0 }) > 0 { try? await Task.sleep(for: .milliseconds(5)) }
+        let tasks = background.withLock { $0 }
+        tasks.last?.cancel()
+        commits.close()
+        await tasks.first?.value
+        hub.finishAll()
+    }
+
+    // MARK: Calls
+
+    /// Validates, stores and admits a batch; returns once it is committed.
+    public func enqueue(_ request: NewBatch) async throws -> BatchRecord {
+        var batch = request
+        let known = Set(runners.keys).intersection(configuration.agents.map(\.name))
+        for index in batch.tasks.indices where batch.tasks[index].agent.isEmpty {
+            batch.tasks[index].agent = batch.agent
+        }
+        try BatchValidation.validate(batch, limits: limits, knownAgents: known)
+        let agents = state.withLock { $0.agents }
+        if let agent = agents[batch.agent] { batch.maxTurns = agent.maxTurns }
+        for index in batch.tasks.indices {
+            let agent = agents[batch.tasks[index].agent]!
+            if batch.tasks[index].maxAttempts <= 0 { batch.tasks[index].maxAttempts = agent.maxAttempts }
+            batch.tasks[index].maxTurns = agent.maxTurns
+        }
+        if batch.maxTurns == 0, let first = batch.tasks.first { batch.maxTurns = agents[first.agent]!.maxTurns }
+        let admitted = batch
+        let inserted = try await offload { [store] in try store.insertBatch(admitted, now: Clock.now) }
+        let runnable = zip(admitted.tasks, inserted.taskIDs).map { task, id in
+            RunnableTask(id: id, batchID: inserted.batch.id, ownerID: admitted.ownerID, customID: task.customID,
+                         agent: task.agent, priority: task.priority, attempt: 0, maxAttempts: task.maxAttempts,
+                         timeoutMs: task.timeoutMs, turnsCompleted: 0, maxTurns: task.maxTurns,
+                         parentTaskID: admitted.parentTaskID)
+        }
+        mutate { state, effects in
+            let now = Clock.now
+            state.admit(inserted.batch, tasks: runnable, now: now, effects: &effects)
+            state.dispatch(now: now, effects: &effects)
+        }
+        return inserted.batch
+    }
+
+    /// Cancels a task; returns its state once the change is committed.
+    public func cancelTask(_ id: TaskID) async throws -> TaskRecord {
+        let changes = mutate { state, effects in state.cancelTask(id, now: Clock.now, effects: &effects) }
+        await drainCommits()
+        guard let task = try await offload({ [store] in try store.task(id, includePayload: false) }) else {
+            throw FanoutError.notFound("task \(id) does not exist")
+        }
+        _ = changes
+        return task
+    }
+
+    /// Cancels every unfinished task of a batch and waits (up to `timeout`)
+    /// for the running ones to stop, so the answer shows the batch cancelled.
+    public func cancelBatch(_ id: BatchID, timeout: Duration = .seconds(10)) async throws -> BatchRecord {
+        let finished = AsyncStream<Void>.makeStream()
+        let active = mutate { state, effects in
+            state.cancelBatch(id, now: Clock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
+        }
+        if active {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { for await _ in finished.stream {} }
+                group.addTask { try? await Task.sleep(for: timeout) }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        guard let batch = try await offload({ [store] in try store.batch(id) }) else {
+            throw FanoutError.notFound("batch \(id) does not exist")
+        }
+        return batch
+    }
+
+    /// Events after `since`, then live ones if `follow`.
+    public func subscribe(_ filter: EventFilter, since: EventSequence, follow: Bool, bufferSize: Int) -> EventStream {
+        EventStream(store: store, hub: hub, filter: filter, since: since, follow: follow, bufferSize: bufferSize)
+    }
+
+    public var statistics: SchedulerStatistics {
+        state.withLock { state in
+            SchedulerStatistics(pending: state.pendingCount, running: state.running, retryWait: state.retryWaitCount,
+                                activeBatches: state.batches.count, runningByAgent: state.runningByAgent,
+                                subscribers: hub.subscriberCount)
+        }
+    }
+
+    /// Waits until every change made so far is committed.
+    func drainCommits() async {
+        try? await commits.commit(ChangeSet())
+    }
+
+    // MARK: Effects
+
+    /// Runs a state transition under the lock, then carries out its effects.
+    @discardableResult
+    private func mutate<T: Sendable>(_ body: (inout SchedulerState, inout Effects) -> T) -> T {
+        let (value, effects) = state.withLock { state -> (T, Effects) in
+            var effects = Effects()
+            let value = body(&state, &effects)
+            // Submitted under the lock so changes reach the commit queue in decision order.
+            commits.submit(effects.changes, onCommit: Self.runAll(effects.afterCommit))
+            return (value, effects)
+        }
+        for handle in effects.cancellations { handle.cancel() }
+        for order in effects.starts { launch(order) }
+        for retry in effects.retries { scheduleRetry(retry.id, attempt: retry.attempt, afterMs: retry.delayMs) }
+        return value
+    }
+
+    private static func runAll(_ callbacks: [@Sendable () -> Void]) -> (@Sendable (Result<Void, any Error>) -> Void)? {
+        guard !callbacks.isEmpty else { return nil }
+        return { _ in
+            for callback in callbacks { callback() }
+        }
+    }
+
+    private func launch(_ order: StartOrder) {
+        inFlight.withLock { $0 += 1 }
+        let handle = Task {
+            let outcome = await self.execute(order)
+            self.mutate { state, effects in
+                state.finish(order.task.id, attempt: order.attempt, outcome: outcome, jitter: Double.random(in: 0...1),
+                             now: Clock.now, effects: &effects)
+            }
+            self.inFlight.withLock { $0 -= 1 }
+        }
+        let keep = state.withLock { $0.attach(handle, to: order.task.id, attempt: order.attempt) }
+        if !keep { handle.cancel() }
+    }
+
+    private func execute(_ order: StartOrder) async -> AttemptOutcome {
+        let task = order.task
+        guard let runner = runners[task.agent] else {
+            return .failed(RunnerFailure("no runner for agent \"\(task.agent)\"", code: "no_runner", retryable: false))
+        }
+        do {
+            let payload = try store.payload(of: task.id)
+            let context = RunContext(
+                taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
+                attempt: order.attempt, maxTurns: order.batchMaxTurns, payload: payload,
+                reportTurn: { [weak self] in
+                    self?.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: Clock.now, effects: &effects) }
+                })
+            let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
+            return .succeeded(output.result)
+        } catch let failure as RunnerFailure {
+            return Task.isCancelled ? .interrupted : .failed(failure)
+        } catch is AttemptTimedOut {
+            return .failed(RunnerFailure("attempt timed out after \(order.timeoutMs) ms", code: "timeout", retryable: true))
+        } catch {
+            if Task.isCancelled || error is CancellationError { return .interrupted }
+            return .failed(RunnerFailure("\(error)", code: "runner_error", retryable: false))
+        }
+    }
+
+    private func scheduleRetry(_ id: TaskID, attempt: Int, afterMs delay: Int64) {
+        Task { [weak self] in
+            try? await Task.sleep(for: .milliseconds(delay))
+            self?.mutate { state, effects in state.retryDue(id, attempt: attempt, now: Clock.now, effects: &effects) }
+        }
+    }
+}
+
+public struct SchedulerStatistics: Sendable, Hashable {
+    public var pending: Int
+    public var running: Int
+    public var retryWait: Int
+    public var activeBatches: Int
+    public var runningByAgent: [String: Int]
+    public var subscribers: Int
+}
+
+/// Wall-clock milliseconds, read in one place.
+enum Clock {
+    static var now: Milliseconds { Milliseconds((Date().timeIntervalSince1970 * 1000).rounded()) }
+}
+
+struct AttemptTimedOut: Error {}
+
+/// Runs `body`, cancelling it and throwing `AttemptTimedOut` after `milliseconds` (0: no limit).
+func withAttemptTimeout<T: Sendable>(milliseconds: Int64, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    guard milliseconds > 0 else { return try await body() }
+    return try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .milliseconds(milliseconds))
+            throw AttemptTimedOut()
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// Runs blocking store work off the cooperative thread pool.
+func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+    }
+}
