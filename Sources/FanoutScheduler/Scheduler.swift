@@ -13,7 +13,7 @@ import Synchronization
 public final class Scheduler: Sendable {
     public let configuration: SchedulerConfiguration
     public let limits: EnqueueLimits
-    let store: any Store
+    public let store: any Store
     private let runners: [String: any Runner]
     private let logger: Logger
     private let state: Mutex<SchedulerState>
@@ -85,7 +85,7 @@ public final class Scheduler: Sendable {
     // MARK: Calls
 
     /// Validates, stores and admits a batch; returns once it is committed.
-    public func enqueue(_ request: NewBatch) async throws -> BatchRecord {
+    public func enqueue(_ request: NewBatch) async throws -> InsertedBatch {
         var batch = request
         let known = Set(runners.keys).intersection(configuration.agents.map(\.name))
         for index in batch.tasks.indices where batch.tasks[index].agent.isEmpty {
@@ -113,7 +113,7 @@ public final class Scheduler: Sendable {
             state.admit(inserted.batch, tasks: runnable, now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
         }
-        return inserted.batch
+        return inserted
     }
 
     /// Cancels a task; returns its state once the change is committed.

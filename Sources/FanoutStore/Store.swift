@@ -33,6 +33,11 @@ public struct InsertedBatch: Sendable {
     public var batch: BatchRecord
     /// The new tasks' ids, in the order the batch listed them.
     public var taskIDs: [TaskID]
+
+    public init(batch: BatchRecord, taskIDs: [TaskID]) {
+        self.batch = batch
+        self.taskIDs = taskIDs
+    }
 }
 
 /// What recovery hands back to the scheduler.

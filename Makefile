@@ -1,0 +1,56 @@
+# Fanout — build, test and demo entry points. `make` alone lists the targets.
+
+SWIFT ?= swift
+
+.DEFAULT_GOAL := help
+
+.PHONY: help deps build proto proto-check test demo bench clean
+
+help:
+	@echo "Fanout make targets:"
+	@echo "  make deps         check (and as root, install) the system packages the build needs"
+	@echo "  make build        debug build of the package ($(SWIFT) build)"
+	@echo "  make proto        regenerate Sources/FanoutProtoC from proto/ with protoc-c"
+	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"
+	@echo "  make test         proto-check, Swift tests, then the C client's tests (if clients/c exists)"
+	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
+	@echo "  make bench        release build, then scripts/bench (once it exists)"
+	@echo "  make clean        remove .build"
+	@echo "Variables: SWIFT=$(SWIFT)"
+
+deps:
+	@SWIFT="$(SWIFT)" scripts/ensure-deps
+
+build: deps
+	$(SWIFT) build
+
+# proto-check needs protoc-c, so it depends on deps (this also orders it under make -j).
+proto: deps
+	scripts/generate-proto
+
+proto-check: deps
+	scripts/generate-proto --check
+
+test: deps proto-check
+	$(SWIFT) build --build-tests
+	$(SWIFT) test
+	@if [ -f clients/c/Makefile ]; then \
+		$(MAKE) -C clients/c test; \
+	else \
+		echo "clients/c: no C client yet, skipped"; \
+	fi
+
+demo: deps
+	$(SWIFT) build
+	scripts/demo
+
+bench: deps
+	$(SWIFT) build -c release
+	@if [ -x scripts/bench ]; then \
+		scripts/bench; \
+	else \
+		echo "bench: no benchmarks yet (scripts/bench comes with the scheduler issue); release build done"; \
+	fi
+
+clean:
+	rm -rf .build

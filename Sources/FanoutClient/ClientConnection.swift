@@ -1,0 +1,131 @@
+import FanoutWire
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// The multiplexed connection under a `FanoutClient`: one reader task routes
+/// inbound frames to the stream they belong to; any task may write.
+final class ClientConnection: Sendable {
+    private struct Routes {
+        var streams: [UInt32: AsyncThrowingStream<Frame, any Error>.Continuation] = [:]
+        var closed: FanoutClientError?
+    }
+
+    private let channel: any Channel
+    private let outbound: NIOAsyncChannelOutboundWriter<Frame>
+    private let routes = Mutex(Routes())
+    private let nextStreamID = Atomic<UInt32>(1)
+    private let reader = Mutex<Task<Void, Never>?>(nil)
+
+    private init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<Frame>) {
+        self.channel = channel
+        self.outbound = outbound
+    }
+
+    static func connect(socketPath: String, maxFrameBytes: Int, group: any EventLoopGroup) async throws -> ClientConnection {
+        let asyncChannel: NIOAsyncChannel<Frame, Frame>
+        do {
+            asyncChannel = try await ClientBootstrap(group: group)
+                .connect(unixDomainSocketPath: socketPath) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw FanoutClientError(code: .unavailable, message: "cannot connect to fanoutd at \(socketPath): \(error); is the daemon running?")
+        }
+        let (writers, writerContinuation) = AsyncStream.makeStream(of: NIOAsyncChannelOutboundWriter<Frame>.self)
+        let (started, startedContinuation) = AsyncStream.makeStream(of: ClientConnection.self)
+        let readerTask = Task {
+            var failure = FanoutClientError.connectionLost()
+            do {
+                try await asyncChannel.executeThenClose { inbound, outbound in
+                    writerContinuation.yield(outbound)
+                    writerContinuation.finish()
+                    var connection: ClientConnection?
+                    for await value in started { connection = value }
+                    guard let connection else { return }
+                    for try await frame in inbound {
+                        connection.route(frame)
+                    }
+                    connection.fail(failure)
+                }
+            } catch {
+                failure = .connectionLost("the connection to fanoutd failed: \(error)")
+            }
+            _ = failure
+        }
+        var writer: NIOAsyncChannelOutboundWriter<Frame>?
+        for await value in writers { writer = value }
+        guard let writer else {
+            readerTask.cancel()
+            throw FanoutClientError.connectionLost()
+        }
+        let connection = ClientConnection(channel: asyncChannel.channel, outbound: writer)
+        connection.reader.withLock { $0 = readerTask }
+        startedContinuation.yield(connection)
+        startedContinuation.finish()
+        // When the reader ends for any reason, every open stream learns it.
+        Task { [weak connection] in
+            await readerTask.value
+            connection?.fail(.connectionLost())
+        }
+        return connection
+    }
+
+    /// Opens a stream: registers its route, then sends its first frame.
+    func open(_ request: Request, streamID: UInt32? = nil) async throws -> (id: UInt32, frames: AsyncThrowingStream<Frame, any Error>) {
+        let id = streamID ?? nextStreamID.wrappingAdd(2, ordering: .relaxed).oldValue
+        let (frames, continuation) = AsyncThrowingStream.makeStream(of: Frame.self)
+        let closed = routes.withLock { routes -> FanoutClientError? in
+            if let closed = routes.closed { return closed }
+            routes.streams[id] = continuation
+            return nil
+        }
+        if let closed { throw closed }
+        try await send(Frame(streamID: id, kind: .request(request)))
+        return (id, frames)
+    }
+
+    func send(_ frame: Frame) async throws {
+        do {
+            try await outbound.write(frame)
+        } catch {
+            throw routes.withLock { $0.closed } ?? .connectionLost()
+        }
+    }
+
+    /// Stops routing a stream's frames (after it ended or was abandoned).
+    func forget(_ id: UInt32) {
+        _ = routes.withLock { $0.streams.removeValue(forKey: id) }
+    }
+
+    func close() async {
+        try? await channel.close()
+        let task = reader.withLock { $0 }
+        await task?.value
+    }
+
+    private func route(_ frame: Frame) {
+        if frame.streamID == 0, case .end(let status) = frame.kind {
+            // Stream 0 ending means the daemon is closing the connection, and says why.
+            fail(FanoutClientError(status))
+            return
+        }
+        let continuation = routes.withLock { $0.streams[frame.streamID] }
+        continuation?.yield(frame)
+        if case .end = frame.kind { continuation?.finish() }
+        if case .response = frame.kind { continuation?.finish() }
+    }
+
+    private func fail(_ error: FanoutClientError) {
+        let open = routes.withLock { routes in
+            if routes.closed == nil { routes.closed = error }
+            defer { routes.streams = [:] }
+            return Array(routes.streams.values)
+        }
+        for continuation in open { continuation.finish(throwing: error) }
+    }
+}

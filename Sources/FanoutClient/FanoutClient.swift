@@ -1,0 +1,216 @@
+import FanoutWire
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A connection to `fanoutd`: enqueue batches, read their state and
+/// results, follow their events, cancel them.
+///
+/// One client multiplexes any number of concurrent calls and subscriptions
+/// over its socket; it is safe to share between tasks.
+///
+/// ```swift
+/// let client = try await FanoutClient.connect()
+/// let batch = try await client.enqueueBatch(ownerID: "me", agent: "echo",
+///     tasks: [TaskSpec(customID: "a", payload: Array("hi".utf8))])
+/// for try await event in client.subscribe(ownerID: "me", batchID: batch.id) {
+///     if event.type == .batchCompleted { break }
+/// }
+/// for try await result in client.results(batchID: batch.id) { print(result.customID) }
+/// ```
+public final class FanoutClient: Sendable {
+    /// What the daemon announced in the handshake: version and limits.
+    public let welcome: Welcome
+    private let connection: ClientConnection
+
+    private init(connection: ClientConnection, welcome: Welcome) {
+        self.connection = connection
+        self.welcome = welcome
+    }
+
+    /// The socket a client uses when none is given: `$FANOUT_SOCKET`, else the daemon's default.
+    public static var defaultSocketPath: String {
+        let environment = ProcessInfo.processInfo.environment
+        if let socket = environment["FANOUT_SOCKET"], !socket.isEmpty { return socket }
+        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/fanout/fanoutd.sock" }
+        let temp = environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        return "\(temp.hasSuffix("/") ? String(temp.dropLast()) : temp)/fanout-\(getuid())/fanoutd.sock"
+    }
+
+    /// Connects and performs the handshake.
+    public static func connect(
+        socketPath: String = FanoutClient.defaultSocketPath,
+        clientName: String = "fanout-swift",
+        maxFrameBytes: Int = 64 * 1024 * 1024,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> FanoutClient {
+        let connection = try await ClientConnection.connect(socketPath: socketPath, maxFrameBytes: maxFrameBytes, group: group)
+        do {
+            let (_, frames) = try await connection.open(.hello(Hello(clientName: clientName)), streamID: 0)
+            defer { connection.forget(0) }
+            for try await frame in frames {
+                switch frame.kind {
+                case .response(.welcome(let welcome)):
+                    return FanoutClient(connection: connection, welcome: welcome)
+                case .end(let status):
+                    throw FanoutClientError(status)
+                default:
+                    continue
+                }
+            }
+            throw FanoutClientError.connectionLost("fanoutd closed the connection during the handshake")
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    public func close() async {
+        await connection.close()
+    }
+
+    // MARK: Enqueue
+
+    /// Enqueues a batch and returns it once the daemon has committed it.
+    /// A batch too big for one frame is sent in chunks and still committed
+    /// atomically: all of it or none.
+    public func enqueueBatch(
+        ownerID: String, agent: String, tasks: [TaskSpec], metadata: [String: String] = [:],
+        priority: Int32 = 0, completionWindowMs: UInt64 = 0
+    ) async throws -> BatchInfo {
+        let chunks = TaskChunker(maxFrameBytes: Int(welcome.maxFrameBytes)).chunks(of: tasks)
+        var request = EnqueueBatchRequest(ownerID: ownerID, agent: agent, metadata: metadata, priority: priority,
+                                          completionWindowMs: completionWindowMs, tasks: Array(tasks[chunks[0]]),
+                                          more: chunks.count > 1)
+        if chunks.count == 1 {
+            guard case .enqueueBatch(let batch) = try await unary(.enqueueBatch(request)) else { throw unexpected() }
+            return batch
+        }
+        request.more = true
+        let (id, frames) = try await connection.open(.enqueueBatch(request))
+        defer { connection.forget(id) }
+        // The daemon may refuse early (a limit); its answer is read concurrently with the sending.
+        return try await withThrowingTaskGroup(of: BatchInfo?.self) { group in
+            group.addTask {
+                for (index, range) in chunks.enumerated().dropFirst() {
+                    let chunk = BatchChunk(tasks: Array(tasks[range]), more: index < chunks.count - 1)
+                    try await self.connection.send(Frame(streamID: id, kind: .message(.batchChunk(chunk))))
+                }
+                return nil
+            }
+            group.addTask {
+                guard case .enqueueBatch(let batch) = try await Self.awaitResponse(frames) else { throw Self.unexpected() }
+                return batch
+            }
+            while let value = try await group.next() {
+                if let batch = value {
+                    group.cancelAll()
+                    return batch
+                }
+            }
+            throw Self.unexpected()
+        }
+    }
+
+    /// Enqueues one task as a batch of one.
+    public func enqueueTask(ownerID: String, task: TaskSpec) async throws -> TaskInfo {
+        guard case .enqueueTask(let info) = try await unary(.enqueueTask(EnqueueTaskRequest(ownerID: ownerID, task: task))) else {
+            throw unexpected()
+        }
+        return info
+    }
+
+    // MARK: Reads
+
+    public func batch(_ id: UInt64) async throws -> BatchInfo {
+        guard case .getBatch(let batch) = try await unary(.getBatch(batchID: id)) else { throw unexpected() }
+        return batch
+    }
+
+    /// Batches, newest first; pass `nextBeforeID` of a page as `beforeID` for the next.
+    public func batches(ownerID: String = "", limit: UInt32 = 0, beforeID: UInt64 = 0) async throws -> BatchPage {
+        guard case .listBatches(let page) = try await unary(.listBatches(ListBatchesRequest(ownerID: ownerID, limit: limit, beforeID: beforeID))) else {
+            throw unexpected()
+        }
+        return page
+    }
+
+    public func task(_ id: UInt64, includePayload: Bool = false) async throws -> TaskInfo {
+        guard case .getTask(let task) = try await unary(.getTask(GetTaskRequest(taskID: id, includePayload: includePayload))) else {
+            throw unexpected()
+        }
+        return task
+    }
+
+    /// The results of a batch's finished tasks, in task order, fetched page by page.
+    public func results(batchID: UInt64, afterTaskID: UInt64 = 0, pageSize: UInt32 = 0) -> ServerStream<TaskResult> {
+        serverStream(.getResults(GetResultsRequest(batchID: batchID, pageSize: pageSize, afterTaskID: afterTaskID))) { message in
+            if case .resultsPage(let page) = message { return page }
+            return []
+        }
+    }
+
+    // MARK: Events
+
+    /// Events of an owner (or one batch): the stored ones after `since`, then
+    /// live ones while `follow` is true. A subscriber that falls behind ends
+    /// with a `FanoutClientError` whose `lagged` is set; subscribe again with
+    /// `since: error.lastSequence` to resume without a gap.
+    public func subscribe(ownerID: String, eventTypes: [EventType] = [], batchID: UInt64 = 0, since: UInt64 = 0,
+                          follow: Bool = true) -> ServerStream<Event> {
+        let request = SubscribeRequest(ownerID: ownerID, eventTypes: eventTypes, batchID: batchID, since: since, follow: follow)
+        return serverStream(.subscribe(request)) { message in
+            if case .event(let event) = message { return [event] }
+            return []
+        }
+    }
+
+    // MARK: Cancel
+
+    /// Cancels every unfinished task of the batch. Idempotent.
+    public func cancelBatch(_ id: UInt64) async throws -> BatchInfo {
+        guard case .cancelBatch(let batch) = try await unary(.cancelBatch(batchID: id)) else { throw unexpected() }
+        return batch
+    }
+
+    public func cancelTask(_ id: UInt64) async throws -> TaskInfo {
+        guard case .cancelTask(let task) = try await unary(.cancelTask(taskID: id)) else { throw unexpected() }
+        return task
+    }
+
+    public func serverInfo() async throws -> ServerInfo {
+        guard case .serverInfo(let info) = try await unary(.serverInfo) else { throw unexpected() }
+        return info
+    }
+
+    // MARK: Plumbing
+
+    private func unary(_ request: Request) async throws -> Response {
+        let (id, frames) = try await connection.open(request)
+        defer { connection.forget(id) }
+        return try await Self.awaitResponse(frames)
+    }
+
+    private static func awaitResponse(_ frames: AsyncThrowingStream<Frame, any Error>) async throws -> Response {
+        for try await frame in frames {
+            switch frame.kind {
+            case .response(let response): return response
+            case .end(let status): throw FanoutClientError(status)
+            default: continue
+            }
+        }
+        throw FanoutClientError.connectionLost()
+    }
+
+    private func serverStream<Element: Sendable>(
+        _ request: Request, _ extract: @escaping @Sendable (StreamMessage) -> [Element]
+    ) -> ServerStream<Element> {
+        ServerStream(connection: connection, request: request, extract: extract)
+    }
+
+    private func unexpected() -> FanoutClientError { Self.unexpected() }
+
+    private static func unexpected() -> FanoutClientError {
+        FanoutClientError(code: .internal, message: "fanoutd sent an unexpected response")
+    }
+}

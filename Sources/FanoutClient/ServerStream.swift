@@ -1,0 +1,92 @@
+import FanoutWire
+import Synchronization
+
+/// The messages of a server stream (results, events) as an `AsyncSequence`.
+/// The request is sent when iteration starts; ending iteration early
+/// cancels the stream on the daemon.
+public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
+    let connection: ClientConnection
+    let request: Request
+    let extract: @Sendable (StreamMessage) -> [Element]
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(stream: self)
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let stream: ServerStream
+        private var streamID: UInt32?
+        private var frames: AsyncThrowingStream<Frame, any Error>.AsyncIterator?
+        private var buffered: [Element] = []
+        private var finished = false
+        private var guardian: StreamGuardian?
+
+        init(stream: ServerStream) {
+            self.stream = stream
+        }
+
+        public mutating func next() async throws -> Element? {
+            while true {
+                if !buffered.isEmpty { return buffered.removeFirst() }
+                if finished { return nil }
+                if frames == nil {
+                    let (id, opened) = try await stream.connection.open(stream.request)
+                    streamID = id
+                    frames = opened.makeAsyncIterator()
+                    guardian = StreamGuardian(connection: stream.connection, streamID: id)
+                }
+                guard let frame = try await frames?.next() else {
+                    finished = true
+                    if Task.isCancelled {
+                        guardian?.cancel()
+                        throw CancellationError()
+                    }
+                    throw FanoutClientError.connectionLost()
+                }
+                switch frame.kind {
+                case .message(let message):
+                    buffered.append(contentsOf: stream.extract(message))
+                case .end(let status):
+                    finished = true
+                    guardian?.ended()
+                    if status.code != .ok { throw FanoutClientError(status) }
+                default:
+                    continue
+                }
+            }
+        }
+    }
+}
+
+/// Tells the daemon to stop a stream the caller abandoned before its end.
+final class StreamGuardian: Sendable {
+    private let connection: ClientConnection
+    private let streamID: UInt32
+    private let done = Mutex(false)
+
+    init(connection: ClientConnection, streamID: UInt32) {
+        self.connection = connection
+        self.streamID = streamID
+    }
+
+    func ended() {
+        done.withLock { $0 = true }
+        connection.forget(streamID)
+    }
+
+    func cancel() {
+        let alreadyDone = done.withLock { value in
+            defer { value = true }
+            return value
+        }
+        guard !alreadyDone else { return }
+        connection.forget(streamID)
+        let (connection, id) = (connection, streamID)
+        Task { try? await connection.send(Frame(streamID: id, kind: .cancel)) }
+    }
+
+    deinit {
+        cancel()
+    }
+}
+

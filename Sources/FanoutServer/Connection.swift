@@ -1,0 +1,301 @@
+import FanoutCore
+import FanoutScheduler
+import FanoutWire
+import Logging
+import NIOCore
+import Synchronization
+
+/// One client connection: the handshake, then many concurrent streams.
+///
+/// Each stream runs as its own Swift task and writes its frames through the
+/// shared outbound writer, so a slow subscription does not hold up calls on
+/// the same socket. The stream table is the only shared state, behind a lock.
+final class Connection: Sendable {
+    private struct OpenStream {
+        var task: Task<Void, Never>?
+        /// Where the chunks of a chunked EnqueueBatch go.
+        var chunks: AsyncStream<BatchChunk>.Continuation?
+        /// Server streams are interrupted at shutdown; unary calls may finish.
+        var interruptible: Bool
+    }
+
+    private struct StreamTable {
+        var handshakeDone = false
+        var lastStreamID: UInt32 = 0
+        var open: [UInt32: OpenStream] = [:]
+        var shuttingDown = false
+    }
+
+    private let service: FanoutService
+    private let peer: PeerCredentials
+    private let channel: any Channel
+    private let logger: Logger
+    private let table = Mutex(StreamTable())
+
+    init(service: FanoutService, peer: PeerCredentials, channel: any Channel, logger: Logger) {
+        self.service = service
+        self.peer = peer
+        self.channel = channel
+        var logger = logger
+        logger[metadataKey: "peer_uid"] = "\(peer.uid)"
+        logger[metadataKey: "peer_pid"] = "\(peer.pid)"
+        self.logger = logger
+    }
+
+    private var configuration: ServerConfiguration { service.configuration }
+
+    func run(_ asyncChannel: NIOAsyncChannel<Frame, Frame>) async {
+        do {
+            try await asyncChannel.executeThenClose { inbound, outbound in
+                let writer = FrameWriter(outbound: outbound)
+                do {
+                    for try await frame in inbound {
+                        guard await handle(frame, writer: writer) else { break }
+                    }
+                } catch {
+                    // Undecodable input: say why on stream 0, then close. Nothing accepted is touched.
+                    let status = WireStatus(from: error)
+                    logger.notice("closing connection after bad input", metadata: ["error": "\(status)"])
+                    await writer.send(Frame(streamID: 0, kind: .end(status)))
+                }
+                await closeStreams()
+            }
+        } catch {
+            logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Asks the connection to end: server streams end with UNAVAILABLE, unary
+    /// calls in flight get their answer, then the socket closes.
+    func beginShutdown() {
+        let interrupted = table.withLock { table -> [Task<Void, Never>] in
+            table.shuttingDown = true
+            return table.open.values.filter(\.interruptible).compactMap(\.task)
+        }
+        for task in interrupted { task.cancel() }
+        Task { [channel] in
+            while !self.table.withLock({ $0.open.isEmpty }) {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+            channel.close(promise: nil)
+        }
+    }
+
+    /// Handles one inbound frame; returns false when the connection must close.
+    private func handle(_ frame: Frame, writer: FrameWriter) async -> Bool {
+        let handshakeDone = table.withLock { $0.handshakeDone }
+        guard handshakeDone else { return await handshake(frame, writer: writer) }
+
+        switch frame.kind {
+        case .request(let request):
+            open(frame.streamID, request, writer: writer)
+        case .message(.batchChunk(let chunk)):
+            let continuation = table.withLock { $0.open[frame.streamID]?.chunks }
+            continuation?.yield(chunk)
+            if !chunk.more { continuation?.finish() }
+        case .message:
+            // Only the worker session (not served yet) sends other messages; nothing to route.
+            break
+        case .cancel, .end:
+            let task = table.withLock { $0.open[frame.streamID]?.task }
+            task?.cancel()
+        case .response:
+            await writer.send(Frame(streamID: frame.streamID, kind: .end(WireStatus(
+                code: .invalidArgument, message: "clients do not send responses"))))
+        }
+        return true
+    }
+
+    private func handshake(_ frame: Frame, writer: FrameWriter) async -> Bool {
+        guard frame.streamID == 0, case .request(.hello(let hello)) = frame.kind else {
+            await writer.send(Frame(streamID: 0, kind: .end(WireStatus(
+                code: .failedPrecondition, message: "the first frame must be Hello on stream 0"))))
+            return false
+        }
+        do {
+            let welcome = try service.welcome(hello)
+            table.withLock { $0.handshakeDone = true }
+            await writer.send(Frame(streamID: 0, kind: .response(.welcome(welcome))))
+            return true
+        } catch {
+            await writer.send(Frame(streamID: 0, kind: .end(error)))
+            return false
+        }
+    }
+
+    // MARK: Streams
+
+    private enum Admission {
+        case admitted
+        case refused(WireStatus)
+    }
+
+    private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) {
+        let interruptible: Bool
+        var chunks: AsyncStream<BatchChunk>?
+        var continuation: AsyncStream<BatchChunk>.Continuation?
+        switch request {
+        case .subscribe, .getResults: interruptible = true
+        case .enqueueBatch(let batch) where batch.more:
+            interruptible = false
+            (chunks, continuation) = AsyncStream.makeStream(of: BatchChunk.self)
+        default: interruptible = false
+        }
+        let admission = table.withLock { table -> Admission in
+            guard id % 2 == 1, id > table.lastStreamID else {
+                return .refused(WireStatus(code: .invalidArgument,
+                                           message: "stream id \(id) is not odd and greater than \(table.lastStreamID)"))
+            }
+            table.lastStreamID = id
+            if table.shuttingDown {
+                return .refused(WireStatus(code: .unavailable, message: "the daemon is shutting down"))
+            }
+            if table.open.count >= configuration.maxStreamsPerConnection {
+                return .refused(WireStatus(code: .resourceExhausted,
+                                           message: "\(table.open.count) streams are open; the limit is \(configuration.maxStreamsPerConnection) per connection (max_streams_per_connection)"))
+            }
+            table.open[id] = OpenStream(task: nil, chunks: continuation, interruptible: interruptible)
+            return .admitted
+        }
+        if case .refused(let status) = admission {
+            Task { await writer.send(Frame(streamID: id, kind: .end(status))) }
+            return
+        }
+        let task = Task {
+            let status = await self.serve(id, request, chunks: chunks, writer: writer)
+            _ = self.table.withLock { $0.open.removeValue(forKey: id) }
+            if let status { await writer.send(Frame(streamID: id, kind: .end(status))) }
+        }
+        table.withLock { $0.open[id]?.task = task }
+    }
+
+    /// Serves one stream. Returns the status that ends it, or nil when a
+    /// response frame already ended it.
+    private func serve(_ id: UInt32, _ request: Request, chunks: AsyncStream<BatchChunk>?, writer: FrameWriter) async -> WireStatus? {
+        do {
+            switch request {
+            case .hello:
+                return WireStatus(code: .invalidArgument, message: "Hello is only valid as the first frame, on stream 0")
+            case .enqueueBatch(let batch):
+                let tasks = try await collectTasks(batch, chunks: chunks)
+                try Task.checkCancellation()
+                return await reply(id, .enqueueBatch(try await service.enqueueBatch(batch, tasks: tasks, peer: peer)), writer)
+            case .enqueueTask(let task):
+                return await reply(id, .enqueueTask(try await service.enqueueTask(task, peer: peer)), writer)
+            case .getBatch(let batchID):
+                return await reply(id, .getBatch(try await service.batch(batchID, peer: peer)), writer)
+            case .listBatches(let list):
+                return await reply(id, .listBatches(try await service.listBatches(list, peer: peer)), writer)
+            case .getTask(let get):
+                return await reply(id, .getTask(try await service.task(get, peer: peer)), writer)
+            case .cancelBatch(let batchID):
+                return await reply(id, .cancelBatch(try await service.cancelBatch(batchID, peer: peer)), writer)
+            case .cancelTask(let taskID):
+                return await reply(id, .cancelTask(try await service.cancelTask(taskID, peer: peer)), writer)
+            case .serverInfo:
+                return await reply(id, .serverInfo(try await service.serverInfo()), writer)
+            case .getResults(let get):
+                try await streamResults(id, get, writer: writer)
+                return .ok
+            case .subscribe(let subscribe):
+                return try await streamEvents(id, subscribe, writer: writer)
+            case .retryFailed:
+                return WireStatus(code: .unimplemented, message: "RetryFailed is not available in this version of fanoutd")
+            case .workerSession:
+                return WireStatus(code: .unimplemented, message: "worker sessions are not available in this version of fanoutd")
+            }
+        } catch {
+            if Task.isCancelled || error is CancellationError {
+                let shuttingDown = table.withLock { $0.shuttingDown }
+                return shuttingDown
+                    ? WireStatus(code: .unavailable, message: "the daemon is shutting down")
+                    : WireStatus(code: .cancelled, message: "cancelled by the client")
+            }
+            return WireStatus(from: error)
+        }
+    }
+
+    private func reply(_ id: UInt32, _ response: Response, _ writer: FrameWriter) async -> WireStatus? {
+        await writer.send(Frame(streamID: id, kind: .response(response)))
+        return nil
+    }
+
+    /// The tasks of an EnqueueBatch, gathering its chunks when it has more.
+    /// Nothing is stored until the last chunk arrived.
+    private func collectTasks(_ batch: EnqueueBatchRequest, chunks: AsyncStream<BatchChunk>?) async throws -> [TaskSpec] {
+        var tasks = batch.tasks
+        guard batch.more, let chunks else { return tasks }
+        let limit = service.scheduler.limits.maxTasksPerBatch
+        var complete = false
+        for await chunk in chunks {
+            tasks.append(contentsOf: chunk.tasks)
+            if tasks.count > limit {
+                throw FanoutError.resourceExhausted("batch has more than \(limit) tasks (max_tasks_per_batch)")
+            }
+            if !chunk.more {
+                complete = true
+                break
+            }
+        }
+        guard complete else { throw CancellationError() }
+        return tasks
+    }
+
+    private func streamResults(_ id: UInt32, _ request: GetResultsRequest, writer: FrameWriter) async throws {
+        _ = try await service.batch(request.batchID, peer: peer)
+        let pageSize = request.pageSize == 0
+            ? configuration.maxResultsPage : min(Int(request.pageSize), configuration.maxResultsPage)
+        var after = request.afterTaskID
+        while true {
+            try Task.checkCancellation()
+            let page = try await service.resultsPage(batchID: request.batchID, afterTaskID: after, pageSize: pageSize)
+            guard let last = page.last else { return }
+            try await writer.write(Frame(streamID: id, kind: .message(.resultsPage(page))))
+            after = last.taskID
+        }
+    }
+
+    private func streamEvents(_ id: UInt32, _ request: SubscribeRequest, writer: FrameWriter) async throws -> WireStatus {
+        let events = try await service.subscribe(request, peer: peer)
+        var last = request.since
+        do {
+            for try await event in events {
+                try await writer.write(Frame(streamID: id, kind: .message(.event(FanoutWire.Event(event)))))
+                last = UInt64(event.sequence)
+            }
+        } catch let lagged as SubscriptionLagged {
+            return WireStatus(code: .resourceExhausted,
+                              message: "subscriber fell behind its buffer of \(configuration.subscriberBuffer) events; resume with since=\(lagged.lastSequence)",
+                              lagged: true, lastSequence: UInt64(lagged.lastSequence))
+        }
+        try Task.checkCancellation()
+        // The event stream only ends by itself without follow, or when the daemon stops.
+        if request.follow {
+            return WireStatus(code: .unavailable, message: "the daemon is shutting down", lastSequence: last)
+        }
+        return WireStatus(code: .ok, lastSequence: last)
+    }
+
+    private func closeStreams() async {
+        let tasks = table.withLock { table -> [Task<Void, Never>] in
+            for stream in table.open.values { stream.chunks?.finish() }
+            return table.open.values.compactMap(\.task)
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+}
+
+/// The connection's outbound side, shared by its streams.
+struct FrameWriter: Sendable {
+    let outbound: NIOAsyncChannelOutboundWriter<Frame>
+
+    func write(_ frame: Frame) async throws {
+        try await outbound.write(frame)
+    }
+
+    /// Writes, ignoring a connection that is already gone.
+    func send(_ frame: Frame) async {
+        try? await outbound.write(frame)
+    }
+}

@@ -1,0 +1,118 @@
+import FanoutScheduler
+import FanoutWire
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// The daemon's socket server: accepts connections on a Unix socket and
+/// serves the protocol on each. A `Service`: it runs until graceful shutdown
+/// (SIGTERM/SIGINT through a ServiceGroup), then stops accepting, lets calls
+/// in flight answer, ends open streams with UNAVAILABLE and returns.
+public final class FanoutServer: Service, Sendable {
+    public let configuration: ServerConfiguration
+    private let service: FanoutService
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let connections = Mutex<[ObjectIdentifier: Connection]>([:])
+    private let listener = Mutex<(any Channel)?>(nil)
+    private let ready = AsyncStream<Void>.makeStream()
+
+    public init(configuration: ServerConfiguration, scheduler: Scheduler,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                logger: Logger = Logger(label: "fanout.server")) {
+        self.configuration = configuration
+        self.service = FanoutService(scheduler: scheduler, configuration: configuration)
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Returns once the socket is listening (or the server has stopped).
+    public func waitUntilListening() async {
+        for await _ in ready.stream { return }
+    }
+
+    public func run() async throws {
+        try SocketFile.prepare(configuration.socketPath)
+        let maxFrameBytes = configuration.maxFrameBytes
+        let server = try await SocketFile.withPrivateUmask {
+            try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .bind(unixDomainSocketPath: configuration.socketPath) { channel in
+                    PeerCredentials.of(channel).flatMapThrowing { peer in
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        let asyncChannel = try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+                        return (asyncChannel, peer)
+                    }
+                }
+        }
+        try SocketFile.setMode(configuration.socketPath, configuration.socketMode)
+        listener.withLock { $0 = server.channel }
+        logger.info("listening", metadata: ["socket": "\(configuration.socketPath)"])
+        ready.continuation.finish()
+
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await server.executeThenClose { inbound in
+                    for try await (channel, peer) in inbound {
+                        group.addTask { await self.serve(channel, peer: peer) }
+                    }
+                }
+                // Listener closed: the accept loop is over; connections finish on their own.
+            }
+        } onGracefulShutdown: {
+            self.shutdown()
+        }
+        unlinkSocket()
+        logger.info("stopped")
+    }
+
+    private func serve(_ channel: NIOAsyncChannel<Frame, Frame>, peer: PeerCredentials) async {
+        let connection = Connection(service: service, peer: peer, channel: channel.channel, logger: logger)
+        let key = ObjectIdentifier(connection)
+        let admitted = connections.withLock { connections -> Bool in
+            guard connections.count < configuration.maxConnections else { return false }
+            connections[key] = connection
+            return true
+        }
+        guard admitted else {
+            await refuse(channel, WireStatus(
+                code: .resourceExhausted,
+                message: "the daemon already serves \(configuration.maxConnections) connections (max_connections)"))
+            return
+        }
+        service.connections.add(1, ordering: .relaxed)
+        defer {
+            service.connections.subtract(1, ordering: .relaxed)
+            _ = connections.withLock { $0.removeValue(forKey: key) }
+        }
+        await connection.run(channel)
+    }
+
+    private func refuse(_ channel: NIOAsyncChannel<Frame, Frame>, _ status: WireStatus) async {
+        try? await channel.executeThenClose { _, outbound in
+            try await outbound.write(Frame(streamID: 0, kind: .end(status)))
+        }
+    }
+
+    /// Stop accepting, then ask every connection to wind down.
+    public func shutdown() {
+        logger.info("shutting down")
+        let channel = listener.withLock { $0 }
+        channel?.close(promise: nil)
+        let open = connections.withLock { Array($0.values) }
+        for connection in open { connection.beginShutdown() }
+    }
+
+    private func unlinkSocket() {
+        _ = configuration.socketPath.withCString { unlink($0) }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif

@@ -1,0 +1,182 @@
+import FanoutCore
+import FanoutScheduler
+import FanoutStore
+import FanoutWire
+import Foundation
+import Synchronization
+
+/// The calls of the protocol, on top of the scheduler and the store.
+/// Connection-independent: `Connection` decodes requests and calls these.
+final class FanoutService: Sendable {
+    let scheduler: Scheduler
+    let configuration: ServerConfiguration
+    let startedAtMs = Int64(Date().timeIntervalSince1970 * 1000)
+    let connections = Atomic<Int>(0)
+    private var store: any Store { scheduler.store }
+
+    init(scheduler: Scheduler, configuration: ServerConfiguration) {
+        self.scheduler = scheduler
+        self.configuration = configuration
+    }
+
+    var limits: Limits {
+        var limits = Limits()
+        limits.maxFrameBytes = UInt32(clamping: configuration.maxFrameBytes)
+        limits.maxTasksPerBatch = UInt32(clamping: scheduler.limits.maxTasksPerBatch)
+        limits.maxPayloadBytes = UInt32(clamping: scheduler.limits.maxPayloadBytes)
+        limits.maxCustomIDBytes = UInt32(clamping: scheduler.limits.maxCustomIDBytes)
+        limits.maxStreamsPerConnection = UInt32(clamping: configuration.maxStreamsPerConnection)
+        limits.maxConnections = UInt32(clamping: configuration.maxConnections)
+        limits.subscriberBuffer = UInt32(clamping: configuration.subscriberBuffer)
+        limits.globalConcurrency = UInt32(clamping: scheduler.configuration.globalConcurrency)
+        limits.maxResultsPage = UInt32(clamping: configuration.maxResultsPage)
+        return limits
+    }
+
+    func welcome(_ hello: Hello) throws(WireStatus) -> Welcome {
+        guard hello.protocolVersion == FanoutVersion.protocolVersion else {
+            throw WireStatus(code: .failedPrecondition,
+                             message: "protocol version \(hello.protocolVersion) is not supported; this daemon speaks version \(FanoutVersion.protocolVersion)")
+        }
+        return Welcome(serverVersion: configuration.serverVersion, protocolVersion: FanoutVersion.protocolVersion,
+                       maxFrameBytes: UInt32(clamping: configuration.maxFrameBytes),
+                       features: ["chunked_enqueue", "subscribe_resume", "results_paging"], limits: limits)
+    }
+
+    // MARK: Enqueue
+
+    func enqueueBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) async throws -> BatchInfo {
+        let batch = NewBatch(
+            ownerID: request.ownerID, agent: request.agent, metadata: request.metadata,
+            parentTaskID: request.parentTaskID == 0 ? nil : TaskID(clamping: request.parentTaskID),
+            deadlineAt: request.completionWindowMs == 0 ? nil : Self.nowMs + Int64(clamping: request.completionWindowMs),
+            creatorUID: peer.uid,
+            tasks: tasks.map { NewTask($0, batchPriority: request.priority) })
+        return BatchInfo(try await scheduler.enqueue(batch).batch)
+    }
+
+    static var nowMs: Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    func enqueueTask(_ request: EnqueueTaskRequest, peer: PeerCredentials) async throws -> TaskInfo {
+        let batch = NewBatch(ownerID: request.ownerID, agent: request.task.agent, creatorUID: peer.uid,
+                             tasks: [NewTask(request.task, batchPriority: 0)])
+        let inserted = try await scheduler.enqueue(batch)
+        let id = inserted.taskIDs[0]
+        guard let task = try await blocking({ [store] in try store.task(id, includePayload: false) }) else {
+            throw FanoutError(.internal, "task \(id) vanished after commit")
+        }
+        return TaskInfo(task)
+    }
+
+    // MARK: Reads
+
+    func batch(_ id: UInt64, peer: PeerCredentials) async throws -> BatchInfo {
+        BatchInfo(try await authorizedBatch(id, peer: peer))
+    }
+
+    func listBatches(_ request: ListBatchesRequest, peer: PeerCredentials) async throws -> BatchPage {
+        let limit = request.limit == 0 ? 100 : min(Int(request.limit), 1_000)
+        let owner = request.ownerID.isEmpty ? nil : request.ownerID
+        let uid = peer.isAdmin ? nil : peer.uid
+        let before = request.beforeID == 0 ? nil : BatchID(clamping: request.beforeID)
+        let records = try await blocking { [store] in try store.batches(ownerID: owner, creatorUID: uid, limit: limit, beforeID: before) }
+        let next = records.count == limit ? UInt64(records.last!.id) : 0
+        return BatchPage(batches: records.map(BatchInfo.init), nextBeforeID: next)
+    }
+
+    func task(_ request: GetTaskRequest, peer: PeerCredentials) async throws -> TaskInfo {
+        let id = TaskID(clamping: request.taskID)
+        let include = request.includePayload
+        guard let record = try await blocking({ [store] in try store.task(id, includePayload: include) }) else {
+            throw FanoutError.notFound("task \(request.taskID) does not exist")
+        }
+        _ = try await authorizedBatch(UInt64(record.batchID), peer: peer)
+        return TaskInfo(record)
+    }
+
+    /// One page of finished results after `afterTaskID`, cut to fit in a frame.
+    func resultsPage(batchID: UInt64, afterTaskID: UInt64, pageSize: Int) async throws -> [TaskResult] {
+        let batch = BatchID(clamping: batchID)
+        let after = TaskID(clamping: afterTaskID)
+        let records = try await blocking { [store] in try store.results(batchID: batch, afterTaskID: after, limit: pageSize) }
+        // Keep each page well under the frame limit: results can be large.
+        let budget = configuration.maxFrameBytes / 2
+        var used = 0
+        var page: [TaskResult] = []
+        for record in records {
+            let size = (record.result?.count ?? 0) + (record.failure?.message.utf8.count ?? 0) + record.customID.utf8.count + 64
+            if !page.isEmpty && used + size > budget { break }
+            used += size
+            page.append(TaskResult(record))
+        }
+        return page
+    }
+
+    // MARK: Cancel
+
+    func cancelBatch(_ id: UInt64, peer: PeerCredentials) async throws -> BatchInfo {
+        let batch = try await authorizedBatch(id, peer: peer)
+        return BatchInfo(try await scheduler.cancelBatch(batch.id))
+    }
+
+    func cancelTask(_ id: UInt64, peer: PeerCredentials) async throws -> TaskInfo {
+        _ = try await task(GetTaskRequest(taskID: id), peer: peer)
+        return TaskInfo(try await scheduler.cancelTask(TaskID(clamping: id)))
+    }
+
+    // MARK: Events
+
+    func subscribe(_ request: SubscribeRequest, peer: PeerCredentials) async throws -> EventStream {
+        if request.batchID != 0 {
+            _ = try await authorizedBatch(request.batchID, peer: peer)
+        } else if request.ownerID.isEmpty && !peer.isAdmin {
+            throw FanoutError.invalidArgument("owner_id or batch_id is required to subscribe")
+        }
+        let filter = EventFilter(ownerID: request.ownerID, kinds: Set(request.eventTypes.compactMap(EventKind.init)),
+                                 batchID: request.batchID == 0 ? nil : BatchID(clamping: request.batchID))
+        return scheduler.subscribe(filter, since: EventSequence(clamping: request.since), follow: request.follow,
+                                   bufferSize: configuration.subscriberBuffer)
+    }
+
+    func serverInfo() async throws -> ServerInfo {
+        let stats = scheduler.statistics
+        var info = ServerInfo()
+        info.serverVersion = configuration.serverVersion
+        info.protocolVersion = FanoutVersion.protocolVersion
+        info.startedAtMs = startedAtMs
+        info.pendingTasks = UInt64(stats.pending)
+        info.runningTasks = UInt64(stats.running)
+        info.retryWaitTasks = UInt64(stats.retryWait)
+        info.connections = UInt32(clamping: connections.load(ordering: .relaxed))
+        info.limits = limits
+        info.agents = scheduler.configuration.agents.map { agent in
+            AgentInfo(name: agent.name, runner: agent.runner, concurrency: UInt32(clamping: agent.concurrency),
+                      maxTurns: UInt32(clamping: agent.maxTurns), maxAttempts: UInt32(clamping: agent.maxAttempts),
+                      running: UInt32(clamping: stats.runningByAgent[agent.name] ?? 0), workers: 0)
+        }
+        info.lastSequence = UInt64(try await blocking { [store] in try store.lastEventSequence() })
+        return info
+    }
+
+    // MARK: Helpers
+
+    /// The batch, if it exists and the peer may see it. Another user's batch
+    /// gets PERMISSION_DENIED rather than NOT_FOUND, so a mistake is easy to tell from a typo.
+    private func authorizedBatch(_ id: UInt64, peer: PeerCredentials) async throws -> BatchRecord {
+        let batchID = BatchID(clamping: id)
+        guard let batch = try await blocking({ [store] in try store.batch(batchID) }) else {
+            throw FanoutError.notFound("batch \(id) does not exist")
+        }
+        guard peer.isAdmin || batch.creatorUID == peer.uid else {
+            throw FanoutError.permissionDenied("batch \(id) belongs to another user")
+        }
+        return batch
+    }
+}
+
+/// Runs blocking store reads off the event loops and the cooperative pool.
+func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+    }
+}

@@ -1,0 +1,24 @@
+/// How the daemon's server listens and what it allows one client.
+public struct ServerConfiguration: Sendable {
+    public var socketPath: String
+    /// File mode of the socket; 0600 lets only the daemon's user connect.
+    public var socketMode: UInt16 = 0o600
+    public var serverVersion: String = FanoutVersion.current
+    public var maxFrameBytes: Int = 4 * 1024 * 1024
+    public var maxConnections: Int = 1024
+    public var maxStreamsPerConnection: Int = 1024
+    /// Events a subscriber may have queued before it is cut off as lagged.
+    public var subscriberBuffer: Int = 10_000
+    public var maxResultsPage: Int = 1_000
+    /// How long in-flight calls may take to finish during shutdown.
+    public var shutdownGracePeriodMs: Int64 = 5_000
+
+    public init(socketPath: String) {
+        self.socketPath = socketPath
+    }
+}
+
+public enum FanoutVersion {
+    public static let current = "0.1.0"
+    public static let protocolVersion: UInt32 = 1
+}

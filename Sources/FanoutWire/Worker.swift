@@ -1,0 +1,49 @@
+// Messages of the worker session (a later issue implements the daemon side);
+// defined now so the schema and its Swift mirror are complete.
+
+public struct AgentRegistration: Sendable, Hashable {
+    public var name: String
+    public var concurrency: UInt32
+    public var maxTurns: UInt32
+
+    public init(name: String, concurrency: UInt32, maxTurns: UInt32 = 0) {
+        self.name = name
+        self.concurrency = concurrency
+        self.maxTurns = maxTurns
+    }
+}
+
+public struct WorkerRegister: Sendable, Hashable {
+    public var workerName: String
+    public var agents: [AgentRegistration]
+
+    public init(workerName: String, agents: [AgentRegistration]) {
+        self.workerName = workerName
+        self.agents = agents
+    }
+}
+
+public struct TokenUsage: Sendable, Hashable {
+    public var promptTokens: UInt64
+    public var completionTokens: UInt64
+
+    public init(promptTokens: UInt64, completionTokens: UInt64) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+    }
+}
+
+public enum WorkerMessage: Sendable, Hashable {
+    case turn(taskID: UInt64, turns: UInt32)
+    case heartbeat(taskIDs: [UInt64])
+    case spawn(taskID: UInt64, children: EnqueueBatchRequest)
+    case result(taskID: UInt64, result: [UInt8], usage: TokenUsage?)
+    case failure(taskID: UInt64, error: TaskError, retryAfterMs: UInt64)
+}
+
+public enum ServerToWorker: Sendable, Hashable {
+    case assignment(task: TaskInfo, leaseMs: UInt64)
+    case cancel(taskID: UInt64)
+    case childrenDone(taskID: UInt64, childBatchID: UInt64, results: [TaskResult])
+    case ack(taskID: UInt64, status: WireStatus)
+}

@@ -1,0 +1,153 @@
+import Configuration
+import FanoutCore
+import FanoutScheduler
+import FanoutServer
+import FanoutStore
+import Foundation
+import SystemPackage
+
+/// Everything the daemon can be told, resolved from (highest first) command
+/// line flags, `FANOUT_*` environment variables and the optional JSON config
+/// file; a setting given nowhere takes its default, which needs nothing.
+struct DaemonSettings {
+    var socketPath: String
+    var socketMode: UInt16
+    var databasePath: String
+    var durability: Durability
+    var logLevel: String
+    var server: ServerConfiguration
+    var scheduler: SchedulerConfiguration
+    var limits: EnqueueLimits
+
+    /// The setting names, as keys of the config file; the environment
+    /// variable is `FANOUT_` + the key in upper case.
+    enum Key: String, CaseIterable {
+        case socket, socketMode = "socket_mode", db, durability, concurrency
+        case logLevel = "log_level"
+        case maxFrameBytes = "max_frame_bytes", maxConnections = "max_connections"
+        case maxStreamsPerConnection = "max_streams_per_connection", subscriberBuffer = "subscriber_buffer"
+        case maxResultsPage = "max_results_page", maxTasksPerBatch = "max_tasks_per_batch"
+        case maxPayloadBytes = "max_payload_bytes", maxCustomIDBytes = "max_custom_id_bytes"
+        case progressIntervalMs = "progress_interval_ms"
+        case retryBaseMs = "retry_base_ms", retryMaxMs = "retry_max_ms"
+
+        // One component: a snake_case name is not split on its underscores.
+        var configKey: ConfigKey { ConfigKey([rawValue]) }
+    }
+
+    static func load(flags: [Key: String], environment: [String: String], configFile: String?) async throws -> DaemonSettings {
+        var providers: [any ConfigProvider] = []
+        providers.append(InMemoryProvider(name: "flags", values: Dictionary(uniqueKeysWithValues: flags.map { key, value in
+            (AbsoluteConfigKey([key.rawValue]), ConfigValue(.string(value), isSecret: false))
+        })))
+        // Only FANOUT_* variables, with the prefix removed, so `socket` reads FANOUT_SOCKET.
+        let ours = environment.reduce(into: [String: String]()) { result, entry in
+            if entry.key.hasPrefix("FANOUT_") { result[String(entry.key.dropFirst("FANOUT_".count))] = entry.value }
+        }
+        providers.append(EnvironmentVariablesProvider(environmentVariables: ours))
+        var agents: [AgentConfiguration] = []
+        if let configFile {
+            providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(configFile)))
+            agents = try AgentsFile.load(configFile)
+        }
+        let config = ConfigReader(providers: providers)
+        func int(_ key: Key, _ fallback: Int) throws -> Int {
+            guard let text = config.string(forKey: key.configKey) else { return fallback }
+            guard let value = Int(text), value > 0 else {
+                throw FanoutError.invalidArgument("\(key.rawValue) must be a positive whole number, not \"\(text)\"")
+            }
+            return value
+        }
+
+        let socket = config.string(forKey: Key.socket.configKey) ?? defaultSocketPath(environment)
+        var server = ServerConfiguration(socketPath: socket)
+        if let mode = config.string(forKey: Key.socketMode.configKey) {
+            guard let parsed = UInt16(mode, radix: 8), parsed <= 0o777 else {
+                throw FanoutError.invalidArgument("socket_mode must be an octal file mode such as 0600, not \"\(mode)\"")
+            }
+            server.socketMode = parsed
+        }
+        server.maxFrameBytes = try int(.maxFrameBytes, server.maxFrameBytes)
+        server.maxConnections = try int(.maxConnections, server.maxConnections)
+        server.maxStreamsPerConnection = try int(.maxStreamsPerConnection, server.maxStreamsPerConnection)
+        server.subscriberBuffer = try int(.subscriberBuffer, server.subscriberBuffer)
+        server.maxResultsPage = try int(.maxResultsPage, server.maxResultsPage)
+
+        var limits = EnqueueLimits()
+        limits.maxTasksPerBatch = try int(.maxTasksPerBatch, limits.maxTasksPerBatch)
+        limits.maxPayloadBytes = try int(.maxPayloadBytes, limits.maxPayloadBytes)
+        limits.maxCustomIDBytes = try int(.maxCustomIDBytes, limits.maxCustomIDBytes)
+        guard limits.maxPayloadBytes < server.maxFrameBytes else {
+            throw FanoutError.invalidArgument("max_payload_bytes (\(limits.maxPayloadBytes)) must be smaller than max_frame_bytes (\(server.maxFrameBytes))")
+        }
+
+        if agents.isEmpty { agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 64)] }
+        var scheduler = SchedulerConfiguration(globalConcurrency: try int(.concurrency, 64), agents: agents)
+        scheduler.progressIntervalMs = Int64(try int(.progressIntervalMs, Int(scheduler.progressIntervalMs)))
+        scheduler.backoff = Backoff(baseMs: Int64(try int(.retryBaseMs, Int(scheduler.backoff.baseMs))),
+                                    maxMs: Int64(try int(.retryMaxMs, Int(scheduler.backoff.maxMs))))
+
+        let durabilityText = config.string(forKey: Key.durability.configKey) ?? Durability.normal.rawValue
+        guard let durability = Durability(rawValue: durabilityText) else {
+            throw FanoutError.invalidArgument("durability must be normal or full, not \"\(durabilityText)\"")
+        }
+        return DaemonSettings(
+            socketPath: socket, socketMode: server.socketMode,
+            databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment),
+            durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
+            server: server, scheduler: scheduler, limits: limits)
+    }
+
+    /// `$XDG_RUNTIME_DIR/fanout/fanoutd.sock`, else a per-user folder in the temp dir.
+    static func defaultSocketPath(_ environment: [String: String]) -> String {
+        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty {
+            return runtime + "/fanout/fanoutd.sock"
+        }
+        let temp = environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        return "\(temp.hasSuffix("/") ? String(temp.dropLast()) : temp)/fanout-\(getuid())/fanoutd.sock"
+    }
+
+    /// `$XDG_STATE_HOME/fanout/fanout.db`, else `~/.local/state/fanout/fanout.db`.
+    static func defaultDatabasePath(_ environment: [String: String]) -> String {
+        if let state = environment["XDG_STATE_HOME"], !state.isEmpty {
+            return state + "/fanout/fanout.db"
+        }
+        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
+        return home + "/.local/state/fanout/fanout.db"
+    }
+}
+
+/// The `agents` list of the config file. It is a list of objects, which the
+/// key-value configuration reader does not model, so it is decoded directly.
+enum AgentsFile {
+    struct File: Decodable {
+        var agents: [Agent]?
+    }
+
+    struct Agent: Decodable {
+        var name: String
+        var runner: String
+        var concurrency: Int?
+        var max_turns: Int?
+        var max_attempts: Int?
+        var timeout_ms: Int64?
+    }
+
+    static func load(_ path: String) throws -> [AgentConfiguration] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let file: File
+        do {
+            file = try JSONDecoder().decode(File.self, from: data)
+        } catch {
+            throw FanoutError.invalidArgument("\(path): the agents list is not valid: \(error)")
+        }
+        return try (file.agents ?? []).map { agent in
+            guard !agent.name.isEmpty else { throw FanoutError.invalidArgument("\(path): an agent has an empty name") }
+            let defaults = AgentConfiguration(name: agent.name, runner: agent.runner)
+            return AgentConfiguration(
+                name: agent.name, runner: agent.runner, concurrency: agent.concurrency ?? defaults.concurrency,
+                maxTurns: agent.max_turns ?? 0, maxAttempts: agent.max_attempts ?? defaults.maxAttempts,
+                timeoutMs: agent.timeout_ms ?? 0)
+        }
+    }
+}

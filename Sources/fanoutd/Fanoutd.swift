@@ -1,0 +1,128 @@
+import ArgumentParser
+import FanoutRunners
+import FanoutScheduler
+import FanoutServer
+import FanoutStore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct Fanoutd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fanoutd",
+        abstract: "The Fanout daemon: runs batches of agent and LLM tasks for local clients.",
+        discussion: """
+            Settings come from flags, then FANOUT_* environment variables (FANOUT_SOCKET, FANOUT_DB, \
+            FANOUT_CONCURRENCY, …), then the JSON file given by --config or FANOUT_CONFIG. \
+            Stop it with SIGTERM or SIGINT: it finishes what it is committing and exits.
+            """,
+        version: FanoutVersion.current)
+
+    @Option(help: "Unix socket to listen on (default: $XDG_RUNTIME_DIR/fanout/fanoutd.sock).")
+    var socket: String?
+
+    @Option(help: "SQLite database file (default: $XDG_STATE_HOME/fanout/fanout.db).")
+    var db: String?
+
+    @Option(help: "JSON configuration file: settings and the agents list.")
+    var config: String?
+
+    @Option(help: "normal (survives crashes) or full (fsync every commit).")
+    var durability: String?
+
+    @Option(help: "How many tasks may run at once across all agents.")
+    var concurrency: Int?
+
+    @Option(name: .customLong("socket-mode"), help: "Socket file mode, octal (default 0600).")
+    var socketMode: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String?
+
+    @Option(name: .customLong("max-frame-bytes"), help: "Largest protocol frame accepted (default 4194304).")
+    var maxFrameBytes: Int?
+
+    @Option(name: .customLong("max-tasks-per-batch"), help: "Largest batch accepted (default 1000000).")
+    var maxTasksPerBatch: Int?
+
+    @Option(name: .customLong("max-payload-bytes"), help: "Largest task payload accepted (default 1048576).")
+    var maxPayloadBytes: Int?
+
+    func run() async throws {
+        var flags: [DaemonSettings.Key: String] = [:]
+        flags[.socket] = socket
+        flags[.db] = db
+        flags[.durability] = durability
+        flags[.concurrency] = concurrency.map(String.init)
+        flags[.socketMode] = socketMode
+        flags[.logLevel] = logLevel
+        flags[.maxFrameBytes] = maxFrameBytes.map(String.init)
+        flags[.maxTasksPerBatch] = maxTasksPerBatch.map(String.init)
+        flags[.maxPayloadBytes] = maxPayloadBytes.map(String.init)
+        let environment = ProcessInfo.processInfo.environment
+        let configFile = config ?? environment["FANOUT_CONFIG"]
+        let settings: DaemonSettings
+        do {
+            settings = try await DaemonSettings.load(flags: flags, environment: environment, configFile: configFile)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        try await Daemon(settings: settings).run()
+    }
+}
+
+/// Wires the store, scheduler and server together and runs them until a signal.
+struct Daemon {
+    var settings: DaemonSettings
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "fanoutd")
+
+        try makeParent(of: settings.socketPath, mode: 0o700)
+        try makeParent(of: settings.databasePath, mode: 0o700)
+        let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
+
+        var runners: [String: any Runner] = [:]
+        for agent in settings.scheduler.agents {
+            guard let runner = BuiltinRunners.make(agent.runner) else {
+                throw ValidationError("agent \"\(agent.name)\": unknown runner \"\(agent.runner)\"; available: \(BuiltinRunners.names.joined(separator: ", "))")
+            }
+            runners[agent.name] = runner
+        }
+        let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners,
+                                      limits: settings.limits, logger: Logger(label: "fanout.scheduler"))
+        try scheduler.start()
+        let server = FanoutServer(configuration: settings.server, scheduler: scheduler, logger: Logger(label: "fanout.server"))
+        logger.info("fanoutd starting", metadata: [
+            "version": "\(FanoutVersion.current)", "socket": "\(settings.socketPath)", "db": "\(settings.databasePath)",
+            "agents": "\(settings.scheduler.agents.map(\.name).joined(separator: ","))",
+        ])
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: server)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            await scheduler.shutdown()
+            throw error
+        }
+        // The server has stopped: no new work. Interrupted tasks go back to pending; commits finish.
+        await scheduler.shutdown()
+        logger.info("fanoutd stopped")
+    }
+
+    private func makeParent(of path: String, mode: Int) throws {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        guard !FileManager.default.fileExists(atPath: folder) else { return }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: mode])
+    }
+}
