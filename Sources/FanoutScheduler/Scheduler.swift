@@ -116,14 +116,17 @@ public final class Scheduler: Sendable {
         return inserted
     }
 
-    /// Cancels a task; returns its state once the change is committed.
-    public func cancelTask(_ id: TaskID) async throws -> TaskRecord {
-        let changes = mutate { state, effects in state.cancelTask(id, now: Clock.now, effects: &effects) }
-        await drainCommits()
+    /// Cancels a task and waits (up to `timeout`) until a running one has
+    /// stopped, so the answer shows it cancelled; returns its committed state.
+    public func cancelTask(_ id: TaskID, timeout: Duration = .seconds(10)) async throws -> TaskRecord {
+        let stopped = AsyncStream<Void>.makeStream()
+        let active = mutate { state, effects in
+            state.cancelTask(id, now: Clock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
+        }
+        if active { await waitForSignal(stopped.stream, timeout: timeout) }
         guard let task = try await offload({ [store] in try store.task(id, includePayload: false) }) else {
             throw FanoutError.notFound("task \(id) does not exist")
         }
-        _ = changes
         return task
     }
 
@@ -134,14 +137,7 @@ public final class Scheduler: Sendable {
         let active = mutate { state, effects in
             state.cancelBatch(id, now: Clock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
         }
-        if active {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { for await _ in finished.stream {} }
-                group.addTask { try? await Task.sleep(for: timeout) }
-                await group.next()
-                group.cancelAll()
-            }
-        }
+        if active { await waitForSignal(finished.stream, timeout: timeout) }
         guard let batch = try await offload({ [store] in try store.batch(id) }) else {
             throw FanoutError.notFound("batch \(id) does not exist")
         }
@@ -158,6 +154,16 @@ public final class Scheduler: Sendable {
             SchedulerStatistics(pending: state.pendingCount, running: state.running, retryWait: state.retryWaitCount,
                                 activeBatches: state.batches.count, runningByAgent: state.runningByAgent,
                                 subscribers: hub.subscriberCount)
+        }
+    }
+
+    /// Waits until `signal` finishes, or `timeout` passes.
+    private func waitForSignal(_ signal: AsyncStream<Void>, timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for await _ in signal {} }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
         }
     }
 

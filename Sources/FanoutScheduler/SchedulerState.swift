@@ -32,6 +32,8 @@ struct TaskSlot {
     var state: TaskState
     var cancelRequested = false
     var handle: Task<Void, Never>?
+    /// Called once the task has left `running` and that is committed.
+    var stopWaiters: [@Sendable () -> Void] = []
 }
 
 struct ActiveBatch {
@@ -219,6 +221,8 @@ struct SchedulerState {
             retryWaitCount += 1
         }
         slot.state = state
+        effects.afterCommit.append(contentsOf: slot.stopWaiters)
+        slot.stopWaiters = []
         slots[slot.task.id] = slot
         batches[batch.record.id] = batch
         effects.changes.tasks.append(.requeued(slot.task.id, state: state, failure: failure))
@@ -239,6 +243,7 @@ struct SchedulerState {
         batch.openTasks.remove(slot.task.id)
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
+        effects.afterCommit.append(contentsOf: slot.stopWaiters)
 
         effects.changes.tasks.append(.finished(slot.task.id, state: state, result: result, failure: failure,
                                                turnsCompleted: slot.task.turnsCompleted, at: now))
@@ -259,17 +264,21 @@ struct SchedulerState {
 
     // MARK: Cancellation
 
-    /// Cancels one task. Returns false if it is not active here (unknown or already terminal).
+    /// Cancels one task. Returns false if it is not active here (unknown or
+    /// already terminal). `onStopped` runs once a running task has stopped.
     @discardableResult
-    mutating func cancelTask(_ id: TaskID, now: Milliseconds, effects: inout Effects) -> Bool {
+    mutating func cancelTask(_ id: TaskID, now: Milliseconds, onStopped: (@Sendable () -> Void)? = nil,
+                             effects: inout Effects) -> Bool {
         guard var slot = slots[id] else { return false }
         switch slot.state {
         case .pending, .retryWait:
             close(&slot, as: .cancelled, result: nil, failure: nil, now: now, effects: &effects)
             dispatch(now: now, effects: &effects)
+            if let onStopped { effects.afterCommit.append(onStopped) }
         case .running, .waitingChildren:
             slot.cancelRequested = true
             if let handle = slot.handle { effects.cancellations.append(handle) }
+            if let onStopped { slot.stopWaiters.append(onStopped) }
             slots[id] = slot
         default:
             break

@@ -73,8 +73,10 @@ final class Connection: Sendable {
             return table.open.values.filter(\.interruptible).compactMap(\.task)
         }
         for task in interrupted { task.cancel() }
+        let grace = ContinuousClock.now + .milliseconds(configuration.shutdownGracePeriodMs)
         Task { [channel] in
-            while !self.table.withLock({ $0.open.isEmpty }) {
+            // A client that stalls mid-call must not hold the daemon up past the grace period.
+            while !self.table.withLock({ $0.open.isEmpty }) && ContinuousClock.now < grace {
                 try? await Task.sleep(for: .milliseconds(10))
             }
             channel.close(promise: nil)
