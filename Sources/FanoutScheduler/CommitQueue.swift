@@ -38,13 +38,6 @@ final class CommitQueue: Sendable {
         wake.yield()
     }
 
-    /// Queues changes and returns once they are committed.
-    func commit(_ changes: ChangeSet) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            submit(changes) { continuation.resume(with: $0) }
-        }
-    }
-
     /// Runs until `close()` and every queued change is written.
     func run() async {
         for await _ in wakeups {

@@ -167,11 +167,6 @@ public final class Scheduler: Sendable {
         }
     }
 
-    /// Waits until every change made so far is committed.
-    func drainCommits() async {
-        try? await commits.commit(ChangeSet())
-    }
-
     // MARK: Effects
 
     /// Runs a state transition under the lock, then carries out its effects.

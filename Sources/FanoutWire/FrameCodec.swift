@@ -41,8 +41,8 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         if let frame = try decode(buffer: &buffer) {
             return frame
         }
-        // Without EOF the handler is being removed; its leftover bytes are
-        // passed on, so they are not an error here.
+        // Without EOF the handler is being removed from the pipeline (the
+        // connection is not over), so a partial frame is not an error.
         guard seenEOF, buffer.readableBytes > 0 else {
             return nil
         }
