@@ -16,6 +16,7 @@ final class ClientConnection: Sendable {
     private let routes = Mutex(Routes())
     private let nextStreamID = Atomic<UInt32>(1)
     private let reader = Mutex<Task<Void, Never>?>(nil)
+    private let opening = AsyncLock()
 
     private init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<Frame>) {
         self.channel = channel
@@ -77,6 +78,11 @@ final class ClientConnection: Sendable {
 
     /// Opens a stream: registers its route, then sends its first frame.
     func open(_ request: Request, streamID: UInt32? = nil) async throws -> (id: UInt32, frames: AsyncThrowingStream<Frame, any Error>) {
+        // The daemon refuses a Request whose id is not larger than every id
+        // before it, so taking the id and writing the Request happen as one
+        // step: concurrent callers reach the socket in id order.
+        await opening.lock()
+        defer { opening.unlock() }
         let id = streamID ?? nextStreamID.wrappingAdd(2, ordering: .relaxed).oldValue
         let (frames, continuation) = AsyncThrowingStream.makeStream(of: Frame.self)
         let closed = routes.withLock { routes -> FanoutClientError? in
@@ -127,5 +133,41 @@ final class ClientConnection: Sendable {
             return Array(routes.streams.values)
         }
         for continuation in open { continuation.finish(throwing: error) }
+    }
+}
+
+/// A lock held across an `await`: waiters get it in arrival order.
+final class AsyncLock: Sendable {
+    private struct State {
+        var locked = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    func lock() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let acquired = state.withLock { state -> Bool in
+                guard state.locked else {
+                    state.locked = true
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if acquired { continuation.resume() }
+        }
+    }
+
+    /// Hands the lock to the longest waiter, or releases it.
+    func unlock() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.waiters.isEmpty else {
+                state.locked = false
+                return nil
+            }
+            return state.waiters.removeFirst()
+        }
+        next?.resume()
     }
 }

@@ -45,7 +45,10 @@ final class EventHub: Sendable {
 
     func publish(_ events: [EventRecord]) {
         guard let last = events.last else { return }
-        state.withLock { state in
+        // Finished outside the lock: `finish()` runs the stream's `onTermination`
+        // synchronously, which calls `remove(_:)` and takes the lock again.
+        let cutOff = state.withLock { state -> [AsyncStream<EventRecord>.Continuation] in
+            var cutOff: [AsyncStream<EventRecord>.Continuation] = []
             state.lastPublished = last.sequence
             for (id, subscriber) in state.subscribers {
                 var subscriber = subscriber
@@ -59,13 +62,15 @@ final class EventHub: Sendable {
                 }
                 if lagged {
                     subscriber.lagState.mark(lastSequence: subscriber.lastQueued)
-                    subscriber.continuation.finish()
+                    cutOff.append(subscriber.continuation)
                     state.subscribers[id] = nil
                 } else {
                     state.subscribers[id] = subscriber
                 }
             }
+            return cutOff
         }
+        for continuation in cutOff { continuation.finish() }
     }
 
     /// Ends every subscription (daemon shutdown).

@@ -49,7 +49,9 @@ public struct RunnerFailure: Error, Sendable, Hashable {
     public var retryAfterMs: Int64?
 
     public init(_ message: String, code: String = "", retryable: Bool, retryAfterMs: Int64? = nil) {
-        failure = TaskFailure(message: message, code: code, retryable: retryable)
+        // Protocol strings cannot carry NUL (protobuf-c cuts them there); a runner's text may.
+        failure = TaskFailure(message: message.replacingOccurrences(of: "\0", with: ""),
+                              code: code.replacingOccurrences(of: "\0", with: ""), retryable: retryable)
         self.retryAfterMs = retryAfterMs
     }
 }

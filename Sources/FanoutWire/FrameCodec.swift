@@ -15,6 +15,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public let maxFrameBytes: Int
 
     public init(maxFrameBytes: Int = FrameDecoder.defaultMaxFrameBytes) {
+        precondition(maxFrameBytes >= 0, "maxFrameBytes must not be negative")
         self.maxFrameBytes = maxFrameBytes
     }
 
