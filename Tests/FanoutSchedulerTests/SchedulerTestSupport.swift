@@ -1,0 +1,177 @@
+import FanoutCore
+import FanoutRunners
+import FanoutStore
+import Foundation
+import Synchronization
+import Testing
+
+@testable import FanoutScheduler
+
+// MARK: Temporary files
+
+/// Runs `body` with a fresh directory under the system temporary directory, removed afterwards.
+@discardableResult
+func withTemporaryDirectory<T>(_ body: (URL) async throws -> T) async throws -> T {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fanout-sched-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    return try await body(directory)
+}
+
+/// A started scheduler over a real SQLite file; shut down afterwards even when `body` throws.
+@discardableResult
+func withScheduler<T>(
+    agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo")],
+    globalConcurrency: Int = 64,
+    runners: [String: any Runner]? = nil,
+    configure: (inout SchedulerConfiguration) -> Void = { _ in },
+    _ body: (Scheduler, SQLiteStore) async throws -> T
+) async throws -> T {
+    try await withTemporaryDirectory { directory in
+        let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+        var configuration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
+        configuration.backoff = Backoff(baseMs: 10, maxMs: 50)
+        configure(&configuration)
+        let runnerMap = runners ?? Dictionary(uniqueKeysWithValues: agents.map { ($0.name, EchoRunner() as any Runner) })
+        let scheduler = try Scheduler(store: store, configuration: configuration, runners: runnerMap)
+        try scheduler.start()
+        do {
+            let value = try await body(scheduler, store)
+            await scheduler.shutdown()
+            return value
+        } catch {
+            await scheduler.shutdown()
+            throw error
+        }
+    }
+}
+
+// MARK: Deadlines
+
+struct TimedOut: Error, CustomStringConvertible {
+    var what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+/// Runs `body`, failing with `TimedOut` instead of hanging if it takes longer than `timeout`.
+func withDeadline<T: Sendable>(_ timeout: Duration = .seconds(5), _ what: String,
+                               _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TimedOut(what: what) }
+        return value
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds; throws `TimedOut` after `timeout`.
+func waitUntil(_ what: String, timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try !condition() {
+        if ContinuousClock.now >= deadline { throw TimedOut(what: what) }
+        try await Task.sleep(for: .milliseconds(2))
+    }
+}
+
+/// Subscribes and collects events until `stop` returns true for one (included).
+func collectEvents(_ scheduler: Scheduler, _ filter: EventFilter, since: EventSequence = 0, bufferSize: Int = 100_000,
+                   timeout: Duration = .seconds(5), until stop: @escaping @Sendable (EventRecord) -> Bool) async throws -> [EventRecord] {
+    try await withDeadline(timeout, "events matching \(filter)") {
+        var events: [EventRecord] = []
+        for try await event in scheduler.subscribe(filter, since: since, follow: true, bufferSize: bufferSize) {
+            events.append(event)
+            if stop(event) { return events }
+        }
+        throw TimedOut(what: "the end of the subscription before the expected event")
+    }
+}
+
+/// Waits for the batch's terminal event and returns every event of the batch from the start.
+func eventsUntilBatchEnds(_ scheduler: Scheduler, batch: BatchID, owner: String = "alice",
+                          timeout: Duration = .seconds(5)) async throws -> [EventRecord] {
+    try await collectEvents(scheduler, EventFilter(ownerID: owner, batchID: batch), timeout: timeout) {
+        $0.kind == .batchCompleted || $0.kind == .batchCancelled || $0.kind == .batchFailed
+    }
+}
+
+func allEvents(_ store: SQLiteStore, _ filter: EventFilter = EventFilter(ownerID: "")) throws -> [EventRecord] {
+    try store.events(after: 0, upTo: nil, filter: filter, limit: 1_000_000)
+}
+
+/// Shorthands for what `Scheduler.enqueue` answers.
+extension InsertedBatch {
+    var id: BatchID { batch.id }
+    var progress: BatchProgress { batch.progress }
+}
+
+// MARK: Requests
+
+func json(_ object: [String: Any]) -> [UInt8] {
+    Array(try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+}
+
+func echoTasks(_ count: Int, prefix: String = "t", payload: (Int) -> [UInt8] = { Array("{\"n\":\($0)}".utf8) },
+               maxAttempts: Int = 1) -> [NewTask] {
+    (0..<count).map { NewTask(customID: "\(prefix)\($0)", agent: "", payload: payload($0), maxAttempts: maxAttempts) }
+}
+
+// MARK: Test runners
+
+/// Opens once; waiters poll it so they also honour cancellation.
+final class Gate: Sendable {
+    private let isOpen = Mutex(false)
+    func open() { isOpen.withLock { $0 = true } }
+    func wait() async throws {
+        while !isOpen.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(1)) }
+    }
+}
+
+/// Records the order tasks start in and how many run at once, per agent and overall.
+final class RecordingRunner: Runner {
+    struct Record {
+        var starts: [String] = []
+        var running: [String: Int] = [:]
+        var maxRunning: [String: Int] = [:]
+        var total = 0
+        var maxTotal = 0
+        var finished = 0
+    }
+
+    let record = Mutex(Record())
+    let holdMs: Int
+    let gate: Gate?
+    /// Tasks with these custom ids wait for the gate before running.
+    let gated: Set<String>
+
+    init(holdMs: Int = 0, gate: Gate? = nil, gated: Set<String> = []) {
+        self.holdMs = holdMs
+        self.gate = gate
+        self.gated = gated
+    }
+
+    var snapshot: Record { record.withLock { $0 } }
+
+    func run(_ context: RunContext) async throws -> RunOutput {
+        record.withLock { record in
+            record.starts.append(context.customID)
+            record.running[context.agent, default: 0] += 1
+            record.maxRunning[context.agent] = max(record.maxRunning[context.agent] ?? 0, record.running[context.agent]!)
+            record.total += 1
+            record.maxTotal = max(record.maxTotal, record.total)
+        }
+        defer {
+            record.withLock { record in
+                record.running[context.agent]! -= 1
+                record.total -= 1
+                record.finished += 1
+            }
+        }
+        if gated.contains(context.customID), let gate { try await gate.wait() }
+        if holdMs > 0 { try await Task.sleep(for: .milliseconds(holdMs)) }
+        return RunOutput(result: Array(context.customID.utf8))
+    }
+}

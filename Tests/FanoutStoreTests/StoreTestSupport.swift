@@ -1,0 +1,37 @@
+import FanoutCore
+import FanoutStore
+import Foundation
+
+/// Runs `body` with a fresh directory under the system temporary directory, removed afterwards.
+@discardableResult
+func withTemporaryDirectory<T>(_ body: (URL) async throws -> T) async throws -> T {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fanout-store-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    return try await body(directory)
+}
+
+/// A fresh SQLite store in its own temporary directory.
+func withStore<T>(_ body: (SQLiteStore, String) async throws -> T) async throws -> T {
+    try await withTemporaryDirectory { directory in
+        let path = directory.appendingPathComponent("fanout.db").path
+        return try await body(try SQLiteStore(path: path), path)
+    }
+}
+
+func newBatch(owner: String = "alice", agent: String = "echo", count: Int, maxTurns: Int = 0,
+              metadata: [String: String] = [:]) -> NewBatch {
+    NewBatch(ownerID: owner, agent: agent, metadata: metadata, deadlineAt: nil, creatorUID: 1000, maxTurns: maxTurns,
+             tasks: (0..<count).map { NewTask(customID: "t\($0)", agent: agent, payload: Array("payload-\($0)".utf8),
+                                               priority: Int32($0 % 3), maxAttempts: 2, timeoutMs: 500, maxTurns: maxTurns) })
+}
+
+func taskEvent(_ kind: EventKind, owner: String = "alice", batch: BatchID, task: TaskID, at: Milliseconds = 1_000) -> EventRecord {
+    EventRecord(kind: kind, timestamp: at, ownerID: owner, batchID: batch, taskID: task, customID: "c\(task)", attempt: 1)
+}
+
+func snapshot(_ record: BatchRecord, state: BatchState, _ edit: (inout BatchCounters) -> Void, units: Int) -> BatchSnapshot {
+    var counters = record.counters
+    edit(&counters)
+    return BatchSnapshot(id: record.id, state: state, counters: counters, progressUnits: units, startedAt: 2_000, finishedAt: nil)
+}
