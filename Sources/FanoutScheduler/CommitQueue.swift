@@ -31,11 +31,18 @@ final class CommitQueue: Sendable {
     /// Queues changes; `onCommit` runs once they are durable (or failed for good).
     func submit(_ changes: ChangeSet, onCommit: (@Sendable (Result<Void, any Error>) -> Void)? = nil) {
         guard !changes.isEmpty || onCommit != nil else { return }
-        state.withLock { state in
+        let accepted = state.withLock { state -> Bool in
+            // After close the loop may be gone: nothing more is written, and waiters hear so at once.
+            guard !state.closed else { return false }
             state.pending.merge(changes)
             if let onCommit { state.callbacks.append(onCommit) }
+            return true
         }
-        wake.yield()
+        if accepted {
+            wake.yield()
+        } else {
+            onCommit?(.failure(FanoutError.unavailable("the scheduler has shut down")))
+        }
     }
 
     /// Runs until `close()` and every queued change is written.

@@ -177,6 +177,8 @@ public final class Scheduler: Sendable {
             let value = body(&state, &effects)
             // Submitted under the lock so changes reach the commit queue in decision order.
             commits.submit(effects.changes, onCommit: Self.runAll(effects.afterCommit))
+            // Counted before the lock is released, so shutdown cannot miss an attempt about to launch.
+            if !effects.starts.isEmpty { inFlight.withLock { $0 += effects.starts.count } }
             return (value, effects)
         }
         for handle in effects.cancellations { handle.cancel() }
@@ -193,7 +195,6 @@ public final class Scheduler: Sendable {
     }
 
     private func launch(_ order: StartOrder) {
-        inFlight.withLock { $0 += 1 }
         let handle = Task {
             let outcome = await self.execute(order)
             self.mutate { state, effects in

@@ -135,11 +135,13 @@ struct SchedulerState {
 
     // MARK: Running tasks
 
+    /// Records the Swift task running an attempt. Returns false when it must
+    /// be cancelled at once (cancel requested, or the scheduler is stopping).
     mutating func attach(_ handle: Task<Void, Never>, to id: TaskID, attempt: Int) -> Bool {
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt else { return false }
         slot.handle = handle
         slots[id] = slot
-        return !slot.cancelRequested
+        return !slot.cancelRequested && !stopping
     }
 
     mutating func turn(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
