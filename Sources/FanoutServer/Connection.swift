@@ -68,11 +68,15 @@ final class Connection: Sendable {
     /// Asks the connection to end: server streams end with UNAVAILABLE, unary
     /// calls in flight get their answer, then the socket closes.
     func beginShutdown() {
-        let interrupted = table.withLock { table -> [Task<Void, Never>] in
+        let (interrupted, unfinishedEnqueues) = table.withLock { table in
             table.shuttingDown = true
-            return table.open.values.filter(\.interruptible).compactMap(\.task)
+            return (table.open.values.filter(\.interruptible).compactMap(\.task),
+                    table.open.values.compactMap(\.chunks))
         }
         for task in interrupted { task.cancel() }
+        // An EnqueueBatch still waiting for chunks has nothing committed: it
+        // ends now with UNAVAILABLE instead of holding shutdown up.
+        for chunks in unfinishedEnqueues { chunks.finish() }
         let grace = ContinuousClock.now + .milliseconds(configuration.shutdownGracePeriodMs)
         Task { [channel] in
             // A client that stalls mid-call must not hold the daemon up past the grace period.
@@ -165,8 +169,14 @@ final class Connection: Sendable {
         }
         let task = Task {
             let status = await self.serve(id, request, chunks: chunks, writer: writer)
+            if let status {
+                // This task may be cancelled (a Cancel frame, shutdown), and NIO's async
+                // writer refuses writes from a cancelled task: send the final frame from
+                // a task that is not, so CANCELLED / UNAVAILABLE still reach the client.
+                await Task { await writer.send(Frame(streamID: id, kind: .end(status))) }.value
+            }
+            // Open until its final frame is written: shutdown closes the socket once no stream is open.
             _ = self.table.withLock { $0.open.removeValue(forKey: id) }
-            if let status { await writer.send(Frame(streamID: id, kind: .end(status))) }
         }
         table.withLock { $0.open[id]?.task = task }
     }

@@ -42,7 +42,7 @@ public final class FanoutServer: Service, Sendable {
                 .bind(unixDomainSocketPath: configuration.socketPath) { channel in
                     PeerCredentials.of(channel).flatMapThrowing { peer in
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder(maxFrameBytes: maxFrameBytes)))
                         let asyncChannel = try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
                         return (asyncChannel, peer)
                     }
@@ -92,8 +92,16 @@ public final class FanoutServer: Service, Sendable {
     }
 
     private func refuse(_ channel: NIOAsyncChannel<Frame, Frame>, _ status: WireStatus) async {
-        try? await channel.executeThenClose { _, outbound in
+        try? await channel.executeThenClose { inbound, outbound in
             try await outbound.write(Frame(streamID: 0, kind: .end(status)))
+            // Wait (briefly) for the client's Hello before closing: closing with its bytes
+            // unread resets the connection, and the client may never read the status above.
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { _ = try? await inbound.first { _ in true } }
+                group.addTask { try? await Task.sleep(for: .seconds(1)) }
+                await group.next()
+                group.cancelAll()
+            }
         }
     }
 

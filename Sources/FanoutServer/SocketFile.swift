@@ -58,3 +58,14 @@ enum SocketFile {
         }
     }
 }
+
+extension FanoutServer {
+    /// Refuses a socket path another daemon listens on and removes a stale
+    /// socket file. A daemon calls this before it opens its store, so a
+    /// second daemon that is going to be refused never runs recovery on (and
+    /// starts the tasks of) the database the first one is using. `run()`
+    /// checks again when it binds.
+    public static func prepareSocketPath(_ path: String) throws {
+        try SocketFile.prepare(path)
+    }
+}

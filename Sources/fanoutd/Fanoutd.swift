@@ -86,7 +86,11 @@ struct Daemon {
         let logger = Logger(label: "fanoutd")
 
         try makeParent(of: settings.socketPath, mode: 0o700)
+        // Before the store: a daemon refused here must not recover or run the live daemon's tasks.
+        try FanoutServer.prepareSocketPath(settings.socketPath)
         try makeParent(of: settings.databasePath, mode: 0o700)
+        let lock = try DatabaseLock(databasePath: settings.databasePath)
+        defer { withExtendedLifetime(lock) {} }
         let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
 
         var runners: [String: any Runner] = [:]
