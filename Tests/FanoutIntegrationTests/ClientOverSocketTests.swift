@@ -333,7 +333,8 @@ import Testing
         try await withTestDaemon(agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(20) {
-                    let payload = Array("{\"delay_ms\":500}".utf8)
+                    // Long enough that the last task is still pending when the cancel arrives, even on a loaded machine.
+                    let payload = Array("{\"delay_ms\":1500}".utf8)
                     let batch = try await client.enqueueBatch(
                         ownerID: "one", agent: "serial",
                         tasks: (0..<3).map { TaskSpec(customID: "t\($0)", payload: payload) })
