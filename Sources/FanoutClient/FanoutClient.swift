@@ -178,6 +178,15 @@ public final class FanoutClient: Sendable {
         return task
     }
 
+    /// Runs a finished batch's failed tasks again (and, if asked, its expired
+    /// and cancelled ones), keeping the completed results. The batch goes back
+    /// to processing; returns it and how many tasks will run again.
+    public func retryFailed(_ batchID: UInt64, includeExpired: Bool = false, includeCancelled: Bool = false) async throws -> RetryFailedResponse {
+        let request = RetryFailedRequest(batchID: batchID, includeExpired: includeExpired, includeCancelled: includeCancelled)
+        guard case .retryFailed(let response) = try await unary(.retryFailed(request)) else { throw unexpected() }
+        return response
+    }
+
     public func serverInfo() async throws -> ServerInfo {
         guard case .serverInfo(let info) = try await unary(.serverInfo) else { throw unexpected() }
         return info

@@ -13,14 +13,21 @@ public struct AgentConfiguration: Sendable, Hashable {
     public var maxAttempts: Int
     /// Per attempt; 0: none.
     public var timeoutMs: Int64
+    /// Requests started per minute; 0: no limit.
+    public var requestsPerMinute: Int
+    /// LLM tokens per minute, as the runner reports them; 0: no limit.
+    public var tokensPerMinute: Int
 
-    public init(name: String, runner: String, concurrency: Int = 16, maxTurns: Int = 0, maxAttempts: Int = 3, timeoutMs: Int64 = 0) {
+    public init(name: String, runner: String, concurrency: Int = 16, maxTurns: Int = 0, maxAttempts: Int = 3,
+                timeoutMs: Int64 = 0, requestsPerMinute: Int = 0, tokensPerMinute: Int = 0) {
         self.name = name
         self.runner = runner
         self.concurrency = concurrency
         self.maxTurns = maxTurns
         self.maxAttempts = maxAttempts
         self.timeoutMs = timeoutMs
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
     }
 }
 
@@ -31,11 +38,49 @@ public struct SchedulerConfiguration: Sendable {
     public var backoff = Backoff()
     /// Minimum time between two `batch_progress` events of one batch.
     public var progressIntervalMs: Int64 = 100
+    /// Pending tasks read from the store at a time for one batch and agent;
+    /// the scheduler's memory holds at most about this many per active batch.
+    public var windowSize: Int = 512
+    /// Payloads up to this size are read along with the window; larger ones when the task starts.
+    public var inlinePayloadBytes: Int = 4_096
     /// Upper bound on the changes one group commit carries.
     public var maxChangesPerCommit: Int = 20_000
+    /// How much of the event log is kept for subscribers to replay.
+    public var eventRetention = EventRetention()
 
     public init(globalConcurrency: Int = 64, agents: [AgentConfiguration]) {
         self.globalConcurrency = globalConcurrency
         self.agents = agents
     }
+}
+
+/// How much of the event log the store keeps. Older events are removed by the
+/// commit loop in small steps; a subscriber asking for removed events is told
+/// so (`SubscriptionGap`) instead of silently missing them.
+public struct EventRetention: Sendable, Hashable {
+    /// Keep at most this many of the newest events; nil: no count limit.
+    public var maxEvents: Int?
+    /// Remove events older than this many milliseconds; nil: no age limit.
+    public var maxAgeMs: Int64?
+    /// The commit loop trims at most this often.
+    public var trimIntervalMs: Int64
+    /// Events deleted per step; each step is one short write transaction, and
+    /// queued commits go first between steps.
+    public var rowsPerStep: Int
+
+    public static let defaultMaxEvents = 1_000_000
+    public static let defaultMaxAgeMs: Int64 = 7 * 24 * 60 * 60 * 1_000
+
+    public init(maxEvents: Int? = EventRetention.defaultMaxEvents, maxAgeMs: Int64? = EventRetention.defaultMaxAgeMs,
+                trimIntervalMs: Int64 = 5_000, rowsPerStep: Int = 10_000) {
+        self.maxEvents = maxEvents
+        self.maxAgeMs = maxAgeMs
+        self.trimIntervalMs = trimIntervalMs
+        self.rowsPerStep = rowsPerStep
+    }
+
+    /// Keeps every event forever.
+    public static let unlimited = EventRetention(maxEvents: nil, maxAgeMs: nil)
+
+    var isLimited: Bool { maxEvents != nil || maxAgeMs != nil }
 }

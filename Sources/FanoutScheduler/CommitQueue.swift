@@ -7,6 +7,11 @@ import Synchronization
 /// and written by one loop, many per transaction. Events are published to
 /// subscribers only after their transaction committed, so nothing a client
 /// sees can be lost by a crash.
+///
+/// The same loop applies event retention: every `trimIntervalMs` at most, it
+/// deletes the oldest events in steps of `rowsPerStep`, writing whatever was
+/// queued meanwhile between two steps, so trimming never holds up a commit for
+/// longer than one small step and never runs as part of a commit.
 final class CommitQueue: Sendable {
     private struct State {
         var pending = ChangeSet()
@@ -17,14 +22,20 @@ final class CommitQueue: Sendable {
     private let store: any Store
     private let hub: EventHub
     private let logger: Logger
+    let retention: EventRetention
+    /// Wall-clock milliseconds; tests pass their own.
+    private let now: @Sendable () -> Milliseconds
     private let state = Mutex(State())
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
-    init(store: any Store, hub: EventHub, logger: Logger) {
+    init(store: any Store, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
+         retention: EventRetention = EventRetention(), now: @escaping @Sendable () -> Milliseconds = { Clock.now }) {
         self.store = store
         self.hub = hub
         self.logger = logger
+        self.retention = retention
+        self.now = now
         (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -47,11 +58,48 @@ final class CommitQueue: Sendable {
 
     /// Runs until `close()` and every queued change is written.
     func run() async {
+        let interval = max(1, retention.trimIntervalMs)
+        // Wakes the loop now and then, so an idle daemon still drops events past the age limit.
+        let ticker: Task<Void, Never>? = retention.isLimited ? Task { [wake] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(interval))
+                wake.yield()
+            }
+        } : nil
+        defer { ticker?.cancel() }
+        // Due at once: the log may be over a limit lowered since the last run.
+        var nextTrimAt = now()
         for await _ in wakeups {
             await flush()
             if state.withLock({ $0.closed && $0.pending.isEmpty && $0.callbacks.isEmpty }) { break }
+            if retention.isLimited && now() >= nextTrimAt {
+                await trimEvents()
+                nextTrimAt = now() + interval
+            }
         }
         await flush()
+    }
+
+    /// Applies retention in bounded steps until nothing more is due.
+    private func trimEvents() async {
+        let cutoff = retention.maxAgeMs.map { now() - $0 }
+        let step = max(1, retention.rowsPerStep)
+        var total = 0
+        while true {
+            let deleted: Int
+            do {
+                deleted = try store.trimEvents(keepingLast: retention.maxEvents, olderThan: cutoff, limit: step)
+            } catch {
+                // Retention is housekeeping: try again at the next interval.
+                logger.warning("event log trim failed", metadata: ["error": "\(error)"])
+                break
+            }
+            total += deleted
+            if deleted < step || state.withLock({ $0.closed }) { break }
+            // Commits queued meanwhile go before the next step.
+            await flush()
+        }
+        if total > 0 { logger.debug("trimmed the event log", metadata: ["events": "\(total)"]) }
     }
 
     /// Stops the loop after what is queued has been written.

@@ -6,9 +6,39 @@ public struct SubscriptionLagged: Error, Sendable, Hashable {
     public var lastSequence: EventSequence
 }
 
+/// Retention removed events the subscriber had not received: those after
+/// `after` and before `firstAvailable`. The daemon cannot tell whether any of
+/// them matched the subscriber's filter, so it says so instead of skipping
+/// them. Subscribe again with `since = resumeSequence` to accept the loss and
+/// continue from the oldest event still stored.
+public struct SubscriptionGap: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The last sequence the subscriber had (its `since`, or the last event delivered).
+    public var after: EventSequence
+    /// The oldest event still stored (the next to be assigned when the log is empty).
+    public var firstAvailable: EventSequence
+
+    public init(after: EventSequence, firstAvailable: EventSequence) {
+        self.after = after
+        self.firstAvailable = firstAvailable
+    }
+
+    /// Where a deliberate resume starts: just before the oldest stored event.
+    public var resumeSequence: EventSequence { firstAvailable - 1 }
+
+    public var description: String {
+        "events after \(after) were removed by retention; the oldest event still stored is \(firstAvailable); "
+            + "subscribe with since=\(resumeSequence) to continue from there"
+    }
+}
+
 /// Stored events after `since`, then live ones: no gap and no duplicate at
 /// the seam, because the live subscription is registered before the replay
 /// and the replay stops at the last sequence published before it joined.
+///
+/// `since = 0` means everything still stored. Any other `since` must not be
+/// older than what retention kept: every replay page is read together with
+/// the log's oldest sequence, and if events after the subscriber's position
+/// are gone the stream throws `SubscriptionGap` rather than skip them.
 public struct EventStream: AsyncSequence, Sendable {
     public typealias Element = EventRecord
 
@@ -44,7 +74,12 @@ public struct EventStream: AsyncSequence, Sendable {
                 }
                 let upTo = live?.joinedAfter
                 let (store, filter, after) = (stream.store, stream.filter, cursor)
-                replay = try await offload { try store.events(after: after, upTo: upTo, filter: filter, limit: EventStream.replayPage) }
+                let page = try await offload { try store.eventPage(after: after, upTo: upTo, filter: filter, limit: EventStream.replayPage) }
+                // Cursor 0 is `since = 0` with nothing delivered yet: start at whatever is stored.
+                if after > 0 && after < page.firstAvailable - 1 {
+                    throw SubscriptionGap(after: after, firstAvailable: page.firstAvailable)
+                }
+                replay = page.events
                 replayIndex = 0
                 if replay.isEmpty {
                     replayDone = true

@@ -36,9 +36,12 @@ public struct RunContext: Sendable {
 
 public struct RunOutput: Sendable {
     public var result: [UInt8]
+    /// LLM tokens the attempt used, when the runner knows; feeds the agent's tokens-per-minute limit.
+    public var tokensUsed: Int?
 
-    public init(result: [UInt8]) {
+    public init(result: [UInt8], tokensUsed: Int? = nil) {
         self.result = result
+        self.tokensUsed = tokensUsed
     }
 }
 

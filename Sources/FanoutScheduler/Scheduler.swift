@@ -21,6 +21,8 @@ public final class Scheduler: Sendable {
     private let commits: CommitQueue
     private let background = Mutex<[Task<Void, Never>]>([])
     private let inFlight = Mutex<Int>(0)
+    /// The earliest pending wake-up timer, so limited agents do not arm one timer per decision.
+    private let nextWake = Mutex<Milliseconds?>(nil)
 
     /// - Parameter runners: the runner for each agent, by agent name.
     public init(store: any Store, configuration: SchedulerConfiguration, runners: [String: any Runner],
@@ -30,9 +32,9 @@ public final class Scheduler: Sendable {
         self.runners = runners
         self.limits = limits
         self.logger = logger
-        state = Mutex(SchedulerState(configuration: configuration))
+        state = Mutex(SchedulerState(configuration: configuration, now: Clock.now))
         hub = EventHub(lastSequence: try store.lastEventSequence())
-        commits = CommitQueue(store: store, hub: hub, logger: logger)
+        commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention)
     }
 
     // MARK: Life cycle
@@ -42,24 +44,28 @@ public final class Scheduler: Sendable {
         let recovered = try store.recover(now: Clock.now)
         if recovered.requeued > 0 || !recovered.activeBatches.isEmpty {
             logger.info("recovered work", metadata: [
-                "batches": "\(recovered.activeBatches.count)", "tasks": "\(recovered.runnableTasks.count)",
+                "batches": "\(recovered.activeBatches.count)",
+                "pending": "\(recovered.activeBatches.reduce(0) { $0 + $1.counters.pending })",
                 "requeued": "\(recovered.requeued)",
             ])
         }
-        let tasksByBatch = Dictionary(grouping: recovered.runnableTasks, by: \.batchID)
         let commitLoop = Task { await commits.run() }
         let ticker = Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(max(10, self?.configuration.progressIntervalMs ?? 100)))
                 guard let self else { return }
-                self.mutate { state, effects in state.flushProgress(now: Clock.now, effects: &effects) }
+                self.mutate { state, effects in
+                    let now = Clock.now
+                    state.expireOverdue(now: now, effects: &effects)
+                    state.flushProgress(now: now, effects: &effects)
+                }
             }
         }
         background.withLock { $0 = [commitLoop, ticker] }
         mutate { state, effects in
             let now = Clock.now
             for batch in recovered.activeBatches {
-                state.admit(batch, tasks: tasksByBatch[batch.id] ?? [], now: now, effects: &effects)
+                state.admit(batch, agents: recovered.pendingAgents[batch.id] ?? [], now: now, effects: &effects)
             }
             state.dispatch(now: now, effects: &effects)
         }
@@ -92,7 +98,7 @@ public final class Scheduler: Sendable {
             batch.tasks[index].agent = batch.agent
         }
         try BatchValidation.validate(batch, limits: limits, knownAgents: known)
-        let agents = state.withLock { $0.agents }
+        let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         if let agent = agents[batch.agent] { batch.maxTurns = agent.maxTurns }
         for index in batch.tasks.indices {
             let agent = agents[batch.tasks[index].agent]!
@@ -102,15 +108,10 @@ public final class Scheduler: Sendable {
         if batch.maxTurns == 0, let first = batch.tasks.first { batch.maxTurns = agents[first.agent]!.maxTurns }
         let admitted = batch
         let inserted = try await offload { [store] in try store.insertBatch(admitted, now: Clock.now) }
-        let runnable = zip(admitted.tasks, inserted.taskIDs).map { task, id in
-            RunnableTask(id: id, batchID: inserted.batch.id, ownerID: admitted.ownerID, customID: task.customID,
-                         agent: task.agent, priority: task.priority, attempt: 0, maxAttempts: task.maxAttempts,
-                         timeoutMs: task.timeoutMs, turnsCompleted: 0, maxTurns: task.maxTurns,
-                         parentTaskID: admitted.parentTaskID)
-        }
+        let agentsOfBatch = Set(admitted.tasks.map(\.agent))
         mutate { state, effects in
             let now = Clock.now
-            state.admit(inserted.batch, tasks: runnable, now: now, effects: &effects)
+            state.admit(inserted.batch, agents: Array(agentsOfBatch), now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
         }
         return inserted
@@ -119,15 +120,34 @@ public final class Scheduler: Sendable {
     /// Cancels a task and waits (up to `timeout`) until a running one has
     /// stopped, so the answer shows it cancelled; returns its committed state.
     public func cancelTask(_ id: TaskID, timeout: Duration = .seconds(10)) async throws -> TaskRecord {
-        let stopped = AsyncStream<Void>.makeStream()
-        let active = mutate { state, effects in
-            state.cancelTask(id, now: Clock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
-        }
-        if active { await waitForSignal(stopped.stream, timeout: timeout) }
         guard let task = try await offload({ [store] in try store.task(id, includePayload: false) }) else {
             throw FanoutError.notFound("task \(id) does not exist")
         }
-        return task
+        let stopped = AsyncStream<Void>.makeStream()
+        let active = mutate { state, effects in
+            state.cancelTask(task, now: Clock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
+        }
+        if active { await waitForSignal(stopped.stream, timeout: timeout) }
+        return try await offload({ [store] in try store.task(id, includePayload: false) }) ?? task
+    }
+
+    /// Runs a finished batch's failed tasks again (and, if asked, its expired
+    /// and cancelled ones), keeping its completed results.
+    public func retryFailed(_ id: BatchID, includeExpired: Bool, includeCancelled: Bool) async throws -> (BatchRecord, Int) {
+        var wanted: Set<TaskState> = [.failed]
+        if includeExpired { wanted.insert(.expired) }
+        if includeCancelled { wanted.insert(.cancelled) }
+        let states = wanted
+        let (batch, reopened) = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: Clock.now) }
+        guard reopened > 0 else { return (batch, 0) }
+        let agents = configuration.agents.map(\.name)
+        mutate { state, effects in
+            let now = Clock.now
+            state.admit(batch, agents: agents, now: now, effects: &effects)
+            effects.changes.events.append(state.batchEvent(.batchProgress, batch, now: now))
+            state.dispatch(now: now, effects: &effects)
+        }
+        return (batch, reopened)
     }
 
     /// Cancels every unfinished task of a batch and waits (up to `timeout`)
@@ -152,8 +172,10 @@ public final class Scheduler: Sendable {
     public var statistics: SchedulerStatistics {
         state.withLock { state in
             SchedulerStatistics(pending: state.pendingCount, running: state.running, retryWait: state.retryWaitCount,
-                                activeBatches: state.batches.count, runningByAgent: state.runningByAgent,
-                                subscribers: hub.subscriberCount)
+                                activeBatches: state.batches.count,
+                                runningByAgent: state.agents.mapValues(\.running),
+                                subscribers: hub.subscriberCount,
+                                tasksInMemory: state.slots.count + state.sources.values.reduce(0) { $0 + $1.window.count })
         }
     }
 
@@ -184,6 +206,8 @@ public final class Scheduler: Sendable {
         for handle in effects.cancellations { handle.cancel() }
         for order in effects.starts { launch(order) }
         for retry in effects.retries { scheduleRetry(retry.id, attempt: retry.attempt, afterMs: retry.delayMs) }
+        for refill in effects.refills { load(refill) }
+        if let wakeAt = effects.wakeAt { scheduleWake(at: wakeAt) }
         return value
     }
 
@@ -207,13 +231,55 @@ public final class Scheduler: Sendable {
         if !keep { handle.cancel() }
     }
 
+    /// Reads the next window of a source's pending tasks.
+    private func load(_ order: RefillOrder) {
+        let (store, inline) = (store, configuration.inlinePayloadBytes)
+        Task {
+            let tasks: [RunnableTask]
+            do {
+                tasks = try await offload {
+                    try store.pendingTasks(batchID: order.key.batchID, agent: order.key.agent, after: order.cursor,
+                                           limit: order.limit, inlinePayloadBytes: inline)
+                }
+            } catch {
+                logger.error("reading pending tasks failed; retrying", metadata: ["batch": "\(order.key.batchID)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(500))
+                mutate { state, effects in state.refillFailed(order.key, generation: order.generation, effects: &effects) }
+                return
+            }
+            mutate { state, effects in
+                state.refilled(order.key, generation: order.generation, tasks: tasks, requested: order.limit, now: Clock.now,
+                               effects: &effects)
+            }
+        }
+    }
+
+    /// Dispatches again when a paused or rate-limited agent becomes ready.
+    private func scheduleWake(at time: Milliseconds) {
+        let armed = nextWake.withLock { next -> Bool in
+            if let next, next <= time, next > Clock.now { return false }
+            next = time
+            return true
+        }
+        guard armed else { return }
+        Task { [weak self] in
+            try? await Task.sleep(for: .milliseconds(max(1, time - Clock.now)))
+            guard let self else { return }
+            self.nextWake.withLock { if $0 == time { $0 = nil } }
+            self.mutate { state, effects in state.dispatch(now: Clock.now, effects: &effects) }
+        }
+    }
+
     private func execute(_ order: StartOrder) async -> AttemptOutcome {
         let task = order.task
         guard let runner = runners[task.agent] else {
             return .failed(RunnerFailure("no runner for agent \"\(task.agent)\"", code: "no_runner", retryable: false))
         }
         do {
-            let payload = try store.payload(of: task.id)
+            var payload = task.payload ?? []
+            if task.payload == nil {
+                payload = try await offload { [store] in try store.payload(of: task.id) }
+            }
             let context = RunContext(
                 taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
                 attempt: order.attempt, maxTurns: order.batchMaxTurns, payload: payload,
@@ -221,7 +287,7 @@ public final class Scheduler: Sendable {
                     self?.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: Clock.now, effects: &effects) }
                 })
             let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
-            return .succeeded(output.result)
+            return .succeeded(output)
         } catch let failure as RunnerFailure {
             return Task.isCancelled ? .interrupted : .failed(failure)
         } catch is AttemptTimedOut {
@@ -247,6 +313,8 @@ public struct SchedulerStatistics: Sendable, Hashable {
     public var activeBatches: Int
     public var runningByAgent: [String: Int]
     public var subscribers: Int
+    /// Running, retry-waiting and windowed tasks the scheduler holds: bounded, whatever the batch sizes.
+    public var tasksInMemory: Int
 }
 
 /// Wall-clock milliseconds, read in one place.

@@ -1,3 +1,4 @@
+import DequeModule
 import FanoutCore
 import FanoutStore
 
@@ -7,6 +8,9 @@ struct Effects: Sendable {
     var starts: [StartOrder] = []
     var cancellations: [Task<Void, Never>] = []
     var retries: [(id: TaskID, attempt: Int, delayMs: Int64)] = []
+    var refills: [RefillOrder] = []
+    /// Dispatch again at this time: an agent is paused or rate-limited until then.
+    var wakeAt: Milliseconds?
     /// Run once `changes` is committed.
     var afterCommit: [@Sendable () -> Void] = []
 }
@@ -19,18 +23,30 @@ struct StartOrder: Sendable {
     var batchMaxTurns: Int
 }
 
+/// A window of pending tasks to read from the store.
+struct RefillOrder: Sendable {
+    var key: SourceKey
+    /// The source that asked; a reply for an older source of the same key is stale.
+    var generation: Int
+    var cursor: QueueCursor?
+    var limit: Int
+}
+
 /// How one attempt ended, as the executing Swift task saw it.
 enum AttemptOutcome: Sendable {
-    case succeeded([UInt8])
+    case succeeded(RunOutput)
     case failed(RunnerFailure)
-    /// Interrupted by a cancel request or by shutdown.
+    /// Interrupted by a cancel request, a deadline, or shutdown.
     case interrupted
 }
 
+/// A task that is running or waiting to retry. Pending tasks live in their
+/// source's window or only in the store.
 struct TaskSlot {
     var task: RunnableTask
     var state: TaskState
-    var cancelRequested = false
+    /// What an interruption turns into: cancelled or expired. Nil: shutdown.
+    var interruptAs: TaskState?
     var handle: Task<Void, Never>?
     /// Called once the task has left `running` and that is committed.
     var stopWaiters: [@Sendable () -> Void] = []
@@ -38,8 +54,15 @@ struct TaskSlot {
 
 struct ActiveBatch {
     var record: BatchRecord
-    var openTasks: Set<TaskID>
-    var cancelRequested = false
+    /// Agents with a source for this batch.
+    var agents: Set<String> = []
+    /// Running and retry-waiting tasks: the only ones of the batch in memory besides windows.
+    var openSlots: Set<TaskID> = []
+    /// Pending tasks cancelled one by one while still only in the store: a
+    /// window read that races with that commit must not start them.
+    var cancelledInStore: Set<TaskID> = []
+    /// Set by cancel_batch (cancelled) or the deadline (expired).
+    var closing: TaskState?
     var lastProgressAt: Milliseconds = 0
     var progressDirty = false
     var finishWaiters: [@Sendable () -> Void] = []
@@ -50,87 +73,204 @@ struct ActiveBatch {
     }
 }
 
+/// An agent's limits as they stand.
+struct AgentRuntime {
+    let configuration: AgentConfiguration
+    var running = 0
+    var requests: RateLimit?
+    var tokens: RateLimit?
+    /// A runner asked to wait (Retry-After) until then.
+    var pausedUntil: Milliseconds = 0
+
+    init(_ configuration: AgentConfiguration, now: Milliseconds) {
+        self.configuration = configuration
+        if configuration.requestsPerMinute > 0 { requests = RateLimit(perMinute: configuration.requestsPerMinute, now: now) }
+        if configuration.tokensPerMinute > 0 { tokens = RateLimit(perMinute: configuration.tokensPerMinute, now: now) }
+    }
+
+    /// Whether a task may start now; if not only for lack of time, when it may.
+    mutating func readiness(now: Milliseconds) -> (ready: Bool, retryAt: Milliseconds?) {
+        guard running < configuration.concurrency else { return (false, nil) }
+        var at: Milliseconds?
+        if now < pausedUntil { at = pausedUntil }
+        if var requests {
+            if !requests.canTake(1, now: now) { at = max(at ?? 0, requests.availableAt(1)) }
+            self.requests = requests
+        }
+        if var tokens {
+            // Token use is known afterwards: start while the bucket is above zero.
+            if !tokens.canTake(0.001, now: now) { at = max(at ?? 0, tokens.availableAt(0.001)) }
+            self.tokens = tokens
+        }
+        return (at == nil, at)
+    }
+}
+
 /// The scheduler's decisions, as a state machine behind one lock. Nothing in
 /// here awaits or does I/O; every method returns the effects to carry out.
 struct SchedulerState {
     let configuration: SchedulerConfiguration
-    let agents: [String: AgentConfiguration]
+    var agents: [String: AgentRuntime] = [:]
+    /// Agent names in a fixed order; dispatch starts from a rotating point so
+    /// agents at the same priority take turns.
+    private let agentOrder: [String]
+    private var agentRotation = 0
     var batches: [BatchID: ActiveBatch] = [:]
     var slots: [TaskID: TaskSlot] = [:]
-    var queues: [String: ReadyQueue] = [:]
+    var sources: [SourceKey: Source] = [:]
+    var queues: [String: AgentQueue] = [:]
     var running = 0
-    var runningByAgent: [String: Int] = [:]
     var pendingCount = 0
     var retryWaitCount = 0
     var stopping = false
+    /// Numbers sources, so a window read answered after its source was replaced is recognised.
+    private var sourceGenerations = 0
 
-    init(configuration: SchedulerConfiguration) {
+    init(configuration: SchedulerConfiguration, now: Milliseconds) {
         self.configuration = configuration
-        agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        var agents: [String: AgentRuntime] = [:]
+        for agent in configuration.agents where agents[agent.name] == nil {
+            agents[agent.name] = AgentRuntime(agent, now: now)
+        }
+        self.agents = agents
+        agentOrder = configuration.agents.map(\.name).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
     }
 
     // MARK: Admission
 
-    mutating func admit(_ batch: BatchRecord, tasks: [RunnableTask], now: Milliseconds, effects: inout Effects) {
-        var active = ActiveBatch(record: batch, openTasks: Set(minimumCapacity: tasks.count))
-        for task in tasks {
-            active.openTasks.insert(task.id)
-            slots[task.id] = TaskSlot(task: task, state: .pending)
-            queues[task.agent, default: ReadyQueue()].append(task.id, priority: task.priority)
+    /// Takes over an active batch whose pending tasks, for `agents`, are in the store.
+    mutating func admit(_ batch: BatchRecord, agents taskAgents: [String], now: Milliseconds, effects: inout Effects) {
+        var active = ActiveBatch(record: batch)
+        for agent in Set(taskAgents) {
+            let key = SourceKey(batchID: batch.id, agent: agent)
+            sources[key] = makeSource(key, ownerID: batch.ownerID)
+            active.agents.insert(agent)
+            requestRefill(key, effects: &effects)
         }
-        pendingCount += tasks.count
+        pendingCount += batch.counters.pending
         batches[batch.id] = active
         // A recovered batch may have nothing left to run (the crash came after its last task).
         finishIfDone(batch.id, now: now, effects: &effects)
+    }
+
+    private mutating func makeSource(_ key: SourceKey, ownerID: String) -> Source {
+        sourceGenerations += 1
+        return Source(key: key, ownerID: ownerID, generation: sourceGenerations)
+    }
+
+    /// A window read from the store arrived.
+    mutating func refilled(_ key: SourceKey, generation: Int, tasks: [RunnableTask], requested limit: Int, now: Milliseconds,
+                           effects: inout Effects) {
+        // A read of a source dropped since (its batch finished, then RetryFailed admitted it again) is stale.
+        guard var source = sources[key], source.generation == generation, let batch = batches[key.batchID] else { return }
+        source.refilling = false
+        for task in tasks where slots[task.id] == nil && !batch.cancelledInStore.contains(task.id) {
+            source.window.append(task)
+        }
+        if let last = tasks.last { source.cursor = last.cursor }
+        if tasks.count < limit { source.exhausted = true }
+        sources[key] = source
+        if let closing = batch.closing {
+            drain(key, as: closing, now: now, effects: &effects)
+            return
+        }
+        relist(key)
+        dispatch(now: now, effects: &effects)
+    }
+
+    /// A window read failed: let the next dispatch ask again.
+    mutating func refillFailed(_ key: SourceKey, generation: Int, effects: inout Effects) {
+        guard sources[key]?.generation == generation else { return }
+        sources[key]!.refilling = false
+        requestRefill(key, effects: &effects)
+    }
+
+    private mutating func requestRefill(_ key: SourceKey, effects: inout Effects) {
+        guard var source = sources[key], !source.refilling, !source.exhausted else { return }
+        source.refilling = true
+        sources[key] = source
+        // A closing batch's tasks are only read to be closed: bigger pages, fewer round trips.
+        let limit = batches[key.batchID]?.closing == nil ? configuration.windowSize : configuration.windowSize * 8
+        effects.refills.append(RefillOrder(key: key, generation: source.generation, cursor: source.cursor, limit: limit))
+    }
+
+    /// Puts a source in the lane of its head's priority, or takes it out when
+    /// its window is empty; drops it when nothing is left to read.
+    private mutating func relist(_ key: SourceKey) {
+        guard var source = sources[key] else { return }
+        let wanted = source.window.first?.priority
+        if source.listedAt != wanted {
+            if let listed = source.listedAt { queues[key.agent]?.remove(key, owner: source.ownerID, priority: listed) }
+            if let wanted { queues[key.agent, default: AgentQueue()].add(key, owner: source.ownerID, priority: wanted) }
+            source.listedAt = wanted
+        }
+        if source.window.isEmpty && source.exhausted && !source.refilling {
+            sources[key] = nil
+            batches[key.batchID]?.agents.remove(key.agent)
+        } else {
+            sources[key] = source
+        }
     }
 
     // MARK: Dispatch
 
     mutating func dispatch(now: Milliseconds, effects: inout Effects) {
         guard !stopping else { return }
-        while running < configuration.globalConcurrency, let (agent, id) = nextReady() {
-            queues[agent]!.removeFirst()
-            guard var slot = slots[id], slot.state == .pending, var batch = batches[slot.task.batchID] else { continue }
-            slot.state = .running
-            slot.task.attempt += 1
-            slots[id] = slot
-            pendingCount -= 1
-            running += 1
-            runningByAgent[agent, default: 0] += 1
-
-            batch.record.counters.move(from: .pending, to: .running)
-            if batch.record.state == .pending {
-                batch.record.state = .processing
-                batch.record.startedAt = now
-            }
-            batches[batch.record.id] = batch
-            effects.changes.tasks.append(.started(id, attempt: slot.task.attempt, at: now))
-            effects.changes.batches[batch.record.id] = batch.snapshot
-            effects.changes.events.append(taskEvent(.taskStarted, slot.task, now: now))
-            let timeout = slot.task.timeoutMs > 0 ? slot.task.timeoutMs : (agents[agent]?.timeoutMs ?? 0)
-            effects.starts.append(StartOrder(task: slot.task, attempt: slot.task.attempt, timeoutMs: timeout,
-                                             batchMaxTurns: batch.record.progress.maxTurns))
-        }
-    }
-
-    /// The best ready task among agents with a free slot: highest priority,
-    /// then lowest id (enqueued first). Stale heads are dropped on the way.
-    private mutating func nextReady() -> (agent: String, id: TaskID)? {
-        var best: (agent: String, id: TaskID, priority: Int32)?
-        for agent in Array(queues.keys) {
-            guard let limit = agents[agent]?.concurrency, runningByAgent[agent, default: 0] < limit else { continue }
-            while let head = queues[agent]?.first, slots[head.id]?.state != .pending {
-                queues[agent]!.removeFirst()
-            }
-            guard let head = queues[agent]?.first else {
+        while running < configuration.globalConcurrency, let agent = nextAgent(now: now, effects: &effects) {
+            guard let key = queues[agent]?.next(), var source = sources[key], var task = source.window.popFirst() else {
+                // A listed source always has a window; repair rather than spin.
                 queues[agent] = nil
                 continue
             }
-            if best == nil || head.priority > best!.priority || (head.priority == best!.priority && head.id < best!.id) {
-                best = (agent, head.id, head.priority)
-            }
+            sources[key] = source
+            if source.window.count < configuration.windowSize / 4 { requestRefill(key, effects: &effects) }
+            relist(key)
+            start(&task, now: now, effects: &effects)
         }
-        return best.map { ($0.agent, $0.id) }
+    }
+
+    /// The agent to start a task for: among agents with ready work and room
+    /// under their limits, the one whose best work has the highest priority,
+    /// taking turns on ties. Notes when a limited agent will be ready.
+    private mutating func nextAgent(now: Milliseconds, effects: inout Effects) -> String? {
+        var best: (agent: String, priority: Int32)?
+        for offset in agentOrder.indices {
+            let agent = agentOrder[(agentRotation + offset) % agentOrder.count]
+            guard let priority = queues[agent]?.topPriority, var runtime = agents[agent] else { continue }
+            let (ready, retryAt) = runtime.readiness(now: now)
+            agents[agent] = runtime
+            if let retryAt { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
+            guard ready else { continue }
+            if best == nil || priority > best!.priority { best = (agent, priority) }
+        }
+        if best != nil { agentRotation = (agentRotation + 1) % max(1, agentOrder.count) }
+        return best?.agent
+    }
+
+    private mutating func start(_ task: inout RunnableTask, now: Milliseconds, effects: inout Effects) {
+        guard var batch = batches[task.batchID] else { return }
+        task.attempt += 1
+        agents[task.agent]?.running += 1
+        agents[task.agent]?.requests?.consume(1, now: now)
+        running += 1
+        pendingCount -= 1
+        var stored = task
+        stored.payload = nil
+        slots[task.id] = TaskSlot(task: stored, state: .running)
+        batch.openSlots.insert(task.id)
+        batch.record.counters.move(from: .pending, to: .running)
+        if batch.record.state == .pending {
+            batch.record.state = .processing
+            batch.record.startedAt = now
+        }
+        batches[batch.record.id] = batch
+        effects.changes.tasks.append(.started(task.id, attempt: task.attempt, at: now))
+        effects.changes.batches[batch.record.id] = batch.snapshot
+        effects.changes.events.append(taskEvent(.taskStarted, task, now: now))
+        let agentTimeout = agents[task.agent]?.configuration.timeoutMs ?? 0
+        effects.starts.append(StartOrder(task: task, attempt: task.attempt,
+                                         timeoutMs: task.timeoutMs > 0 ? task.timeoutMs : agentTimeout,
+                                         batchMaxTurns: batch.record.progress.maxTurns))
     }
 
     // MARK: Running tasks
@@ -141,7 +281,7 @@ struct SchedulerState {
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt else { return false }
         slot.handle = handle
         slots[id] = slot
-        return !slot.cancelRequested && !stopping
+        return slot.interruptAs == nil && !stopping
     }
 
     mutating func turn(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
@@ -154,12 +294,11 @@ struct SchedulerState {
         event.turn = slot.task.turnsCompleted
         effects.changes.tasks.append(.turns(id, turnsCompleted: slot.task.turnsCompleted))
         effects.changes.events.append(event)
-        if batch.record.progress.recordTurn(turnsBefore: before) {
-            batches[batch.record.id] = batch
+        let moved = batch.record.progress.recordTurn(turnsBefore: before)
+        batches[batch.record.id] = batch
+        if moved {
             effects.changes.batches[batch.record.id] = batch.snapshot
             noteProgress(batch.record.id, now: now, effects: &effects)
-        } else {
-            batches[batch.record.id] = batch
         }
     }
 
@@ -167,29 +306,33 @@ struct SchedulerState {
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt else { return }
         let agent = slot.task.agent
         running -= 1
-        runningByAgent[agent, default: 1] -= 1
+        agents[agent]?.running -= 1
         slot.handle = nil
 
         switch outcome {
-        case .succeeded(let result):
-            close(&slot, as: .completed, result: result, failure: nil, now: now, effects: &effects)
-        case .interrupted where slot.cancelRequested:
-            close(&slot, as: .cancelled, result: nil, failure: nil, now: now, effects: &effects)
+        case .succeeded(let output):
+            if let tokens = output.tokensUsed, tokens > 0 { agents[agent]?.tokens?.consume(Double(tokens), now: now) }
+            close(&slot, as: .completed, result: output.result, failure: nil, now: now, effects: &effects)
         case .interrupted:
-            // Shutdown: the task runs again when the daemon comes back; its attempt stays counted.
-            requeue(&slot, as: .pending, failure: nil, effects: &effects)
-        case .failed(let failure) where slot.cancelRequested:
-            close(&slot, as: .cancelled, result: nil, failure: failure.failure, now: now, effects: &effects)
+            if let state = slot.interruptAs {
+                close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
+            } else {
+                // Shutdown: the task runs again when the daemon comes back; its attempt stays counted.
+                requeue(&slot, failure: nil, effects: &effects)
+            }
         case .failed(let failure):
-            if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts, !stopping {
+            if let retryAfter = failure.retryAfterMs, retryAfter > 0 {
+                // The provider asked the whole agent to slow down, not just this task.
+                let pausedUntil = max(agents[agent]?.pausedUntil ?? 0, now + retryAfter)
+                agents[agent]?.pausedUntil = pausedUntil
+                effects.wakeAt = min(effects.wakeAt ?? now + retryAfter, now + retryAfter)
+            }
+            if let state = slot.interruptAs {
+                close(&slot, as: state, result: nil, failure: failure.failure, now: now, effects: &effects)
+            } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts, !stopping {
                 let delay = configuration.backoff.delay(beforeAttempt: slot.task.attempt + 1, jitter: jitter,
                                                         retryAfterMs: failure.retryAfterMs)
-                requeue(&slot, as: .retryWait, failure: failure.failure, effects: &effects)
-                var event = taskEvent(.taskRetrying, slot.task, now: now)
-                event.retryDelayMs = delay
-                event.failure = failure.failure
-                effects.changes.events.append(event)
-                effects.retries.append((id, slot.task.attempt, delay))
+                waitToRetry(&slot, failure: failure.failure, delayMs: delay, now: now, effects: &effects)
             } else {
                 close(&slot, as: .failed, result: nil, failure: failure.failure, now: now, effects: &effects)
             }
@@ -197,66 +340,74 @@ struct SchedulerState {
         dispatch(now: now, effects: &effects)
     }
 
-    /// A task in retry_wait whose backoff has passed becomes ready again.
-    mutating func retryDue(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
-        guard var slot = slots[id], slot.state == .retryWait, slot.task.attempt == attempt,
-              var batch = batches[slot.task.batchID] else { return }
-        slot.state = .pending
-        slots[id] = slot
-        retryWaitCount -= 1
-        pendingCount += 1
-        batch.record.counters.move(from: .retryWait, to: .pending)
-        batches[batch.record.id] = batch
-        queues[slot.task.agent, default: ReadyQueue()].append(id, priority: slot.task.priority)
-        effects.changes.tasks.append(.requeued(id, state: .pending, failure: nil))
-        effects.changes.batches[batch.record.id] = batch.snapshot
-        dispatch(now: now, effects: &effects)
-    }
-
-    private mutating func requeue(_ slot: inout TaskSlot, as state: TaskState, failure: TaskFailure?, effects: inout Effects) {
+    private mutating func waitToRetry(_ slot: inout TaskSlot, failure: TaskFailure, delayMs: Int64, now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
-        batch.record.counters.move(from: slot.state, to: state)
-        if state == .pending {
-            pendingCount += 1
-            queues[slot.task.agent, default: ReadyQueue()].append(slot.task.id, priority: slot.task.priority)
-        } else {
-            retryWaitCount += 1
-        }
-        slot.state = state
+        batch.record.counters.move(from: .running, to: .retryWait)
+        batches[batch.record.id] = batch
+        retryWaitCount += 1
+        slot.state = .retryWait
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
         slot.stopWaiters = []
         slots[slot.task.id] = slot
-        batches[batch.record.id] = batch
-        effects.changes.tasks.append(.requeued(slot.task.id, state: state, failure: failure))
+        effects.changes.tasks.append(.requeued(slot.task.id, state: .retryWait, failure: failure))
         effects.changes.batches[batch.record.id] = batch.snapshot
+        var event = taskEvent(.taskRetrying, slot.task, now: now)
+        event.retryDelayMs = delayMs
+        event.failure = failure
+        effects.changes.events.append(event)
+        effects.retries.append((slot.task.id, slot.task.attempt, delayMs))
     }
 
-    /// Moves a task to a terminal state and settles its batch.
-    private mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
-                                now: Milliseconds, effects: inout Effects) {
+    /// A task in retry_wait whose backoff has passed becomes ready again.
+    mutating func retryDue(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
+        guard var slot = slots[id], slot.state == .retryWait, slot.task.attempt == attempt else { return }
+        requeue(&slot, failure: nil, effects: &effects)
+        dispatch(now: now, effects: &effects)
+    }
+
+    /// Back to pending, at the front of its source's window.
+    private mutating func requeue(_ slot: inout TaskSlot, failure: TaskFailure?, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
-        switch slot.state {
-        case .pending: pendingCount -= 1
-        case .retryWait: retryWaitCount -= 1
-        default: break
-        }
-        batch.record.counters.move(from: slot.state, to: state)
-        batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
-        batch.openTasks.remove(slot.task.id)
+        batch.record.counters.move(from: slot.state, to: .pending)
+        if slot.state == .retryWait { retryWaitCount -= 1 }
+        pendingCount += 1
+        batch.openSlots.remove(slot.task.id)
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
+        effects.changes.tasks.append(.requeued(slot.task.id, state: .pending, failure: failure))
+        effects.changes.batches[batch.record.id] = batch.snapshot
 
+        let key = SourceKey(batchID: slot.task.batchID, agent: slot.task.agent)
+        if sources[key] == nil {
+            // Its source was used up and dropped; a retried task brings it back. Everything pending was
+            // read already: the cursor stands past every task, so `cancelTask` never takes a stale
+            // `pending` row of a task that already ran for one still waiting in the store.
+            var source = makeSource(key, ownerID: slot.task.ownerID)
+            source.exhausted = true
+            source.cursor = QueueCursor(priority: .min, id: .max)
+            sources[key] = source
+            batches[batch.record.id]?.agents.insert(key.agent)
+        }
+        sources[key]!.window.prepend(slot.task)
+        relist(key)
+    }
+
+    /// Moves a running or retry-waiting task to a terminal state and settles its batch.
+    private mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
+                                now: Milliseconds, effects: inout Effects) {
+        guard var batch = batches[slot.task.batchID] else { return }
+        if slot.state == .retryWait { retryWaitCount -= 1 }
+        batch.record.counters.move(from: slot.state, to: state)
+        batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
+        batch.openSlots.remove(slot.task.id)
+        batches[batch.record.id] = batch
+        slots[slot.task.id] = nil
+        effects.afterCommit.append(contentsOf: slot.stopWaiters)
         effects.changes.tasks.append(.finished(slot.task.id, state: state, result: result, failure: failure,
                                                turnsCompleted: slot.task.turnsCompleted, at: now))
         effects.changes.batches[batch.record.id] = batch.snapshot
-        let kind: EventKind = switch state {
-        case .completed: .taskCompleted
-        case .cancelled: .taskCancelled
-        case .expired: .taskExpired
-        default: .taskFailed
-        }
-        var event = taskEvent(kind, slot.task, now: now)
+        var event = taskEvent(Self.eventKind(for: state), slot.task, now: now)
         event.failure = failure
         effects.changes.events.append(event)
         if !finishIfDone(batch.record.id, now: now, effects: &effects) {
@@ -264,41 +415,137 @@ struct SchedulerState {
         }
     }
 
-    // MARK: Cancellation
-
-    /// Cancels one task. Returns false if it is not active here (unknown or
-    /// already terminal). `onStopped` runs once a running task has stopped.
-    @discardableResult
-    mutating func cancelTask(_ id: TaskID, now: Milliseconds, onStopped: (@Sendable () -> Void)? = nil,
-                             effects: inout Effects) -> Bool {
-        guard var slot = slots[id] else { return false }
-        switch slot.state {
-        case .pending, .retryWait:
-            close(&slot, as: .cancelled, result: nil, failure: nil, now: now, effects: &effects)
-            dispatch(now: now, effects: &effects)
-            if let onStopped { effects.afterCommit.append(onStopped) }
-        case .running, .waitingChildren:
-            slot.cancelRequested = true
-            if let handle = slot.handle { effects.cancellations.append(handle) }
-            if let onStopped { slot.stopWaiters.append(onStopped) }
-            slots[id] = slot
-        default:
-            break
+    static func eventKind(for state: TaskState) -> EventKind {
+        switch state {
+        case .completed: .taskCompleted
+        case .cancelled: .taskCancelled
+        case .expired: .taskExpired
+        default: .taskFailed
         }
+    }
+
+    // MARK: Cancellation and deadlines
+
+    /// Cancels one task of an active batch; `task` is its stored row. Returns
+    /// false if there is nothing to do here. `onStopped` runs once it stopped.
+    @discardableResult
+    mutating func cancelTask(_ task: TaskRecord, now: Milliseconds, onStopped: (@Sendable () -> Void)? = nil,
+                             effects: inout Effects) -> Bool {
+        guard var batch = batches[task.batchID] else { return false }
+        if var slot = slots[task.id] {
+            switch slot.state {
+            case .retryWait:
+                close(&slot, as: .cancelled, result: nil, failure: nil, now: now, effects: &effects)
+                if let onStopped { effects.afterCommit.append(onStopped) }
+            default:
+                slot.interruptAs = .cancelled
+                if let handle = slot.handle { effects.cancellations.append(handle) }
+                if let onStopped { slot.stopWaiters.append(onStopped) }
+                slots[task.id] = slot
+            }
+            return true
+        }
+        guard task.state == .pending, !batch.cancelledInStore.contains(task.id) else { return false }
+        // Pending: in a window, or not yet read from the store (after its source's cursor).
+        // Anything else was read and has already run, whatever the stored row still says.
+        let key = SourceKey(batchID: task.batchID, agent: task.agent)
+        guard var source = sources[key] else { return false }
+        var runnable = RunnableTask(id: task.id, batchID: task.batchID, ownerID: task.ownerID, customID: task.customID,
+                                    agent: task.agent, priority: task.priority, attempt: task.attempt,
+                                    maxAttempts: task.maxAttempts, timeoutMs: task.timeoutMs,
+                                    turnsCompleted: task.turnsCompleted, maxTurns: task.maxTurns,
+                                    parentTaskID: task.parentTaskID)
+        if let index = source.window.firstIndex(where: { $0.id == task.id }) {
+            runnable = source.window.remove(at: index)
+            sources[key] = source
+            relist(key)
+        } else if source.cursor.map({ runnable.isAfter($0) }) ?? true {
+            batch.cancelledInStore.insert(task.id)
+        } else {
+            return false
+        }
+        pendingCount -= 1
+        batch.record.counters.move(from: .pending, to: .cancelled)
+        batch.record.progress.recordTerminal(turnsCompleted: runnable.turnsCompleted)
+        batches[batch.record.id] = batch
+        effects.changes.tasks.append(.finished(task.id, state: .cancelled, result: nil, failure: nil,
+                                               turnsCompleted: runnable.turnsCompleted, at: now))
+        effects.changes.batches[batch.record.id] = batch.snapshot
+        effects.changes.events.append(taskEvent(.taskCancelled, runnable, now: now))
+        if !finishIfDone(batch.record.id, now: now, effects: &effects) {
+            noteProgress(batch.record.id, now: now, effects: &effects)
+        }
+        if let onStopped { effects.afterCommit.append(onStopped) }
         return true
     }
 
-    /// Cancels every open task of a batch; `batch_cancelled` follows when the
-    /// running ones have stopped. Returns false if the batch is not active.
+    /// Cancels every unfinished task of a batch; `batch_cancelled` follows when
+    /// the running ones have stopped. Returns false if the batch is not active.
     mutating func cancelBatch(_ id: BatchID, now: Milliseconds, onFinished: @escaping @Sendable () -> Void, effects: inout Effects) -> Bool {
-        guard var batch = batches[id] else { return false }
-        batch.cancelRequested = true
-        batch.finishWaiters.append(onFinished)
-        batches[id] = batch
-        for taskID in batch.openTasks.sorted() {
-            cancelTask(taskID, now: now, effects: &effects)
-        }
+        guard batches[id] != nil else { return false }
+        batches[id]!.finishWaiters.append(onFinished)
+        closeBatch(id, as: .cancelled, now: now, effects: &effects)
         return true
+    }
+
+    /// Expires the unfinished tasks of batches whose deadline has passed.
+    mutating func expireOverdue(now: Milliseconds, effects: inout Effects) {
+        let overdue = batches.values.filter { batch in
+            batch.closing == nil && (batch.record.deadlineAt.map { $0 <= now } ?? false)
+        }.map(\.record.id)
+        for id in overdue { closeBatch(id, as: .expired, now: now, effects: &effects) }
+    }
+
+    /// Ends a batch early: every task not yet running becomes `state` (each
+    /// with its event, read from the store page by page), running ones are
+    /// interrupted and become `state` when they stop.
+    private mutating func closeBatch(_ id: BatchID, as state: TaskState, now: Milliseconds, effects: inout Effects) {
+        guard var batch = batches[id], batch.closing == nil else { return }
+        batch.closing = state
+        batches[id] = batch
+        for slotID in batch.openSlots.sorted() {
+            guard var slot = slots[slotID] else { continue }
+            if slot.state == .retryWait {
+                close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
+            } else {
+                slot.interruptAs = state
+                if let handle = slot.handle { effects.cancellations.append(handle) }
+                slots[slotID] = slot
+            }
+        }
+        for agent in batch.agents.sorted() {
+            drain(SourceKey(batchID: id, agent: agent), as: state, now: now, effects: &effects)
+        }
+        finishIfDone(id, now: now, effects: &effects)
+    }
+
+    /// Closes what a closing batch's source holds in its window, and asks for
+    /// the next page until the store has no pending task left for it.
+    private mutating func drain(_ key: SourceKey, as state: TaskState, now: Milliseconds, effects: inout Effects) {
+        guard var source = sources[key], var batch = batches[key.batchID] else { return }
+        if let listed = source.listedAt {
+            queues[key.agent]?.remove(key, owner: source.ownerID, priority: listed)
+            source.listedAt = nil
+        }
+        for task in source.window {
+            pendingCount -= 1
+            batch.record.counters.move(from: .pending, to: state)
+            batch.record.progress.recordTerminal(turnsCompleted: task.turnsCompleted)
+            effects.changes.tasks.append(.finished(task.id, state: state, result: nil, failure: nil,
+                                                   turnsCompleted: task.turnsCompleted, at: now))
+            effects.changes.events.append(taskEvent(Self.eventKind(for: state), task, now: now))
+        }
+        if !source.window.isEmpty { effects.changes.batches[batch.record.id] = batch.snapshot }
+        source.window = []
+        batches[key.batchID] = batch
+        if source.exhausted && !source.refilling {
+            sources[key] = nil
+            batches[key.batchID]?.agents.remove(key.agent)
+            finishIfDone(key.batchID, now: now, effects: &effects)
+        } else {
+            sources[key] = source
+            requestRefill(key, effects: &effects)
+        }
     }
 
     // MARK: Batches and progress
@@ -307,14 +554,26 @@ struct SchedulerState {
     @discardableResult
     private mutating func finishIfDone(_ id: BatchID, now: Milliseconds, effects: inout Effects) -> Bool {
         guard var batch = batches[id], batch.record.counters.isFinished else { return false }
-        batch.record.state = batch.cancelRequested ? .cancelled : .completed
+        let (state, kind): (BatchState, EventKind) = switch batch.closing {
+        case .cancelled?: (.cancelled, .batchCancelled)
+        case .expired?: (.failed, .batchFailed)
+        default: (.completed, .batchCompleted)
+        }
+        batch.record.state = state
         batch.record.finishedAt = now
         if batch.record.startedAt == nil { batch.record.startedAt = now }
+        for agent in batch.agents {
+            let key = SourceKey(batchID: id, agent: agent)
+            if let source = sources[key], let listed = source.listedAt {
+                queues[agent]?.remove(key, owner: source.ownerID, priority: listed)
+            }
+            sources[key] = nil
+        }
         batches[id] = nil
         effects.changes.batches[id] = batch.snapshot
         // Always one progress event at 100 %, then exactly one terminal event.
         effects.changes.events.append(batchEvent(.batchProgress, batch.record, now: now))
-        effects.changes.events.append(batchEvent(batch.cancelRequested ? .batchCancelled : .batchCompleted, batch.record, now: now))
+        effects.changes.events.append(batchEvent(kind, batch.record, now: now))
         effects.afterCommit.append(contentsOf: batch.finishWaiters)
         return true
     }
@@ -346,5 +605,12 @@ struct SchedulerState {
     func batchEvent(_ kind: EventKind, _ batch: BatchRecord, now: Milliseconds) -> EventRecord {
         EventRecord(kind: kind, timestamp: now, ownerID: batch.ownerID, batchID: batch.id, parentTaskID: batch.parentTaskID,
                     progress: batch.progress.percent, counters: batch.counters)
+    }
+}
+
+extension RunnableTask {
+    /// Whether the task comes after `cursor` in (priority desc, id) order.
+    func isAfter(_ cursor: QueueCursor) -> Bool {
+        priority < cursor.priority || (priority == cursor.priority && id > cursor.id)
     }
 }

@@ -211,8 +211,8 @@ final class Connection: Sendable {
                 return .ok
             case .subscribe(let subscribe):
                 return try await streamEvents(id, subscribe, writer: writer)
-            case .retryFailed:
-                return WireStatus(code: .unimplemented, message: "RetryFailed is not available in this version of fanoutd")
+            case .retryFailed(let retry):
+                return await reply(id, .retryFailed(try await service.retryFailed(retry, peer: peer)), writer)
             case .workerSession:
                 return WireStatus(code: .unimplemented, message: "worker sessions are not available in this version of fanoutd")
             }
@@ -279,6 +279,9 @@ final class Connection: Sendable {
             return WireStatus(code: .resourceExhausted,
                               message: "subscriber fell behind its buffer of \(configuration.subscriberBuffer) events; resume with since=\(lagged.lastSequence)",
                               lagged: true, lastSequence: UInt64(lagged.lastSequence))
+        } catch let gap as SubscriptionGap {
+            // Not lagged: resuming from last_sequence skips the removed events, so it must be a deliberate choice.
+            return WireStatus(code: .outOfRange, message: gap.description, lastSequence: UInt64(clamping: gap.resumeSequence))
         }
         try Task.checkCancellation()
         // The event stream only ends by itself without follow, or when the daemon stops.

@@ -124,6 +124,13 @@ final class FanoutService: Sendable {
         return TaskInfo(try await scheduler.cancelTask(TaskID(clamping: id)))
     }
 
+    func retryFailed(_ request: RetryFailedRequest, peer: PeerCredentials) async throws -> RetryFailedResponse {
+        let batch = try await authorizedBatch(request.batchID, peer: peer)
+        let (record, retried) = try await scheduler.retryFailed(batch.id, includeExpired: request.includeExpired,
+                                                                includeCancelled: request.includeCancelled)
+        return RetryFailedResponse(batch: BatchInfo(record), retried: UInt32(clamping: retried))
+    }
+
     // MARK: Events
 
     func subscribe(_ request: SubscribeRequest, peer: PeerCredentials) async throws -> EventStream {

@@ -78,6 +78,13 @@ enum Migrations {
                 );
                 """)
         }
+        migrator.registerMigration("v2: pending-task index for the scheduler's windows") { db in
+            // The scheduler reads each batch's pending tasks per agent in (priority, id) windows;
+            // a partial index holds only pending rows, so it shrinks as work finishes.
+            try db.execute(sql: """
+                CREATE INDEX tasks_pending ON tasks(batch_id, agent, priority DESC, id) WHERE state = 'pending';
+                """)
+        }
         return migrator
     }
 }

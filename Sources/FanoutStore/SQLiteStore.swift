@@ -143,21 +143,14 @@ public final class SQLiteStore: Store {
                 """)
             let batches = try Row.fetchAll(db, sql: "SELECT * FROM batches WHERE state IN ('pending', 'processing') ORDER BY id")
                 .map(Self.batchRecord)
-            let tasks = try Row.fetchAll(db, sql: """
-                SELECT t.id, t.batch_id, b.owner_id, t.custom_id, t.agent, t.priority, t.attempt, t.max_attempts,
-                       t.timeout_ms, t.turns_completed, t.max_turns, t.parent_task_id
-                FROM tasks t JOIN batches b ON b.id = t.batch_id
+            var pendingAgents: [BatchID: [String]] = [:]
+            for row in try Row.fetchAll(db, sql: """
+                SELECT DISTINCT t.batch_id, t.agent FROM tasks t JOIN batches b ON b.id = t.batch_id
                 WHERE b.state IN ('pending', 'processing') AND t.state = 'pending'
-                ORDER BY t.id
-                """).map { row in
-                    RunnableTask(
-                        id: row["id"], batchID: row["batch_id"], ownerID: row["owner_id"], customID: row["custom_id"],
-                        agent: row["agent"], priority: row["priority"], attempt: row["attempt"],
-                        maxAttempts: row["max_attempts"], timeoutMs: row["timeout_ms"],
-                        turnsCompleted: row["turns_completed"], maxTurns: row["max_turns"],
-                        parentTaskID: row["parent_task_id"])
-                }
-            return RecoveredState(activeBatches: batches, runnableTasks: tasks, requeued: requeued)
+                """) {
+                pendingAgents[row["batch_id"], default: []].append(row["agent"])
+            }
+            return RecoveredState(activeBatches: batches, pendingAgents: pendingAgents, requeued: requeued)
         }
     }
 
@@ -222,35 +215,163 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord] {
+    public func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
+                             inlinePayloadBytes: Int) throws -> [RunnableTask] {
         try pool.read { db in
-            var sql = "SELECT * FROM events WHERE sequence > ?"
-            var arguments: StatementArguments = [after]
-            if let upTo {
-                sql += " AND sequence <= ?"
-                arguments += [upTo]
+            var sql = """
+                SELECT t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed,
+                       t.max_turns, t.parent_task_id,
+                       CASE WHEN length(t.payload) <= ? THEN t.payload END AS inline_payload
+                FROM tasks t INDEXED BY tasks_pending
+                WHERE t.batch_id = ? AND t.agent = ? AND t.state = 'pending'
+                """
+            var arguments: StatementArguments = [inlinePayloadBytes, batchID, agent]
+            if let cursor {
+                sql += " AND (t.priority < ? OR (t.priority = ? AND t.id > ?))"
+                arguments += [cursor.priority, cursor.priority, cursor.id]
             }
-            if !filter.ownerID.isEmpty {
-                sql += " AND owner_id = ?"
-                arguments += [filter.ownerID]
-            }
-            if let batchID = filter.batchID {
-                sql += " AND batch_id = ?"
-                arguments += [batchID]
-            }
-            if !filter.kinds.isEmpty {
-                sql += " AND kind IN (\(filter.kinds.map { _ in "?" }.joined(separator: ",")))"
-                arguments += StatementArguments(filter.kinds.map(\.rawValue))
-            }
-            sql += " ORDER BY sequence LIMIT ?"
+            sql += " ORDER BY t.priority DESC, t.id LIMIT ?"
             arguments += [limit]
-            return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.eventRecord)
+            let owner = try String.fetchOne(db, sql: "SELECT owner_id FROM batches WHERE id = ?", arguments: [batchID]) ?? ""
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                var task = RunnableTask(
+                    id: row["id"], batchID: batchID, ownerID: owner, customID: row["custom_id"], agent: agent,
+                    priority: row["priority"], attempt: row["attempt"], maxAttempts: row["max_attempts"],
+                    timeoutMs: row["timeout_ms"], turnsCompleted: row["turns_completed"], maxTurns: row["max_turns"],
+                    parentTaskID: row["parent_task_id"])
+                let payload: Data? = row["inline_payload"]
+                task.payload = payload.map { [UInt8]($0) }
+                return task
+            }
         }
     }
 
-    public func lastEventSequence() throws -> EventSequence {
+    public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> (BatchRecord, Int) {
+        try pool.write { db in
+            guard let batch = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batchID]).map(Self.batchRecord) else {
+                throw FanoutError.notFound("batch \(batchID) does not exist")
+            }
+            guard batch.state.isTerminal else {
+                throw FanoutError.failedPrecondition("batch \(batchID) is still \(batch.state.rawValue); retry its failed tasks once it has finished")
+            }
+            let list = states.map(\.rawValue).sorted()
+            try db.execute(
+                sql: """
+                    UPDATE tasks SET state = 'pending', attempt = 0, turns_completed = 0, result = NULL,
+                        error_message = NULL, error_code = NULL, error_retryable = NULL, started_at = NULL, finished_at = NULL
+                    WHERE batch_id = ? AND state IN (\(list.map { _ in "?" }.joined(separator: ",")))
+                    """,
+                arguments: StatementArguments([batchID] as [any DatabaseValueConvertible] + list))
+            let reopened = db.changesCount
+            if reopened > 0 {
+                try db.execute(sql: """
+                    UPDATE batches SET state = 'processing', finished_at = NULL, deadline_at = NULL,
+                        pending = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'pending'),
+                        completed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'completed'),
+                        failed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'failed'),
+                        cancelled = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'cancelled'),
+                        expired = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'expired'),
+                        running = 0, retry_wait = 0, waiting_children = 0,
+                        progress_units = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id
+                            AND t.state IN ('completed', 'failed', 'cancelled', 'expired')) * max(batches.max_turns, 1)
+                    WHERE id = ?
+                    """, arguments: [batchID])
+            }
+            let updated = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batchID]).map(Self.batchRecord)!
+            return (updated, reopened)
+        }
+    }
+
+    public func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord] {
+        try pool.read { db in try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit) }
+    }
+
+    public func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> EventPage {
+        // One read transaction: the page and the log's oldest sequence come from the same snapshot.
         try pool.read { db in
-            try EventSequence.fetchOne(db, sql: "SELECT coalesce(max(sequence), 0) FROM events") ?? 0
+            let events = try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit)
+            let first = try Self.firstSequence(db) ?? Self.lastSequence(db) + 1
+            return EventPage(events: events, firstAvailable: first)
+        }
+    }
+
+    private static func fetchEvents(_ db: Database, after: EventSequence, upTo: EventSequence?, filter: EventFilter,
+                                    limit: Int) throws -> [EventRecord] {
+        var sql = "SELECT * FROM events WHERE sequence > ?"
+        var arguments: StatementArguments = [after]
+        if let upTo {
+            sql += " AND sequence <= ?"
+            arguments += [upTo]
+        }
+        if !filter.ownerID.isEmpty {
+            sql += " AND owner_id = ?"
+            arguments += [filter.ownerID]
+        }
+        if let batchID = filter.batchID {
+            sql += " AND batch_id = ?"
+            arguments += [batchID]
+        }
+        if !filter.kinds.isEmpty {
+            sql += " AND kind IN (\(filter.kinds.map { _ in "?" }.joined(separator: ",")))"
+            arguments += StatementArguments(filter.kinds.map(\.rawValue))
+        }
+        sql += " ORDER BY sequence LIMIT ?"
+        arguments += [limit]
+        return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.eventRecord)
+    }
+
+    public func lastEventSequence() throws -> EventSequence {
+        try pool.read { db in try Self.lastSequence(db) }
+    }
+
+    public func firstEventSequence() throws -> EventSequence? {
+        try pool.read { db in try Self.firstSequence(db) }
+    }
+
+    /// `min`/`max` of the integer primary key are a single b-tree seek each.
+    private static func firstSequence(_ db: Database) throws -> EventSequence? {
+        try EventSequence.fetchOne(db, sql: "SELECT min(sequence) FROM events")
+    }
+
+    private static func lastSequence(_ db: Database) throws -> EventSequence {
+        let stored = try EventSequence.fetchOne(db, sql: "SELECT max(sequence) FROM events") ?? 0
+        // AUTOINCREMENT remembers the highest sequence ever assigned, also after retention deleted it (even
+        // every event, on a daemon idle for longer than the age limit), so numbers are never reused.
+        let assigned = try EventSequence.fetchOne(db, sql: "SELECT seq FROM sqlite_sequence WHERE name = 'events'") ?? 0
+        return max(stored, assigned)
+    }
+
+    public func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int {
+        guard limit > 0, keepingLast != nil || olderThan != nil else { return 0 }
+        return try pool.write { db in
+            guard let first = try Self.firstSequence(db),
+                  let last = try EventSequence.fetchOne(db, sql: "SELECT max(sequence) FROM events")
+            else { return 0 }
+            // This step removes nothing past the oldest `limit` sequence numbers.
+            let (end, overflow) = first.addingReportingOverflow(EventSequence(limit) - 1)
+            let stepEnd = overflow ? last : min(last, end)
+            var through = first - 1
+            if let keepingLast {
+                // Sequence numbers are assigned without holes and removed only from the oldest end, so the
+                // newest `keepingLast` events are exactly those after `last - keepingLast`.
+                through = max(through, last - EventSequence(max(0, keepingLast)))
+            }
+            if let olderThan, through < stepEnd {
+                // Events are appended in time order, so the expired ones are the oldest by sequence too: find
+                // the first one of this step's range that is young enough to stay. Walking the primary key
+                // bounds the scan to `limit` rows, so no index on `timestamp` is needed. Stopping at the first
+                // young event (rather than deleting every old one) keeps the log contiguous should the clock
+                // ever have stepped back.
+                let firstKept = try EventSequence.fetchOne(db, sql: """
+                    SELECT sequence FROM events WHERE sequence > ? AND sequence <= ? AND timestamp >= ?
+                    ORDER BY sequence LIMIT 1
+                    """, arguments: [through, stepEnd, olderThan])
+                through = max(through, (firstKept ?? stepEnd + 1) - 1)
+            }
+            through = min(through, stepEnd)
+            guard through >= first else { return 0 }
+            try db.execute(sql: "DELETE FROM events WHERE sequence <= ?", arguments: [through])
+            return db.changesCount
         }
     }
 

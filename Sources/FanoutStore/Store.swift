@@ -24,9 +24,49 @@ public protocol Store: Sendable {
     func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord]
     func payload(of task: TaskID) throws -> [UInt8]
 
+    /// The next pending tasks of one batch for one agent, in (priority desc, id) order,
+    /// after `cursor`. Payloads up to `inlinePayloadBytes` come along; larger ones are read at start.
+    func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
+                      inlinePayloadBytes: Int) throws -> [RunnableTask]
+
+    /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
+    /// keeping the completed results. Returns the batch as it is now and how many tasks were reopened.
+    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> (BatchRecord, Int)
+
     /// Stored events with `sequence` in `(after, upTo]` that match `filter`, oldest first.
     func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord]
+    /// Like `events(after:upTo:filter:limit:)`, read in one snapshot together
+    /// with the lowest sequence still stored, so a reader can tell whether
+    /// retention removed events it had not read yet.
+    func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> EventPage
+    /// The newest sequence number ever assigned, also when retention has
+    /// removed that event since; 0 before the first event.
     func lastEventSequence() throws -> EventSequence
+    /// The oldest event still stored; nil when none is.
+    func firstEventSequence() throws -> EventSequence?
+
+    /// One bounded step of event retention, in its own short transaction.
+    ///
+    /// Deletes the oldest events that are beyond the newest `keepingLast`, or
+    /// whose timestamp is before `olderThan`, but at most `limit` of them, and
+    /// always from the oldest end, so the log stays a contiguous run of
+    /// sequence numbers. Returns how many were deleted; fewer than `limit`
+    /// means nothing more is due. `nil` turns a rule off.
+    func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int
+}
+
+/// A page of stored events and what the log held when it was read.
+public struct EventPage: Sendable, Hashable {
+    public var events: [EventRecord]
+    /// The lowest sequence a reader could still get when the page was read:
+    /// the oldest stored event, or the next sequence to be assigned when the
+    /// log is empty. Events before it were removed by retention (or never existed).
+    public var firstAvailable: EventSequence
+
+    public init(events: [EventRecord], firstAvailable: EventSequence) {
+        self.events = events
+        self.firstAvailable = firstAvailable
+    }
 }
 
 public struct InsertedBatch: Sendable {
@@ -44,10 +84,22 @@ public struct InsertedBatch: Sendable {
 public struct RecoveredState: Sendable {
     /// Batches not yet terminal, with counters recomputed from their task rows.
     public var activeBatches: [BatchRecord]
-    /// Their tasks that still have to run, in id order.
-    public var runnableTasks: [RunnableTask]
-    /// Tasks found `running` and put back to `pending`.
+    /// The agents each of them still has pending tasks for. Tasks themselves stay
+    /// in the store; the scheduler reads them in windows.
+    public var pendingAgents: [BatchID: [String]]
+    /// Tasks found `running` or `retry_wait` and put back to `pending`.
     public var requeued: Int
+}
+
+/// A position in a batch's pending tasks, in (priority desc, id) order.
+public struct QueueCursor: Sendable, Hashable {
+    public var priority: Int32
+    public var id: TaskID
+
+    public init(priority: Int32, id: TaskID) {
+        self.priority = priority
+        self.id = id
+    }
 }
 
 /// What the scheduler keeps in memory about a task waiting to run: no payload.
@@ -64,6 +116,8 @@ public struct RunnableTask: Sendable, Hashable {
     public var turnsCompleted: Int
     public var maxTurns: Int
     public var parentTaskID: TaskID?
+    /// Read along with the task when small; nil means read it from the store when it starts.
+    public var payload: [UInt8]?
 
     public init(id: TaskID, batchID: BatchID, ownerID: String, customID: String, agent: String, priority: Int32,
                 attempt: Int, maxAttempts: Int, timeoutMs: Int64, turnsCompleted: Int, maxTurns: Int, parentTaskID: TaskID?) {
@@ -80,4 +134,6 @@ public struct RunnableTask: Sendable, Hashable {
         self.maxTurns = maxTurns
         self.parentTaskID = parentTaskID
     }
+
+    public var cursor: QueueCursor { QueueCursor(priority: priority, id: id) }
 }

@@ -36,7 +36,8 @@ struct ProgressView {
                 }
                 // The daemon ended the stream (shutdown): report where things stand.
                 return try await client.batch(batchID)
-            } catch let error as FanoutClientError where error.lagged {
+            } catch let error as FanoutClientError where error.lagged || error.code == .outOfRange {
+                // Fell behind, or retention trimmed past us: a progress view only needs the latest counts.
                 since = error.lastSequence
             }
         }

@@ -30,6 +30,7 @@ struct DaemonSettings {
         case maxPayloadBytes = "max_payload_bytes", maxCustomIDBytes = "max_custom_id_bytes"
         case progressIntervalMs = "progress_interval_ms"
         case retryBaseMs = "retry_base_ms", retryMaxMs = "retry_max_ms"
+        case eventRetentionCount = "event_retention_count", eventRetentionAgeMs = "event_retention_age_ms"
 
         // One component: a snake_case name is not split on its underscores.
         var configKey: ConfigKey { ConfigKey([rawValue]) }
@@ -57,6 +58,14 @@ struct DaemonSettings {
                 throw FanoutError.invalidArgument("\(key.rawValue) must be a positive whole number, not \"\(text)\"")
             }
             return value
+        }
+        /// A limit where 0 means none (nil).
+        func limit(_ key: Key, _ fallback: Int?) throws -> Int? {
+            guard let text = config.string(forKey: key.configKey) else { return fallback }
+            guard let value = Int(text), value >= 0 else {
+                throw FanoutError.invalidArgument("\(key.rawValue) must be a whole number, 0 for no limit, not \"\(text)\"")
+            }
+            return value == 0 ? nil : value
         }
 
         let socket = config.string(forKey: Key.socket.configKey) ?? defaultSocketPath(environment)
@@ -86,6 +95,9 @@ struct DaemonSettings {
         scheduler.progressIntervalMs = Int64(try int(.progressIntervalMs, Int(scheduler.progressIntervalMs)))
         scheduler.backoff = Backoff(baseMs: Int64(try int(.retryBaseMs, Int(scheduler.backoff.baseMs))),
                                     maxMs: Int64(try int(.retryMaxMs, Int(scheduler.backoff.maxMs))))
+        scheduler.eventRetention.maxEvents = try limit(.eventRetentionCount, scheduler.eventRetention.maxEvents)
+        scheduler.eventRetention.maxAgeMs = try limit(.eventRetentionAgeMs, scheduler.eventRetention.maxAgeMs.map { Int($0) })
+            .map { Int64($0) }
 
         let durabilityText = config.string(forKey: Key.durability.configKey) ?? Durability.normal.rawValue
         guard let durability = Durability(rawValue: durabilityText) else {
@@ -131,6 +143,8 @@ enum AgentsFile {
         var max_turns: Int?
         var max_attempts: Int?
         var timeout_ms: Int64?
+        var requests_per_minute: Int?
+        var tokens_per_minute: Int?
     }
 
     static func load(_ path: String) throws -> [AgentConfiguration] {
@@ -147,7 +161,8 @@ enum AgentsFile {
             return AgentConfiguration(
                 name: agent.name, runner: agent.runner, concurrency: agent.concurrency ?? defaults.concurrency,
                 maxTurns: agent.max_turns ?? 0, maxAttempts: agent.max_attempts ?? defaults.maxAttempts,
-                timeoutMs: agent.timeout_ms ?? 0)
+                timeoutMs: agent.timeout_ms ?? 0, requestsPerMinute: agent.requests_per_minute ?? 0,
+                tokensPerMinute: agent.tokens_per_minute ?? 0)
         }
     }
 }

@@ -49,6 +49,12 @@ struct Fanoutd: AsyncParsableCommand {
     @Option(name: .customLong("max-payload-bytes"), help: "Largest task payload accepted (default 1048576).")
     var maxPayloadBytes: Int?
 
+    @Option(name: .customLong("event-retention-count"), help: "Newest events kept for replay; 0: no limit (default 1000000).")
+    var eventRetentionCount: Int?
+
+    @Option(name: .customLong("event-retention-age-ms"), help: "Events older than this are removed; 0: no limit (default 604800000, 7 days).")
+    var eventRetentionAgeMs: Int?
+
     func run() async throws {
         var flags: [DaemonSettings.Key: String] = [:]
         flags[.socket] = socket
@@ -60,6 +66,8 @@ struct Fanoutd: AsyncParsableCommand {
         flags[.maxFrameBytes] = maxFrameBytes.map(String.init)
         flags[.maxTasksPerBatch] = maxTasksPerBatch.map(String.init)
         flags[.maxPayloadBytes] = maxPayloadBytes.map(String.init)
+        flags[.eventRetentionCount] = eventRetentionCount.map(String.init)
+        flags[.eventRetentionAgeMs] = eventRetentionAgeMs.map(String.init)
         let environment = ProcessInfo.processInfo.environment
         let configFile = config ?? environment["FANOUT_CONFIG"]
         let settings: DaemonSettings

@@ -137,10 +137,10 @@ import Testing
             #expect(cancelled.counters.cancelled == 4)
             #expect(cancelled.startedAt != nil)
             let events = try allEvents(store, EventFilter(ownerID: "alice"))
-            // The first change of a batch is reported at once; the rest is coalesced into the final 100 %.
-            #expect(events.map(\.kind) == [.taskCancelled, .batchProgress, .taskCancelled, .taskCancelled, .taskCancelled,
+            // Every waiting task is closed with its own event, then one progress at 100 % and the terminal event.
+            #expect(events.map(\.kind) == [.taskCancelled, .taskCancelled, .taskCancelled, .taskCancelled,
                                            .batchProgress, .batchCancelled])
-            #expect(events.filter { $0.kind == .batchProgress }.compactMap(\.progress) == [25, 100])
+            #expect(events.filter { $0.kind == .batchProgress }.compactMap(\.progress) == [100])
             #expect(events.compactMap(\.taskID) == batch.taskIDs)
             #expect(try store.batch(blocker.id)?.state == .processing)
             _ = try await scheduler.cancelBatch(blocker.id)

@@ -262,15 +262,20 @@ import Testing
             #expect(batch.progress.percent == 75)
             #expect(try store.batch(inserted.batch.id) == batch)
 
-            // Pending again, in id order, keeping attempts and turns.
-            #expect(recovered.runnableTasks.map(\.id) == [ids[2], ids[3], ids[5]])
-            #expect(recovered.runnableTasks.map(\.attempt) == [2, 1, 0])
-            #expect(recovered.runnableTasks.map(\.turnsCompleted) == [2, 5, 0])
-            #expect(recovered.runnableTasks.allSatisfy { $0.ownerID == "alice" && $0.batchID == inserted.batch.id })
-            #expect(recovered.runnableTasks.map(\.customID) == ["t2", "t3", "t5"])
-            #expect(recovered.runnableTasks[0].maxAttempts == 2)
-            #expect(recovered.runnableTasks[0].timeoutMs == 500)
-            #expect(recovered.runnableTasks[0].maxTurns == 4)
+            // Pending again, in id order, keeping attempts and turns; read as the scheduler's window reads them.
+            #expect(recovered.pendingAgents[inserted.batch.id] == ["echo"])
+            let window = try store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 100, inlinePayloadBytes: 0)
+            // The window comes in (priority desc, id) order.
+            #expect(window.map(\.priority) == window.map(\.priority).sorted(by: >))
+            let runnable = window.sorted { $0.id < $1.id }
+            #expect(runnable.map(\.id) == [ids[2], ids[3], ids[5]])
+            #expect(runnable.map(\.attempt) == [2, 1, 0])
+            #expect(runnable.map(\.turnsCompleted) == [2, 5, 0])
+            #expect(runnable.allSatisfy { $0.ownerID == "alice" && $0.batchID == inserted.batch.id })
+            #expect(runnable.map(\.customID) == ["t2", "t3", "t5"])
+            #expect(runnable[0].maxAttempts == 2)
+            #expect(runnable[0].timeoutMs == 500)
+            #expect(runnable[0].maxTurns == 4)
             #expect(try store.task(ids[2], includePayload: false)?.state == .pending)
             #expect(try store.task(ids[3], includePayload: false)?.state == .pending)
 
@@ -282,7 +287,7 @@ import Testing
             let again = try store.recover(now: 200)
             #expect(again.requeued == 0)
             #expect(again.activeBatches == recovered.activeBatches)
-            #expect(again.runnableTasks == recovered.runnableTasks)
+            #expect(again.pendingAgents == recovered.pendingAgents)
         }
     }
 
@@ -304,7 +309,11 @@ import Testing
             #expect(batch.progress.units == 1)
             #expect(batch.progress.percent == 25)
             #expect(recovered.requeued == 1)
-            #expect(recovered.runnableTasks.map(\.id) == [inserted.taskIDs[0], inserted.taskIDs[2], inserted.taskIDs[3]])
+            let window = try store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 100, inlinePayloadBytes: 0)
+            // The window comes in (priority desc, id) order.
+            #expect(window.map(\.priority) == window.map(\.priority).sorted(by: >))
+            let runnable = window.sorted { $0.id < $1.id }
+            #expect(runnable.map(\.id) == [inserted.taskIDs[0], inserted.taskIDs[2], inserted.taskIDs[3]])
         }
     }
 
