@@ -14,7 +14,8 @@ help:
 	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"
 	@echo "  make test         proto-check, Swift tests, then the C client's tests (if clients/c exists)"
 	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
-	@echo "  make bench        release build, then scripts/bench (once it exists)"
+	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd"
+	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default)"
 	@echo "  make clean        remove .build"
 	@echo "Variables: SWIFT=$(SWIFT)"
 
@@ -44,13 +45,20 @@ demo: deps
 	$(SWIFT) build
 	scripts/demo
 
+# Benchmarks/ is a package of its own (it depends on this one by path), so
+# `make test` never builds it. It starts the release fanoutd built here on a
+# temporary socket and database for each size, prints a table and writes
+# Benchmarks/results/latest.json. Every size is bounded by a timeout, after
+# which the daemon is stopped and the size reported as timed out.
+SIZES ?= 100000 1000000
+BENCH_TIMEOUT ?=
+
 bench: deps
 	$(SWIFT) build -c release
-	@if [ -x scripts/bench ]; then \
-		scripts/bench; \
-	else \
-		echo "bench: no benchmarks yet (scripts/bench comes with the scheduler issue); release build done"; \
-	fi
+	$(SWIFT) build -c release --package-path Benchmarks --product FanoutBench
+	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutBench" \
+		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" \
+		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT))
 
 clean:
-	rm -rf .build
+	rm -rf .build Benchmarks/.build

@@ -48,7 +48,7 @@ struct DaemonSettings {
         providers.append(EnvironmentVariablesProvider(environmentVariables: ours))
         var agents: [AgentConfiguration] = []
         if let configFile {
-            providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(configFile)))
+            providers.append(try ConfigFile.scalarSettings(configFile))
             agents = try AgentsFile.load(configFile)
         }
         let config = ConfigReader(providers: providers)
@@ -126,6 +126,39 @@ struct DaemonSettings {
         }
         let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
         return home + "/.local/state/fanout/fanout.db"
+    }
+}
+
+/// The config file's settings other than `agents`. swift-configuration's
+/// JSON provider refuses a file holding a list of objects (the agents), so
+/// the file is read once here and its scalar settings are handed to the
+/// reader as an in-memory provider, keeping flags > environment > file.
+enum ConfigFile {
+    static func scalarSettings(_ path: String) throws -> InMemoryProvider {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw FanoutError.invalidArgument("cannot read the config file \(path): \(error.localizedDescription)")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw FanoutError.invalidArgument("\(path) is not a JSON object")
+        }
+        let known = Set(DaemonSettings.Key.allCases.map(\.rawValue)).union(["agents"])
+        var values: [AbsoluteConfigKey: ConfigValue] = [:]
+        for (key, value) in object where key != "agents" {
+            guard known.contains(key) else {
+                throw FanoutError.invalidArgument("\(path): unknown setting \"\(key)\"; known settings: \(known.sorted().joined(separator: ", "))")
+            }
+            let text: String
+            switch value {
+            case let string as String: text = string
+            case let number as NSNumber: text = number.stringValue
+            default: throw FanoutError.invalidArgument("\(path): setting \"\(key)\" must be a string or a number")
+            }
+            values[AbsoluteConfigKey([key])] = ConfigValue(.string(text), isSecret: false)
+        }
+        return InMemoryProvider(name: "file", values: values)
     }
 }
 

@@ -226,6 +226,42 @@ import Testing
 
     // MARK: 13. Environment
 
+    @Test func configFileDeclaresAgentsAndSettingsBelowEnvironmentAndFlags() async throws {
+        try await withTemporaryDirectory { directory in
+            let configPath = directory + "/fanout.json"
+            try Data("""
+                {"concurrency": 7, "max_results_page": 50,
+                 "agents": [{"name": "summarize", "runner": "echo", "concurrency": 3, "max_turns": 4},
+                            {"name": "search", "runner": "echo", "requests_per_minute": 600}]}
+                """.utf8).write(to: URL(fileURLWithPath: configPath))
+            let environment = ["FANOUT_MAX_RESULTS_PAGE": "40"]
+            try await withDaemonProcess(Self.flags(directory, ["--config", configPath]), environment: environment,
+                                        logPath: directory + "/d.log") { daemon in
+                try await withDeadline(30) {
+                    try await daemon.waitUntilListening(directory + "/d.sock")
+                    try await withClient(directory + "/d.sock") { client in
+                        #expect(client.welcome.limits.globalConcurrency == 7, "from the file")
+                        #expect(client.welcome.limits.maxResultsPage == 40, "the environment beats the file")
+                        let agents = try await client.serverInfo().agents
+                        #expect(agents.map(\.name) == ["summarize", "search"])
+                        #expect(agents.first?.concurrency == 3)
+                        #expect(agents.first?.maxTurns == 4)
+                        let batch = try await client.enqueueBatch(ownerID: "cfg", agent: "summarize",
+                                                                  tasks: [TaskSpec(customID: "a", payload: Array("{\"turns\":4}".utf8))])
+                        #expect(batch.maxTurns == 4)
+                    }
+                }
+            }
+            // A misspelt setting is refused by name.
+            try Data(#"{"concurency": 7}"#.utf8).write(to: URL(fileURLWithPath: configPath))
+            try await withDaemonProcess(Self.flags(directory, ["--config", configPath]), logPath: directory + "/bad.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 10)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("unknown setting \"concurency\""), "\(daemon.output)")
+            }
+        }
+    }
+
     @Test func environmentVariablesConfigureSocketAndDatabase() async throws {
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/env.sock"

@@ -1,0 +1,165 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Throughput and memory of a real `fanoutd`: for each size, a fresh daemon
+/// on a temporary socket and database, one batch of zero-delay echo tasks
+/// enqueued through FanoutClient, run to `batch_completed`.
+///
+///     fanout-bench [--sizes 100000,1000000] [--fanoutd PATH] [--repo DIR]
+///                  [--output FILE] [--concurrency N] [--payload-bytes N]
+///                  [--timeout SECONDS] [--commit TEXT]
+///
+/// Prints one table on stdout and writes the figures as JSON to `--output`.
+/// Exits 1 when a size timed out or failed (its row says which).
+@main
+struct FanoutBench {
+    static let usage = """
+    usage: fanout-bench [options]
+      --sizes LIST          batch sizes, comma- or space-separated; k and M suffixes allowed
+                            (default: $SIZES, else 100000,1000000)
+      --fanoutd PATH        the daemon to measure (default: REPO/.build/release/fanoutd)
+      --repo DIR            the main package, for the default daemon and the git commit
+                            (default: the current folder's parent if it holds Benchmarks/, else the current folder)
+      --output FILE         JSON results (default: REPO/Benchmarks/results/latest.json)
+      --concurrency N       fanoutd --concurrency and the echo agent's concurrency (default 256)
+      --payload-bytes N     bytes per task payload (default 200)
+      --timeout SECONDS     per size (default: 300 s, or 900 s per million tasks if more)
+      --commit TEXT         what to report as the commit (default: REPO's HEAD, marked when the tree has changes)
+    """
+
+    static func main() async {
+        let options: Options
+        do {
+            options = try Options.parse(Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            FileHandle.standardError.write(Data("fanout-bench: \(error)\n\(usage)\n".utf8))
+            exit(2)
+        }
+        LiveDaemons.shared.installSignalHandlers()
+        signal(SIGPIPE, SIG_IGN)
+
+        let machine = Machine.describe()
+        let commit = options.commit ?? Git.describe(repo: options.repo)
+        let settings = BenchSettings(fanoutd: options.fanoutd, concurrency: options.concurrency,
+                                     payloadBytes: options.payloadBytes, timeoutSeconds: options.timeoutSeconds)
+        log("fanoutd: \(options.fanoutd)")
+        log("machine: \(machine.line)")
+        log("commit:  \(commit)")
+
+        var results: [SizeResult] = []
+        for size in options.sizes {
+            log("\(size) tasks: starting fanoutd, enqueueing, running to batch_completed (timeout \(Int(settings.timeout(for: size))) s)...")
+            let result = await SizeRun.run(size: size, settings: settings)
+            while LiveDaemons.shared.interrupted {
+                try? await Task.sleep(for: .seconds(1))   // the signal handler is stopping the daemon and exits
+            }
+            switch result.status {
+            case "ok":
+                log(String(format: "%d tasks: enqueue %.2f s, run-through %.2f s, peak RSS %.1f MB",
+                           size, result.enqueueSeconds ?? 0, result.runThroughSeconds ?? 0, result.peakRssMb ?? 0))
+            default:
+                log("\(size) tasks: \(result.status): \(result.error ?? "")")
+            }
+            results.append(result)
+        }
+
+        let report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
+                            machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
+                            payloadBytes: options.payloadBytes, results: results)
+        print(report.table())
+        do {
+            try report.write(to: options.output)
+            log("figures written to \(options.output)")
+        } catch {
+            log("cannot write \(options.output): \(error)")
+            exit(1)
+        }
+        exit(results.allSatisfy { $0.status == "ok" } ? 0 : 1)
+    }
+
+    static func log(_ message: String) {
+        FileHandle.standardError.write(Data("fanout-bench: \(message)\n".utf8))
+    }
+}
+
+struct Options {
+    var sizes = [100_000, 1_000_000]
+    var repo: String
+    var fanoutd: String
+    var output: String
+    var concurrency = 256
+    var payloadBytes = 200
+    var timeoutSeconds: Double?
+    var commit: String?
+
+    static func parse(_ arguments: [String]) throws -> Options {
+        let current = FileManager.default.currentDirectoryPath
+        var repo: String? = nil
+        var fanoutd: String? = nil
+        var output: String? = nil
+        var sizes: [Int]? = nil
+        var options = Options(repo: "", fanoutd: "", output: "")
+        var index = 0
+        func value() throws -> String {
+            index += 1
+            guard index < arguments.count else { throw BenchError("\(arguments[index - 1]) needs a value") }
+            return arguments[index]
+        }
+        while index < arguments.count {
+            switch arguments[index] {
+            case "--sizes": sizes = try parseSizes(value())
+            case "--repo": repo = try value()
+            case "--fanoutd": fanoutd = try value()
+            case "--output": output = try value()
+            case "--commit": options.commit = try value()
+            case "--concurrency": options.concurrency = try positive(value(), "--concurrency")
+            case "--payload-bytes": options.payloadBytes = try positive(value(), "--payload-bytes")
+            case "--timeout":
+                let text = try value()
+                guard let seconds = Double(text), seconds > 0 else { throw BenchError("--timeout: not a positive number: \(text)") }
+                options.timeoutSeconds = seconds
+            case "-h", "--help":
+                print(FanoutBench.usage)
+                exit(0)
+            default:
+                throw BenchError("unknown argument \(arguments[index])")
+            }
+            index += 1
+        }
+        if sizes == nil, let environment = ProcessInfo.processInfo.environment["SIZES"], !environment.isEmpty {
+            sizes = try parseSizes(environment)
+        }
+        if let sizes { options.sizes = sizes }
+        let root = repo ?? (current.hasSuffix("/Benchmarks") ? String(current.dropLast("/Benchmarks".count)) : current)
+        options.repo = root
+        options.fanoutd = fanoutd ?? root + "/.build/release/fanoutd"
+        options.output = output ?? root + "/Benchmarks/results/latest.json"
+        return options
+    }
+
+    static func parseSizes(_ text: String) throws -> [Int] {
+        let words = text.split(whereSeparator: { $0 == "," || $0 == " " })
+        let sizes = try words.map { word -> Int in
+            var digits = word.lowercased()
+            var scale = 1
+            if digits.hasSuffix("k") { scale = 1_000; digits.removeLast() }
+            else if digits.hasSuffix("m") { scale = 1_000_000; digits.removeLast() }
+            guard let number = Int(digits.replacingOccurrences(of: "_", with: "")), number > 0 else {
+                throw BenchError("not a batch size: \(word)")
+            }
+            return number * scale
+        }
+        guard !sizes.isEmpty else { throw BenchError("no sizes given") }
+        return sizes
+    }
+
+    static func positive(_ text: String, _ name: String) throws -> Int {
+        guard let number = Int(text), number > 0 else { throw BenchError("\(name): not a positive number: \(text)") }
+        return number
+    }
+}

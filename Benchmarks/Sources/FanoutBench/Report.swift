@@ -1,0 +1,128 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+struct Machine: Codable, Sendable {
+    var nproc: Int
+    var cpuModel: String
+    var kernel: String
+    var memoryGb: Double
+    /// /proc/loadavg's first three fields when the run started: the machine is shared.
+    var loadAverage: String
+
+    var line: String {
+        "nproc \(nproc), \(cpuModel), Linux \(kernel), \(String(format: "%.0f", memoryGb)) GB, load average \(loadAverage) at start"
+    }
+
+    static func describe() -> Machine {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }
+            .flatMap { $0.split(separator: ":", maxSplits: 1).last }
+            .map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
+        var name = utsname()
+        uname(&name)
+        let kernel = withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let meminfo = (try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8)) ?? ""
+        let totalKB = meminfo.split(separator: "\n").first { $0.hasPrefix("MemTotal:") }
+            .flatMap { $0.split(separator: " ").dropFirst().first }.flatMap { Double($0) } ?? 0
+        let load = ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "")
+            .split(separator: " ").prefix(3).joined(separator: " ")
+        return Machine(nproc: ProcessInfo.processInfo.activeProcessorCount, cpuModel: model, kernel: kernel,
+                       memoryGb: (totalKB / 1024 / 1024 * 10).rounded() / 10, loadAverage: load)
+    }
+}
+
+enum Git {
+    /// `<commit>` of the main package, with ` (+ uncommitted changes)` when
+    /// its tracked files differ from it. Read-only: no index refresh.
+    static func describe(repo: String) -> String {
+        guard let commit = run(["-C", repo, "rev-parse", "HEAD"])?.trimmingCharacters(in: .whitespacesAndNewlines),
+              !commit.isEmpty else { return "unknown (not a git checkout)" }
+        let status = run(["--no-optional-locks", "-C", repo, "status", "--porcelain", "--untracked-files=no"]) ?? ""
+        return status.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ? commit : commit + " (+ uncommitted changes)"
+    }
+
+    private static func run(_ arguments: [String]) -> String? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["git"] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        do { try process.run() } catch { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return nil }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+struct Report: Codable {
+    var generatedAt: String
+    var gitCommit: String
+    var machine: Machine
+    var fanoutd: String
+    var concurrency: Int
+    var payloadBytes: Int
+    var results: [SizeResult]
+
+    func write(to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(self).write(to: url, options: .atomic)
+    }
+
+    func table() -> String {
+        let header = ["tasks", "enqueue s", "enqueue tasks/s", "run-through s", "run-through tasks/s", "run s",
+                      "peak RSS MB", "daemon CPU s", "status"]
+        var rows: [[String]] = []
+        for result in results {
+            func number(_ value: Double?, _ format: String) -> String { value.map { String(format: format, $0) } ?? "-" }
+            let cpu = result.daemonUserCpuSeconds.map { $0 + (result.daemonSystemCpuSeconds ?? 0) }
+            rows.append([
+                String(result.tasks),
+                number(result.enqueueSeconds, "%.2f"),
+                number(result.enqueueTasksPerSecond, "%.0f"),
+                number(result.runThroughSeconds, "%.2f"),
+                number(result.runThroughTasksPerSecond, "%.0f"),
+                number(result.runSeconds, "%.2f"),
+                number(result.peakRssMb, "%.1f"),
+                number(cpu, "%.1f"),
+                result.status == "timeout" ? "timed out after \(Int(result.timeoutSeconds)) s" : result.status,
+            ])
+        }
+        let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { column, cell in
+                let pad = String(repeating: " ", count: widths[column] - cell.count)
+                return column == cells.count - 1 ? cell : pad + cell   // numbers right-aligned, status left
+            }.joined(separator: "  ")
+        }
+        var lines = [
+            "Fanout benchmark: one batch of zero-delay echo tasks (\(payloadBytes)-byte payloads) per size, fanoutd --concurrency \(concurrency)",
+            "machine: \(machine.line)",
+            "commit:  \(gitCommit)",
+            "",
+            line(header),
+            widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "),
+        ]
+        lines += rows.map(line)
+        lines.append("")
+        lines.append("enqueue: EnqueueBatch until answered after commit; run-through: enqueue start until batch_completed;")
+        lines.append("run: answer until batch_completed; peak RSS: fanoutd's VmHWM after the batch completed.")
+        for result in results {
+            if let note = result.note { lines.append("note (\(result.tasks) tasks): \(note)") }
+            if result.status == "error", let error = result.error {
+                lines.append("error (\(result.tasks) tasks): \(error.split(separator: "\n").first ?? "")")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
