@@ -14,23 +14,36 @@ public struct EnqueueLimits: Sendable, Hashable {
 /// invalid request is refused whole with a message that names the problem.
 public enum BatchValidation {
     public static func validate(_ batch: NewBatch, limits: EnqueueLimits, knownAgents: Set<String>) throws(FanoutError) {
+        try validateHeader(batch, limits: limits)
+        if batch.tasks.isEmpty {
+            throw .invalidArgument("a batch needs at least one task")
+        }
+        var seen = Set<String>(minimumCapacity: batch.tasks.count)
+        try validateTasks(batch.tasks, startingAt: 0, seen: &seen, limits: limits, knownAgents: knownAgents)
+    }
+
+    /// The batch-wide fields; a chunked batch checks these once, before its first chunk.
+    public static func validateHeader(_ batch: NewBatch, limits: EnqueueLimits) throws(FanoutError) {
         if batch.ownerID.isEmpty {
             throw .invalidArgument("owner_id is required")
         }
         if batch.ownerID.utf8.count > limits.maxOwnerIDBytes {
             throw .invalidArgument("owner_id is \(batch.ownerID.utf8.count) bytes; the limit is \(limits.maxOwnerIDBytes)")
         }
-        if batch.tasks.isEmpty {
-            throw .invalidArgument("a batch needs at least one task")
-        }
-        if batch.tasks.count > limits.maxTasksPerBatch {
-            throw .resourceExhausted("batch has \(batch.tasks.count) tasks; the limit is \(limits.maxTasksPerBatch) (max_tasks_per_batch)")
-        }
         if batch.metadata.count > limits.maxMetadataEntries {
             throw .invalidArgument("batch has \(batch.metadata.count) metadata entries; the limit is \(limits.maxMetadataEntries)")
         }
-        var seen = Set<String>(minimumCapacity: batch.tasks.count)
-        for (index, task) in batch.tasks.enumerated() {
+    }
+
+    /// Tasks `startingAt` onwards of a batch; `seen` carries the custom ids of
+    /// the earlier ones, so uniqueness holds across the chunks of one batch.
+    public static func validateTasks(_ tasks: [NewTask], startingAt offset: Int, seen: inout Set<String>,
+                                     limits: EnqueueLimits, knownAgents: Set<String>) throws(FanoutError) {
+        if offset + tasks.count > limits.maxTasksPerBatch {
+            throw .resourceExhausted("batch has \(offset + tasks.count) tasks; the limit is \(limits.maxTasksPerBatch) (max_tasks_per_batch)")
+        }
+        for (position, task) in tasks.enumerated() {
+            let index = offset + position
             if task.customID.isEmpty {
                 throw .invalidArgument("task \(index): custom_id is required")
             }

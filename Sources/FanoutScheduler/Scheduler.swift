@@ -14,7 +14,7 @@ public final class Scheduler: Sendable {
     public let configuration: SchedulerConfiguration
     public let limits: EnqueueLimits
     public let store: any Store
-    private let runners: [String: any Runner]
+    let runners: [String: any Runner]
     private let logger: Logger
     private let state: Mutex<SchedulerState>
     private let hub: EventHub
@@ -93,19 +93,10 @@ public final class Scheduler: Sendable {
     /// Validates, stores and admits a batch; returns once it is committed.
     public func enqueue(_ request: NewBatch) async throws -> InsertedBatch {
         var batch = request
-        let known = Set(runners.keys).intersection(configuration.agents.map(\.name))
-        for index in batch.tasks.indices where batch.tasks[index].agent.isEmpty {
-            batch.tasks[index].agent = batch.agent
-        }
-        try BatchValidation.validate(batch, limits: limits, knownAgents: known)
+        applyAgentDefaults(&batch.tasks, batchAgent: batch.agent)
+        try BatchValidation.validate(batch, limits: limits, knownAgents: knownAgents)
         let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-        if let agent = agents[batch.agent] { batch.maxTurns = agent.maxTurns }
-        for index in batch.tasks.indices {
-            let agent = agents[batch.tasks[index].agent]!
-            if batch.tasks[index].maxAttempts <= 0 { batch.tasks[index].maxAttempts = agent.maxAttempts }
-            batch.tasks[index].maxTurns = agent.maxTurns
-        }
-        if batch.maxTurns == 0, let first = batch.tasks.first { batch.maxTurns = agents[first.agent]!.maxTurns }
+        batch.maxTurns = agents[batch.agent]?.maxTurns ?? batch.tasks.first.flatMap { agents[$0.agent]?.maxTurns } ?? 0
         let admitted = batch
         let inserted = try await offload { [store] in try store.insertBatch(admitted, now: Clock.now) }
         let agentsOfBatch = Set(admitted.tasks.map(\.agent))
@@ -193,7 +184,7 @@ public final class Scheduler: Sendable {
 
     /// Runs a state transition under the lock, then carries out its effects.
     @discardableResult
-    private func mutate<T: Sendable>(_ body: (inout SchedulerState, inout Effects) -> T) -> T {
+    func mutate<T: Sendable>(_ body: (inout SchedulerState, inout Effects) -> T) -> T {
         let (value, effects) = state.withLock { state -> (T, Effects) in
             var effects = Effects()
             let value = body(&state, &effects)

@@ -14,7 +14,7 @@ final class Connection: Sendable {
     private struct OpenStream {
         var task: Task<Void, Never>?
         /// Where the chunks of a chunked EnqueueBatch go.
-        var chunks: AsyncStream<BatchChunk>.Continuation?
+        var chunks: ChunkPipe?
         /// Server streams are interrupted at shutdown; unary calls may finish.
         var interruptible: Bool
     }
@@ -76,7 +76,7 @@ final class Connection: Sendable {
         for task in interrupted { task.cancel() }
         // An EnqueueBatch still waiting for chunks has nothing committed: it
         // ends now with UNAVAILABLE instead of holding shutdown up.
-        for chunks in unfinishedEnqueues { chunks.finish() }
+        for chunks in unfinishedEnqueues { chunks.close() }
         let grace = ContinuousClock.now + .milliseconds(configuration.shutdownGracePeriodMs)
         Task { [channel] in
             // A client that stalls mid-call must not hold the daemon up past the grace period.
@@ -96,14 +96,15 @@ final class Connection: Sendable {
         case .request(let request):
             open(frame.streamID, request, writer: writer)
         case .message(.batchChunk(let chunk)):
-            let continuation = table.withLock { $0.open[frame.streamID]?.chunks }
-            continuation?.yield(chunk)
-            if !chunk.more { continuation?.finish() }
+            // Waits while the stream is storing earlier chunks: that is the backpressure.
+            let pipe = table.withLock { $0.open[frame.streamID]?.chunks }
+            await pipe?.send(chunk)
         case .message:
             // Only the worker session (not served yet) sends other messages; nothing to route.
             break
         case .cancel, .end:
-            let task = table.withLock { $0.open[frame.streamID]?.task }
+            let (task, pipe) = table.withLock { ($0.open[frame.streamID]?.task, $0.open[frame.streamID]?.chunks) }
+            pipe?.close()
             task?.cancel()
         case .response:
             await writer.send(Frame(streamID: frame.streamID, kind: .end(WireStatus(
@@ -138,13 +139,12 @@ final class Connection: Sendable {
 
     private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) {
         let interruptible: Bool
-        var chunks: AsyncStream<BatchChunk>?
-        var continuation: AsyncStream<BatchChunk>.Continuation?
+        var chunks: ChunkPipe?
         switch request {
         case .subscribe, .getResults: interruptible = true
         case .enqueueBatch(let batch) where batch.more:
             interruptible = false
-            (chunks, continuation) = AsyncStream.makeStream(of: BatchChunk.self)
+            chunks = ChunkPipe()
         default: interruptible = false
         }
         let admission = table.withLock { table -> Admission in
@@ -160,7 +160,7 @@ final class Connection: Sendable {
                 return .refused(WireStatus(code: .resourceExhausted,
                                            message: "\(table.open.count) streams are open; the limit is \(configuration.maxStreamsPerConnection) per connection (max_streams_per_connection)"))
             }
-            table.open[id] = OpenStream(task: nil, chunks: continuation, interruptible: interruptible)
+            table.open[id] = OpenStream(task: nil, chunks: chunks, interruptible: interruptible)
             return .admitted
         }
         if case .refused(let status) = admission {
@@ -183,15 +183,16 @@ final class Connection: Sendable {
 
     /// Serves one stream. Returns the status that ends it, or nil when a
     /// response frame already ended it.
-    private func serve(_ id: UInt32, _ request: Request, chunks: AsyncStream<BatchChunk>?, writer: FrameWriter) async -> WireStatus? {
+    private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, writer: FrameWriter) async -> WireStatus? {
         do {
             switch request {
             case .hello:
                 return WireStatus(code: .invalidArgument, message: "Hello is only valid as the first frame, on stream 0")
             case .enqueueBatch(let batch):
-                let tasks = try await collectTasks(batch, chunks: chunks)
-                try Task.checkCancellation()
-                return await reply(id, .enqueueBatch(try await service.enqueueBatch(batch, tasks: tasks, peer: peer)), writer)
+                if batch.more, let chunks {
+                    return await reply(id, .enqueueBatch(try await enqueueChunked(batch, chunks: chunks)), writer)
+                }
+                return await reply(id, .enqueueBatch(try await service.enqueueBatch(batch, tasks: batch.tasks, peer: peer)), writer)
             case .enqueueTask(let task):
                 return await reply(id, .enqueueTask(try await service.enqueueTask(task, peer: peer)), writer)
             case .getBatch(let batchID):
@@ -232,25 +233,29 @@ final class Connection: Sendable {
         return nil
     }
 
-    /// The tasks of an EnqueueBatch, gathering its chunks when it has more.
-    /// Nothing is stored until the last chunk arrived.
-    private func collectTasks(_ batch: EnqueueBatchRequest, chunks: AsyncStream<BatchChunk>?) async throws -> [TaskSpec] {
-        var tasks = batch.tasks
-        guard batch.more, let chunks else { return tasks }
-        let limit = service.scheduler.limits.maxTasksPerBatch
-        var complete = false
-        for await chunk in chunks {
-            tasks.append(contentsOf: chunk.tasks)
-            if tasks.count > limit {
-                throw FanoutError.resourceExhausted("batch has more than \(limit) tasks (max_tasks_per_batch)")
+    /// An EnqueueBatch sent in chunks: each chunk is validated and stored as it
+    /// arrives, hidden; the batch becomes visible, whole, after the last one.
+    /// A cancel, a disconnect or an error before that leaves nothing behind.
+    private func enqueueChunked(_ first: EnqueueBatchRequest, chunks: ChunkPipe) async throws -> BatchInfo {
+        defer { chunks.close() }
+        var staged = try await service.beginStagedBatch(first, peer: peer)
+        do {
+            var complete = false
+            while let chunk = await chunks.receive() {
+                try Task.checkCancellation()
+                try await service.appendToStagedBatch(&staged, chunk.tasks, batchPriority: first.priority)
+                if !chunk.more {
+                    complete = true
+                    break
+                }
             }
-            if !chunk.more {
-                complete = true
-                break
-            }
+            guard complete else { throw CancellationError() }
+            try Task.checkCancellation()
+            return try await service.publishStagedBatch(staged)
+        } catch {
+            await service.discardStagedBatch(staged)
+            throw error
         }
-        guard complete else { throw CancellationError() }
-        return tasks
     }
 
     private func streamResults(_ id: UInt32, _ request: GetResultsRequest, writer: FrameWriter) async throws {
@@ -293,7 +298,7 @@ final class Connection: Sendable {
 
     private func closeStreams() async {
         let tasks = table.withLock { table -> [Task<Void, Never>] in
-            for stream in table.open.values { stream.chunks?.finish() }
+            for stream in table.open.values { stream.chunks?.close() }
             return table.open.values.compactMap(\.task)
         }
         for task in tasks { task.cancel() }

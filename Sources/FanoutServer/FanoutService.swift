@@ -46,16 +46,36 @@ final class FanoutService: Sendable {
     // MARK: Enqueue
 
     func enqueueBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) async throws -> BatchInfo {
-        let batch = NewBatch(
+        BatchInfo(try await scheduler.enqueue(newBatch(request, tasks: tasks, peer: peer)).batch)
+    }
+
+    private func newBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) -> NewBatch {
+        NewBatch(
             ownerID: request.ownerID, agent: request.agent, metadata: request.metadata,
             parentTaskID: request.parentTaskID == 0 ? nil : TaskID(clamping: request.parentTaskID),
             deadlineAt: request.completionWindowMs == 0 ? nil : Self.nowMs + Int64(clamping: request.completionWindowMs),
             creatorUID: peer.uid,
             tasks: tasks.map { NewTask($0, batchPriority: request.priority) })
-        return BatchInfo(try await scheduler.enqueue(batch).batch)
     }
 
     static var nowMs: Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    func beginStagedBatch(_ request: EnqueueBatchRequest, peer: PeerCredentials) async throws -> StagedBatch {
+        try await scheduler.beginStagedBatch(newBatch(request, tasks: [], peer: peer),
+                                             firstTasks: request.tasks.map { NewTask($0, batchPriority: request.priority) })
+    }
+
+    func appendToStagedBatch(_ staged: inout StagedBatch, _ tasks: [TaskSpec], batchPriority: Int32) async throws {
+        try await scheduler.appendToStagedBatch(&staged, tasks.map { NewTask($0, batchPriority: batchPriority) })
+    }
+
+    func publishStagedBatch(_ staged: StagedBatch) async throws -> BatchInfo {
+        BatchInfo(try await scheduler.publishStagedBatch(staged))
+    }
+
+    func discardStagedBatch(_ staged: StagedBatch) async {
+        await scheduler.discardStagedBatch(staged)
+    }
 
     func enqueueTask(_ request: EnqueueTaskRequest, peer: PeerCredentials) async throws -> TaskInfo {
         let batch = NewBatch(ownerID: request.ownerID, agent: request.task.agent, creatorUID: peer.uid,

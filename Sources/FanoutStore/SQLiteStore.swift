@@ -26,28 +26,8 @@ public final class SQLiteStore: Store {
 
     public func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch {
         try pool.write { db in
-            let metadata = batch.metadata.isEmpty ? nil : try String(decoding: JSONEncoder().encode(batch.metadata), as: UTF8.self)
-            try db.execute(
-                sql: """
-                    INSERT INTO batches (owner_id, agent, state, total, pending, max_turns, metadata,
-                                         parent_task_id, created_at, deadline_at, creator_uid)
-                    VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [batch.ownerID, batch.agent, batch.tasks.count, batch.tasks.count, batch.maxTurns, metadata,
-                            batch.parentTaskID, now, batch.deadlineAt, Int64(batch.creatorUID)])
-            let batchID = db.lastInsertedRowID
-            let insert = try db.cachedStatement(sql: """
-                INSERT INTO tasks (batch_id, custom_id, agent, state, priority, max_attempts, timeout_ms,
-                                   max_turns, payload, parent_task_id, created_at)
-                VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
-                """)
-            var taskIDs: [TaskID] = []
-            taskIDs.reserveCapacity(batch.tasks.count)
-            for task in batch.tasks {
-                try insert.execute(arguments: [batchID, task.customID, task.agent, task.priority, task.maxAttempts,
-                                               task.timeoutMs, task.maxTurns, Data(task.payload), batch.parentTaskID, now])
-                taskIDs.append(db.lastInsertedRowID)
-            }
+            let batchID = try Self.insertBatchRow(batch, state: "pending", taskCount: batch.tasks.count, now: now, in: db)
+            let taskIDs = try Self.insertTasks(batch.tasks, batchID: batchID, parentTaskID: batch.parentTaskID, now: now, in: db)
             let record = BatchRecord(
                 id: batchID, ownerID: batch.ownerID, agent: batch.agent, state: .pending,
                 counters: BatchCounters(pending: batch.tasks.count),
@@ -56,6 +36,67 @@ public final class SQLiteStore: Store {
                 deadlineAt: batch.deadlineAt, creatorUID: batch.creatorUID)
             return InsertedBatch(batch: record, taskIDs: taskIDs)
         }
+    }
+
+    public func createStagedBatch(_ batch: NewBatch, now: Milliseconds) throws -> BatchID {
+        try pool.write { db in try Self.insertBatchRow(batch, state: "staging", taskCount: 0, now: now, in: db) }
+    }
+
+    public func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) throws {
+        try pool.write { db in
+            _ = try Self.insertTasks(tasks, batchID: batch, parentTaskID: parentTaskID, now: now, in: db, keepIDs: false)
+            try db.execute(sql: "UPDATE batches SET total = total + ?, pending = pending + ? WHERE id = ? AND state = 'staging'",
+                           arguments: [tasks.count, tasks.count, batch])
+        }
+    }
+
+    public func publishStagedBatch(_ batch: BatchID) throws -> BatchRecord {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE batches SET state = 'pending' WHERE id = ? AND state = 'staging'", arguments: [batch])
+            guard db.changesCount == 1,
+                  let record = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batch]).map(Self.batchRecord)
+            else { throw FanoutError.notFound("staged batch \(batch) does not exist") }
+            return record
+        }
+    }
+
+    public func discardStagedBatch(_ batch: BatchID) throws {
+        try pool.write { db in
+            try db.execute(sql: "DELETE FROM tasks WHERE batch_id = ? AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND state = 'staging')",
+                           arguments: [batch, batch])
+            try db.execute(sql: "DELETE FROM batches WHERE id = ? AND state = 'staging'", arguments: [batch])
+        }
+    }
+
+    private static func insertBatchRow(_ batch: NewBatch, state: String, taskCount: Int, now: Milliseconds, in db: Database) throws -> BatchID {
+        let metadata = batch.metadata.isEmpty ? nil : try String(decoding: JSONEncoder().encode(batch.metadata), as: UTF8.self)
+        try db.execute(
+            sql: """
+                INSERT INTO batches (owner_id, agent, state, total, pending, max_turns, metadata,
+                                     parent_task_id, created_at, deadline_at, creator_uid)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [batch.ownerID, batch.agent, state, taskCount, taskCount, batch.maxTurns, metadata,
+                        batch.parentTaskID, now, batch.deadlineAt, Int64(batch.creatorUID)])
+        return db.lastInsertedRowID
+    }
+
+    @discardableResult
+    private static func insertTasks(_ tasks: [NewTask], batchID: BatchID, parentTaskID: TaskID?, now: Milliseconds,
+                                    in db: Database, keepIDs: Bool = true) throws -> [TaskID] {
+        let insert = try db.cachedStatement(sql: """
+            INSERT INTO tasks (batch_id, custom_id, agent, state, priority, max_attempts, timeout_ms,
+                               max_turns, payload, parent_task_id, created_at)
+            VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+            """)
+        var taskIDs: [TaskID] = []
+        if keepIDs { taskIDs.reserveCapacity(tasks.count) }
+        for task in tasks {
+            try insert.execute(arguments: [batchID, task.customID, task.agent, task.priority, task.maxAttempts,
+                                           task.timeoutMs, task.maxTurns, Data(task.payload), parentTaskID, now])
+            if keepIDs { taskIDs.append(db.lastInsertedRowID) }
+        }
+        return taskIDs
     }
 
     public func commit(_ changes: ChangeSet) throws -> [EventRecord] {
@@ -122,6 +163,9 @@ public final class SQLiteStore: Store {
 
     public func recover(now: Milliseconds) throws -> RecoveredState {
         try pool.write { db in
+            // A batch still being received when the daemon stopped was never accepted: it goes.
+            try db.execute(sql: "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')")
+            try db.execute(sql: "DELETE FROM batches WHERE state = 'staging'")
             // A task that was running when the daemon stopped runs again; its attempt was already counted.
             try db.execute(sql: "UPDATE tasks SET state = 'pending' WHERE state IN ('running', 'retry_wait')")
             let requeued = db.changesCount
@@ -158,13 +202,13 @@ public final class SQLiteStore: Store {
 
     public func batch(_ id: BatchID) throws -> BatchRecord? {
         try pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [id]).map(Self.batchRecord)
+            try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ? AND state != 'staging'", arguments: [id]).map(Self.batchRecord)
         }
     }
 
     public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
         try pool.read { db in
-            var conditions: [String] = []
+            var conditions = ["state != 'staging'"]
             var arguments: StatementArguments = []
             if let ownerID {
                 conditions.append("owner_id = ?")

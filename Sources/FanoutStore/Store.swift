@@ -9,6 +9,15 @@ public protocol Store: Sendable {
     /// Inserts a batch and all its tasks in one transaction; returns once committed.
     func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch
 
+    /// A batch sent in chunks: its row is created hidden (`staging`), each chunk's
+    /// tasks are appended in their own transaction, and `publishStagedBatch` makes
+    /// all of it visible at once. A staged batch that is discarded, or left behind
+    /// by a crash, is deleted and never runs.
+    func createStagedBatch(_ batch: NewBatch, now: Milliseconds) throws -> BatchID
+    func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) throws
+    func publishStagedBatch(_ batch: BatchID) throws -> BatchRecord
+    func discardStagedBatch(_ batch: BatchID) throws
+
     /// Applies one group of changes in one transaction and returns the events
     /// with their sequence numbers assigned.
     func commit(_ changes: ChangeSet) throws -> [EventRecord]

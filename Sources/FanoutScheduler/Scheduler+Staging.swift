@@ -1,0 +1,94 @@
+import FanoutCore
+import FanoutStore
+
+/// A batch being received in chunks. Its tasks go to the store as they come
+/// (so a million-task batch never sits whole in memory) but stay invisible
+/// and never run until `publishStagedBatch`; a discarded or crashed staging
+/// leaves nothing behind.
+public struct StagedBatch: Sendable {
+    public let id: BatchID
+    let maxTurns: Int
+    let parentTaskID: TaskID?
+    let batchAgent: String
+    /// Custom ids so far: uniqueness holds across chunks.
+    var seen: Set<String> = []
+    var count = 0
+    var agents: Set<String> = []
+}
+
+extension Scheduler {
+    var knownAgents: Set<String> { Set(runners.keys).intersection(configuration.agents.map(\.name)) }
+
+    /// Gives tasks their batch's agent when they name none, and their agent's defaults.
+    func applyAgentDefaults(_ tasks: inout [NewTask], batchAgent: String) {
+        let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        for index in tasks.indices {
+            if tasks[index].agent.isEmpty { tasks[index].agent = batchAgent }
+            guard let agent = agents[tasks[index].agent] else { continue }
+            if tasks[index].maxAttempts <= 0 { tasks[index].maxAttempts = agent.maxAttempts }
+            tasks[index].maxTurns = agent.maxTurns
+        }
+    }
+
+    /// Validates the batch header and its first chunk, and starts storing it.
+    public func beginStagedBatch(_ header: NewBatch, firstTasks: [NewTask]) async throws -> StagedBatch {
+        try BatchValidation.validateHeader(header, limits: limits)
+        var tasks = firstTasks
+        applyAgentDefaults(&tasks, batchAgent: header.agent)
+        var seen = Set<String>()
+        try BatchValidation.validateTasks(tasks, startingAt: 0, seen: &seen, limits: limits, knownAgents: knownAgents)
+        var row = header
+        row.tasks = []
+        let firstAgent = tasks.first?.agent ?? header.agent
+        row.maxTurns = configuration.agents.first { $0.name == (header.agent.isEmpty ? firstAgent : header.agent) }?.maxTurns ?? 0
+        let stagedRow = row
+        let id = try await offload { [store] in try store.createStagedBatch(stagedRow, now: Clock.now) }
+        var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent, seen: seen)
+        do {
+            try await store(tasks, into: &staged)
+        } catch {
+            await discardStagedBatch(staged)
+            throw error
+        }
+        return staged
+    }
+
+    /// Validates and stores one more chunk.
+    public func appendToStagedBatch(_ staged: inout StagedBatch, _ chunk: [NewTask]) async throws {
+        var tasks = chunk
+        applyAgentDefaults(&tasks, batchAgent: staged.batchAgent)
+        try BatchValidation.validateTasks(tasks, startingAt: staged.count, seen: &staged.seen, limits: limits, knownAgents: knownAgents)
+        try await store(tasks, into: &staged)
+    }
+
+    private func store(_ tasks: [NewTask], into staged: inout StagedBatch) async throws {
+        guard !tasks.isEmpty else { return }
+        let (id, parent) = (staged.id, staged.parentTaskID)
+        try await offload { [store] in try store.appendStagedTasks(tasks, to: id, parentTaskID: parent, now: Clock.now) }
+        staged.count += tasks.count
+        staged.agents.formUnion(tasks.map(\.agent))
+    }
+
+    /// Makes the whole batch visible and runnable, atomically; returns once committed.
+    public func publishStagedBatch(_ staged: StagedBatch) async throws -> BatchRecord {
+        guard staged.count > 0 else {
+            await discardStagedBatch(staged)
+            throw FanoutError.invalidArgument("a batch needs at least one task")
+        }
+        let id = staged.id
+        let batch = try await offload { [store] in try store.publishStagedBatch(id) }
+        let agents = Array(staged.agents)
+        mutate { state, effects in
+            let now = Clock.now
+            state.admit(batch, agents: agents, now: now, effects: &effects)
+            state.dispatch(now: now, effects: &effects)
+        }
+        return batch
+    }
+
+    /// Drops a staged batch and its stored tasks.
+    public func discardStagedBatch(_ staged: StagedBatch) async {
+        let id = staged.id
+        _ = try? await offload { [store] in try store.discardStagedBatch(id) }
+    }
+}
