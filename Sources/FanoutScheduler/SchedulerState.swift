@@ -190,7 +190,8 @@ struct SchedulerState {
         source.refilling = true
         sources[key] = source
         // A closing batch's tasks are only read to be closed: bigger pages, fewer round trips.
-        let limit = batches[key.batchID]?.closing == nil ? configuration.windowSize : configuration.windowSize * 8
+        let window = max(1, configuration.windowSize)
+        let limit = batches[key.batchID]?.closing == nil ? window : window * 8
         effects.refills.append(RefillOrder(key: key, generation: source.generation, cursor: source.cursor, limit: limit))
     }
 
@@ -223,7 +224,8 @@ struct SchedulerState {
                 continue
             }
             sources[key] = source
-            if source.window.count < configuration.windowSize / 4 { requestRefill(key, effects: &effects) }
+            // Below a quarter, and at least when empty: a window under 4 would otherwise never be refilled.
+            if source.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
             relist(key)
             start(&task, now: now, effects: &effects)
         }
