@@ -56,8 +56,6 @@ struct ActiveBatch {
     var record: BatchRecord
     /// Agents with a source for this batch.
     var agents: Set<String> = []
-    /// Running and retry-waiting tasks: the only ones of the batch in memory besides windows.
-    var openSlots: Set<TaskID> = []
     /// Pending tasks cancelled one by one while still only in the store: a
     /// window read that races with that commit must not start them.
     var cancelledInStore: Set<TaskID> = []
@@ -117,6 +115,10 @@ struct SchedulerState {
     private var agentRotation = 0
     var batches: [BatchID: ActiveBatch] = [:]
     var slots: [TaskID: TaskSlot] = [:]
+    /// Each active batch's running and retry-waiting tasks. Kept apart from
+    /// `ActiveBatch`, which is copied on every change: a set inside it would be
+    /// copied with it, once per task.
+    var openSlots: [BatchID: Set<TaskID>] = [:]
     var sources: [SourceKey: Source] = [:]
     var queues: [String: AgentQueue] = [:]
     var running = 0
@@ -218,14 +220,14 @@ struct SchedulerState {
     mutating func dispatch(now: Milliseconds, effects: inout Effects) {
         guard !stopping else { return }
         while running < configuration.globalConcurrency, let agent = nextAgent(now: now, effects: &effects) {
-            guard let key = queues[agent]?.next(), var source = sources[key], var task = source.window.popFirst() else {
+            // Popped in place: a copy of the source would copy its whole window for every task.
+            guard let key = queues[agent]?.next(), var task = sources[key]?.window.popFirst() else {
                 // A listed source always has a window; repair rather than spin.
                 queues[agent] = nil
                 continue
             }
-            sources[key] = source
             // Below a quarter, and at least when empty: a window under 4 would otherwise never be refilled.
-            if source.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
+            if sources[key]!.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
             relist(key)
             start(&task, now: now, effects: &effects)
         }
@@ -259,7 +261,7 @@ struct SchedulerState {
         var stored = task
         stored.payload = nil
         slots[task.id] = TaskSlot(task: stored, state: .running)
-        batch.openSlots.insert(task.id)
+        openSlots[batch.record.id, default: []].insert(task.id)
         batch.record.counters.move(from: .pending, to: .running)
         if batch.record.state == .pending {
             batch.record.state = .processing
@@ -373,7 +375,7 @@ struct SchedulerState {
         batch.record.counters.move(from: slot.state, to: .pending)
         if slot.state == .retryWait { retryWaitCount -= 1 }
         pendingCount += 1
-        batch.openSlots.remove(slot.task.id)
+        openSlots[batch.record.id]?.remove(slot.task.id)
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
@@ -402,7 +404,7 @@ struct SchedulerState {
         if slot.state == .retryWait { retryWaitCount -= 1 }
         batch.record.counters.move(from: slot.state, to: state)
         batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
-        batch.openSlots.remove(slot.task.id)
+        openSlots[batch.record.id]?.remove(slot.task.id)
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
@@ -505,7 +507,7 @@ struct SchedulerState {
         guard var batch = batches[id], batch.closing == nil else { return }
         batch.closing = state
         batches[id] = batch
-        for slotID in batch.openSlots.sorted() {
+        for slotID in (openSlots[id] ?? []).sorted() {
             guard var slot = slots[slotID] else { continue }
             if slot.state == .retryWait {
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
@@ -572,6 +574,7 @@ struct SchedulerState {
             sources[key] = nil
         }
         batches[id] = nil
+        openSlots[id] = nil
         effects.changes.batches[id] = batch.snapshot
         // Always one progress event at 100 %, then exactly one terminal event.
         effects.changes.events.append(batchEvent(.batchProgress, batch.record, now: now))

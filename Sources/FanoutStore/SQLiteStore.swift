@@ -102,8 +102,36 @@ public final class SQLiteStore: Store {
     public func commit(_ changes: ChangeSet) throws -> [EventRecord] {
         guard !changes.isEmpty else { return [] }
         return try pool.write { db in
-            for change in changes.tasks {
-                try apply(change, in: db)
+            // A task that started and finished within one group commit (most short
+            // tasks) gets one UPDATE instead of two.
+            var planned: [TaskChange?] = changes.tasks
+            var openStarts: [TaskID: (index: Int, attempt: Int, at: Milliseconds)] = [:]
+            var startsFolded: [Int: (attempt: Int, at: Milliseconds)] = [:]
+            for (index, change) in changes.tasks.enumerated() {
+                switch change {
+                case let .started(id, attempt, at):
+                    openStarts[id] = (index, attempt, at)
+                case let .finished(id, _, _, _, _, _):
+                    if let start = openStarts.removeValue(forKey: id) {
+                        planned[start.index] = nil
+                        startsFolded[index] = (start.attempt, start.at)
+                    }
+                case let .turns(id, _), let .requeued(id, _, _):
+                    openStarts[id] = nil
+                }
+            }
+            for (index, change) in planned.enumerated() {
+                guard let change else { continue }
+                if case let .finished(id, state, result, failure, turns, at) = change, let start = startsFolded[index] {
+                    try db.cachedStatement(sql: """
+                        UPDATE tasks SET state = ?, attempt = ?, started_at = ?, result = ?, error_message = ?, error_code = ?,
+                            error_retryable = ?, turns_completed = ?, finished_at = ?
+                        WHERE id = ?
+                        """).execute(arguments: [state.rawValue, start.attempt, start.at, result.map { Data($0) },
+                                                 failure?.message, failure?.code, failure?.retryable, turns, at, id])
+                } else {
+                    try apply(change, in: db)
+                }
             }
             for snapshot in changes.batches.values {
                 try db.cachedStatement(sql: """
