@@ -32,9 +32,7 @@ public final class FanoutClient: Sendable {
     public static var defaultSocketPath: String {
         let environment = ProcessInfo.processInfo.environment
         if let socket = environment["FANOUT_SOCKET"], !socket.isEmpty { return socket }
-        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/fanout/fanoutd.sock" }
-        let temp = environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        return "\(temp.hasSuffix("/") ? String(temp.dropLast()) : temp)/fanout-\(getuid())/fanoutd.sock"
+        return DefaultSocket.path(environment: environment)
     }
 
     /// Connects and performs the handshake.

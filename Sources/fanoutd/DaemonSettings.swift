@@ -3,6 +3,7 @@ import FanoutCore
 import FanoutScheduler
 import FanoutServer
 import FanoutStore
+import FanoutWire
 import Foundation
 import SystemPackage
 
@@ -68,7 +69,7 @@ struct DaemonSettings {
             return value == 0 ? nil : value
         }
 
-        let socket = config.string(forKey: Key.socket.configKey) ?? defaultSocketPath(environment)
+        let socket = config.string(forKey: Key.socket.configKey) ?? DefaultSocket.path(environment: environment)
         var server = ServerConfiguration(socketPath: socket)
         if let mode = config.string(forKey: Key.socketMode.configKey) {
             guard let parsed = UInt16(mode, radix: 8), parsed <= 0o777 else {
@@ -108,15 +109,6 @@ struct DaemonSettings {
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment),
             durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
             server: server, scheduler: scheduler, limits: limits)
-    }
-
-    /// `$XDG_RUNTIME_DIR/fanout/fanoutd.sock`, else a per-user folder in the temp dir.
-    static func defaultSocketPath(_ environment: [String: String]) -> String {
-        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty {
-            return runtime + "/fanout/fanoutd.sock"
-        }
-        let temp = environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        return "\(temp.hasSuffix("/") ? String(temp.dropLast()) : temp)/fanout-\(getuid())/fanoutd.sock"
     }
 
     /// `$XDG_STATE_HOME/fanout/fanout.db`, else `~/.local/state/fanout/fanout.db`.
