@@ -8,6 +8,7 @@ import Synchronization
 final class ClientConnection: Sendable {
     private struct Routes {
         var streams: [UInt32: AsyncThrowingStream<Frame, any Error>.Continuation] = [:]
+        var limits: [UInt32: Int] = [:]
         var closed: FanoutClientError?
     }
 
@@ -77,14 +78,19 @@ final class ClientConnection: Sendable {
     }
 
     /// Opens a stream: registers its route, then sends its first frame.
-    func open(_ request: Request, streamID: UInt32? = nil) async throws -> (id: UInt32, frames: AsyncThrowingStream<Frame, any Error>) {
+    /// With `bufferLimit`, a consumer that falls that many frames behind has
+    /// its stream ended with a lagged error (and cancelled on the daemon)
+    /// instead of the client buffering without bound.
+    func open(_ request: Request, streamID: UInt32? = nil, bufferLimit: Int? = nil) async throws -> (id: UInt32, frames: AsyncThrowingStream<Frame, any Error>) {
         // The daemon refuses a Request whose id is not larger than every id
         // before it, so taking the id and writing the Request happen as one
         // step: concurrent callers reach the socket in id order.
         await opening.lock()
         defer { opening.unlock() }
         let id = streamID ?? nextStreamID.wrappingAdd(2, ordering: .relaxed).oldValue
-        let (frames, continuation) = AsyncThrowingStream.makeStream(of: Frame.self)
+        let (frames, continuation) = AsyncThrowingStream.makeStream(
+            of: Frame.self, bufferingPolicy: bufferLimit.map { .bufferingOldest($0) } ?? .unbounded)
+        if let bufferLimit { routes.withLock { $0.limits[id] = bufferLimit } }
         let closed = routes.withLock { routes -> FanoutClientError? in
             if let closed = routes.closed { return closed }
             routes.streams[id] = continuation
@@ -105,7 +111,10 @@ final class ClientConnection: Sendable {
 
     /// Stops routing a stream's frames (after it ended or was abandoned).
     func forget(_ id: UInt32) {
-        _ = routes.withLock { $0.streams.removeValue(forKey: id) }
+        routes.withLock { routes in
+            routes.streams[id] = nil
+            routes.limits[id] = nil
+        }
     }
 
     func close() async {
@@ -121,7 +130,17 @@ final class ClientConnection: Sendable {
             return
         }
         let continuation = routes.withLock { $0.streams[frame.streamID] }
-        continuation?.yield(frame)
+        if case .dropped = continuation?.yield(frame) {
+            let limit = routes.withLock { $0.limits[frame.streamID] } ?? 0
+            // lastSequence 0: the stream's iterator fills in the last sequence it delivered.
+            continuation?.finish(throwing: FanoutClientError(
+                code: .resourceExhausted, message: "the subscriber fell behind the client's buffer of \(limit) events",
+                lagged: true))
+            forget(frame.streamID)
+            let id = frame.streamID
+            Task { try? await self.send(Frame(streamID: id, kind: .cancel)) }
+            return
+        }
         if case .end = frame.kind { continuation?.finish() }
         if case .response = frame.kind { continuation?.finish() }
     }

@@ -154,13 +154,21 @@ public final class FanoutClient: Sendable {
     /// live ones while `follow` is true. A subscriber that falls behind ends
     /// with a `FanoutClientError` whose `lagged` is set; subscribe again with
     /// `since: error.lastSequence` to resume without a gap.
+    ///
+    /// The client holds at most `subscriberBuffer` undelivered events per
+    /// subscription: a consumer that stops iterating is cut off the same way,
+    /// rather than the client's memory growing without bound.
     public func subscribe(ownerID: String, eventTypes: [EventType] = [], batchID: UInt64 = 0, since: UInt64 = 0,
-                          follow: Bool = true) -> ServerStream<Event> {
+                          follow: Bool = true, subscriberBuffer: Int = 10_000) -> ServerStream<Event> {
         let request = SubscribeRequest(ownerID: ownerID, eventTypes: eventTypes, batchID: batchID, since: since, follow: follow)
-        return serverStream(.subscribe(request)) { message in
+        var stream = serverStream(.subscribe(request)) { message in
             if case .event(let event) = message { return [event] }
             return []
         }
+        stream.bufferLimit = subscriberBuffer
+        stream.sequence = { $0.sequence }
+        stream.initialSequence = since
+        return stream
     }
 
     // MARK: Cancel

@@ -8,6 +8,11 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
     let connection: ClientConnection
     let request: Request
     let extract: @Sendable (StreamMessage) -> [Element]
+    /// For event streams: the client buffers at most this many frames, and
+    /// `sequence` names what was delivered last when that runs out.
+    var bufferLimit: Int?
+    var sequence: (@Sendable (Element) -> UInt64)?
+    var initialSequence: UInt64 = 0
 
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(stream: self)
@@ -20,22 +25,36 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
         private var buffered: [Element] = []
         private var finished = false
         private var guardian: StreamGuardian?
+        private var delivered: UInt64
 
         init(stream: ServerStream) {
             self.stream = stream
+            delivered = stream.initialSequence
         }
 
         public mutating func next() async throws -> Element? {
             while true {
-                if !buffered.isEmpty { return buffered.removeFirst() }
+                if !buffered.isEmpty {
+                    let element = buffered.removeFirst()
+                    if let sequence = stream.sequence { delivered = sequence(element) }
+                    return element
+                }
                 if finished { return nil }
                 if frames == nil {
-                    let (id, opened) = try await stream.connection.open(stream.request)
+                    let (id, opened) = try await stream.connection.open(stream.request, bufferLimit: stream.bufferLimit)
                     streamID = id
                     frames = opened.makeAsyncIterator()
                     guardian = StreamGuardian(connection: stream.connection, streamID: id)
                 }
-                guard let frame = try await frames?.next() else {
+                let next: Frame?
+                do {
+                    next = try await frames?.next()
+                } catch var error as FanoutClientError where error.lagged && error.lastSequence == 0 {
+                    finished = true
+                    error.lastSequence = delivered
+                    throw error
+                }
+                guard let frame = next else {
                     finished = true
                     if Task.isCancelled {
                         guardian?.cancel()

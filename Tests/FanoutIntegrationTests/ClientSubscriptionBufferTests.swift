@@ -1,0 +1,49 @@
+import FanoutClient
+import Foundation
+import Testing
+
+/// A consumer that stops reading a subscription is cut off by the client
+/// itself (bounded memory), with the same lagged error and resume point as
+/// a daemon-side cut.
+@Suite struct ClientSubscriptionBufferTests {
+    @Test func pausedConsumerIsCutOffWithItsLastSequenceAndResumesWithoutGap() async throws {
+        try await withTestDaemon { daemon in
+            try await withClient(daemon.socketPath) { client in
+                try await withDeadline(30) {
+                    let batch = try await client.enqueueBatch(
+                        ownerID: "pause", agent: "echo",
+                        tasks: (0..<200).map { TaskSpec(customID: "t\($0)", payload: Array("{\"delay_ms\":1}".utf8)) })
+                    var iterator = client.subscribe(ownerID: "pause", batchID: batch.id, subscriberBuffer: 5).makeAsyncIterator()
+                    let first = try #require(try await iterator.next())
+                    // Stop reading until the batch is done: far more than 5 events arrive meanwhile.
+                    while try await client.batch(batch.id).status != .completed {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    var received = [first]
+                    var cut: FanoutClientError?
+                    do {
+                        while let event = try await iterator.next() { received.append(event) }
+                    } catch let error as FanoutClientError {
+                        cut = error
+                    }
+                    let lagged = try #require(cut, "the paused subscription must be cut off")
+                    #expect(lagged.lagged)
+                    #expect(lagged.code == .resourceExhausted)
+                    #expect(lagged.lastSequence == received.last?.sequence)
+                    #expect(received.count <= 6, "at most the buffer plus the first event: \(received.count)")
+
+                    // Resuming from the cut misses nothing and repeats nothing.
+                    for try await event in client.subscribe(ownerID: "pause", batchID: batch.id, since: lagged.lastSequence) {
+                        received.append(event)
+                        if event.type == .batchCompleted { break }
+                    }
+                    let stored = try await events(of: batch.id, owner: "pause", on: client)
+                    #expect(received.map(\.sequence) == stored.map(\.sequence))
+                    #expect(received.filter { $0.type == .taskCompleted }.count == 200)
+                    // The connection still serves other calls after the cut.
+                    #expect(try await client.batch(batch.id).counts.completed == 200)
+                }
+            }
+        }
+    }
+}
