@@ -129,9 +129,12 @@ public final class Scheduler: Sendable {
         if includeExpired { wanted.insert(.expired) }
         if includeCancelled { wanted.insert(.cancelled) }
         let states = wanted
-        let (batch, reopened) = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: Clock.now) }
+        let result = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: Clock.now) }
+        let (batch, reopened) = (result.batch, result.reopened)
         guard reopened > 0 else { return (batch, 0) }
-        let agents = configuration.agents.map(\.name)
+        // The reopened rows' own agents: an agent no longer configured still gets a
+        // source, and its tasks fail with no_runner instead of waiting forever.
+        let agents = result.agents
         mutate { state, effects in
             let now = Clock.now
             state.admit(batch, agents: agents, now: now, effects: &effects)

@@ -176,6 +176,16 @@ struct SchedulerState {
             drain(key, as: closing, now: now, effects: &effects)
             return
         }
+        if agents[key.agent] == nil {
+            // Tasks of an agent this daemon no longer runs (a retried batch, a changed
+            // configuration) fail rather than wait forever.
+            drain(key, as: .failed, failure: TaskFailure(message: "agent \"\(key.agent)\" is not configured on this daemon",
+                                                        code: "no_runner"), now: now, effects: &effects)
+            return
+        }
+        // A page whose tasks were all filtered out (cancelled meanwhile) leaves the
+        // window empty: read on, or the source would wait for a refill nobody asks for.
+        if sources[key]!.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
         relist(key)
         dispatch(now: now, effects: &effects)
     }
@@ -449,9 +459,10 @@ struct SchedulerState {
             }
             return true
         }
-        guard task.state == .pending, !batch.cancelledInStore.contains(task.id) else { return false }
-        // Pending: in a window, or not yet read from the store (after its source's cursor).
-        // Anything else was read and has already run, whatever the stored row still says.
+        guard !task.state.isTerminal, !batch.cancelledInStore.contains(task.id) else { return false }
+        // Pending: in a window (whatever its row still says: a retried task's row may
+        // lag behind), or not yet read from the store (a pending row after the source's
+        // cursor). Anything else was read and has already run.
         let key = SourceKey(batchID: task.batchID, agent: task.agent)
         guard var source = sources[key] else { return false }
         var runnable = RunnableTask(id: task.id, batchID: task.batchID, ownerID: task.ownerID, customID: task.customID,
@@ -463,7 +474,7 @@ struct SchedulerState {
             runnable = source.window.remove(at: index)
             sources[key] = source
             relist(key)
-        } else if source.cursor.map({ runnable.isAfter($0) }) ?? true {
+        } else if task.state == .pending, source.cursor.map({ runnable.isAfter($0) }) ?? true {
             batch.cancelledInStore.insert(task.id)
         } else {
             return false
@@ -525,7 +536,8 @@ struct SchedulerState {
 
     /// Closes what a closing batch's source holds in its window, and asks for
     /// the next page until the store has no pending task left for it.
-    private mutating func drain(_ key: SourceKey, as state: TaskState, now: Milliseconds, effects: inout Effects) {
+    private mutating func drain(_ key: SourceKey, as state: TaskState, failure: TaskFailure? = nil, now: Milliseconds,
+                                effects: inout Effects) {
         guard var source = sources[key], var batch = batches[key.batchID] else { return }
         if let listed = source.listedAt {
             queues[key.agent]?.remove(key, owner: source.ownerID, priority: listed)
@@ -535,9 +547,11 @@ struct SchedulerState {
             pendingCount -= 1
             batch.record.counters.move(from: .pending, to: state)
             batch.record.progress.recordTerminal(turnsCompleted: task.turnsCompleted)
-            effects.changes.tasks.append(.finished(task.id, state: state, result: nil, failure: nil,
+            effects.changes.tasks.append(.finished(task.id, state: state, result: nil, failure: failure,
                                                    turnsCompleted: task.turnsCompleted, at: now))
-            effects.changes.events.append(taskEvent(Self.eventKind(for: state), task, now: now))
+            var event = taskEvent(Self.eventKind(for: state), task, now: now)
+            event.failure = failure
+            effects.changes.events.append(event)
         }
         if !source.window.isEmpty { effects.changes.batches[batch.record.id] = batch.snapshot }
         source.window = []

@@ -94,7 +94,7 @@ final class Connection: Sendable {
 
         switch frame.kind {
         case .request(let request):
-            open(frame.streamID, request, writer: writer)
+            await open(frame.streamID, request, writer: writer)
         case .message(.batchChunk(let chunk)):
             // Waits while the stream is storing earlier chunks: that is the backpressure.
             let pipe = table.withLock { $0.open[frame.streamID]?.chunks }
@@ -137,7 +137,7 @@ final class Connection: Sendable {
         case refused(WireStatus)
     }
 
-    private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) {
+    private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) async {
         let interruptible: Bool
         var chunks: ChunkPipe?
         switch request {
@@ -164,7 +164,9 @@ final class Connection: Sendable {
             return .admitted
         }
         if case .refused(let status) = admission {
-            Task { await writer.send(Frame(streamID: id, kind: .end(status))) }
+            // Written from the read loop, so a client that floods refused requests
+            // without reading is slowed by backpressure instead of piling up tasks.
+            await writer.send(Frame(streamID: id, kind: .end(status)))
             return
         }
         let task = Task {
@@ -229,7 +231,9 @@ final class Connection: Sendable {
     }
 
     private func reply(_ id: UInt32, _ response: Response, _ writer: FrameWriter) async -> WireStatus? {
-        await writer.send(Frame(streamID: id, kind: .response(response)))
+        // The call completed (a batch may have been created): its answer must reach the
+        // client even if a Cancel arrived meanwhile, so it is written from an uncancelled task.
+        await Task { await writer.send(Frame(streamID: id, kind: .response(response))) }.value
         return nil
     }
 

@@ -195,7 +195,13 @@ public final class SQLiteStore: Store {
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')")
             try db.execute(sql: "DELETE FROM batches WHERE state = 'staging'")
             // A task that was running when the daemon stopped runs again; its attempt was already counted.
-            try db.execute(sql: "UPDATE tasks SET state = 'pending' WHERE state IN ('running', 'retry_wait')")
+            // Only active batches can hold such tasks; looking there keeps start-up
+            // independent of how much finished history the database holds.
+            try db.execute(sql: """
+                UPDATE tasks SET state = 'pending'
+                WHERE batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing'))
+                  AND state IN ('running', 'retry_wait')
+                """)
             let requeued = db.changesCount
             // Counters and progress are recomputed from the task rows, the source of truth.
             try db.execute(sql: """
@@ -318,7 +324,7 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> (BatchRecord, Int) {
+    public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch {
         try pool.write { db in
             guard let batch = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batchID]).map(Self.batchRecord) else {
                 throw FanoutError.notFound("batch \(batchID) does not exist")
@@ -350,7 +356,10 @@ public final class SQLiteStore: Store {
                     """, arguments: [batchID])
             }
             let updated = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batchID]).map(Self.batchRecord)!
-            return (updated, reopened)
+            let agents = reopened == 0 ? [] : try String.fetchAll(db, sql: """
+                SELECT DISTINCT agent FROM tasks INDEXED BY tasks_pending WHERE batch_id = ? AND state = 'pending'
+                """, arguments: [batchID])
+            return ReopenedBatch(batch: updated, reopened: reopened, agents: agents)
         }
     }
 

@@ -39,8 +39,8 @@ public protocol Store: Sendable {
                       inlinePayloadBytes: Int) throws -> [RunnableTask]
 
     /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
-    /// keeping the completed results. Returns the batch as it is now and how many tasks were reopened.
-    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> (BatchRecord, Int)
+    /// keeping the completed results.
+    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch
 
     /// Stored events with `sequence` in `(after, upTo]` that match `filter`, oldest first.
     func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord]
@@ -98,6 +98,15 @@ public struct RecoveredState: Sendable {
     public var pendingAgents: [BatchID: [String]]
     /// Tasks found `running` or `retry_wait` and put back to `pending`.
     public var requeued: Int
+}
+
+public struct ReopenedBatch: Sendable {
+    /// The batch as it is now.
+    public var batch: BatchRecord
+    /// How many tasks were put back to pending.
+    public var reopened: Int
+    /// The agents those tasks belong to.
+    public var agents: [String]
 }
 
 /// A position in a batch's pending tasks, in (priority desc, id) order.
