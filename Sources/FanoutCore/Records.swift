@@ -77,12 +77,15 @@ public struct BatchRecord: Sendable, Hashable {
     public var finishedAt: Milliseconds?
     public var deadlineAt: Milliseconds?
     public var creatorUID: UInt32
+    /// Set when the batch is being ended early: cancelled (cancel_batch) or
+    /// expired (deadline). Stored, so a restart finishes the job.
+    public var closing: TaskState?
 
     public init(
         id: BatchID, ownerID: String, agent: String, state: BatchState, counters: BatchCounters,
         progress: BatchProgress, metadata: [String: String], parentTaskID: TaskID?, createdAt: Milliseconds,
         startedAt: Milliseconds? = nil, finishedAt: Milliseconds? = nil, deadlineAt: Milliseconds? = nil,
-        creatorUID: UInt32
+        creatorUID: UInt32, closing: TaskState? = nil
     ) {
         self.id = id
         self.ownerID = ownerID
@@ -97,5 +100,6 @@ public struct BatchRecord: Sendable, Hashable {
         self.finishedAt = finishedAt
         self.deadlineAt = deadlineAt
         self.creatorUID = creatorUID
+        self.closing = closing
     }
 }

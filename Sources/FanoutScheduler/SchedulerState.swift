@@ -67,7 +67,7 @@ struct ActiveBatch {
 
     var snapshot: BatchSnapshot {
         BatchSnapshot(id: record.id, state: record.state, counters: record.counters, progressUnits: record.progress.units,
-                      startedAt: record.startedAt, finishedAt: record.finishedAt)
+                      startedAt: record.startedAt, finishedAt: record.finishedAt, closing: closing)
     }
 }
 
@@ -151,6 +151,11 @@ struct SchedulerState {
         }
         pendingCount += batch.counters.pending
         batches[batch.id] = active
+        if let closing = batch.closing {
+            // It was being cancelled (or expired) when the daemon stopped: finish that first.
+            closeBatch(batch.id, as: closing, now: now, effects: &effects)
+            return
+        }
         // A recovered batch may have nothing left to run (the crash came after its last task).
         finishIfDone(batch.id, now: now, effects: &effects)
     }
@@ -518,6 +523,8 @@ struct SchedulerState {
         guard var batch = batches[id], batch.closing == nil else { return }
         batch.closing = state
         batches[id] = batch
+        // Recorded with the first changes, so a restart mid-way goes on closing it.
+        effects.changes.batches[id] = batch.snapshot
         for slotID in (openSlots[id] ?? []).sorted() {
             guard var slot = slots[slotID] else { continue }
             if slot.state == .retryWait {

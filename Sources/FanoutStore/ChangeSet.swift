@@ -35,13 +35,16 @@ public struct BatchSnapshot: Sendable, Hashable {
     public var progressUnits: Int
     public var startedAt: Milliseconds?
     public var finishedAt: Milliseconds?
+    public var closing: TaskState?
 
-    public init(id: BatchID, state: BatchState, counters: BatchCounters, progressUnits: Int, startedAt: Milliseconds?, finishedAt: Milliseconds?) {
+    public init(id: BatchID, state: BatchState, counters: BatchCounters, progressUnits: Int, startedAt: Milliseconds?,
+                finishedAt: Milliseconds?, closing: TaskState? = nil) {
         self.id = id
         self.state = state
         self.counters = counters
         self.progressUnits = progressUnits
         self.startedAt = startedAt
         self.finishedAt = finishedAt
+        self.closing = closing
     }
 }

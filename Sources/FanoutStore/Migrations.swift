@@ -85,6 +85,9 @@ enum Migrations {
                 CREATE INDEX tasks_pending ON tasks(batch_id, agent, priority DESC, id) WHERE state = 'pending';
                 """)
         }
+        migrator.registerMigration("v3: a batch's closing intent survives a restart") { db in
+            try db.execute(sql: "ALTER TABLE batches ADD COLUMN closing TEXT")
+        }
         return migrator
     }
 }

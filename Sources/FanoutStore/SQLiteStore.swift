@@ -137,13 +137,13 @@ public final class SQLiteStore: Store {
                 try db.cachedStatement(sql: """
                     UPDATE batches SET state = ?, pending = ?, running = ?, waiting_children = ?, retry_wait = ?,
                         completed = ?, failed = ?, cancelled = ?, expired = ?, progress_units = ?,
-                        started_at = ?, finished_at = ?
+                        started_at = ?, finished_at = ?, closing = ?
                     WHERE id = ?
                     """).execute(arguments: [
                         snapshot.state.rawValue, snapshot.counters.pending, snapshot.counters.running,
                         snapshot.counters.waitingChildren, snapshot.counters.retryWait, snapshot.counters.completed,
                         snapshot.counters.failed, snapshot.counters.cancelled, snapshot.counters.expired,
-                        snapshot.progressUnits, snapshot.startedAt, snapshot.finishedAt, snapshot.id,
+                        snapshot.progressUnits, snapshot.startedAt, snapshot.finishedAt, snapshot.closing?.rawValue, snapshot.id,
                     ])
             }
             var stored: [EventRecord] = []
@@ -343,7 +343,7 @@ public final class SQLiteStore: Store {
             let reopened = db.changesCount
             if reopened > 0 {
                 try db.execute(sql: """
-                    UPDATE batches SET state = 'processing', finished_at = NULL, deadline_at = NULL,
+                    UPDATE batches SET state = 'processing', finished_at = NULL, deadline_at = NULL, closing = NULL,
                         pending = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'pending'),
                         completed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'completed'),
                         failed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'failed'),
@@ -477,13 +477,14 @@ public final class SQLiteStore: Store {
         let metadataJSON: String? = row["metadata"]
         let metadata = metadataJSON.flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) } ?? [:]
         let creatorUID: Int64 = row["creator_uid"]
+        let closing: String? = row["closing"]
         return BatchRecord(
             id: row["id"], ownerID: row["owner_id"], agent: row["agent"],
             state: BatchState(rawValue: row["state"]) ?? .failed, counters: counters,
             progress: BatchProgress(totalTasks: counters.total, maxTurns: row["max_turns"], units: row["progress_units"]),
             metadata: metadata, parentTaskID: row["parent_task_id"], createdAt: row["created_at"],
             startedAt: row["started_at"], finishedAt: row["finished_at"], deadlineAt: row["deadline_at"],
-            creatorUID: UInt32(truncatingIfNeeded: creatorUID))
+            creatorUID: UInt32(truncatingIfNeeded: creatorUID), closing: closing.flatMap(TaskState.init(rawValue:)))
     }
 
     static func taskRecord(_ row: Row, includePayload: Bool) -> TaskRecord {

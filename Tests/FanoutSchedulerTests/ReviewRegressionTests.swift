@@ -87,4 +87,34 @@ import Testing
             await new.shutdown()
         }
     }
+
+    /// A cancel_batch cut short by a stop is finished after the restart: the rest never runs.
+    @Test func cancelBatchInterruptedByShutdownStaysCancelledAfterRestart() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            var configuration = SchedulerConfiguration(globalConcurrency: 1, agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 1)])
+            configuration.windowSize = 64
+            let first = try Scheduler(store: store, configuration: configuration, runners: ["echo": EchoRunner()])
+            try first.start()
+            let inserted = try await first.enqueue(NewBatch(ownerID: "alice", agent: "echo",
+                tasks: (0..<20_000).map { NewTask(customID: "t\($0)", agent: "echo", payload: Array(#"{"delay_ms":1}"#.utf8)) }))
+            try await Task.sleep(for: .milliseconds(30))
+            _ = try await first.cancelBatch(inserted.batch.id, timeout: .milliseconds(1))
+            await first.shutdown()
+            let stopped = try #require(try store.batch(inserted.batch.id))
+            #expect(stopped.closing == .cancelled)
+
+            let second = try Scheduler(store: store, configuration: SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 64)]),
+                                       runners: ["echo": EchoRunner()])
+            try second.start()
+            try await withDeadline(.seconds(30), "the cancel to finish after the restart") {
+                while try store.batch(inserted.batch.id)?.state.isTerminal != true { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            let final = try #require(try store.batch(inserted.batch.id))
+            #expect(final.state == .cancelled)
+            #expect(final.counters.completed <= stopped.counters.completed + 1, "nothing new ran after the restart")
+            #expect(final.counters.completed + final.counters.cancelled == 20_000)
+            await second.shutdown()
+        }
+    }
 }
