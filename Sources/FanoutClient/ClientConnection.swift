@@ -97,7 +97,12 @@ final class ClientConnection: Sendable {
             return nil
         }
         if let closed { throw closed }
-        try await send(Frame(streamID: id, kind: .request(request)))
+        do {
+            try await send(Frame(streamID: id, kind: .request(request)))
+        } catch {
+            forget(id)
+            throw error
+        }
         return (id, frames)
     }
 

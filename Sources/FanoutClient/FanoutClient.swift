@@ -88,7 +88,8 @@ public final class FanoutClient: Sendable {
         let (id, frames) = try await connection.open(.enqueueBatch(request))
         defer { connection.forget(id) }
         // The daemon may refuse early (a limit); its answer is read concurrently with the sending.
-        return try await withThrowingTaskGroup(of: BatchInfo?.self) { group in
+        return try await cancellingOnFailure(id) {
+            try await withThrowingTaskGroup(of: BatchInfo?.self) { group in
             group.addTask {
                 for (index, range) in chunks.enumerated().dropFirst() {
                     let chunk = BatchChunk(tasks: Array(tasks[range]), more: index < chunks.count - 1)
@@ -107,6 +108,7 @@ public final class FanoutClient: Sendable {
                 }
             }
             throw Self.unexpected()
+            }
         }
     }
 
@@ -203,7 +205,23 @@ public final class FanoutClient: Sendable {
     private func unary(_ request: Request) async throws -> Response {
         let (id, frames) = try await connection.open(request)
         defer { connection.forget(id) }
-        return try await Self.awaitResponse(frames)
+        return try await cancellingOnFailure(id) { try await Self.awaitResponse(frames) }
+    }
+
+    /// Runs a call on stream `id`; if it ends without the daemon's final frame
+    /// (the caller cancelled, a send failed), tells the daemon to drop the
+    /// stream, so nothing half-sent (a staged batch) waits for more.
+    private func cancellingOnFailure<T>(_ id: UInt32, _ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as FanoutClientError where error.code != .unavailable {
+            throw error  // the daemon ended the stream itself
+        } catch {
+            let connection = connection
+            Task { try? await connection.send(Frame(streamID: id, kind: .cancel)) }
+            if Task.isCancelled { throw CancellationError() }
+            throw error
+        }
     }
 
     private static func awaitResponse(_ frames: AsyncThrowingStream<Frame, any Error>) async throws -> Response {
@@ -214,6 +232,8 @@ public final class FanoutClient: Sendable {
             default: continue
             }
         }
+        // The stream's iteration also ends when the calling task is cancelled.
+        try Task.checkCancellation()
         throw FanoutClientError.connectionLost()
     }
 

@@ -32,3 +32,36 @@ import Testing
         }
     }
 }
+
+@Suite struct ClientCancellationTests {
+    /// A chunked enqueue the caller cancels is dropped on the daemon too: its
+    /// stream closes (here the only one allowed) and nothing is committed.
+    @Test func cancelledChunkedEnqueueReleasesItsStreamAndCommitsNothing() async throws {
+        try await withTestDaemon(configure: {
+            $0.maxFrameBytes = 16 * 1024
+            $0.maxStreamsPerConnection = 1
+        }) { daemon in
+            try await withDeadline(30) {
+                let client = try await daemon.client()
+                let tasks = (0..<3_000).map { TaskSpec(customID: "t\($0)", payload: [UInt8](repeating: 65, count: 1_000)) }
+                let upload = Task { try await client.enqueueBatch(ownerID: "o", agent: "echo", tasks: tasks) }
+                try await Task.sleep(for: .milliseconds(100))
+                upload.cancel()
+                let outcome = await upload.result
+                if case .success = outcome {
+                    Issue.record("the upload finished before it could be cancelled; nothing to check")
+                    return
+                }
+                // The stream is released: a call on the same connection gets through again.
+                var info: ServerInfo?
+                for _ in 0..<100 where info == nil {
+                    info = try? await client.serverInfo()
+                    if info == nil { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                #expect(info != nil, "the cancelled enqueue still holds the connection's only stream")
+                #expect(try await client.batches(ownerID: "o").batches.isEmpty, "nothing was committed")
+                await client.close()
+            }
+        }
+    }
+}
