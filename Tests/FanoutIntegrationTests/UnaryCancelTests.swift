@@ -43,7 +43,8 @@ import Testing
         }) { daemon in
             try await withDeadline(30) {
                 let client = try await daemon.client()
-                let tasks = (0..<3_000).map { TaskSpec(customID: "t\($0)", payload: [UInt8](repeating: 65, count: 1_000)) }
+                // About 20 MB in 16 KiB frames: thousands of chunks, so the cancel lands mid-upload.
+                let tasks = (0..<20_000).map { TaskSpec(customID: "t\($0)", payload: [UInt8](repeating: 65, count: 1_000)) }
                 let upload = Task { try await client.enqueueBatch(ownerID: "o", agent: "echo", tasks: tasks) }
                 try await Task.sleep(for: .milliseconds(100))
                 upload.cancel()
@@ -59,7 +60,9 @@ import Testing
                     if info == nil { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 #expect(info != nil, "the cancelled enqueue still holds the connection's only stream")
-                #expect(try await client.batches(ownerID: "o").batches.isEmpty, "nothing was committed")
+                // All or nothing: a cancel that arrived after the last chunk may still see the batch committed.
+                let listed = try await client.batches(ownerID: "o").batches
+                #expect(listed.isEmpty || (listed.count == 1 && listed[0].counts.total == 20_000), "\(listed)")
                 await client.close()
             }
         }
