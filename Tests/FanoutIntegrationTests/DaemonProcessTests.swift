@@ -157,7 +157,7 @@ import Testing
                         }
                         try await Task.sleep(for: .milliseconds(100))
                         daemon.signal(SIGTERM)
-                        let status = await daemon.waitForExit(seconds: 5)
+                        let status = await daemon.waitForExit(seconds: 15)
                         #expect(status == 0, "exit status \(String(describing: status))\n\(daemon.output)")
                         let ending = try await subscription.value
                         #expect(ending.hasPrefix("UNAVAILABLE: the daemon is shutting down"), "\(ending)")
@@ -276,7 +276,7 @@ import Testing
                         #expect(client.welcome.limits.globalConcurrency == 3)
                     }
                     daemon.signal(SIGTERM)
-                    #expect(await daemon.waitForExit(seconds: 5) == 0, "\(daemon.output)")
+                    #expect(await daemon.waitForExit(seconds: 30) == 0, "\(daemon.output)")
                 }
             }
             // A flag wins over the variable.

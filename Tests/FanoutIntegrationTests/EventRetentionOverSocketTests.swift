@@ -86,7 +86,7 @@ import Testing
                 try await withDeadline(30) {
                     try await daemon.waitUntilListening(directory + "/d.sock")
                     daemon.signal(SIGTERM)
-                    #expect(await daemon.waitForExit(seconds: 10) == 0, "\(daemon.output)")
+                    #expect(await daemon.waitForExit(seconds: 30) == 0, "\(daemon.output)")
                 }
             }
         }
