@@ -43,9 +43,4 @@ public struct BatchProgress: Sendable, Hashable, Codable {
     public mutating func recordTerminal(turnsCompleted: Int) {
         units += unitsPerTask - units(turnsCompleted: turnsCompleted, terminal: false)
     }
-
-    /// A terminal task is run again (RetryFailed): it gives its units back.
-    public mutating func recordReopened(turnsCompleted: Int) {
-        units -= unitsPerTask - units(turnsCompleted: turnsCompleted, terminal: false)
-    }
 }

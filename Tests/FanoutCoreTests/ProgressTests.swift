@@ -87,17 +87,6 @@ func turn(_ progress: inout BatchProgress, before: Int) -> Bool {
         #expect(plain.units(turnsCompleted: 0, terminal: true) == 1)
     }
 
-    @Test func reopenedTaskGivesItsUnitsBack() {
-        var progress = BatchProgress(totalTasks: 2, maxTurns: 4)
-        progress.recordTurn(turnsBefore: 0)
-        progress.recordTurn(turnsBefore: 1)
-        progress.recordTerminal(turnsCompleted: 2)
-        #expect(progress.units == 4)
-        progress.recordReopened(turnsCompleted: 2)
-        #expect(progress.units == 2)
-        #expect(progress.percent == 25)
-    }
-
     @Test func negativeMaxTurnsMeansNone() {
         let progress = BatchProgress(totalTasks: 5, maxTurns: -3)
         #expect(progress.maxTurns == 0)
