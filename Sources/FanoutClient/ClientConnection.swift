@@ -13,35 +13,44 @@ final class ClientConnection: Sendable {
     }
 
     private let channel: any Channel
-    private let outbound: NIOAsyncChannelOutboundWriter<Frame>
+    private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    /// The largest frame `send` writes: the daemon's limit once the handshake announced it.
+    private let sendLimit: Atomic<Int>
     private let routes = Mutex(Routes())
-    private let nextStreamID = Atomic<UInt32>(1)
-    private let reader = Mutex<Task<Void, Never>?>(nil)
+    /// The next client stream id; nil once the 32-bit ids are used up (PROTOCOL.md §4.1).
+    private let nextStreamID = Mutex<UInt32?>(1)
+    private let reader = Mutex<Task<FanoutClientError, Never>?>(nil)
     private let opening = AsyncLock()
 
-    private init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<Frame>) {
+    private init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, maxFrameBytes: Int) {
         self.channel = channel
         self.outbound = outbound
+        sendLimit = Atomic(maxFrameBytes)
+    }
+
+    /// Frames larger than the daemon accepts fail at the sender, not by closing the connection.
+    func adoptDaemonFrameLimit(_ bytes: Int) {
+        sendLimit.store(min(sendLimit.load(ordering: .relaxed), bytes), ordering: .relaxed)
     }
 
     static func connect(socketPath: String, maxFrameBytes: Int, group: any EventLoopGroup) async throws -> ClientConnection {
-        let asyncChannel: NIOAsyncChannel<Frame, Frame>
+        let asyncChannel: NIOAsyncChannel<Frame, ByteBuffer>
         do {
             asyncChannel = try await ClientBootstrap(group: group)
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder(maxFrameBytes: maxFrameBytes)))
-                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+                        // Frames are encoded by `send`, so one that cannot be encoded fails that call alone.
+                        return try NIOAsyncChannel<Frame, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
         } catch {
             throw FanoutClientError(code: .unavailable, message: "cannot connect to fanoutd at \(socketPath): \(error); is the daemon running?")
         }
-        let (writers, writerContinuation) = AsyncStream.makeStream(of: NIOAsyncChannelOutboundWriter<Frame>.self)
+        let (writers, writerContinuation) = AsyncStream.makeStream(of: NIOAsyncChannelOutboundWriter<ByteBuffer>.self)
         let (started, startedContinuation) = AsyncStream.makeStream(of: ClientConnection.self)
-        let readerTask = Task {
-            var failure = FanoutClientError.connectionLost()
+        // Returns why the connection ended, for every stream still open then.
+        let readerTask = Task { () -> FanoutClientError in
             do {
                 try await asyncChannel.executeThenClose { inbound, outbound in
                     writerContinuation.yield(outbound)
@@ -52,27 +61,26 @@ final class ClientConnection: Sendable {
                     for try await frame in inbound {
                         connection.route(frame)
                     }
-                    connection.fail(failure)
                 }
+                return .connectionLost()
             } catch {
-                failure = .connectionLost("the connection to fanoutd failed: \(error)")
+                return .connectionLost("the connection to fanoutd failed: \(error)")
             }
-            _ = failure
         }
-        var writer: NIOAsyncChannelOutboundWriter<Frame>?
+        var writer: NIOAsyncChannelOutboundWriter<ByteBuffer>?
         for await value in writers { writer = value }
         guard let writer else {
             readerTask.cancel()
             throw FanoutClientError.connectionLost()
         }
-        let connection = ClientConnection(channel: asyncChannel.channel, outbound: writer)
+        let connection = ClientConnection(channel: asyncChannel.channel, outbound: writer, maxFrameBytes: maxFrameBytes)
         connection.reader.withLock { $0 = readerTask }
         startedContinuation.yield(connection)
         startedContinuation.finish()
         // When the reader ends for any reason, every open stream learns it.
         Task { [weak connection] in
-            await readerTask.value
-            connection?.fail(.connectionLost())
+            let failure = await readerTask.value
+            connection?.fail(failure)
         }
         return connection
     }
@@ -87,7 +95,7 @@ final class ClientConnection: Sendable {
         // step: concurrent callers reach the socket in id order.
         await opening.lock()
         defer { opening.unlock() }
-        let id = streamID ?? nextStreamID.wrappingAdd(2, ordering: .relaxed).oldValue
+        let id = try streamID ?? takeStreamID()
         let (frames, continuation) = AsyncThrowingStream.makeStream(
             of: Frame.self, bufferingPolicy: bufferLimit.map { .bufferingOldest($0) } ?? .unbounded)
         if let bufferLimit { routes.withLock { $0.limits[id] = bufferLimit } }
@@ -106,12 +114,38 @@ final class ClientConnection: Sendable {
         return (id, frames)
     }
 
+    private func takeStreamID() throws(FanoutClientError) -> UInt32 {
+        let id = nextStreamID.withLock { next -> UInt32? in
+            defer { next = next.flatMap { $0 <= UInt32.max - 2 ? $0 + 2 : nil } }
+            return next
+        }
+        guard let id else {
+            throw FanoutClientError(code: .resourceExhausted,
+                                    message: "this connection has used every stream id; connect again for more calls")
+        }
+        return id
+    }
+
+    /// Encodes and writes one frame. A frame that cannot be encoded (a string
+    /// holding NUL, too large for the daemon) fails this call alone with
+    /// INVALID_ARGUMENT or RESOURCE_EXHAUSTED; the connection is unaffected.
     func send(_ frame: Frame) async throws {
+        var buffer = ByteBuffer()
         do {
-            try await outbound.write(frame)
+            try FrameCoding.encodeFramed(frame, into: &buffer, maxFrameBytes: sendLimit.load(ordering: .relaxed))
+        } catch {
+            throw FanoutClientError(code: error.statusCode, message: error.description)
+        }
+        do {
+            try await outbound.write(buffer)
         } catch {
             throw routes.withLock { $0.closed } ?? .connectionLost()
         }
+    }
+
+    /// Closes the socket without waiting: for a client dropped without `close()`.
+    func closeNow() {
+        channel.close(promise: nil)
     }
 
     /// Stops routing a stream's frames (after it ended or was abandoned).

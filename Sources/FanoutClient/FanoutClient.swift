@@ -7,7 +7,8 @@ import NIOPosix
 /// results, follow their events, cancel them.
 ///
 /// One client multiplexes any number of concurrent calls and subscriptions
-/// over its socket; it is safe to share between tasks.
+/// over its socket; it is safe to share between tasks. `withFanoutClient`
+/// connects, runs a body and closes the client whatever happens.
 ///
 /// ```swift
 /// let client = try await FanoutClient.connect()
@@ -21,7 +22,7 @@ import NIOPosix
 public final class FanoutClient: Sendable {
     /// What the daemon announced in the handshake: version and limits.
     public let welcome: Welcome
-    private let connection: ClientConnection
+    let connection: ClientConnection
 
     private init(connection: ClientConnection, welcome: Welcome) {
         self.connection = connection
@@ -49,6 +50,7 @@ public final class FanoutClient: Sendable {
             for try await frame in frames {
                 switch frame.kind {
                 case .response(.welcome(let welcome)):
+                    if welcome.maxFrameBytes > 0 { connection.adoptDaemonFrameLimit(Int(welcome.maxFrameBytes)) }
                     return FanoutClient(connection: connection, welcome: welcome)
                 case .end(let status):
                     throw FanoutClientError(status)
@@ -67,18 +69,28 @@ public final class FanoutClient: Sendable {
         await connection.close()
     }
 
+    /// A client dropped without `close()` still releases its socket (and with
+    /// it the reader task); streams being iterated keep their client alive.
+    deinit {
+        connection.closeNow()
+    }
+
     // MARK: Enqueue
 
     /// Enqueues a batch and returns it once the daemon has committed it.
     /// A batch too big for one frame is sent in chunks and still committed
     /// atomically: all of it or none.
+    ///
+    /// - Parameter completionWindow: the batch's deadline, from now; tasks not
+    ///   finished by then expire and the batch fails. Nil: no deadline.
     public func enqueueBatch(
         ownerID: String, agent: String, tasks: [TaskSpec], metadata: [String: String] = [:],
-        priority: Int32 = 0, completionWindowMs: UInt64 = 0
+        priority: Int32 = 0, completionWindow: Duration? = nil
     ) async throws -> BatchInfo {
+        let windowMs = try completionWindow.map(Self.milliseconds) ?? 0
         let chunks = TaskChunker(maxFrameBytes: Int(welcome.maxFrameBytes)).chunks(of: tasks)
         var request = EnqueueBatchRequest(ownerID: ownerID, agent: agent, metadata: metadata, priority: priority,
-                                          completionWindowMs: completionWindowMs, tasks: Array(tasks[chunks[0]]),
+                                          completionWindowMs: windowMs, tasks: Array(tasks[chunks[0]]),
                                           more: chunks.count > 1)
         if chunks.count == 1 {
             guard case .enqueueBatch(let batch) = try await unary(.enqueueBatch(request)) else { throw unexpected() }
@@ -128,8 +140,10 @@ public final class FanoutClient: Sendable {
     }
 
     /// Batches, newest first; pass `nextBeforeID` of a page as `beforeID` for the next.
-    public func batches(ownerID: String = "", limit: UInt32 = 0, beforeID: UInt64 = 0) async throws -> BatchPage {
-        guard case .listBatches(let page) = try await unary(.listBatches(ListBatchesRequest(ownerID: ownerID, limit: limit, beforeID: beforeID))) else {
+    /// Nil `ownerID`: every owner this user may see; nil `limit`: the daemon's default page.
+    public func batches(ownerID: String? = nil, limit: Int? = nil, beforeID: UInt64? = nil) async throws -> BatchPage {
+        let request = ListBatchesRequest(ownerID: ownerID ?? "", limit: UInt32(clamping: limit ?? 0), beforeID: beforeID ?? 0)
+        guard case .listBatches(let page) = try await unary(.listBatches(request)) else {
             throw unexpected()
         }
         return page
@@ -142,9 +156,11 @@ public final class FanoutClient: Sendable {
         return task
     }
 
-    /// The results of a batch's finished tasks, in task order, fetched page by page.
-    public func results(batchID: UInt64, afterTaskID: UInt64 = 0, pageSize: UInt32 = 0) -> ServerStream<TaskResult> {
-        serverStream(.getResults(GetResultsRequest(batchID: batchID, pageSize: pageSize, afterTaskID: afterTaskID))) { message in
+    /// The results of a batch's finished tasks, in task order, fetched page by
+    /// page (nil `pageSize`: the daemon's maximum page).
+    public func results(batchID: UInt64, afterTaskID: UInt64? = nil, pageSize: Int? = nil) -> ServerStream<TaskResult> {
+        let request = GetResultsRequest(batchID: batchID, pageSize: UInt32(clamping: pageSize ?? 0), afterTaskID: afterTaskID ?? 0)
+        return serverStream(.getResults(request)) { message in
             if case .resultsPage(let page) = message { return page }
             return []
         }
@@ -160,16 +176,21 @@ public final class FanoutClient: Sendable {
     /// The client holds at most `subscriberBuffer` undelivered events per
     /// subscription: a consumer that stops iterating is cut off the same way,
     /// rather than the client's memory growing without bound.
-    public func subscribe(ownerID: String, eventTypes: [EventType] = [], batchID: UInt64 = 0, since: UInt64 = 0,
+    ///
+    /// Nil `ownerID`: every owner whose batches this user may see (all of
+    /// them for the daemon's own user and root). Nil `since`: only what
+    /// happens from now on (with `follow`), or everything stored (without).
+    public func subscribe(ownerID: String? = nil, eventTypes: [EventType] = [], batchID: UInt64? = nil, since: UInt64? = nil,
                           follow: Bool = true, subscriberBuffer: Int = 10_000) -> ServerStream<Event> {
-        let request = SubscribeRequest(ownerID: ownerID, eventTypes: eventTypes, batchID: batchID, since: since, follow: follow)
+        let request = SubscribeRequest(ownerID: ownerID ?? "", eventTypes: eventTypes, batchID: batchID ?? 0, since: since ?? 0,
+                                       follow: follow)
         var stream = serverStream(.subscribe(request)) { message in
             if case .event(let event) = message { return [event] }
             return []
         }
         stream.bufferLimit = subscriberBuffer
         stream.sequence = { $0.sequence }
-        stream.initialSequence = since
+        stream.initialSequence = since ?? 0
         return stream
     }
 
@@ -240,12 +261,48 @@ public final class FanoutClient: Sendable {
     private func serverStream<Element: Sendable>(
         _ request: Request, _ extract: @escaping @Sendable (StreamMessage) -> [Element]
     ) -> ServerStream<Element> {
-        ServerStream(connection: connection, request: request, extract: extract)
+        ServerStream(client: self, request: request, extract: extract)
     }
 
     private func unexpected() -> FanoutClientError { Self.unexpected() }
 
+    /// Whole milliseconds of a non-negative duration, saturating (the daemon refuses what is over its limit).
+    static func milliseconds(_ duration: Duration) throws(FanoutClientError) -> UInt64 {
+        guard duration >= .zero else {
+            throw FanoutClientError(code: .invalidArgument, message: "a duration must not be negative, not \(duration)")
+        }
+        // `components` traps past Int64.max seconds; such a duration saturates.
+        guard duration < .seconds(Int64.max) else { return .max }
+        let (seconds, attoseconds) = duration.components
+        let (whole, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000)
+        return overflow ? .max : whole.addingReportingOverflow(UInt64(attoseconds / 1_000_000_000_000_000)).partialValue
+    }
+
     private static func unexpected() -> FanoutClientError {
         FanoutClientError(code: .internal, message: "fanoutd sent an unexpected response")
+    }
+}
+
+/// Connects to the daemon, runs `body` with the client, and closes the client
+/// when `body` returns or throws, as grpc-swift's `withGRPCClient` does.
+///
+/// ```swift
+/// let batch = try await withFanoutClient { client in
+///     try await client.enqueueBatch(ownerID: "me", agent: "echo", tasks: tasks)
+/// }
+/// ```
+public func withFanoutClient<Result: Sendable>(
+    socketPath: String = FanoutClient.defaultSocketPath,
+    clientName: String = "fanout-swift",
+    _ body: (FanoutClient) async throws -> Result
+) async throws -> Result {
+    let client = try await FanoutClient.connect(socketPath: socketPath, clientName: clientName)
+    do {
+        let result = try await body(client)
+        await client.close()
+        return result
+    } catch {
+        await client.close()
+        throw error
     }
 }

@@ -5,7 +5,9 @@ import Synchronization
 /// The request is sent when iteration starts; ending iteration early
 /// cancels the stream on the daemon.
 public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
-    let connection: ClientConnection
+    /// Held so the client (and its socket) lives while the stream is in use.
+    let client: FanoutClient
+    var connection: ClientConnection { client.connection }
     let request: Request
     let extract: @Sendable (StreamMessage) -> [Element]
     /// For event streams: the client buffers at most this many frames, and

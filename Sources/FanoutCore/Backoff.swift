@@ -13,7 +13,8 @@ public struct Backoff: Sendable, Hashable {
     /// retries of many tasks that failed together spread out.
     public func delay(beforeAttempt nextAttempt: Int, jitter: Double, retryAfterMs: Int64? = nil) -> Int64 {
         let exponent = max(0, min(nextAttempt - 2, 30))
-        let ceiling = min(maxMs, baseMs << Int64(exponent))
+        let (scaled, overflow) = max(0, baseMs).multipliedReportingOverflow(by: Int64(1) << Int64(exponent))
+        let ceiling = overflow ? maxMs : min(maxMs, scaled)
         let jittered = Int64(Double(ceiling) * (0.5 + 0.5 * min(max(jitter, 0), 1)))
         return max(jittered, retryAfterMs ?? 0)
     }

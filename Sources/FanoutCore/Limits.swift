@@ -6,6 +6,12 @@ public struct EnqueueLimits: Sendable, Hashable {
     public var maxCustomIDBytes: Int = 256
     public var maxOwnerIDBytes: Int = 256
     public var maxMetadataEntries: Int = 64
+    /// A task's `max_attempts` may not ask for more.
+    public var maxAttemptsPerTask: Int = 100
+    /// A task's per-attempt `timeout_ms` may not be longer (7 days).
+    public var maxTaskTimeoutMs: Int64 = 7 * 24 * 3_600_000
+    /// A batch's `completion_window_ms` may not be longer (365 days).
+    public var maxCompletionWindowMs: Int64 = 365 * 24 * 3_600_000
 
     public init() {}
 }
@@ -29,6 +35,9 @@ public enum BatchValidation {
         }
         if batch.ownerID.utf8.count > limits.maxOwnerIDBytes {
             throw .invalidArgument("owner_id is \(batch.ownerID.utf8.count) bytes; the limit is \(limits.maxOwnerIDBytes)")
+        }
+        if let window = batch.completionWindowMs, window > limits.maxCompletionWindowMs {
+            throw .invalidArgument("completion_window_ms is \(window); the limit is \(limits.maxCompletionWindowMs) (max_completion_window_ms)")
         }
         if batch.metadata.count > limits.maxMetadataEntries {
             throw .invalidArgument("batch has \(batch.metadata.count) metadata entries; the limit is \(limits.maxMetadataEntries)")
@@ -58,6 +67,12 @@ public enum BatchValidation {
             }
             if task.agent.isEmpty {
                 throw .invalidArgument("task \"\(task.customID)\": no agent given, for the task or the batch")
+            }
+            if task.maxAttempts > limits.maxAttemptsPerTask {
+                throw .invalidArgument("task \"\(task.customID)\": max_attempts is \(task.maxAttempts); the limit is \(limits.maxAttemptsPerTask) (max_attempts_per_task)")
+            }
+            if task.timeoutMs < 0 || task.timeoutMs > limits.maxTaskTimeoutMs {
+                throw .invalidArgument("task \"\(task.customID)\": timeout_ms is \(task.timeoutMs); the limit is \(limits.maxTaskTimeoutMs) (max_task_timeout_ms)")
             }
             if !knownAgents.contains(task.agent) {
                 throw .invalidArgument("task \"\(task.customID)\": unknown agent \"\(task.agent)\"; this daemon runs \(knownAgents.sorted().joined(separator: ", "))")

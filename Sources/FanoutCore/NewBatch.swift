@@ -5,17 +5,20 @@ public struct NewBatch: Sendable {
     public var metadata: [String: String]
     public var parentTaskID: TaskID?
     public var deadlineAt: Milliseconds?
+    /// The window the client asked for, kept to check it against the limit; `deadlineAt` is derived from it.
+    public var completionWindowMs: Int64?
     public var creatorUID: UInt32
     public var maxTurns: Int
     public var tasks: [NewTask]
 
     public init(ownerID: String, agent: String, metadata: [String: String] = [:], parentTaskID: TaskID? = nil,
-                deadlineAt: Milliseconds? = nil, creatorUID: UInt32 = 0, maxTurns: Int = 0, tasks: [NewTask]) {
+                deadlineAt: Milliseconds? = nil, completionWindowMs: Int64? = nil, creatorUID: UInt32 = 0, maxTurns: Int = 0, tasks: [NewTask]) {
         self.ownerID = ownerID
         self.agent = agent
         self.metadata = metadata
         self.parentTaskID = parentTaskID
         self.deadlineAt = deadlineAt
+        self.completionWindowMs = completionWindowMs
         self.creatorUID = creatorUID
         self.maxTurns = maxTurns
         self.tasks = tasks

@@ -15,6 +15,8 @@ public struct RateLimit: Sendable, Hashable {
         updatedAt = now
     }
 
+    static let maxWaitMs: Milliseconds = 24 * 3_600_000
+
     private var perMillisecond: Double { Double(perMinute) / 60_000 }
 
     public mutating func refill(now: Milliseconds) {
@@ -31,12 +33,15 @@ public struct RateLimit: Sendable, Hashable {
 
     public mutating func consume(_ amount: Double, now: Milliseconds) {
         refill(now: now)
-        level -= amount
+        // Below a day's debt nothing changes: the wait is capped there anyway.
+        level = max(level - amount, -Double(perMinute) * 24 * 60)
     }
 
     /// When `amount` will be available, if not now.
     public func availableAt(_ amount: Double = 1) -> Milliseconds {
         guard level < amount else { return updatedAt }
-        return updatedAt + Milliseconds(((amount - level) / perMillisecond).rounded(.up))
+        // A runner may report any token count; a wait is capped (at a day) rather than overflow.
+        let wait = min(((amount - level) / perMillisecond).rounded(.up), Double(Self.maxWaitMs))
+        return updatedAt + Milliseconds(wait)
     }
 }

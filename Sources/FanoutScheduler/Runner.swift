@@ -55,6 +55,10 @@ public struct RunnerFailure: Error, Sendable, Hashable {
         // Protocol strings cannot carry NUL (protobuf-c cuts them there); a runner's text may.
         failure = TaskFailure(message: message.replacingOccurrences(of: "\0", with: ""),
                               code: code.replacingOccurrences(of: "\0", with: ""), retryable: retryable)
-        self.retryAfterMs = retryAfterMs
+        // A provider's (or worker's) number: at most a day, never negative, so deadlines stay in range.
+        self.retryAfterMs = retryAfterMs.map { min(max($0, 0), Self.maxRetryAfterMs) }
     }
+
+    /// The longest Retry-After honoured.
+    public static let maxRetryAfterMs: Int64 = 24 * 3_600_000
 }

@@ -44,10 +44,12 @@ final class Connection: Sendable {
 
     private var configuration: ServerConfiguration { service.configuration }
 
-    func run(_ asyncChannel: NIOAsyncChannel<Frame, Frame>) async {
+    func run(_ asyncChannel: NIOAsyncChannel<Frame, ByteBuffer>) async {
+        // A peer that never says Hello would hold a connection slot for ever.
+        let handshakeTimer = scheduleHandshakeTimeout()
         do {
             try await asyncChannel.executeThenClose { inbound, outbound in
-                let writer = FrameWriter(outbound: outbound)
+                let writer = FrameWriter(outbound: outbound, maxFrameBytes: configuration.maxFrameBytes)
                 do {
                     for try await frame in inbound {
                         guard await handle(frame, writer: writer) else { break }
@@ -62,6 +64,21 @@ final class Connection: Sendable {
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+        handshakeTimer.cancel()
+    }
+
+    private func scheduleHandshakeTimeout() -> Scheduled<Void> {
+        let timeoutMs = configuration.handshakeTimeoutMs
+        return channel.eventLoop.scheduleTask(in: .milliseconds(timeoutMs)) { [self] in
+            guard !self.table.withLock({ $0.handshakeDone }) else { return }
+            logger.notice("closing connection: no Hello within the handshake timeout", metadata: ["timeout_ms": "\(timeoutMs)"])
+            let status = WireStatus(code: .deadlineExceeded,
+                                    message: "no Hello within \(timeoutMs) ms of connecting (handshake_timeout_ms)")
+            let channel = self.channel
+            var buffer = channel.allocator.buffer(capacity: 128)
+            try? FrameCoding.encodeFramed(Frame(streamID: 0, kind: .end(status)), into: &buffer)
+            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 
@@ -94,22 +111,39 @@ final class Connection: Sendable {
 
         switch frame.kind {
         case .request(let request):
-            await open(frame.streamID, request, writer: writer)
+            return await open(frame.streamID, request, writer: writer)
+        case .rejected(let status):
+            // Its content breaks a rule (a NUL in a string): that stream ends, the connection goes on.
+            return await refuse(frame.streamID, status, writer: writer)
         case .message(.batchChunk(let chunk)):
             // Waits while the stream is storing earlier chunks: that is the backpressure.
             let pipe = table.withLock { $0.open[frame.streamID]?.chunks }
             await pipe?.send(chunk)
-        case .message:
-            // Only the worker session (not served yet) sends other messages; nothing to route.
+        case .message, .unknown:
+            // Other messages belong to the worker session (not served yet); unknown kinds
+            // come from newer clients. Both are ignored (PROTOCOL.md §12).
             break
         case .cancel, .end:
             let (task, pipe) = table.withLock { ($0.open[frame.streamID]?.task, $0.open[frame.streamID]?.chunks) }
             pipe?.close()
             task?.cancel()
         case .response:
-            await writer.send(Frame(streamID: frame.streamID, kind: .end(WireStatus(
-                code: .invalidArgument, message: "clients do not send responses"))))
+            return await refuse(frame.streamID, WireStatus(code: .invalidArgument, message: "clients do not send responses"),
+                                writer: writer)
         }
+        return true
+    }
+
+    /// Ends a stream that never opened with `status`. A frame for a stream that
+    /// is open cannot be answered on that id without giving the stream a second
+    /// final frame: the client has broken the protocol, and the connection ends.
+    private func refuse(_ id: UInt32, _ status: WireStatus, writer: FrameWriter) async -> Bool {
+        if table.withLock({ $0.open[id] != nil }) {
+            await writer.send(Frame(streamID: 0, kind: .end(WireStatus(
+                code: .invalidArgument, message: "stream \(id) is open and cannot be used again: \(status.message)"))))
+            return false
+        }
+        await writer.send(Frame(streamID: id, kind: .end(status)))
         return true
     }
 
@@ -135,9 +169,11 @@ final class Connection: Sendable {
     private enum Admission {
         case admitted
         case refused(WireStatus)
+        /// Cannot be answered on the stream itself: the connection ends with this on stream 0.
+        case violation(WireStatus)
     }
 
-    private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) async {
+    private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) async -> Bool {
         let interruptible: Bool
         var chunks: ChunkPipe?
         switch request {
@@ -148,6 +184,10 @@ final class Connection: Sendable {
         default: interruptible = false
         }
         let admission = table.withLock { table -> Admission in
+            if table.open[id] != nil {
+                return .violation(WireStatus(code: .invalidArgument,
+                                             message: "stream \(id) is open and cannot be used again; stream ids increase and are never reused"))
+            }
             guard id % 2 == 1, id > table.lastStreamID else {
                 return .refused(WireStatus(code: .invalidArgument,
                                            message: "stream id \(id) is not odd and greater than \(table.lastStreamID)"))
@@ -163,11 +203,17 @@ final class Connection: Sendable {
             table.open[id] = OpenStream(task: nil, chunks: chunks, interruptible: interruptible)
             return .admitted
         }
-        if case .refused(let status) = admission {
+        switch admission {
+        case .admitted:
+            break
+        case .refused(let status):
             // Written from the read loop, so a client that floods refused requests
             // without reading is slowed by backpressure instead of piling up tasks.
             await writer.send(Frame(streamID: id, kind: .end(status)))
-            return
+            return true
+        case .violation(let status):
+            await writer.send(Frame(streamID: 0, kind: .end(status)))
+            return false
         }
         let task = Task {
             let status = await self.serve(id, request, chunks: chunks, writer: writer)
@@ -181,6 +227,7 @@ final class Connection: Sendable {
             _ = self.table.withLock { $0.open.removeValue(forKey: id) }
         }
         table.withLock { $0.open[id]?.task = task }
+        return true
     }
 
     /// Serves one stream. Returns the status that ends it, or nil when a
@@ -218,6 +265,8 @@ final class Connection: Sendable {
                 return await reply(id, .retryFailed(try await service.retryFailed(retry, peer: peer)), writer)
             case .workerSession:
                 return WireStatus(code: .unimplemented, message: "worker sessions are not available in this version of fanoutd")
+            case .unknown:
+                return WireStatus(code: .unimplemented, message: "this call is not known to fanoutd \(configuration.serverVersion)")
             }
         } catch {
             if Task.isCancelled || error is CancellationError {
@@ -233,8 +282,15 @@ final class Connection: Sendable {
     private func reply(_ id: UInt32, _ response: Response, _ writer: FrameWriter) async -> WireStatus? {
         // The call completed (a batch may have been created): its answer must reach the
         // client even if a Cancel arrived meanwhile, so it is written from an uncancelled task.
-        await Task { await writer.send(Frame(streamID: id, kind: .response(response))) }.value
-        return nil
+        do {
+            try await Task { try await writer.write(Frame(streamID: id, kind: .response(response))) }.value
+            return nil
+        } catch let error as WireError {
+            // Too large for a frame: this stream ends with the reason, the connection goes on.
+            return WireStatus(code: error.statusCode, message: "the answer cannot be sent: \(error.description)")
+        } catch {
+            return nil  // the connection is gone
+        }
     }
 
     /// An EnqueueBatch sent in chunks: each chunk is validated and stored as it
@@ -311,15 +367,25 @@ final class Connection: Sendable {
 }
 
 /// The connection's outbound side, shared by its streams.
+///
+/// Frames are encoded here, by the stream that writes them, rather than in
+/// the channel pipeline: a frame that cannot be encoded (too large for the
+/// peer, a string holding NUL) fails that one write, and the connection
+/// goes on serving every other stream.
 struct FrameWriter: Sendable {
-    let outbound: NIOAsyncChannelOutboundWriter<Frame>
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    let maxFrameBytes: Int
 
+    /// Writes one frame; throws `WireError` if it cannot be encoded, or the
+    /// channel's error if the connection is gone.
     func write(_ frame: Frame) async throws {
-        try await outbound.write(frame)
+        var buffer = ByteBuffer()
+        try FrameCoding.encodeFramed(frame, into: &buffer, maxFrameBytes: maxFrameBytes)
+        try await outbound.write(buffer)
     }
 
     /// Writes, ignoring a connection that is already gone.
     func send(_ frame: Frame) async {
-        try? await outbound.write(frame)
+        try? await write(frame)
     }
 }

@@ -1,4 +1,5 @@
 import FanoutScheduler
+import Foundation
 import FanoutWire
 import Logging
 import NIOCore
@@ -38,12 +39,12 @@ public final class FanoutServer: Service, Sendable {
         let maxFrameBytes = configuration.maxFrameBytes
         let server = try await SocketFile.withPrivateUmask {
             try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.backlog, value: Int32(clamping: configuration.listenBacklog ?? Self.systemMaxBacklog))
                 .bind(unixDomainSocketPath: configuration.socketPath) { channel in
                     PeerCredentials.of(channel).flatMapThrowing { peer in
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
-                        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder(maxFrameBytes: maxFrameBytes)))
-                        let asyncChannel = try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+                        // Outbound frames are encoded by `FrameWriter`, one stream at a time (see there).
+                        let asyncChannel = try NIOAsyncChannel<Frame, ByteBuffer>(wrappingChannelSynchronously: channel)
                         return (asyncChannel, peer)
                     }
                 }
@@ -69,7 +70,7 @@ public final class FanoutServer: Service, Sendable {
         logger.info("stopped")
     }
 
-    private func serve(_ channel: NIOAsyncChannel<Frame, Frame>, peer: PeerCredentials) async {
+    private func serve(_ channel: NIOAsyncChannel<Frame, ByteBuffer>, peer: PeerCredentials) async {
         let connection = Connection(service: service, peer: peer, channel: channel.channel, logger: logger)
         let key = ObjectIdentifier(connection)
         let admitted = connections.withLock { connections -> Bool in
@@ -91,9 +92,11 @@ public final class FanoutServer: Service, Sendable {
         await connection.run(channel)
     }
 
-    private func refuse(_ channel: NIOAsyncChannel<Frame, Frame>, _ status: WireStatus) async {
+    private func refuse(_ channel: NIOAsyncChannel<Frame, ByteBuffer>, _ status: WireStatus) async {
         try? await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(Frame(streamID: 0, kind: .end(status)))
+            var buffer = ByteBuffer()
+            try FrameCoding.encodeFramed(Frame(streamID: 0, kind: .end(status)), into: &buffer)
+            try await outbound.write(buffer)
             // Wait (briefly) for the client's Hello before closing: closing with its bytes
             // unread resets the connection, and the client may never read the status above.
             await withTaskGroup(of: Void.self) { group in
@@ -112,6 +115,12 @@ public final class FanoutServer: Service, Sendable {
         channel?.close(promise: nil)
         let open = connections.withLock { Array($0.values) }
         for connection in open { connection.beginShutdown() }
+    }
+
+    /// The kernel's cap on a listen backlog; asking for more is silently cut to it.
+    static var systemMaxBacklog: Int {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8)) ?? ""
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 4_096
     }
 
     private func unlinkSocket() {

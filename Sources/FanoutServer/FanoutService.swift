@@ -50,10 +50,13 @@ final class FanoutService: Sendable {
     }
 
     private func newBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) -> NewBatch {
-        NewBatch(
+        // The window is checked against max_completion_window_ms by validation; the deadline saturates meanwhile.
+        let window = request.completionWindowMs == 0 ? nil : Int64(clamping: request.completionWindowMs)
+        return NewBatch(
             ownerID: request.ownerID, agent: request.agent, metadata: request.metadata,
             parentTaskID: request.parentTaskID == 0 ? nil : TaskID(clamping: request.parentTaskID),
-            deadlineAt: request.completionWindowMs == 0 ? nil : Self.nowMs + Int64(clamping: request.completionWindowMs),
+            deadlineAt: window.map { Self.nowMs.addingReportingOverflow($0) }.map { $0.overflow ? .max : $0.partialValue },
+            completionWindowMs: window,
             creatorUID: peer.uid,
             tasks: tasks.map { NewTask($0, batchPriority: request.priority) })
     }

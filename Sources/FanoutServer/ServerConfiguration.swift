@@ -12,6 +12,11 @@ public struct ServerConfiguration: Sendable {
     public var maxResultsPage: Int = 1_000
     /// How long in-flight calls may take to finish during shutdown.
     public var shutdownGracePeriodMs: Int64 = 5_000
+    /// A connection that has not sent Hello this long after connecting is closed.
+    public var handshakeTimeoutMs: Int64 = 10_000
+    /// Connections the kernel queues before the daemon accepts them; nil: the
+    /// system's maximum (`net.core.somaxconn`).
+    public var listenBacklog: Int?
 
     public init(socketPath: String) {
         self.socketPath = socketPath

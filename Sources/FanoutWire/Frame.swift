@@ -19,6 +19,13 @@ public struct Frame: Sendable, Hashable {
         case cancel
         /// Either way: the stream is over, with this status.
         case end(WireStatus)
+        /// A kind this build does not know (a newer peer's); receivers ignore it.
+        /// Never sent.
+        case unknown
+        /// A frame that decoded but breaks a protocol rule in its content (a
+        /// string holding NUL): the receiver ends the frame's stream with this
+        /// status, and the connection goes on. Never sent.
+        case rejected(WireStatus)
     }
 }
 
@@ -36,6 +43,8 @@ public enum Request: Sendable, Hashable {
     case subscribe(SubscribeRequest)
     case workerSession(WorkerRegister)
     case serverInfo
+    /// A call this build does not know; the daemon answers UNIMPLEMENTED. Never sent.
+    case unknown
 }
 
 public enum Response: Sendable, Hashable {
@@ -49,6 +58,8 @@ public enum Response: Sendable, Hashable {
     case cancelTask(TaskInfo)
     case retryFailed(RetryFailedResponse)
     case serverInfo(ServerInfo)
+    /// A result this build does not know. Never sent.
+    case unknown
 }
 
 public enum StreamMessage: Sendable, Hashable {
@@ -57,4 +68,6 @@ public enum StreamMessage: Sendable, Hashable {
     case resultsPage([TaskResult])
     case worker(WorkerMessage)
     case toWorker(ServerToWorker)
+    /// A body this build does not know; receivers ignore it. Never sent.
+    case unknown
 }

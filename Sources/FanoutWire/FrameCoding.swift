@@ -66,6 +66,10 @@ public enum FrameCoding {
             throw .malformedFrame("the body is not a valid protobuf fanout.v1.Frame")
         }
         defer { fanout__v1__frame__free_unpacked(unpacked, nil) }
+        if let field = NulStringScan.firstNulFieldInFrame(bytes) {
+            return Frame(streamID: unpacked.pointee.stream_id, kind: .rejected(WireStatus(
+                code: .invalidArgument, message: "\(field) contains a NUL character, which protocol strings cannot hold")))
+        }
         return try ProtoDecoder.frame(unpacked)
     }
 

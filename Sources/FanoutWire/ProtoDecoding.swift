@@ -29,7 +29,8 @@ enum ProtoDecoder {
             let end = try present(m.end, "Frame.end").pointee
             kind = .end(try end.status.map(status) ?? .ok)
         default:
-            throw .malformedFrame("frame carries no kind")
+            // A newer peer's kind (or none): ignored by the receiver, as PROTOCOL.md §12 says.
+            kind = .unknown
         }
         return Frame(streamID: m.stream_id, kind: kind)
     }
@@ -84,7 +85,7 @@ enum ProtoDecoder {
         case FANOUT__V1__REQUEST__CALL_SERVER_INFO:
             return .serverInfo
         default:
-            throw .malformedFrame("request carries no call")
+            return .unknown
         }
     }
 
@@ -117,7 +118,7 @@ enum ProtoDecoder {
         case FANOUT__V1__RESPONSE__RESULT_SERVER_INFO:
             return .serverInfo(try serverInfo(present(m.server_info, "Response.server_info")))
         default:
-            throw .malformedFrame("response carries no result")
+            return .unknown
         }
     }
 
@@ -140,7 +141,7 @@ enum ProtoDecoder {
         case FANOUT__V1__STREAM_MESSAGE__BODY_TO_WORKER:
             return .toWorker(try serverToWorker(present(m.to_worker, "StreamMessage.to_worker")))
         default:
-            throw .malformedFrame("stream message carries no body")
+            return .unknown
         }
     }
 

@@ -38,6 +38,8 @@ struct ProtoEncoder {
             fanout__v1__end_of_stream__init(end)
             end.pointee.status = try one(status, self.status)
             m.pointee.end = end
+        case .unknown, .rejected:
+            throw .unencodableValue("a frame of unknown kind cannot be sent")
         }
         return m
     }
@@ -118,6 +120,8 @@ struct ProtoEncoder {
             let r = arena.make(Fanout__V1__ServerInfoRequest.self)
             fanout__v1__server_info_request__init(r)
             m.pointee.server_info = r
+        case .unknown:
+            throw .unencodableValue("a request of unknown call cannot be sent")
         }
     }
 
@@ -180,6 +184,8 @@ struct ProtoEncoder {
         case .serverInfo(let info):
             m.pointee.result_case = FANOUT__V1__RESPONSE__RESULT_SERVER_INFO
             m.pointee.server_info = try one(info, serverInfo)
+        case .unknown:
+            throw .unencodableValue("a response of unknown result cannot be sent")
         }
     }
 
@@ -208,6 +214,8 @@ struct ProtoEncoder {
         case .toWorker(let message):
             m.pointee.body_case = FANOUT__V1__STREAM_MESSAGE__BODY_TO_WORKER
             m.pointee.to_worker = try one(message, serverToWorker)
+        case .unknown:
+            throw .unencodableValue("a stream message of unknown body cannot be sent")
         }
     }
 

@@ -102,7 +102,7 @@ struct List: AsyncParsableCommand {
     var owner: String = ""
 
     @Option(help: "How many batches.")
-    var limit: UInt32 = 20
+    var limit: Int = 20
 
     func run() async throws {
         let client = try await connection.connect()

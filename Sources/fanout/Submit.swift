@@ -48,6 +48,7 @@ struct Submit: AsyncParsableCommand {
             if input.problems.count > 50 { Console.error("… and \(input.problems.count - 50) more problems") }
             throw CLIError("\(input.problems.count) invalid line(s); nothing was submitted")
         }
+        // Seconds as the user typed them: Duration holds any UInt64 of them; the daemon checks its limit.
         var entries: [String: String] = [:]
         for pair in metadata {
             guard let equals = pair.firstIndex(of: "=") else { throw CLIError("--metadata expects key=value, not \"\(pair)\"") }
@@ -59,7 +60,7 @@ struct Submit: AsyncParsableCommand {
             let start = try await client.serverInfo().lastSequence
             let batch = try await client.enqueueBatch(
                 ownerID: owner, agent: agent, tasks: input.tasks, metadata: entries, priority: priority,
-                completionWindowMs: completionWindow * 1000)
+                completionWindow: completionWindow == 0 ? nil : .seconds(completionWindow))
             if connection.json {
                 print(JSON.line(Describe.json(batch)))
             } else {

@@ -32,6 +32,10 @@ struct DaemonSettings {
         case progressIntervalMs = "progress_interval_ms"
         case retryBaseMs = "retry_base_ms", retryMaxMs = "retry_max_ms"
         case eventRetentionCount = "event_retention_count", eventRetentionAgeMs = "event_retention_age_ms"
+        case maxAttemptsPerTask = "max_attempts_per_task", maxTaskTimeoutMs = "max_task_timeout_ms"
+        case maxCompletionWindowMs = "max_completion_window_ms"
+        case handshakeTimeoutMs = "handshake_timeout_ms", listenBacklog = "listen_backlog"
+        case shutdownGracePeriodMs = "shutdown_grace_period_ms"
 
         // One component: a snake_case name is not split on its underscores.
         var configKey: ConfigKey { ConfigKey([rawValue]) }
@@ -53,18 +57,19 @@ struct DaemonSettings {
             agents = try AgentsFile.load(configFile)
         }
         let config = ConfigReader(providers: providers)
-        func int(_ key: Key, _ fallback: Int) throws -> Int {
+        // Every number has an upper bound too, so arithmetic on it (deadlines, progress units) cannot overflow.
+        func int(_ key: Key, _ fallback: Int, max: Int = SettingBounds.maxSetting) throws -> Int {
             guard let text = config.string(forKey: key.configKey) else { return fallback }
-            guard let value = Int(text), value > 0 else {
-                throw FanoutError.invalidArgument("\(key.rawValue) must be a positive whole number, not \"\(text)\"")
+            guard let value = Int(text), value > 0, value <= max else {
+                throw FanoutError.invalidArgument("\(key.rawValue) must be a whole number from 1 to \(max), not \"\(text)\"")
             }
             return value
         }
         /// A limit where 0 means none (nil).
         func limit(_ key: Key, _ fallback: Int?) throws -> Int? {
             guard let text = config.string(forKey: key.configKey) else { return fallback }
-            guard let value = Int(text), value >= 0 else {
-                throw FanoutError.invalidArgument("\(key.rawValue) must be a whole number, 0 for no limit, not \"\(text)\"")
+            guard let value = Int(text), value >= 0, value <= SettingBounds.maxSetting else {
+                throw FanoutError.invalidArgument("\(key.rawValue) must be a whole number from 0 (no limit) to \(SettingBounds.maxSetting), not \"\(text)\"")
             }
             return value == 0 ? nil : value
         }
@@ -77,25 +82,32 @@ struct DaemonSettings {
             }
             server.socketMode = parsed
         }
-        server.maxFrameBytes = try int(.maxFrameBytes, server.maxFrameBytes)
+        server.maxFrameBytes = try int(.maxFrameBytes, server.maxFrameBytes, max: SettingBounds.maxFrameBytes)
         server.maxConnections = try int(.maxConnections, server.maxConnections)
         server.maxStreamsPerConnection = try int(.maxStreamsPerConnection, server.maxStreamsPerConnection)
         server.subscriberBuffer = try int(.subscriberBuffer, server.subscriberBuffer)
         server.maxResultsPage = try int(.maxResultsPage, server.maxResultsPage)
+        server.handshakeTimeoutMs = Int64(try int(.handshakeTimeoutMs, Int(server.handshakeTimeoutMs), max: SettingBounds.maxDurationMs))
+        server.shutdownGracePeriodMs = Int64(try int(.shutdownGracePeriodMs, Int(server.shutdownGracePeriodMs), max: SettingBounds.maxDurationMs))
+        server.listenBacklog = try config.string(forKey: Key.listenBacklog.configKey).map { _ in try int(.listenBacklog, 0, max: 1 << 20) }
 
         var limits = EnqueueLimits()
-        limits.maxTasksPerBatch = try int(.maxTasksPerBatch, limits.maxTasksPerBatch)
-        limits.maxPayloadBytes = try int(.maxPayloadBytes, limits.maxPayloadBytes)
-        limits.maxCustomIDBytes = try int(.maxCustomIDBytes, limits.maxCustomIDBytes)
+        limits.maxTasksPerBatch = try int(.maxTasksPerBatch, limits.maxTasksPerBatch, max: SettingBounds.maxTasksPerBatch)
+        limits.maxPayloadBytes = try int(.maxPayloadBytes, limits.maxPayloadBytes, max: SettingBounds.maxFrameBytes)
+        limits.maxCustomIDBytes = try int(.maxCustomIDBytes, limits.maxCustomIDBytes, max: 65_536)
+        limits.maxAttemptsPerTask = try int(.maxAttemptsPerTask, limits.maxAttemptsPerTask, max: 1_000_000)
+        limits.maxTaskTimeoutMs = Int64(try int(.maxTaskTimeoutMs, Int(limits.maxTaskTimeoutMs), max: SettingBounds.maxDurationMs))
+        limits.maxCompletionWindowMs = Int64(try int(.maxCompletionWindowMs, Int(limits.maxCompletionWindowMs), max: SettingBounds.maxDurationMs))
         guard limits.maxPayloadBytes < server.maxFrameBytes else {
             throw FanoutError.invalidArgument("max_payload_bytes (\(limits.maxPayloadBytes)) must be smaller than max_frame_bytes (\(server.maxFrameBytes))")
         }
 
         if agents.isEmpty { agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 64)] }
-        var scheduler = SchedulerConfiguration(globalConcurrency: try int(.concurrency, 64), agents: agents)
-        scheduler.progressIntervalMs = Int64(try int(.progressIntervalMs, Int(scheduler.progressIntervalMs)))
-        scheduler.backoff = Backoff(baseMs: Int64(try int(.retryBaseMs, Int(scheduler.backoff.baseMs))),
-                                    maxMs: Int64(try int(.retryMaxMs, Int(scheduler.backoff.maxMs))))
+        for agent in agents { try SettingBounds.check(agent, against: limits) }
+        var scheduler = SchedulerConfiguration(globalConcurrency: try int(.concurrency, 64, max: SettingBounds.maxConcurrency), agents: agents)
+        scheduler.progressIntervalMs = Int64(try int(.progressIntervalMs, Int(scheduler.progressIntervalMs), max: 3_600_000))
+        scheduler.backoff = Backoff(baseMs: Int64(try int(.retryBaseMs, Int(scheduler.backoff.baseMs), max: SettingBounds.maxDurationMs)),
+                                    maxMs: Int64(try int(.retryMaxMs, Int(scheduler.backoff.maxMs), max: SettingBounds.maxDurationMs)))
         scheduler.eventRetention.maxEvents = try limit(.eventRetentionCount, scheduler.eventRetention.maxEvents)
         scheduler.eventRetention.maxAgeMs = try limit(.eventRetentionAgeMs, scheduler.eventRetention.maxAgeMs.map { Int($0) })
             .map { Int64($0) }
@@ -189,5 +201,34 @@ enum AgentsFile {
                 timeoutMs: agent.timeout_ms ?? 0, requestsPerMinute: agent.requests_per_minute ?? 0,
                 tokensPerMinute: agent.tokens_per_minute ?? 0)
         }
+    }
+}
+
+/// Upper bounds on configured numbers, so that nothing computed from them
+/// (deadlines, progress units, buffer sizes) can overflow.
+enum SettingBounds {
+    /// Any setting without a tighter bound.
+    static let maxSetting = 1 << 40
+    /// Durations: 10 years in milliseconds.
+    static let maxDurationMs = 10 * 365 * 24 * 3_600_000
+    static let maxFrameBytes = 256 << 20
+    static let maxTasksPerBatch = 100_000_000
+    static let maxConcurrency = 1_000_000
+    static let maxTurns = 1_000_000
+    static let maxPerMinute = 1_000_000_000_000
+
+    /// An agent from the config file, with every number in range.
+    static func check(_ agent: AgentConfiguration, against limits: EnqueueLimits) throws {
+        func require(_ ok: Bool, _ what: String) throws {
+            guard ok else { throw FanoutError.invalidArgument("agent \"\(agent.name)\": \(what)") }
+        }
+        try require((1...maxConcurrency).contains(agent.concurrency), "concurrency must be from 1 to \(maxConcurrency), not \(agent.concurrency)")
+        try require((0...maxTurns).contains(agent.maxTurns), "max_turns must be from 0 to \(maxTurns), not \(agent.maxTurns)")
+        try require((1...limits.maxAttemptsPerTask).contains(agent.maxAttempts),
+                    "max_attempts must be from 1 to \(limits.maxAttemptsPerTask) (max_attempts_per_task), not \(agent.maxAttempts)")
+        try require((0...limits.maxTaskTimeoutMs).contains(agent.timeoutMs),
+                    "timeout_ms must be from 0 to \(limits.maxTaskTimeoutMs) (max_task_timeout_ms), not \(agent.timeoutMs)")
+        try require((0...maxPerMinute).contains(agent.requestsPerMinute), "requests_per_minute must be from 0 to \(maxPerMinute)")
+        try require((0...maxPerMinute).contains(agent.tokensPerMinute), "tokens_per_minute must be from 0 to \(maxPerMinute)")
     }
 }

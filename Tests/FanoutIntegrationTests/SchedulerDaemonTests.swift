@@ -278,7 +278,7 @@ enum FanoutCLI {
                             ownerID: "late", agent: "echo",
                             tasks: [TaskSpec(customID: "quick", payload: Array("q".utf8))]
                                 + (0..<3).map { TaskSpec(customID: "slow\($0)", payload: slow) },
-                            completionWindowMs: 150)
+                            completionWindow: .milliseconds(150))
                         let firstRun = try await events(of: batch.id, owner: "late", on: client)
                         #expect(firstRun.last?.type == .batchFailed)
                         let failed = try await client.batch(batch.id)

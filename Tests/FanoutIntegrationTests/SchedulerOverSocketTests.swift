@@ -197,7 +197,7 @@ import Testing
                     let started = ContinuousClock.now
                     let batch = try await client.enqueueBatch(ownerID: "late", agent: "echo",
                                                               tasks: Self.tasks(6, prefix: "t", payload: #"{"delay_ms":3000}"#),
-                                                              completionWindowMs: 300)
+                                                              completionWindow: .milliseconds(300))
                     #expect(batch.deadlineAtMs > 0)
                     let live = try await events(of: batch.id, owner: "late", on: client)
                     let elapsed = ContinuousClock.now - started

@@ -14,21 +14,34 @@ struct DecodingRulesTests {
     }
 
     static let unsetOneofs: [UnsetOneof] = [
-        UnsetOneof(body: [], reason: "frame carries no kind"),
-        UnsetOneof(body: PB.uint(1, 5), reason: "frame carries no kind"),
-        UnsetOneof(body: PB.uint(1, 5) + PB.bytes(2, []), reason: "request carries no call"),
-        UnsetOneof(body: PB.bytes(3, []), reason: "response carries no result"),
-        UnsetOneof(body: PB.bytes(4, []), reason: "stream message carries no body"),
         UnsetOneof(body: PB.bytes(4, PB.bytes(4, [])), reason: "worker message carries no kind"),
         UnsetOneof(body: PB.bytes(4, PB.bytes(5, [])), reason: "server-to-worker message carries no kind"),
-        // A field number this version does not know is skipped, leaving the oneof unset.
-        UnsetOneof(body: PB.bytes(2, PB.bytes(99, PB.uint(1, 1))), reason: "request carries no call"),
     ]
 
-    @Test("a oneof with no case set is malformed", arguments: unsetOneofs)
+    @Test("a worker message with no case set is malformed", arguments: unsetOneofs)
     func unsetOneof(_ fixture: UnsetOneof) {
         #expect(throws: WireError.malformedFrame(fixture.reason)) {
             try FrameCoding.decode(fixture.body)
+        }
+    }
+
+    /// A newer peer's frame kinds, calls and message bodies (or none at all)
+    /// decode as `unknown`, which the receiver ignores or answers UNIMPLEMENTED
+    /// (PROTOCOL.md §12), rather than fail the whole connection.
+    static let unknownCases: [(body: [UInt8], frame: Frame)] = [
+        ([], Frame(streamID: 0, kind: .unknown)),
+        (PB.uint(1, 5), Frame(streamID: 5, kind: .unknown)),
+        (PB.uint(1, 5) + PB.bytes(99, PB.uint(1, 1)), Frame(streamID: 5, kind: .unknown)),
+        (PB.uint(1, 5) + PB.bytes(2, []), Frame(streamID: 5, kind: .request(.unknown))),
+        (PB.bytes(2, PB.bytes(99, PB.uint(1, 1))), Frame(streamID: 0, kind: .request(.unknown))),
+        (PB.bytes(3, []), Frame(streamID: 0, kind: .response(.unknown))),
+        (PB.bytes(4, []), Frame(streamID: 0, kind: .message(.unknown))),
+    ]
+
+    @Test("unknown or unset kinds, calls and bodies decode as unknown")
+    func unknownCasesDecode() throws {
+        for (body, frame) in Self.unknownCases {
+            #expect(try FrameCoding.decode(body) == frame)
         }
     }
 
@@ -235,12 +248,32 @@ struct DecodingRulesTests {
         }
     }
 
-    @Test("protobuf-c cuts a received string at its first NUL byte")
+    @Test("a received string holding NUL is rejected on its stream, not cut")
     func nulByteOnTheWire() throws {
         // Valid protobuf and valid UTF-8, but protobuf-c hands strings over as
-        // C strings, so everything from the NUL on is lost. Documented here so
-        // a change in that behaviour is noticed.
-        let body = PB.bytes(2, PB.bytes(1, PB.bytes(2, Array("ab\u{0}cd".utf8))))
-        #expect(try FrameCoding.decode(body) == Frame(streamID: 0, kind: .request(.hello(Hello(protocolVersion: 0, clientName: "ab")))))
+        // C strings and would cut it at the NUL: "id\0one" and "id\0two" would collide.
+        let hello = PB.bytes(2, PB.bytes(1, PB.bytes(2, Array("ab\u{0}cd".utf8))))
+        guard case .rejected(let status) = try FrameCoding.decode(hello).kind else {
+            Issue.record("a NUL in Hello.client_name was not rejected")
+            return
+        }
+        #expect(status.code == .invalidArgument)
+        #expect(status.message.contains("Hello.client_name"))
+        // Nested: a custom_id inside the tasks of a chunk on stream 7.
+        let chunk = PB.uint(1, 7) + PB.bytes(4, PB.bytes(1, PB.bytes(1, PB.bytes(1, Array("id\u{0}one".utf8)))))
+        let decoded = try FrameCoding.decode(chunk)
+        #expect(decoded.streamID == 7)
+        guard case .rejected(let nested) = decoded.kind else {
+            Issue.record("a NUL in TaskSpec.custom_id was not rejected: \(decoded)")
+            return
+        }
+        #expect(nested.message.contains("custom_id"))
+        // A NUL inside bytes (a payload) is fine.
+        let payload = PB.uint(1, 7) + PB.bytes(4, PB.bytes(1, PB.bytes(1, PB.bytes(1, Array("id".utf8)) + PB.bytes(3, [0, 1, 0]))))
+        guard case .message(.batchChunk(let ok)) = try FrameCoding.decode(payload).kind else {
+            Issue.record("a payload holding NUL bytes was refused")
+            return
+        }
+        #expect(ok.tasks.first?.payload == [0, 1, 0])
     }
 }

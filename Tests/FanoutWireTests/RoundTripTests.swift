@@ -32,6 +32,7 @@ struct RoundTripTests {
                 if case .toWorker(let w) = m { toWorker.insert(caseName(w)) }
             case .cancel: kinds.insert("cancel")
             case .end: kinds.insert("end")
+            case .unknown, .rejected: Issue.record("fixtures hold only frames that can be sent")
             }
         }
         #expect(kinds.count == 5)
@@ -198,6 +199,8 @@ extension Frame: CustomTestStringConvertible {
         case .message(let message): path = "message.\(caseName(message))"
         case .cancel: path = "cancel"
         case .end(let status): path = "end(\(status.code))"
+        case .unknown: path = "unknown"
+        case .rejected(let status): path = "rejected(\(status.code))"
         }
         return "stream \(streamID) \(path)"
     }
