@@ -84,10 +84,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Helpers every test target shares: temporary directories, deadlines, hand-made protobuf bytes.
+        .target(name: "FanoutTestSupport", path: "Tests/FanoutTestSupport"),
         .testTarget(
             name: "FanoutWireTests",
             dependencies: [
-                "FanoutWire", "FanoutProtoC", "CProtobufC",
+                "FanoutWire", "FanoutProtoC", "CProtobufC", "FanoutTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
@@ -95,16 +97,17 @@ let package = Package(
         .testTarget(name: "FanoutCoreTests", dependencies: ["FanoutCore"]),
         .testTarget(
             name: "FanoutStoreTests",
-            dependencies: ["FanoutStore", "FanoutCore"]
+            dependencies: ["FanoutStore", "FanoutCore", "FanoutTestSupport"]
         ),
         .testTarget(
             name: "FanoutSchedulerTests",
-            dependencies: ["FanoutScheduler", "FanoutStore", "FanoutCore", "FanoutRunners"]
+            dependencies: ["FanoutScheduler", "FanoutStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport"]
         ),
         .testTarget(
             name: "FanoutIntegrationTests",
             dependencies: [
                 "FanoutServer", "FanoutClient", "FanoutRunners", "FanoutWire", "FanoutScheduler", "FanoutStore",
+                "FanoutTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

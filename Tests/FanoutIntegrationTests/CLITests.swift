@@ -13,7 +13,7 @@ import Testing
 
     @Test func submitWatchResultsStatusListAndEvents() async throws {
         try await withTestDaemon { daemon in
-            try await withDeadline(60) {
+            try await withDeadline(.seconds(60)) {
                 let file = daemon.directory + "/requests.jsonl"
                 try Data(Self.openAILines(300).utf8).write(to: URL(fileURLWithPath: file))
                 let socket = ["--socket", daemon.socketPath]
@@ -71,7 +71,7 @@ import Testing
 
     @Test func invalidLinesAreReportedWithNumbersAndNothingIsSubmitted() async throws {
         try await withTestDaemon { daemon in
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 let file = daemon.directory + "/bad.jsonl"
                 let text = """
                     {"custom_id": "a", "payload": {"x": 1}}
@@ -102,7 +102,7 @@ import Testing
 
     @Test func cancelABatchAndATaskAndReportDaemonErrors() async throws {
         try await withTestDaemon { daemon in
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 let socket = ["--socket", daemon.socketPath]
                 let client = try await daemon.client()
                 let slow = Array(#"{"delay_ms": 5000}"#.utf8)

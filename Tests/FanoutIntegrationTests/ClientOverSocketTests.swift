@@ -19,7 +19,7 @@ import Testing
     @Test func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     let first = try await client.enqueueBatch(
                         ownerID: "multi", agent: "echo",
                         tasks: (0..<10).map { TaskSpec(customID: "a\($0)", payload: Array("{}".utf8)) })
@@ -96,7 +96,7 @@ import Testing
             // The client refuses any frame above the daemon's limit too.
             try await withClient(daemon.socketPath, maxFrameBytes: maxFrame) { client in
                 #expect(client.welcome.maxFrameBytes == UInt32(maxFrame))
-                try await withDeadline(40) {
+                try await withDeadline(.seconds(40)) {
                     let count = 5_000
                     let payload = Array(String(repeating: "p", count: 100).utf8)
                     let tasks = (0..<count).map { TaskSpec(customID: "row-\($0)", payload: payload) }
@@ -149,7 +149,7 @@ import Testing
     @Test func validationErrorsCarryCodeAndMessage() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     let empty = await caughtClientError { _ = try await client.enqueueBatch(ownerID: "v", agent: "echo", tasks: []) }
                     #expect(empty?.code == .invalidArgument)
                     #expect(empty?.message.contains("at least one task") == true, "\(String(describing: empty))")
@@ -212,7 +212,7 @@ import Testing
     @Test func subscribeResumesExactlyAfterTheGivenSequence() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     let batch = try await client.enqueueBatch(
                         ownerID: "resume", agent: "echo",
                         tasks: (0..<20).map { TaskSpec(customID: "r\($0)", payload: Array("{\"i\":\($0)}".utf8)) })
@@ -255,7 +255,7 @@ import Testing
     @Test func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     // Slow enough that events keep coming while the second subscriber replays.
                     let batch = try await client.enqueueBatch(
                         ownerID: "handoff", agent: "echo",
@@ -282,7 +282,7 @@ import Testing
     @Test func cancelBatchIsPromptAndPublishesOneBatchCancelled() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     let slow = Array("{\"delay_ms\":5000}".utf8)
                     let batch = try await client.enqueueBatch(
                         ownerID: "cancel", agent: "echo",
@@ -332,7 +332,7 @@ import Testing
         ]
         try await withTestDaemon(agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     // Long enough that the last task is still pending when the cancel arrives, even on a loaded machine.
                     let payload = Array("{\"delay_ms\":1500}".utf8)
                     let batch = try await client.enqueueBatch(
@@ -384,7 +384,7 @@ import Testing
         }
         do {
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     let (received, receivedContinuation) = AsyncStream.makeStream(of: Void.self)
                     let subscription = Task { () -> Result<Int, any Error> in
                         var count = 0
@@ -437,7 +437,7 @@ import Testing
             if stopped.claim() { await daemon.stop(removeFiles: false) }
         }
         do {
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withRawSession(daemon.socketPath) { raw in
                     try await raw.handshake()
                     let request = EnqueueBatchRequest(ownerID: "half", agent: "echo",

@@ -9,7 +9,7 @@ import Testing
     @Test func pausedConsumerIsCutOffWithItsLastSequenceAndResumesWithoutGap() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     let batch = try await client.enqueueBatch(
                         ownerID: "pause", agent: "echo",
                         tasks: (0..<200).map { TaskSpec(customID: "t\($0)", payload: Array("{\"delay_ms\":1}".utf8)) })

@@ -23,7 +23,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/d.sock"
             try await withDaemonProcess(Self.flags(directory), logPath: directory + "/first.log") { first in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await first.waitUntilListening(socketPath)
                     try await withDaemonProcess(Self.flags(directory), logPath: directory + "/second.log") { second in
                         let status = await second.waitForExit(seconds: 10)
@@ -46,7 +46,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/d.sock"
             try await withDaemonProcess(Self.flags(directory), logPath: directory + "/first.log") { first in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await first.waitUntilListening(socketPath)
                     let other = ["--socket", directory + "/other.sock", "--db", directory + "/fanout.db"]
                     try await withDaemonProcess(other, logPath: directory + "/second.log") { second in
@@ -66,7 +66,7 @@ import Testing
             let socketPath = directory + "/d.sock"
             let arguments = Self.flags(directory, ["--concurrency", "4"])
             try await withDaemonProcess(arguments, logPath: directory + "/first.log") { first in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await first.waitUntilListening(socketPath)
                     try await withClient(socketPath) { client in
                         let batch = try await client.enqueueBatch(
@@ -98,7 +98,7 @@ import Testing
     @Test func staleSocketFilesAreReplaced() async throws {
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/d.sock"
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 // A socket file nobody listens on, as a crash leaves it.
                 try makeStaleSocketFile(socketPath)
                 #expect(isSocketFile(socketPath) && !socketAcceptsConnections(socketPath))
@@ -142,7 +142,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/d.sock"
             try await withDaemonProcess(Self.flags(directory), logPath: directory + "/d.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(socketPath)
                     // A connected client with an open subscription does not hold the daemon up.
                     try await withClient(socketPath) { client in
@@ -178,7 +178,7 @@ import Testing
             let count = 200
             let payload = Array("{\"delay_ms\":50}".utf8)
             let batchID = try await withDaemonProcess(arguments, logPath: directory + "/first.log") { first in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await first.waitUntilListening(socketPath)
                     return try await withClient(socketPath) { client in
                         let batch = try await client.enqueueBatch(
@@ -194,7 +194,7 @@ import Testing
                 }
             }
             try await withDaemonProcess(arguments, logPath: directory + "/second.log") { second in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await second.waitUntilListening(socketPath)
                     try await withClient(socketPath) { client in
                         let before = try await client.batch(batchID)
@@ -237,7 +237,7 @@ import Testing
             let environment = ["FANOUT_MAX_RESULTS_PAGE": "40"]
             try await withDaemonProcess(Self.flags(directory, ["--config", configPath]), environment: environment,
                                         logPath: directory + "/d.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(directory + "/d.sock")
                     try await withClient(directory + "/d.sock") { client in
                         #expect(client.welcome.limits.globalConcurrency == 7, "from the file")
@@ -268,7 +268,7 @@ import Testing
             let databasePath = directory + "/state/env.db"
             let environment = ["FANOUT_SOCKET": socketPath, "FANOUT_DB": databasePath, "FANOUT_CONCURRENCY": "3"]
             try await withDaemonProcess([], environment: environment, logPath: directory + "/d.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(socketPath)
                     #expect(FileManager.default.fileExists(atPath: databasePath), "\(daemon.output)")
                     try await withClient(socketPath) { client in
@@ -282,7 +282,7 @@ import Testing
             // A flag wins over the variable.
             let flagSocket = directory + "/flag.sock"
             try await withDaemonProcess(["--socket", flagSocket], environment: environment, logPath: directory + "/d2.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(flagSocket)
                     #expect(fileMode(socketPath) == nil, "nothing listens on the variable's socket")
                     try await withClient(flagSocket) { client in

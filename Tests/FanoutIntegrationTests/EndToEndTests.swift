@@ -11,7 +11,7 @@ import Testing
         let tasks = (0..<300).map { TaskSpec(customID: "req-\($0)", payload: Array("{\"i\":\($0)}".utf8)) }
         let batch = try await client.enqueueBatch(ownerID: "alice", agent: "echo", tasks: tasks)
         #expect(batch.counts.total == 300)
-        let terminal = try await withDeadline(20) {
+        let terminal = try await withDeadline(.seconds(20)) {
             var last: Event?
             for try await event in client.subscribe(ownerID: "alice", batchID: batch.id) {
                 if event.type == .batchCompleted {

@@ -26,7 +26,7 @@ import Testing
     @Test func sinceOlderThanTheLogEndsWithOutOfRange() async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     let batch = try await client.enqueueBatch(
                         ownerID: "keeper", agent: "echo",
                         tasks: (0..<12).map { TaskSpec(customID: "k\($0)", payload: Array("{}".utf8)) })
@@ -85,7 +85,7 @@ import Testing
             try await withDaemonProcess(base + ["--event-retention-count", "0"],
                                         environment: ["FANOUT_EVENT_RETENTION_AGE_MS": "3600000"],
                                         logPath: directory + "/ok.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(directory + "/d.sock")
                     daemon.signal(SIGTERM)
                     #expect(await daemon.waitForExit(seconds: 30) == 0, "\(daemon.output)")

@@ -30,7 +30,7 @@ struct ExtremeValueFuzzTests {
                 var sent = 0
                 var fuzzer = RequestFuzzer()
                 while let request = fuzzer.next() {
-                    let answered = try await withDeadline(20) { try await Self.send(request, to: socket) }
+                    let answered = try await withDeadline(.seconds(20)) { try await Self.send(request, to: socket) }
                     #expect(answered, "no final frame for \(request.name)")
                     #expect(daemon.isRunning, "fanoutd died after \(request.name):\n\(daemon.output)")
                     guard daemon.isRunning else { return }

@@ -12,7 +12,7 @@ import Testing
     private func withBystanders(_ attack: @escaping @Sendable (TestDaemon) async throws -> Void) async throws {
         try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath, name: "before") { before in
-                try await withDeadline(20) {
+                try await withDeadline(.seconds(20)) {
                     try await expectClientWorks(before)
                     try await attack(daemon)
                     try await expectClientWorks(before)
@@ -210,7 +210,7 @@ import Testing
 
     @Test func streamsPerConnectionLimitRefusesOnlyTheExtraStream() async throws {
         try await withTestDaemon(configure: { $0.maxStreamsPerConnection = 3 }) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withRawSession(daemon.socketPath) { raw in
                     try await raw.handshake()
                     for id: UInt32 in [1, 3, 5] {
@@ -239,7 +239,7 @@ import Testing
 
     @Test func connectionLimitRefusesTheExtraConnectionOnStreamZero() async throws {
         try await withTestDaemon(configure: { $0.maxConnections = 2 }) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath, name: "one") { one in
                     try await withClient(daemon.socketPath, name: "two") { two in
                         let refused = await caughtClientError { _ = try await FanoutClient.connect(socketPath: daemon.socketPath) }
@@ -263,15 +263,3 @@ import Testing
     }
 }
 
-/// A small deterministic generator, so a failing round can be replayed.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

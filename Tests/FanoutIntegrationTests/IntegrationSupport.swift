@@ -8,6 +8,7 @@ import Darwin
 import FanoutClient
 import FanoutScheduler
 import FanoutServer
+@_exported import FanoutTestSupport
 import FanoutWire
 import Foundation
 import NIOCore
@@ -282,13 +283,6 @@ struct POSIXFailure: Error, CustomStringConvertible {
         self.code = code
     }
     var description: String { "\(call): \(String(cString: strerror(code)))" }
-}
-
-/// A fresh directory with a short path (sockets must fit sun_path), removed by `body`'s end.
-func withTemporaryDirectory<T: Sendable>(_ body: (String) async throws -> T) async throws -> T {
-    let directory = TestDaemon.makeDirectory()
-    defer { try? FileManager.default.removeItem(atPath: directory) }
-    return try await body(directory)
 }
 
 // MARK: - The fanoutd executable

@@ -115,7 +115,7 @@ enum FanoutCLI {
                 let killAfter = life < 3 ? Int.random(in: 100...600, using: &random) : nil
                 let known = batchID
                 let outcome = try await withDaemonProcess(arguments, logPath: directory + "/life\(life).log") { daemon in
-                    try await withDeadline(30) { () async throws -> (batch: UInt64, completedAtKill: UInt32?, ended: Bool) in
+                    try await withDeadline(.seconds(30)) { () async throws -> (batch: UInt64, completedAtKill: UInt32?, ended: Bool) in
                         try await daemon.waitUntilListening(socketPath)
                         var batch = known
                         if life == 0 {
@@ -152,7 +152,7 @@ enum FanoutCLI {
             // A last life reads what the crashes left.
             let (id, kills) = (batchID, completedAtKill)
             try await withDaemonProcess(arguments, logPath: directory + "/check.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(socketPath)
                     try await withClient(socketPath) { client in
                         var results: [TaskResult] = []
@@ -204,7 +204,7 @@ enum FanoutCLI {
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/d.sock"
             try await withDaemonProcess(Self.flags(directory), logPath: directory + "/d.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(socketPath)
                     try await withClient(socketPath) { client in
                         let bad = Array("{\"fail\":\"boom\"}".utf8)
@@ -270,7 +270,7 @@ enum FanoutCLI {
         try await withTemporaryDirectory { directory in
             let socketPath = directory + "/d.sock"
             try await withDaemonProcess(Self.flags(directory, ["--concurrency", "2"]), logPath: directory + "/d.log") { daemon in
-                try await withDeadline(30) {
+                try await withDeadline(.seconds(30)) {
                     try await daemon.waitUntilListening(socketPath)
                     try await withClient(socketPath) { client in
                         let slow = Array("{\"delay_ms\":400}".utf8)

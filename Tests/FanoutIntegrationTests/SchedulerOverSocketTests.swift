@@ -46,7 +46,7 @@ import Testing
     @Test func smallBatchOfAnotherOwnerFinishesLongBeforeAHugeOne() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4)]
         try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 try await withClient(daemon.socketPath) { client in
                     let big = try await client.enqueueBatch(ownerID: "big", agent: "echo",
                                                             tasks: Self.tasks(3_000, prefix: "b", payload: #"{"delay_ms":2}"#))
@@ -81,7 +81,7 @@ import Testing
     @Test func retryableFailureIsRetriedWithBackoffAndNonRetryableFailsAtOnce() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 3)]
         try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     // A retryable failure next to a task that succeeds.
                     let batch = try await client.enqueueBatch(ownerID: "retry", agent: "echo", tasks: [
@@ -145,7 +145,7 @@ import Testing
     @Test func attemptTimeoutCountsAsRetryableFailure() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 2, timeoutMs: 100)]
         try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let started = ContinuousClock.now
                     let batch = try await client.enqueueBatch(ownerID: "slow", agent: "echo",
@@ -192,7 +192,7 @@ import Testing
     @Test func completionWindowExpiresUnfinishedTasksAndFailsTheBatch() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 2)]
         try await withTestDaemon(agents: agents, globalConcurrency: 2) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let started = ContinuousClock.now
                     let batch = try await client.enqueueBatch(ownerID: "late", agent: "echo",
@@ -232,7 +232,7 @@ import Testing
     @Test func turnEventsAndMonotoneProgressEndInOneBatchCompleted() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxTurns: 4)]
         try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "turns", agent: "echo",
                                                               tasks: Self.tasks(3, prefix: "t", payload: #"{"turns":4,"delay_ms":20}"#))
@@ -273,7 +273,7 @@ import Testing
 
     @Test func laggedSubscriberEndsWithItsLastSequenceAndResumesWithoutGap() async throws {
         try await withTestDaemon(configure: { $0.subscriberBuffer = 8 }) { daemon in
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "lag", agent: "echo",
                                                               tasks: Self.tasks(300, prefix: "t", payload: "x"))
@@ -335,7 +335,7 @@ import Testing
     @Test func requestsPerMinuteHoldsAfterTheBurst() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 64, requestsPerMinute: 600)]
         try await withTestDaemon(agents: agents, globalConcurrency: 64) { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "rate", agent: "echo",
                                                               tasks: Self.tasks(605, prefix: "r", payload: "x"))
@@ -369,7 +369,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let stopFirst = Once()
         do {
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 let (batchID, completedAtStop) = try await withClient(first.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "restart", agent: "echo",
                                                               tasks: Self.tasks(count, prefix: "j", payload: #"{"delay_ms":20}"#))

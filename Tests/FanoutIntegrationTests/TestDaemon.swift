@@ -3,6 +3,7 @@ import FanoutRunners
 import FanoutScheduler
 import FanoutServer
 import FanoutStore
+import FanoutTestSupport
 import Foundation
 import Logging
 import Testing
@@ -42,11 +43,7 @@ final class TestDaemon: Sendable {
         await server.waitUntilListening()
     }
 
-    static func makeDirectory() -> String {
-        let path = "/tmp/fo-\(UUID().uuidString.prefix(8))"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
+    static func makeDirectory() -> String { makeTemporaryDirectory() }
 
     func client(name: String = "test") async throws -> FanoutClient {
         try await FanoutClient.connect(socketPath: socketPath, clientName: name)
@@ -61,23 +58,3 @@ final class TestDaemon: Sendable {
     }
 }
 
-/// Fails the test instead of hanging when `body` takes longer than `seconds`.
-func withDeadline<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let value = try await group.next() ?? nil else {
-            throw DeadlineExceeded(seconds: seconds)
-        }
-        return value
-    }
-}
-
-struct DeadlineExceeded: Error, CustomStringConvertible {
-    var seconds: Double
-    var description: String { "did not finish within \(seconds) s" }
-}

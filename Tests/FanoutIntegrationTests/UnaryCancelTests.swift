@@ -7,7 +7,7 @@ import Testing
     /// so its answer must still arrive rather than the stream going silent.
     @Test func cancelledUnaryCallStillGetsItsFinalFrame() async throws {
         try await withTestDaemon { daemon in
-            try await withDeadline(20) {
+            try await withDeadline(.seconds(20)) {
                 try await withRawSession(daemon.socketPath) { raw in
                     try await raw.handshake()
                     let request = EnqueueBatchRequest(ownerID: "o", agent: "echo", tasks: [TaskSpec(customID: "a", payload: Array("x".utf8))])
@@ -41,7 +41,7 @@ import Testing
             $0.maxFrameBytes = 16 * 1024
             $0.maxStreamsPerConnection = 1
         }) { daemon in
-            try await withDeadline(30) {
+            try await withDeadline(.seconds(30)) {
                 let client = try await daemon.client()
                 // About 20 MB in 16 KiB frames: thousands of chunks, so the cancel lands mid-upload.
                 let tasks = (0..<20_000).map { TaskSpec(customID: "t\($0)", payload: [UInt8](repeating: 65, count: 1_000)) }

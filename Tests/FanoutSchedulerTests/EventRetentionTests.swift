@@ -1,3 +1,4 @@
+import FanoutTestSupport
 import FanoutCore
 import FanoutStore
 import Foundation
@@ -17,11 +18,9 @@ func storedEventCount(_ store: SQLiteStore) throws -> Int {
 /// the scheduler-level retention test below cannot pass; it is skipped (with
 /// this reason) rather than reported as failing.
 let schedulerPassesEventRetention: Bool = {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fanout-probe-\(UUID().uuidString)")
-    defer { try? FileManager.default.removeItem(at: directory) }
-    guard (try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)) != nil,
-          let store = try? SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
-    else { return false }
+    let directory = makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    guard let store = try? SQLiteStore(path: directory + "/fanout.db") else { return false }
     var configuration = SchedulerConfiguration(agents: [])
     configuration.eventRetention = EventRetention(maxEvents: 4_242, maxAgeMs: nil, trimIntervalMs: 4_242, rowsPerStep: 4_242)
     guard let scheduler = try? Scheduler(store: store, configuration: configuration, runners: [:]) else { return false }
@@ -49,7 +48,7 @@ final class ManualClock: Sendable {
     func withCommitLoop(_ retention: EventRetention, clock: ManualClock = ManualClock(),
                         _ body: (CommitQueue, SQLiteStore) async throws -> Void) async throws {
         try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            let store = try SQLiteStore(path: directory + "/fanout.db")
             let queue = CommitQueue(store: store, hub: EventHub(lastSequence: 0), retention: retention, now: { clock.now })
             let loop = Task { await queue.run() }
             do {
@@ -238,7 +237,7 @@ final class ManualClock: Sendable {
     /// reported, not skipped; removing only what was already delivered is harmless.
     @Test func trimDuringAReplayIsReported() async throws {
         try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            let store = try SQLiteStore(path: directory + "/fanout.db")
             var changes = ChangeSet()
             for index in 0..<(EventStream.replayPage * 3) {
                 changes.events.append(EventRecord(kind: .taskCompleted, timestamp: 1_000, ownerID: "alice", batchID: 1,

@@ -1,3 +1,4 @@
+import FanoutTestSupport
 import FanoutCore
 import FanoutRunners
 import FanoutStore
@@ -14,7 +15,7 @@ import Testing
 
     @Test func restartFinishesTheBatchWithEveryTaskCompletedOnce() async throws {
         try await withTemporaryDirectory { directory in
-            let path = directory.appendingPathComponent("fanout.db").path
+            let path = directory + "/fanout.db"
             // t0–t3 are quick, the rest slow: the shutdown comes while t4–t7 run.
             let quick = json(["delay_ms": 5])
             let slow = json(["delay_ms": 400])
@@ -85,7 +86,7 @@ import Testing
 
     @Test func restartResumesEventSequences() async throws {
         try await withTemporaryDirectory { directory in
-            let path = directory.appendingPathComponent("fanout.db").path
+            let path = directory + "/fanout.db"
             let first: EventSequence = try await {
                 let store = try SQLiteStore(path: path)
                 let scheduler = try Self.makeScheduler(store)

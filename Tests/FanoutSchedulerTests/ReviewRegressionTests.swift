@@ -1,3 +1,4 @@
+import FanoutTestSupport
 import FanoutCore
 import FanoutRunners
 import FanoutStore
@@ -61,7 +62,7 @@ import Testing
     /// RetryFailed of a batch whose agent is no longer configured ends instead of hanging.
     @Test func retryFailedWithAnAgentNoLongerConfiguredFailsItsTasks() async throws {
         try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            let store = try SQLiteStore(path: directory + "/fanout.db")
             let old = try Scheduler(store: store, configuration: SchedulerConfiguration(agents: [AgentConfiguration(name: "old", runner: "echo")]),
                                     runners: ["old": EchoRunner()])
             try old.start()
@@ -91,7 +92,7 @@ import Testing
     /// A cancel_batch cut short by a stop is finished after the restart: the rest never runs.
     @Test func cancelBatchInterruptedByShutdownStaysCancelledAfterRestart() async throws {
         try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            let store = try SQLiteStore(path: directory + "/fanout.db")
             var configuration = SchedulerConfiguration(globalConcurrency: 1, agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 1)])
             configuration.windowSize = 64
             let first = try Scheduler(store: store, configuration: configuration, runners: ["echo": EchoRunner()])

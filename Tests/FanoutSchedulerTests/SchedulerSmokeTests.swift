@@ -1,3 +1,4 @@
+import FanoutTestSupport
 import FanoutCore
 import FanoutRunners
 import FanoutStore
@@ -9,7 +10,7 @@ import Testing
 @Suite struct SchedulerSmokeTests {
     @Test func runsABatchToCompletion() async throws {
         try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Scheduler(
                 store: store,
                 configuration: SchedulerConfiguration(globalConcurrency: 8, agents: [AgentConfiguration(name: "echo", runner: "echo")]),

@@ -1,6 +1,7 @@
 import FanoutCore
 import FanoutRunners
 import FanoutStore
+import FanoutTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -8,15 +9,6 @@ import Testing
 @testable import FanoutScheduler
 
 // MARK: Temporary files
-
-/// Runs `body` with a fresh directory under the system temporary directory, removed afterwards.
-@discardableResult
-func withTemporaryDirectory<T>(_ body: (URL) async throws -> T) async throws -> T {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fanout-sched-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: directory) }
-    return try await body(directory)
-}
 
 /// A started scheduler over a real SQLite file; shut down afterwards even when `body` throws.
 @discardableResult
@@ -28,7 +20,7 @@ func withScheduler<T>(
     _ body: (Scheduler, SQLiteStore) async throws -> T
 ) async throws -> T {
     try await withTemporaryDirectory { directory in
-        let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+        let store = try SQLiteStore(path: directory + "/fanout.db")
         var configuration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
         configuration.backoff = Backoff(baseMs: 10, maxMs: 50)
         configure(&configuration)
@@ -48,31 +40,11 @@ func withScheduler<T>(
 
 // MARK: Deadlines
 
-struct TimedOut: Error, CustomStringConvertible {
-    var what: String
-    var description: String { "timed out waiting for \(what)" }
-}
-
-/// Runs `body`, failing with `TimedOut` instead of hanging if it takes longer than `timeout`.
-func withDeadline<T: Sendable>(_ timeout: Duration = .seconds(5), _ what: String,
-                               _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try? await Task.sleep(for: timeout)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimedOut(what: what) }
-        return value
-    }
-}
-
 /// Polls `condition` every few milliseconds until it holds; throws `TimedOut` after `timeout`.
 func waitUntil(_ what: String, timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try !condition() {
-        if ContinuousClock.now >= deadline { throw TimedOut(what: what) }
+        if ContinuousClock.now >= deadline { throw TimedOut(what: what, timeout: timeout) }
         try await Task.sleep(for: .milliseconds(2))
     }
 }
@@ -86,7 +58,7 @@ func collectEvents(_ scheduler: Scheduler, _ filter: EventFilter, since: EventSe
             events.append(event)
             if stop(event) { return events }
         }
-        throw TimedOut(what: "the end of the subscription before the expected event")
+        throw TimedOut(what: "the end of the subscription before the expected event", timeout: .zero)
     }
 }
 

@@ -1,3 +1,4 @@
+import FanoutTestSupport
 import FanoutCore
 import FanoutStore
 import Foundation
@@ -137,7 +138,7 @@ import Testing
 
     @Test func shutdownEndsLiveSubscriptions() async throws {
         try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory.appendingPathComponent("fanout.db").path)
+            let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Scheduler(store: store, configuration: SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")]),
                                           runners: ["echo": EchoRunnerForTests()])
             try scheduler.start()

@@ -1,3 +1,4 @@
+import FanoutTestSupport
 import FanoutCore
 import FanoutStore
 import Foundation
@@ -405,7 +406,7 @@ import Testing
 
     @Test func dataSurvivesClosingAndReopening() async throws {
         try await withTemporaryDirectory { directory in
-            let path = directory.appendingPathComponent("fanout.db").path
+            let path = directory + "/fanout.db"
             let (batchID, taskIDs): (BatchID, [TaskID]) = try {
                 let store = try SQLiteStore(path: path, durability: .full)
                 let inserted = try store.insertBatch(newBatch(count: 3, maxTurns: 2), now: 5)

@@ -1,20 +1,12 @@
 import FanoutCore
 import FanoutStore
+import FanoutTestSupport
 import Foundation
-
-/// Runs `body` with a fresh directory under the system temporary directory, removed afterwards.
-@discardableResult
-func withTemporaryDirectory<T>(_ body: (URL) async throws -> T) async throws -> T {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fanout-store-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(at: directory) }
-    return try await body(directory)
-}
 
 /// A fresh SQLite store in its own temporary directory.
 func withStore<T>(_ body: (SQLiteStore, String) async throws -> T) async throws -> T {
     try await withTemporaryDirectory { directory in
-        let path = directory.appendingPathComponent("fanout.db").path
+        let path = directory + "/fanout.db"
         return try await body(try SQLiteStore(path: path), path)
     }
 }

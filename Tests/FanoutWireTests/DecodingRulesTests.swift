@@ -1,6 +1,7 @@
 import CProtobufC
 import FanoutProtoC
 import FanoutWire
+import FanoutTestSupport
 import Testing
 
 /// Bytes built by hand or through the C API, for what the Swift encoder

@@ -1,6 +1,7 @@
 import FanoutWire
 import NIOCore
 import NIOEmbedded
+import FanoutTestSupport
 import Testing
 
 @Suite("FrameDecoder and FrameEncoder in a channel")

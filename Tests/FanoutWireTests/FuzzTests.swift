@@ -1,6 +1,7 @@
 import FanoutWire
 import NIOCore
 import NIOEmbedded
+import FanoutTestSupport
 import Testing
 
 /// Random input must give a `WireError` or a valid `Frame`, never a crash.

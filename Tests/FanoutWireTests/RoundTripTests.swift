@@ -2,6 +2,7 @@ import CProtobufC
 import FanoutProtoC
 import FanoutWire
 import NIOCore
+import FanoutTestSupport
 import Testing
 
 @Suite("FrameCoding round trips")

@@ -1,0 +1,147 @@
+import FanoutClient
+import FanoutWire
+import Foundation
+import Testing
+
+/// The daemon does what PROTOCOL.md says for frames a careless or newer
+/// client sends, and one bad frame costs one stream, not the connection.
+@Suite struct ProtocolConformanceTests {
+    @Test("an unknown frame kind is ignored and an unknown call gets UNIMPLEMENTED; the connection goes on")
+    func unknownKindsAndCalls() async throws {
+        try await withTestDaemon { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.handshake()
+                // Frame{stream_id: 3, field 99}: a kind from a newer schema.
+                try await session.send(framed(body: PB.uint(1, 3) + PB.bytes(99, PB.uint(1, 1))))
+                // Frame{stream_id: 5, request{field 99}}: a call from a newer schema.
+                try await session.send(framed(body: PB.uint(1, 5) + PB.bytes(2, PB.bytes(99, PB.uint(1, 1)))))
+                // Frame{stream_id: 7, message{field 99}}: a body from a newer schema, on no open stream.
+                try await session.send(framed(body: PB.uint(1, 7) + PB.bytes(4, PB.bytes(99, []))))
+                try await session.send(Frame(streamID: 9, kind: .request(.serverInfo)))
+                var statuses: [UInt32: WireStatus] = [:]
+                var answered = false
+                while !answered, let (frame, _) = try await session.readFrame() {
+                    if let status = endStatus(frame) { statuses[frame.streamID] = status }
+                    if frame.streamID == 9, case .response(.serverInfo) = frame.kind { answered = true }
+                }
+                #expect(answered, "ServerInfo after the unknown frames was not answered")
+                #expect(statuses[5]?.code == .unimplemented, "\(statuses)")
+                #expect(statuses[3] == nil && statuses[7] == nil && statuses[0] == nil, "\(statuses)")
+            }
+        }
+    }
+
+    @Test("an empty first frame gets FAILED_PRECONDITION")
+    func emptyFirstFrame() async throws {
+        try await withTestDaemon { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.send(framed(body: []))
+                let frames = try await session.readUntilClosed()
+                #expect(frames.first.flatMap(endStatus)?.code == .failedPrecondition, "\(frames)")
+            }
+        }
+    }
+
+    @Test("a Request reusing an open stream id ends the connection instead of giving that stream two final frames")
+    func reusedOpenStreamID() async throws {
+        try await withTestDaemon { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.handshake()
+                let follow = SubscribeRequest(ownerID: "o", follow: true)
+                try await session.send(Frame(streamID: 1, kind: .request(.subscribe(follow))))
+                try await session.send(Frame(streamID: 1, kind: .request(.serverInfo)))
+                let frames = try await session.readUntilClosed()
+                let finals = frames.filter { $0.streamID == 1 && endStatus($0) != nil }
+                #expect(finals.count <= 1, "stream 1 got \(finals.count) final frames: \(frames)")
+                let closing = frames.first { $0.streamID == 0 }.flatMap(endStatus)
+                #expect(closing?.code == .invalidArgument, "\(frames)")
+                #expect(closing?.message.contains("stream 1") == true, "\(String(describing: closing))")
+            }
+        }
+    }
+
+    @Test("a connection that never says Hello is closed after the handshake timeout, with a status")
+    func handshakeTimeout() async throws {
+        try await withTestDaemon(configure: { $0.handshakeTimeoutMs = 200 }) { daemon in
+            let started = ContinuousClock.now
+            try await withRawSession(daemon.socketPath) { session in
+                let frames = try await session.readUntilClosed()
+                #expect(frames.first.flatMap(endStatus)?.code == .deadlineExceeded, "\(frames)")
+            }
+            #expect(ContinuousClock.now - started < .seconds(5))
+            // A connection that did say Hello in time is not affected.
+            try await withClient(daemon.socketPath) { client in
+                try await Task.sleep(for: .milliseconds(400))
+                try await expectClientWorks(client)
+            }
+        }
+    }
+
+    @Test("a custom_id holding NUL is refused with INVALID_ARGUMENT by the client, and the client keeps working")
+    func nulStringOnTheClient() async throws {
+        try await withTestDaemon { daemon in
+            try await withClient(daemon.socketPath) { client in
+                let error = await caughtClientError {
+                    _ = try await client.enqueueBatch(ownerID: "o", agent: "echo", tasks: [
+                        TaskSpec(customID: "id\u{0}one", payload: []), TaskSpec(customID: "id\u{0}two", payload: []),
+                    ])
+                }
+                #expect(error?.code == .invalidArgument, "\(String(describing: error))")
+                #expect(error?.message.contains("NUL") == true, "\(String(describing: error))")
+                let metadata = await caughtClientError {
+                    _ = try await client.enqueueBatch(ownerID: "o", agent: "echo", tasks: [TaskSpec(customID: "a", payload: [])],
+                                                      metadata: ["k": "v\u{0}"])
+                }
+                #expect(metadata?.code == .invalidArgument)
+                try await expectClientWorks(client)
+            }
+        }
+    }
+
+    @Test("a custom_id holding NUL sent by hand is refused on its stream; the connection goes on")
+    func nulStringOnTheWire() async throws {
+        try await withTestDaemon { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.handshake()
+                let request = EnqueueBatchRequest(ownerID: "o", agent: "echo", tasks: [
+                    TaskSpec(customID: "id\(NulMarker.text)one", payload: []), TaskSpec(customID: "id\(NulMarker.text)two", payload: []),
+                ])
+                try await session.send(FuzzedRequest.patch(framed(Frame(streamID: 1, kind: .request(.enqueueBatch(request))))))
+                try await session.send(Frame(streamID: 3, kind: .request(.serverInfo)))
+                var status: WireStatus?
+                var info: ServerInfo?
+                while info == nil, let (frame, _) = try await session.readFrame() {
+                    if frame.streamID == 1 { status = endStatus(frame) }
+                    if case .response(.serverInfo(let answer)) = frame.kind { info = answer }
+                }
+                #expect(status?.code == .invalidArgument, "\(String(describing: status))")
+                #expect(status?.message.contains("custom_id") == true, "\(String(describing: status))")
+                #expect(info != nil)
+            }
+            // Nothing was stored under the cut ids.
+            try await withClient(daemon.socketPath) { client in
+                let page = try await client.batches()
+                #expect(page.batches.isEmpty)
+            }
+        }
+    }
+
+    @Test("an answer larger than a frame ends its own stream with RESOURCE_EXHAUSTED; the connection goes on")
+    func oversizeAnswer() async throws {
+        let payloadBytes = 1 << 20
+        try await withTestDaemon(configure: { $0.maxFrameBytes = payloadBytes * 3 / 2 }) { daemon in
+            try await withClient(daemon.socketPath) { client in
+                let payload = [UInt8](repeating: UInt8(ascii: "a"), count: payloadBytes)
+                let batch = try await client.enqueueBatch(ownerID: "o", agent: "echo", tasks: [TaskSpec(customID: "big", payload: payload)])
+                _ = try await events(of: batch.id, owner: "o", on: client, since: 0)
+                let task = try #require(try await client.results(batchID: batch.id).first { _ in true })
+                // The payload and its echoed result together exceed the frame limit.
+                let error = await caughtClientError { _ = try await client.task(task.taskID, includePayload: true) }
+                #expect(error?.code == .resourceExhausted, "\(String(describing: error))")
+                let small = try await client.task(task.taskID)
+                #expect(small.result.count == payloadBytes)
+                try await expectClientWorks(client)
+            }
+        }
+    }
+}
