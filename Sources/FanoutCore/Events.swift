@@ -35,12 +35,14 @@ public struct EventRecord: Sendable, Hashable {
     public var turn: Int?
     public var retryDelayMs: Int64?
     public var failure: TaskFailure?
+    /// The uid that created the event's batch: who may read the event besides an admin.
+    public var creatorUID: UInt32?
 
     public init(
         sequence: EventSequence = 0, kind: EventKind, timestamp: Milliseconds, ownerID: String, batchID: BatchID,
         taskID: TaskID? = nil, customID: String? = nil, parentTaskID: TaskID? = nil, progress: Double? = nil,
         counters: BatchCounters? = nil, attempt: Int? = nil, turn: Int? = nil, retryDelayMs: Int64? = nil,
-        failure: TaskFailure? = nil
+        failure: TaskFailure? = nil, creatorUID: UInt32? = nil
     ) {
         self.sequence = sequence
         self.kind = kind
@@ -56,6 +58,7 @@ public struct EventRecord: Sendable, Hashable {
         self.turn = turn
         self.retryDelayMs = retryDelayMs
         self.failure = failure
+        self.creatorUID = creatorUID
     }
 }
 
@@ -64,16 +67,20 @@ public struct EventFilter: Sendable, Hashable {
     public var ownerID: String
     public var kinds: Set<EventKind>
     public var batchID: BatchID?
+    /// Only events of batches this uid created (a non-admin peer); nil: any.
+    public var creatorUID: UInt32?
 
-    public init(ownerID: String, kinds: Set<EventKind> = [], batchID: BatchID? = nil) {
+    public init(ownerID: String, kinds: Set<EventKind> = [], batchID: BatchID? = nil, creatorUID: UInt32? = nil) {
         self.ownerID = ownerID
         self.kinds = kinds
         self.batchID = batchID
+        self.creatorUID = creatorUID
     }
 
     public func matches(_ event: EventRecord) -> Bool {
         (ownerID.isEmpty || event.ownerID == ownerID)
             && (kinds.isEmpty || kinds.contains(event.kind))
             && (batchID == nil || event.batchID == batchID)
+            && (creatorUID == nil || event.creatorUID == creatorUID)
     }
 }

@@ -11,16 +11,30 @@ import Foundation
 /// - `retryable`: whether that failure is worth retrying (default false).
 ///
 /// Any other payload (not JSON, or without these keys) is echoed at once.
+/// `turns` above `maxTurns` or `delay_ms` above `maxDelayMs` fail the task
+/// (not retryable) with a message naming the limit: a demo runner must not
+/// be a way to tie the daemon up.
 public struct EchoRunner: Runner {
+    public static let maxTurns = 10_000
+    public static let maxDelayMs: Int64 = 600_000
+
     public init() {}
 
     public func run(_ context: RunContext) async throws -> RunOutput {
         let options = Options(payload: context.payload)
+        guard (0...Self.maxTurns).contains(options.turns) else {
+            throw RunnerFailure("echo: turns is \(options.turns); the echo runner allows 0 to \(Self.maxTurns)",
+                                code: "invalid_payload", retryable: false)
+        }
+        guard (0...Self.maxDelayMs).contains(options.delayMs) else {
+            throw RunnerFailure("echo: delay_ms is \(options.delayMs); the echo runner allows 0 to \(Self.maxDelayMs)",
+                                code: "invalid_payload", retryable: false)
+        }
         if options.turns > 0 {
             for _ in 0..<options.turns {
                 if options.delayMs > 0 { try await Task.sleep(for: .milliseconds(options.delayMs)) }
                 try Task.checkCancellation()
-                context.reportTurn()
+                await context.reportTurn()
             }
         } else if options.delayMs > 0 {
             try await Task.sleep(for: .milliseconds(options.delayMs))
@@ -41,10 +55,19 @@ public struct EchoRunner: Runner {
             // Only a JSON object can carry options; skip parsing anything else.
             guard payload.first == UInt8(ascii: "{"),
                   let object = try? JSONSerialization.jsonObject(with: Data(payload)) as? [String: Any] else { return }
-            delayMs = (object["delay_ms"] as? NSNumber)?.int64Value ?? 0
-            turns = (object["turns"] as? NSNumber)?.intValue ?? 0
+            // Out-of-range numbers saturate here and are refused by `run`.
+            delayMs = Self.clamped(object["delay_ms"])
+            turns = Int(Self.clamped(object["turns"]))
             fail = object["fail"] as? String
             retryable = (object["retryable"] as? Bool) ?? false
+        }
+
+        private static func clamped(_ value: Any?) -> Int64 {
+            guard let number = value as? NSNumber else { return 0 }
+            let double = number.doubleValue
+            if double >= 9.2e18 { return .max }
+            if double <= -9.2e18 { return .min }
+            return number.int64Value
         }
     }
 }

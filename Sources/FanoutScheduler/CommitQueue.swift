@@ -17,12 +17,16 @@ final class CommitQueue: Sendable {
         var pending = ChangeSet()
         var callbacks: [@Sendable (Result<Void, any Error>) -> Void] = []
         var closed = false
+        /// Producers waiting for the queue to shrink below `maxQueuedChanges`.
+        var roomWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let store: any Store
     private let hub: EventHub
     private let logger: Logger
     let retention: EventRetention
+    /// Producers that can wait (turn reports, window reads) do while more changes than this are queued.
+    let maxQueuedChanges: Int
     /// Wall-clock milliseconds; tests pass their own.
     private let now: @Sendable () -> Milliseconds
     private let state = Mutex(State())
@@ -30,7 +34,9 @@ final class CommitQueue: Sendable {
     private let wake: AsyncStream<Void>.Continuation
 
     init(store: any Store, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
-         retention: EventRetention = EventRetention(), now: @escaping @Sendable () -> Milliseconds = { Clock.now }) {
+         retention: EventRetention = EventRetention(), maxQueuedChanges: Int = 20_000,
+         now: @escaping @Sendable () -> Milliseconds = { Clock.now }) {
+        self.maxQueuedChanges = max(1, maxQueuedChanges)
         self.store = store
         self.hub = hub
         self.logger = logger
@@ -53,6 +59,25 @@ final class CommitQueue: Sendable {
             wake.yield()
         } else {
             onCommit?(.failure(FanoutError.unavailable("the scheduler has shut down")))
+        }
+    }
+
+    /// Changes waiting for the commit loop.
+    var queuedChanges: Int { state.withLock { $0.pending.count } }
+
+    /// Returns at once while fewer than `maxQueuedChanges` changes wait to be
+    /// written, else when the commit loop has taken them. This is the
+    /// backpressure for producers that can wait; decisions made under the
+    /// scheduler's lock cannot, and are bounded by the concurrency limits.
+    func waitForRoom() async {
+        if state.withLock({ $0.closed || $0.pending.count < maxQueuedChanges }) { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let hasRoom = state.withLock { state -> Bool in
+                if state.closed || state.pending.count < maxQueuedChanges { return true }
+                state.roomWaiters.append(continuation)
+                return false
+            }
+            if hasRoom { continuation.resume() }
         }
     }
 
@@ -104,20 +129,28 @@ final class CommitQueue: Sendable {
 
     /// Stops the loop after what is queued has been written.
     func close() {
-        state.withLock { $0.closed = true }
+        let waiters = state.withLock { state in
+            state.closed = true
+            defer { state.roomWaiters = [] }
+            return state.roomWaiters
+        }
+        for waiter in waiters { waiter.resume() }
         wake.yield()
         wake.finish()
     }
 
     private func flush() async {
         while true {
-            let (changes, callbacks) = state.withLock { state in
+            let (changes, callbacks, waiters) = state.withLock { state in
                 defer {
                     state.pending = ChangeSet()
                     state.callbacks = []
+                    state.roomWaiters = []
                 }
-                return (state.pending, state.callbacks)
+                return (state.pending, state.callbacks, state.roomWaiters)
             }
+            // The queue is empty again: producers may fill it while this group is written.
+            for waiter in waiters { waiter.resume() }
             if changes.isEmpty && callbacks.isEmpty { return }
             var failures = 0
             while true {

@@ -19,10 +19,12 @@ public struct RunContext: Sendable {
     public var maxTurns: Int
     public var payload: [UInt8]
     /// Reports that one more turn completed (drives `max_turns` progress).
-    public var reportTurn: @Sendable () -> Void
+    /// It returns once the daemon has room for more: a runner reporting
+    /// faster than the store can record is slowed down, not buffered.
+    public var reportTurn: @Sendable () async -> Void
 
     public init(taskID: TaskID, batchID: BatchID, customID: String, agent: String, attempt: Int, maxTurns: Int,
-                payload: [UInt8], reportTurn: @escaping @Sendable () -> Void) {
+                payload: [UInt8], reportTurn: @escaping @Sendable () async -> Void) {
         self.taskID = taskID
         self.batchID = batchID
         self.customID = customID

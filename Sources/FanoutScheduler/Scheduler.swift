@@ -34,7 +34,8 @@ public final class Scheduler: Sendable {
         self.logger = logger
         state = Mutex(SchedulerState(configuration: configuration, now: Clock.now))
         hub = EventHub(lastSequence: try store.lastEventSequence())
-        commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention)
+        commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention,
+                              maxQueuedChanges: configuration.maxChangesPerCommit)
     }
 
     // MARK: Life cycle
@@ -50,6 +51,13 @@ public final class Scheduler: Sendable {
             ])
         }
         let commitLoop = Task { await commits.run() }
+        if !recovered.interruptedFailures.isEmpty {
+            logger.warning("tasks failed: a crash cut short their last attempt",
+                           metadata: ["tasks": "\(recovered.interruptedFailures.count)"])
+            var changes = ChangeSet()
+            changes.events = recovered.interruptedFailures
+            commits.submit(changes)
+        }
         let ticker = Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(max(10, self?.configuration.progressIntervalMs ?? 100)))
@@ -168,7 +176,7 @@ public final class Scheduler: Sendable {
             SchedulerStatistics(pending: state.pendingCount, running: state.running, retryWait: state.retryWaitCount,
                                 activeBatches: state.batches.count,
                                 runningByAgent: state.agents.mapValues(\.running),
-                                subscribers: hub.subscriberCount,
+                                subscribers: hub.subscriberCount, queuedChanges: commits.queuedChanges,
                                 tasksInMemory: state.slots.count + state.sources.values.reduce(0) { $0 + $1.window.count })
         }
     }
@@ -229,6 +237,8 @@ public final class Scheduler: Sendable {
     private func load(_ order: RefillOrder) {
         let (store, inline) = (store, configuration.inlinePayloadBytes)
         Task {
+            // Closing a huge batch reads page after page; each waits until the last one's changes are being written.
+            await commits.waitForRoom()
             let tasks: [RunnableTask]
             do {
                 tasks = try await offload {
@@ -276,9 +286,12 @@ public final class Scheduler: Sendable {
             }
             let context = RunContext(
                 taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
-                attempt: order.attempt, maxTurns: order.batchMaxTurns, payload: payload,
+                attempt: order.attempt, maxTurns: order.maxTurns, payload: payload,
                 reportTurn: { [weak self] in
-                    self?.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: Clock.now, effects: &effects) }
+                    guard let self else { return }
+                    self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: Clock.now, effects: &effects) }
+                    // A runner reporting faster than commits land waits here instead of piling changes up.
+                    await self.commits.waitForRoom()
                 })
             let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
             return .succeeded(output)
@@ -307,6 +320,8 @@ public struct SchedulerStatistics: Sendable, Hashable {
     public var activeBatches: Int
     public var runningByAgent: [String: Int]
     public var subscribers: Int
+    /// Changes waiting for the commit loop (bounded by `maxChangesPerCommit` for producers that can wait).
+    public var queuedChanges: Int
     /// Running, retry-waiting and windowed tasks the scheduler holds: bounded, whatever the batch sizes.
     public var tasksInMemory: Int
 }

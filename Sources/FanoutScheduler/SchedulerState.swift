@@ -20,7 +20,8 @@ struct StartOrder: Sendable {
     var task: RunnableTask
     var attempt: Int
     var timeoutMs: Int64
-    var batchMaxTurns: Int
+    /// The task's own turn budget (0: none), which the runner is told.
+    var maxTurns: Int
 }
 
 /// A window of pending tasks to read from the store.
@@ -50,6 +51,10 @@ struct TaskSlot {
     var handle: Task<Void, Never>?
     /// Called once the task has left `running` and that is committed.
     var stopWaiters: [@Sendable () -> Void] = []
+    /// Without `max_turns`, turn events are coalesced: when the last one went
+    /// out, and whether turns were counted since.
+    var lastTurnEventAt: Milliseconds?
+    var turnEventPending = false
 }
 
 struct ActiveBatch {
@@ -125,6 +130,8 @@ struct SchedulerState {
     var pendingCount = 0
     var retryWaitCount = 0
     var stopping = false
+    /// Running tasks whose coalesced turn event is still to be sent.
+    var pendingTurnEvents: Set<TaskID> = []
     /// Numbers sources, so a window read answered after its source was replaced is recognised.
     private var sourceGenerations = 0
 
@@ -289,7 +296,7 @@ struct SchedulerState {
         let agentTimeout = agents[task.agent]?.configuration.timeoutMs ?? 0
         effects.starts.append(StartOrder(task: task, attempt: task.attempt,
                                          timeoutMs: task.timeoutMs > 0 ? task.timeoutMs : agentTimeout,
-                                         batchMaxTurns: batch.record.progress.maxTurns))
+                                         maxTurns: task.maxTurns))
     }
 
     // MARK: Running tasks
@@ -303,22 +310,41 @@ struct SchedulerState {
         return slot.interruptAs == nil && !stopping
     }
 
+    /// A runner reported a turn. With `max_turns`, at most that many count,
+    /// each with its event (progress moves every turn); further ones are
+    /// ignored. Without it, the count goes on and its events are coalesced like
+    /// progress events, so a runner reporting a billion turns costs O(1).
     mutating func turn(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt,
               var batch = batches[slot.task.batchID] else { return }
+        let budget = slot.task.maxTurns
+        if budget > 0 && slot.task.turnsCompleted >= budget { return }
         let before = slot.task.turnsCompleted
         slot.task.turnsCompleted += 1
+        if budget == 0, let last = slot.lastTurnEventAt, now - last < configuration.progressIntervalMs {
+            slot.turnEventPending = true
+            slots[id] = slot
+            pendingTurnEvents.insert(id)
+            return
+        }
+        emitTurn(&slot, now: now, effects: &effects)
         slots[id] = slot
-        var event = taskEvent(.taskTurn, slot.task, now: now)
-        event.turn = slot.task.turnsCompleted
-        effects.changes.tasks.append(.turns(id, turnsCompleted: slot.task.turnsCompleted))
-        effects.changes.events.append(event)
         let moved = batch.record.progress.recordTurn(turnsBefore: before)
         batches[batch.record.id] = batch
         if moved {
             effects.changes.batches[batch.record.id] = batch.snapshot
             noteProgress(batch.record.id, now: now, effects: &effects)
         }
+    }
+
+    private mutating func emitTurn(_ slot: inout TaskSlot, now: Milliseconds, effects: inout Effects) {
+        slot.lastTurnEventAt = now
+        slot.turnEventPending = false
+        pendingTurnEvents.remove(slot.task.id)
+        var event = taskEvent(.taskTurn, slot.task, now: now)
+        event.turn = slot.task.turnsCompleted
+        effects.changes.tasks.append(.turns(slot.task.id, turnsCompleted: slot.task.turnsCompleted))
+        effects.changes.events.append(event)
     }
 
     mutating func finish(_ id: TaskID, attempt: Int, outcome: AttemptOutcome, jitter: Double, now: Milliseconds, effects: inout Effects) {
@@ -336,8 +362,9 @@ struct SchedulerState {
             if let state = slot.interruptAs {
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
             } else {
-                // Shutdown: the task runs again when the daemon comes back; its attempt stays counted.
-                requeue(&slot, failure: nil, effects: &effects)
+                // Graceful shutdown: the task runs again when the daemon comes back, and the
+                // attempt it was on is given back (a crash instead counts it, see recovery).
+                requeue(&slot, failure: nil, releasing: true, effects: &effects)
             }
         case .failed(let failure):
             if let retryAfter = failure.retryAfterMs, retryAfter > 0 {
@@ -385,8 +412,13 @@ struct SchedulerState {
     }
 
     /// Back to pending, at the front of its source's window.
-    private mutating func requeue(_ slot: inout TaskSlot, failure: TaskFailure?, effects: inout Effects) {
+    private mutating func requeue(_ slot: inout TaskSlot, failure: TaskFailure?, releasing: Bool = false, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
+        if slot.turnEventPending {
+            // No clock here: the count is kept with the task; its event is simply not sent.
+            effects.changes.tasks.append(.turns(slot.task.id, turnsCompleted: slot.task.turnsCompleted))
+            pendingTurnEvents.remove(slot.task.id)
+        }
         batch.record.counters.move(from: slot.state, to: .pending)
         if slot.state == .retryWait { retryWaitCount -= 1 }
         pendingCount += 1
@@ -394,7 +426,12 @@ struct SchedulerState {
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
-        effects.changes.tasks.append(.requeued(slot.task.id, state: .pending, failure: failure))
+        if releasing {
+            slot.task.attempt -= 1
+            effects.changes.tasks.append(.released(slot.task.id))
+        } else {
+            effects.changes.tasks.append(.requeued(slot.task.id, state: .pending, failure: failure))
+        }
         effects.changes.batches[batch.record.id] = batch.snapshot
 
         let key = SourceKey(batchID: slot.task.batchID, agent: slot.task.agent)
@@ -416,6 +453,8 @@ struct SchedulerState {
     private mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
                                 now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
+        // The last count of coalesced turns goes out before the task's terminal event.
+        if slot.turnEventPending { emitTurn(&slot, now: now, effects: &effects) }
         if slot.state == .retryWait { retryWaitCount -= 1 }
         batch.record.counters.move(from: slot.state, to: state)
         batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
@@ -616,8 +655,18 @@ struct SchedulerState {
         batches[id] = batch
     }
 
-    /// Emits the coalesced progress events that are due.
+    /// Emits the coalesced progress and turn events that are due.
     mutating func flushProgress(now: Milliseconds, effects: inout Effects) {
+        for id in pendingTurnEvents {
+            guard var slot = slots[id], slot.turnEventPending else {
+                pendingTurnEvents.remove(id)
+                continue
+            }
+            if now - (slot.lastTurnEventAt ?? now) >= configuration.progressIntervalMs {
+                emitTurn(&slot, now: now, effects: &effects)
+                slots[id] = slot
+            }
+        }
         for (id, batch) in batches where batch.progressDirty && now - batch.lastProgressAt >= configuration.progressIntervalMs {
             noteProgress(id, now: now, effects: &effects)
         }
@@ -625,12 +674,13 @@ struct SchedulerState {
 
     func taskEvent(_ kind: EventKind, _ task: RunnableTask, now: Milliseconds) -> EventRecord {
         EventRecord(kind: kind, timestamp: now, ownerID: task.ownerID, batchID: task.batchID, taskID: task.id,
-                    customID: task.customID, parentTaskID: task.parentTaskID, attempt: task.attempt)
+                    customID: task.customID, parentTaskID: task.parentTaskID, attempt: task.attempt,
+                    creatorUID: batches[task.batchID]?.record.creatorUID)
     }
 
     func batchEvent(_ kind: EventKind, _ batch: BatchRecord, now: Milliseconds) -> EventRecord {
         EventRecord(kind: kind, timestamp: now, ownerID: batch.ownerID, batchID: batch.id, parentTaskID: batch.parentTaskID,
-                    progress: batch.progress.percent, counters: batch.counters)
+                    progress: batch.progress.percent, counters: batch.counters, creatorUID: batch.creatorUID)
     }
 }
 

@@ -159,11 +159,11 @@ final class FanoutService: Sendable {
     func subscribe(_ request: SubscribeRequest, peer: PeerCredentials) async throws -> EventStream {
         if request.batchID != 0 {
             _ = try await authorizedBatch(request.batchID, peer: peer)
-        } else if request.ownerID.isEmpty && !peer.isAdmin {
-            throw FanoutError.invalidArgument("owner_id or batch_id is required to subscribe")
         }
+        // An empty owner means every owner; a non-admin peer sees only its own uid's batches either way.
         let filter = EventFilter(ownerID: request.ownerID, kinds: Set(request.eventTypes.compactMap(EventKind.init)),
-                                 batchID: request.batchID == 0 ? nil : BatchID(clamping: request.batchID))
+                                 batchID: request.batchID == 0 ? nil : BatchID(clamping: request.batchID),
+                                 creatorUID: peer.isAdmin ? nil : peer.uid)
         return scheduler.subscribe(filter, since: EventSequence(clamping: request.since), follow: request.follow,
                                    bufferSize: configuration.subscriberBuffer)
     }

@@ -12,6 +12,9 @@ public struct ChangeSet: Sendable {
 
     public var isEmpty: Bool { tasks.isEmpty && batches.isEmpty && events.isEmpty }
 
+    /// Rows this group writes.
+    public var count: Int { tasks.count + batches.count + events.count }
+
     public mutating func merge(_ other: ChangeSet) {
         tasks.append(contentsOf: other.tasks)
         batches.merge(other.batches) { _, new in new }
@@ -24,6 +27,8 @@ public enum TaskChange: Sendable, Hashable {
     case turns(TaskID, turnsCompleted: Int)
     /// Back to `pending` or into `retry_wait`, keeping the attempt count.
     case requeued(TaskID, state: TaskState, failure: TaskFailure?)
+    /// Back to `pending` at a graceful shutdown, the attempt it was on given back.
+    case released(TaskID)
     case finished(TaskID, state: TaskState, result: [UInt8]?, failure: TaskFailure?, turnsCompleted: Int, at: Milliseconds)
 }
 

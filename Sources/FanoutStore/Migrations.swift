@@ -88,6 +88,11 @@ enum Migrations {
         migrator.registerMigration("v3: a batch's closing intent survives a restart") { db in
             try db.execute(sql: "ALTER TABLE batches ADD COLUMN closing TEXT")
         }
+        migrator.registerMigration("v4: events carry their batch's uid; tasks count crashes") { db in
+            // Events written before have no uid: only admins see them (they may belong to anyone).
+            try db.execute(sql: "ALTER TABLE events ADD COLUMN creator_uid INTEGER")
+            try db.execute(sql: "ALTER TABLE tasks ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 }

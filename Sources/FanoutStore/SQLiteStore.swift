@@ -116,7 +116,7 @@ public final class SQLiteStore: Store {
                         planned[start.index] = nil
                         startsFolded[index] = (start.attempt, start.at)
                     }
-                case let .turns(id, _), let .requeued(id, _, _):
+                case let .turns(id, _), let .requeued(id, _, _), let .released(id):
                     openStarts[id] = nil
                 }
             }
@@ -150,15 +150,16 @@ public final class SQLiteStore: Store {
             stored.reserveCapacity(changes.events.count)
             let insertEvent = try db.cachedStatement(sql: """
                 INSERT INTO events (kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress,
-                                    counters, attempt, turn, retry_delay_ms, error_message, error_code, error_retryable)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                    counters, attempt, turn, retry_delay_ms, error_message, error_code, error_retryable,
+                                    creator_uid)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
             for var event in changes.events {
                 let counters = try event.counters.map { try String(decoding: JSONEncoder().encode($0), as: UTF8.self) }
                 try insertEvent.execute(arguments: [
                     event.kind.rawValue, event.timestamp, event.ownerID, event.batchID, event.taskID, event.customID,
                     event.parentTaskID, event.progress, counters, event.attempt, event.turn, event.retryDelayMs,
-                    event.failure?.message, event.failure?.code, event.failure?.retryable,
+                    event.failure?.message, event.failure?.code, event.failure?.retryable, event.creatorUID.map { Int64($0) },
                 ])
                 event.sequence = db.lastInsertedRowID
                 stored.append(event)
@@ -175,6 +176,10 @@ public final class SQLiteStore: Store {
         case let .turns(id, turns):
             try db.cachedStatement(sql: "UPDATE tasks SET turns_completed = ? WHERE id = ?")
                 .execute(arguments: [turns, id])
+        case let .released(id):
+            // A graceful stop is not the task's fault: the attempt it was on is given back.
+            try db.cachedStatement(sql: "UPDATE tasks SET state = 'pending', attempt = max(attempt - 1, 0) WHERE id = ?")
+                .execute(arguments: [id])
         case let .requeued(id, state, failure):
             try db.cachedStatement(sql: """
                 UPDATE tasks SET state = ?, error_message = ?, error_code = ?, error_retryable = ? WHERE id = ?
@@ -194,14 +199,36 @@ public final class SQLiteStore: Store {
             // A batch still being received when the daemon stopped was never accepted: it goes.
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')")
             try db.execute(sql: "DELETE FROM batches WHERE state = 'staging'")
-            // A task that was running when the daemon stopped runs again; its attempt was already counted.
-            // Only active batches can hold such tasks; looking there keeps start-up
-            // independent of how much finished history the database holds.
-            try db.execute(sql: """
-                UPDATE tasks SET state = 'pending'
-                WHERE batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing'))
-                  AND state IN ('running', 'retry_wait')
+            // A task found running was cut short by a crash (a graceful stop releases its tasks first):
+            // that attempt counts, so a task that kills the daemon cannot run for ever. With attempts
+            // left it runs again; without, it fails saying so. Only active batches can hold such tasks;
+            // looking there keeps start-up independent of how much finished history the database holds.
+            let active = "batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing'))"
+            try db.execute(sql: "UPDATE tasks SET crashes = crashes + 1 WHERE \(active) AND state = 'running'")
+            let exhausted = try Row.fetchAll(db, sql: """
+                SELECT t.id, t.batch_id, t.custom_id, t.attempt, t.max_attempts, t.crashes, t.parent_task_id,
+                       b.owner_id, b.creator_uid
+                FROM tasks t JOIN batches b ON b.id = t.batch_id
+                WHERE t.\(active) AND t.state = 'running' AND t.attempt >= t.max_attempts
                 """)
+            var interrupted: [EventRecord] = []
+            for row in exhausted {
+                let crashes: Int = row["crashes"], maxAttempts: Int = row["max_attempts"]
+                let failure = TaskFailure(
+                    message: "fanoutd stopped unexpectedly while this task was running, \(crashes) time(s); "
+                        + "its \(maxAttempts) attempt(s) are used up (max_attempts)",
+                    code: "interrupted", retryable: false)
+                try db.execute(sql: """
+                    UPDATE tasks SET state = 'failed', error_message = ?, error_code = ?, error_retryable = 0, finished_at = ?
+                    WHERE id = ?
+                    """, arguments: [failure.message, failure.code, now, row["id"] as Int64])
+                let creator: Int64 = row["creator_uid"]
+                interrupted.append(EventRecord(
+                    kind: .taskFailed, timestamp: now, ownerID: row["owner_id"], batchID: row["batch_id"], taskID: row["id"],
+                    customID: row["custom_id"], parentTaskID: row["parent_task_id"], attempt: row["attempt"], failure: failure,
+                    creatorUID: UInt32(truncatingIfNeeded: creator)))
+            }
+            try db.execute(sql: "UPDATE tasks SET state = 'pending' WHERE \(active) AND state IN ('running', 'retry_wait')")
             let requeued = db.changesCount
             // Counters and progress are recomputed from the task rows, the source of truth.
             try db.execute(sql: """
@@ -228,7 +255,8 @@ public final class SQLiteStore: Store {
                 """) {
                 pendingAgents[row["batch_id"], default: []].append(row["agent"])
             }
-            return RecoveredState(activeBatches: batches, pendingAgents: pendingAgents, requeued: requeued)
+            return RecoveredState(activeBatches: batches, pendingAgents: pendingAgents, requeued: requeued,
+                                  interruptedFailures: interrupted)
         }
     }
 
@@ -392,6 +420,10 @@ public final class SQLiteStore: Store {
             sql += " AND batch_id = ?"
             arguments += [batchID]
         }
+        if let creatorUID = filter.creatorUID {
+            sql += " AND creator_uid = ?"
+            arguments += [Int64(creatorUID)]
+        }
         if !filter.kinds.isEmpty {
             sql += " AND kind IN (\(filter.kinds.map { _ in "?" }.joined(separator: ",")))"
             arguments += StatementArguments(filter.kinds.map(\.rawValue))
@@ -507,6 +539,7 @@ public final class SQLiteStore: Store {
             ownerID: row["owner_id"], batchID: row["batch_id"], taskID: row["task_id"], customID: row["custom_id"],
             parentTaskID: row["parent_task_id"], progress: row["progress"],
             counters: countersJSON.flatMap { try? JSONDecoder().decode(BatchCounters.self, from: Data($0.utf8)) },
-            attempt: row["attempt"], turn: row["turn"], retryDelayMs: row["retry_delay_ms"], failure: failure(from: row))
+            attempt: row["attempt"], turn: row["turn"], retryDelayMs: row["retry_delay_ms"], failure: failure(from: row),
+            creatorUID: (row["creator_uid"] as Int64?).map { UInt32(truncatingIfNeeded: $0) })
     }
 }

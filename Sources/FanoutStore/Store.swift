@@ -98,6 +98,8 @@ public struct RecoveredState: Sendable {
     public var pendingAgents: [BatchID: [String]]
     /// Tasks found `running` or `retry_wait` and put back to `pending`.
     public var requeued: Int
+    /// `task_failed` events, not yet stored, for tasks a crash cut short on their last attempt.
+    public var interruptedFailures: [EventRecord] = []
 }
 
 public struct ReopenedBatch: Sendable {

@@ -72,10 +72,11 @@ import Testing
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             let progress = checkProgressStream(events)
             #expect(distinct(progress) == steps(8))
-            #expect(events.filter { $0.kind == .taskTurn }.count == 12)
+            // Turns past max_turns are ignored: no event, not counted.
+            #expect(events.filter { $0.kind == .taskTurn }.count == 8)
             let stored = try #require(try store.batch(batch.id))
             #expect(stored.progress.units == 8)
-            #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).map(\.turnsCompleted) == [6, 6])
+            #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).map(\.turnsCompleted) == [4, 4])
         }
     }
 

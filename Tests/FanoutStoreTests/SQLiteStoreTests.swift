@@ -246,21 +246,26 @@ import Testing
             _ = try store.commit(finish)
 
             let recovered = try store.recover(now: 100)
-            #expect(recovered.requeued == 2)
+            // t2 was running on its last attempt (2 of 2): the crash used it up, so it fails, with an event.
+            #expect(recovered.requeued == 1)
+            #expect(recovered.interruptedFailures.map(\.taskID) == [ids[2]])
+            #expect(recovered.interruptedFailures.first?.kind == .taskFailed)
+            #expect(recovered.interruptedFailures.first?.failure?.code == "interrupted")
+            #expect(recovered.interruptedFailures.first?.creatorUID == 1000)
             #expect(recovered.activeBatches.map(\.id) == [inserted.batch.id])
             let batch = try #require(recovered.activeBatches.first)
             #expect(batch.state == .processing)
             #expect(batch.counters.total == 6)
-            #expect(batch.counters.pending == 3)
+            #expect(batch.counters.pending == 2)
             #expect(batch.counters.running == 0)
             #expect(batch.counters.retryWait == 0)
             #expect(batch.counters.waitingChildren == 0)
             #expect(batch.counters.completed == 1)
-            #expect(batch.counters.failed == 1)
+            #expect(batch.counters.failed == 2)
             #expect(batch.counters.cancelled == 1)
             #expect(batch.counters.expired == 0)
-            #expect(batch.progress.units == 18) // 4 + 4 + 2 + 4 + 4 + 0
-            #expect(batch.progress.percent == 75)
+            #expect(batch.progress.units == 20) // 4 + 4 + 4 + 4 + 4 + 0
+            #expect(abs(batch.progress.percent - 100.0 * 20 / 24) < 1e-9)
             #expect(try store.batch(inserted.batch.id) == batch)
 
             // Pending again, in id order, keeping attempts and turns; read as the scheduler's window reads them.
@@ -269,15 +274,18 @@ import Testing
             // The window comes in (priority desc, id) order.
             #expect(window.map(\.priority) == window.map(\.priority).sorted(by: >))
             let runnable = window.sorted { $0.id < $1.id }
-            #expect(runnable.map(\.id) == [ids[2], ids[3], ids[5]])
-            #expect(runnable.map(\.attempt) == [2, 1, 0])
-            #expect(runnable.map(\.turnsCompleted) == [2, 5, 0])
+            #expect(runnable.map(\.id) == [ids[3], ids[5]])
+            #expect(runnable.map(\.attempt) == [1, 0])
+            #expect(runnable.map(\.turnsCompleted) == [5, 0])
             #expect(runnable.allSatisfy { $0.ownerID == "alice" && $0.batchID == inserted.batch.id })
-            #expect(runnable.map(\.customID) == ["t2", "t3", "t5"])
+            #expect(runnable.map(\.customID) == ["t3", "t5"])
             #expect(runnable[0].maxAttempts == 2)
             #expect(runnable[0].timeoutMs == 500)
             #expect(runnable[0].maxTurns == 4)
-            #expect(try store.task(ids[2], includePayload: false)?.state == .pending)
+            let crashed = try #require(try store.task(ids[2], includePayload: false))
+            #expect(crashed.state == .failed)
+            #expect(crashed.attempt == 2)
+            #expect(crashed.failure?.message.contains("stopped unexpectedly while this task was running, 1 time(s)") == true)
             #expect(try store.task(ids[3], includePayload: false)?.state == .pending)
 
             let untouched = try #require(try store.batch(done.batch.id))
