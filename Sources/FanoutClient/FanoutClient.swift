@@ -37,12 +37,17 @@ public final class FanoutClient: Sendable {
     }
 
     /// Connects and performs the handshake.
+    ///
+    /// - Parameter trustedSocketOwners: whose socket file to accept; by default
+    ///   the caller's own uid or root's (see `SocketOwnerPolicy`).
     public static func connect(
         socketPath: String = FanoutClient.defaultSocketPath,
         clientName: String = "fanout-swift",
         maxFrameBytes: Int = 64 * 1024 * 1024,
+        trustedSocketOwners: SocketOwnerPolicy = .fromEnvironment(ProcessInfo.processInfo.environment),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> FanoutClient {
+        try trustedSocketOwners.check(socketPath)
         let connection = try await ClientConnection.connect(socketPath: socketPath, maxFrameBytes: maxFrameBytes, group: group)
         do {
             let (_, frames) = try await connection.open(.hello(Hello(clientName: clientName)), streamID: 0)

@@ -14,6 +14,7 @@ enum SocketFile {
         guard path.utf8.count <= maxPathBytes else {
             throw FanoutError.invalidArgument("socket path is \(path.utf8.count) bytes; Unix sockets allow at most \(maxPathBytes): \(path)")
         }
+        try checkFolder(of: path)
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         guard (info.st_mode & S_IFMT) == S_IFSOCK else {
@@ -23,6 +24,30 @@ enum SocketFile {
             throw FanoutError.failedPrecondition("another fanoutd is already listening on \(path)")
         }
         unlink(path)
+    }
+
+    /// Refuses a folder where another user could put their own socket in place
+    /// of the daemon's: it must belong to the daemon's uid (or be a root-owned
+    /// sticky folder such as /tmp, where nobody can replace another's file),
+    /// and no one else may write to it.
+    static func checkFolder(of path: String) throws {
+        let folder = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let directory = folder.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : folder
+        var info = stat()
+        guard stat(directory, &info) == 0 else {
+            throw FanoutError.failedPrecondition("the socket folder \(directory) cannot be read: \(String(cString: strerror(errno)))")
+        }
+        let me = geteuid()
+        let othersMayWrite = info.st_mode & (S_IWGRP | S_IWOTH) != 0
+        let sticky = info.st_mode & S_ISVTX != 0
+        if info.st_uid == me && !othersMayWrite { return }
+        if info.st_uid == 0 && sticky { return }
+        if info.st_uid != me && info.st_uid != 0 {
+            throw FanoutError.failedPrecondition("the socket folder \(directory) belongs to uid \(info.st_uid), not to this daemon's uid \(me); "
+                + "another user could replace the socket. Use a folder of your own (--socket)")
+        }
+        throw FanoutError.failedPrecondition("the socket folder \(directory) is writable by other users (mode \(String(info.st_mode & 0o7777, radix: 8))); "
+            + "another user could replace the socket. Make it private (chmod go-w) or use another folder (--socket)")
     }
 
     /// Whether something accepts connections on the socket.

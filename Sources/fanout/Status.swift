@@ -132,14 +132,14 @@ struct Events: AsyncParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
 
-    @Option(help: "The owner whose events to show.")
-    var owner: String
+    @Option(help: "The owner whose events to show (default: every owner whose batches you may see).")
+    var owner: String?
 
     @Option(help: "Only this batch's events.")
-    var batch: UInt64 = 0
+    var batch: UInt64?
 
     @Option(help: "Start after this sequence number.")
-    var since: UInt64 = 0
+    var since: UInt64?
 
     @Option(help: "Only these event types, comma-separated (e.g. batch_progress,task_failed).")
     var type: String?
@@ -157,7 +157,7 @@ struct Events: AsyncParsableCommand {
         }
         let client = try await connection.connect()
         defer { Task { await client.close() } }
-        var cursor = since
+        var cursor = since ?? 0
         while true {
             do {
                 for try await event in client.subscribe(ownerID: owner, eventTypes: types, batchID: batch, since: cursor, follow: follow) {

@@ -42,33 +42,7 @@ enum FanoutCLI {
     /// Runs `fanout arguments…`; returns its exit status and what it printed (stdout, stderr).
     static func run(_ arguments: [String], timeoutSeconds: Double = 20) async throws -> (status: Int32, out: String, err: String) {
         let executable = try #require(path, "fanout not found next to fanoutd; build it with `swift build --build-tests`")
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fanout-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let outPath = directory.appendingPathComponent("out").path, errPath = directory.appendingPathComponent("err").path
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("FANOUT_") }
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-        try process.run()
-        let deadline = ContinuousClock.now + .seconds(timeoutSeconds)
-        while process.isRunning {
-            if ContinuousClock.now > deadline {
-                process.terminate()
-                process.waitUntilExit()
-                Issue.record("fanout \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
-                break
-            }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let out = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        return (process.terminationStatus, out, err)
+        return try await ChildProcess.run(executable, arguments, timeoutSeconds: timeoutSeconds)
     }
 }
 

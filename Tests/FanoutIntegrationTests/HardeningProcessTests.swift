@@ -1,0 +1,216 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import FanoutClient
+import FanoutWire
+import Foundation
+import Testing
+
+/// Regression tests for the hardening issue, through the real `fanoutd`
+/// process and socket: a task that would exhaust it, a task that kills it,
+/// another local user, and the socket's folder.
+@Suite struct HardeningProcessTests {
+    private static func flags(_ directory: String, _ extra: [String] = []) -> [String] {
+        ["--socket", directory + "/d.sock", "--db", directory + "/fanout.db"] + extra
+    }
+
+    @Test("a task asking echo for a billion turns fails at once; fanoutd keeps answering within a second")
+    func billionTurns() async throws {
+        try await withTemporaryDirectory { directory in
+            let socket = directory + "/d.sock"
+            try await withDaemonProcess(Self.flags(directory), logPath: directory + "/fanoutd.log") { daemon in
+                try await daemon.waitUntilListening(socket)
+                try await withClient(socket) { client in
+                    let batch = try await client.enqueueBatch(ownerID: "x", agent: "echo", tasks: [
+                        TaskSpec(customID: "poison", payload: Array(#"{"turns":1000000000}"#.utf8)),
+                        TaskSpec(customID: "slow-poison", payload: Array(#"{"turns":100000,"delay_ms":0}"#.utf8)),
+                    ])
+                    for _ in 0..<10 {
+                        let started = ContinuousClock.now
+                        _ = try await client.serverInfo()
+                        #expect(ContinuousClock.now - started < .seconds(1))
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                    _ = try await withDeadline(.seconds(30)) { try await events(of: batch.id, owner: "x", on: client, since: 0) }
+                    var results: [String: TaskResult] = [:]
+                    for try await result in client.results(batchID: batch.id) { results[result.customID] = result }
+                    #expect(results["poison"]?.status == .failed)
+                    #expect(results["poison"]?.error?.code == "invalid_payload")
+                    #expect(results["slow-poison"]?.status == .failed)
+                }
+                #expect(daemon.isRunning)
+            }
+        }
+    }
+
+    @Test("a task that is running whenever fanoutd dies fails once its attempts are used up, saying so")
+    func crashesCountAsAttempts() async throws {
+        try await withTemporaryDirectory { directory in
+            let socket = directory + "/d.sock"
+            let config = directory + "/fanout.json"
+            try #"{"agents": [{"name": "echo", "runner": "echo", "max_attempts": 2}]}"#.write(toFile: config, atomically: true, encoding: .utf8)
+            let arguments = Self.flags(directory, ["--config", config])
+            var batchID: UInt64 = 0
+            for life in 1...3 {
+                let daemon = try DaemonProcess(arguments: arguments, logPath: directory + "/life\(life).log")
+                defer { daemon.kill() }
+                try await daemon.waitUntilListening(socket)
+                if life == 1 {
+                    batchID = try await withClient(socket) { client in
+                        try await client.enqueueBatch(ownerID: "x", agent: "echo", tasks: [
+                            TaskSpec(customID: "killer", payload: Array(#"{"delay_ms":600000}"#.utf8)),
+                        ]).id
+                    }
+                }
+                let batchID = batchID
+                try await withClient(socket) { client in
+                    if life < 3 {
+                        // Running again after each restart, on its next attempt.
+                        try await withDeadline(.seconds(20)) {
+                            while true {
+                                let task = try await client.results(batchID: batchID).first { _ in true }
+                                #expect(task == nil, "the task finished early: \(String(describing: task))")
+                                let batch = try await client.batch(batchID)
+                                if batch.counts.running == 1 { return }
+                                try await Task.sleep(for: .milliseconds(20))
+                            }
+                        }
+                        return
+                    }
+                    // Third life: the second crash used up the last attempt.
+                    let info = try await withDeadline(.seconds(20)) {
+                        while true {
+                            let batch = try await client.batch(batchID)
+                            if batch.status == .completed { return batch }
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                    }
+                    #expect(info.counts.failed == 1)
+                    let result = try #require(try await client.results(batchID: batchID).first { _ in true })
+                    #expect(result.status == .failed)
+                    #expect(result.attempt == 2)
+                    #expect(result.error?.code == "interrupted")
+                    #expect(result.error?.message.contains("2 time(s)") == true, "\(String(describing: result.error))")
+                    let failed = try await client.subscribe(eventTypes: [.taskFailed], batchID: batchID, since: 0, follow: false)
+                        .reduce(into: [Event]()) { $0.append($1) }
+                    #expect(failed.count == 1)
+                }
+                if life < 3 { daemon.kill() }
+            }
+        }
+    }
+
+    // MARK: Another local user
+
+    /// `fanout` run as uid 65534 through setpriv.
+    private static func asNobody(_ arguments: [String], timeoutSeconds: Double = 20) async throws -> (status: Int32, out: String, err: String) {
+        let cli = try #require(FanoutCLI.path)
+        return try await ChildProcess.run("/usr/bin/setpriv",
+                                          ["--reuid=65534", "--regid=65534", "--clear-groups", cli] + arguments,
+                                          timeoutSeconds: timeoutSeconds)
+    }
+
+    private static func batchIDs(inJSONLines text: String) -> Set<UInt64> {
+        Set(text.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["batch_id"] as? UInt64
+                ?? ((try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["batch_id"] as? Int).map(UInt64.init)
+        })
+    }
+
+    @Test("another uid sees only its own events: replayed, live, owner-wide and with an empty owner",
+          .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func eventsAreIsolatedByUID() async throws {
+        try await withTemporaryDirectory { directory in
+            // Others must reach the socket: the folder is traversable and the socket open to all.
+            chmod(directory, 0o755)
+            let socket = directory + "/d.sock"
+            try await withDaemonProcess(Self.flags(directory, ["--socket-mode", "0666"]), logPath: directory + "/fanoutd.log") { daemon in
+                try await daemon.waitUntilListening(socket)
+                let input = directory + "/in.jsonl"
+                try #"{"custom_id": "mine", "payload": "x"}"#.write(toFile: input, atomically: true, encoding: .utf8)
+                chmod(input, 0o644)
+                let rootBefore = try await withClient(socket) { client in
+                    try await client.enqueueBatch(ownerID: "shared", agent: "echo", tasks: [TaskSpec(customID: "secret-of-root", payload: [1])])
+                }
+                // A follower as the other user, started before more work arrives.
+                let cli = try #require(FanoutCLI.path)
+                let follower = try BackgroundProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", cli,
+                                                                          "events", "--owner", "shared", "--follow", "--json", "--socket", socket],
+                                                     logPrefix: directory + "/follower")
+                defer { follower.stop() }
+                try await Task.sleep(for: .milliseconds(300))
+                let mine = try await Self.asNobody(["submit", input, "--agent", "echo", "--owner", "shared", "--watch", "--socket", socket])
+                #expect(mine.status == 0, "\(mine.err)")
+                let myBatch = try #require(UInt64(mine.out.trimmingCharacters(in: .whitespacesAndNewlines)), "\(mine.out)")
+                let rootAfter = try await withClient(socket) { client in
+                    let batch = try await client.enqueueBatch(ownerID: "shared", agent: "echo", tasks: [TaskSpec(customID: "root-2", payload: [2])])
+                    _ = try await events(of: batch.id, owner: "shared", on: client, since: 0)
+                    return batch
+                }
+                try await Task.sleep(for: .milliseconds(300))
+                follower.stop()
+                let live = Self.batchIDs(inJSONLines: follower.output)
+                #expect(live == [myBatch], "live events of other batches reached uid 65534: \(follower.output)")
+
+                for owner in [["--owner", "shared"], []] {
+                    let replay = try await Self.asNobody(["events", "--json", "--socket", socket] + owner)
+                    #expect(replay.status == 0, "\(replay.err)")
+                    #expect(Self.batchIDs(inJSONLines: replay.out) == [myBatch], "replay \(owner): \(replay.out)")
+                    #expect(!replay.out.contains("secret-of-root") && !replay.out.contains("root-2"))
+                }
+                let denied = try await Self.asNobody(["events", "--batch", "\(rootBefore.id)", "--json", "--socket", socket])
+                #expect(denied.status != 0)
+                #expect(denied.err.contains("PERMISSION_DENIED"), "\(denied.err)")
+                // Root, the daemon's own user, sees everything.
+                let all = try await withClient(socket) { client in
+                    try await client.subscribe(ownerID: "shared", follow: false).reduce(into: Set<UInt64>()) { $0.insert($1.batchID) }
+                }
+                #expect(all == [rootBefore.id, myBatch, rootAfter.id])
+            }
+        }
+    }
+
+    // MARK: The socket's folder
+
+    @Test("fanoutd refuses a socket folder another user owns, or that others can write")
+    func unsafeSocketFolders() async throws {
+        try await withTemporaryDirectory { directory in
+            let theirs = directory + "/theirs"
+            try FileManager.default.createDirectory(atPath: theirs, withIntermediateDirectories: false)
+            if getuid() == 0 {
+                chown(theirs, 65534, 65534)
+                try await withDaemonProcess(["--socket", theirs + "/d.sock", "--db", directory + "/a.db"], logPath: directory + "/a.log") { daemon in
+                    let status = await daemon.waitForExit(seconds: 15)
+                    #expect(status != nil && status != 0)
+                    #expect(daemon.output.contains("belongs to uid 65534"), "\(daemon.output)")
+                }
+            }
+            let open = directory + "/open"
+            try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: false)
+            chmod(open, 0o777)
+            try await withDaemonProcess(["--socket", open + "/d.sock", "--db", directory + "/b.db"], logPath: directory + "/b.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 15)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("writable by other users"), "\(daemon.output)")
+            }
+        }
+    }
+
+    @Test("a client refuses a socket that belongs to another uid unless told to trust it",
+          .enabled(if: getuid() == 0))
+    func clientChecksTheSocketOwner() async throws {
+        try await withTestDaemon { daemon in
+            chown(daemon.socketPath, 65534, 65534)
+            let error = await caughtClientError {
+                _ = try await FanoutClient.connect(socketPath: daemon.socketPath, trustedSocketOwners: .selfOrRoot)
+            }
+            #expect(error?.code == .permissionDenied)
+            #expect(error?.message.contains("FANOUT_SOCKET_OWNERS=65534") == true, "\(String(describing: error))")
+            let trusted = try await FanoutClient.connect(socketPath: daemon.socketPath, trustedSocketOwners: .uids([65534]))
+            try await expectClientWorks(trusted)
+            await trusted.close()
+        }
+    }
+}
