@@ -15,7 +15,8 @@ help:
 	@echo "  make test         proto-check, Swift tests, then the C client's tests (if clients/c exists)"
 	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
 	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd"
-	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default)"
+	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default;"
+	@echo "                    SUBSCRIBER_SIZES=\"50000\" run alone and with a following subscriber, \"none\" to skip)"
 	@echo "  make clean        remove .build"
 	@echo "Variables: SWIFT=$(SWIFT)"
 
@@ -51,13 +52,14 @@ demo: deps
 # Benchmarks/results/latest.json. Every size is bounded by a timeout, after
 # which the daemon is stopped and the size reported as timed out.
 SIZES ?= 100000 1000000
+SUBSCRIBER_SIZES ?= 50000
 BENCH_TIMEOUT ?=
 
 bench: deps
 	$(SWIFT) build -c release
 	$(SWIFT) build -c release --package-path Benchmarks --product FanoutBench
 	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutBench" \
-		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" \
+		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
 		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT))
 
 clean:

@@ -19,6 +19,10 @@ final class CommitQueue: Sendable {
         var closed = false
         /// Producers waiting for the queue to shrink below `maxQueuedChanges`.
         var roomWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Set while commits fail (disk full, I/O error): since when, and why.
+        var failing: StoreFailure?
+        /// Events written since trimming last paused for a commit.
+        var eventsSinceTrimSlice = 0
     }
 
     private let store: any Store
@@ -27,15 +31,22 @@ final class CommitQueue: Sendable {
     let retention: EventRetention
     /// Producers that can wait (turn reports, window reads) do while more changes than this are queued.
     let maxQueuedChanges: Int
+    /// How long to wait before trying a failed commit again.
+    let retryBackoff: Backoff
     /// Wall-clock milliseconds; tests pass their own.
     private let now: @Sendable () -> Milliseconds
     private let state = Mutex(State())
+    /// SQLite's writes block: they run on a thread of their own, not on the
+    /// cooperative pool, where they would hold up every stream and runner.
+    private let writer = BlockingQueue(label: "fanout.commit")
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
     init(store: any Store, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
          retention: EventRetention = EventRetention(), maxQueuedChanges: Int = 20_000,
+         retryBackoff: Backoff = Backoff(baseMs: 50, maxMs: 2_000),
          now: @escaping @Sendable () -> Milliseconds = { Clock.now }) {
+        self.retryBackoff = retryBackoff
         self.maxQueuedChanges = max(1, maxQueuedChanges)
         self.store = store
         self.hub = hub
@@ -62,6 +73,9 @@ final class CommitQueue: Sendable {
         }
     }
 
+    /// Set while the store refuses commits; the loop retries them with backoff until it accepts them.
+    var storeFailure: StoreFailure? { state.withLock { $0.failing } }
+
     /// Changes waiting for the commit loop.
     var queuedChanges: Int { state.withLock { $0.pending.count } }
 
@@ -69,8 +83,10 @@ final class CommitQueue: Sendable {
     /// written, else when the commit loop has taken them. This is the
     /// backpressure for producers that can wait; decisions made under the
     /// scheduler's lock cannot, and are bounded by the concurrency limits.
-    func waitForRoom() async {
-        if state.withLock({ $0.closed || $0.pending.count < maxQueuedChanges }) { return }
+    /// Returns whether it waited.
+    @discardableResult
+    func waitForRoom() async -> Bool {
+        if state.withLock({ $0.closed || $0.pending.count < maxQueuedChanges }) { return false }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let hasRoom = state.withLock { state -> Bool in
                 if state.closed || state.pending.count < maxQueuedChanges { return true }
@@ -79,6 +95,7 @@ final class CommitQueue: Sendable {
             }
             if hasRoom { continuation.resume() }
         }
+        return true
     }
 
     /// Runs until `close()` and every queued change is written.
@@ -97,30 +114,48 @@ final class CommitQueue: Sendable {
         for await _ in wakeups {
             await flush()
             if state.withLock({ $0.closed && $0.pending.isEmpty && $0.callbacks.isEmpty }) { break }
-            if retention.isLimited && now() >= nextTrimAt {
+            let startedAt = now()
+            if retention.isLimited && startedAt >= nextTrimAt {
+                // Counted from the start: the trim's own hops to the writer thread do not delay the next one.
+                nextTrimAt = startedAt + interval
                 await trimEvents()
-                nextTrimAt = now() + interval
             }
         }
         await flush()
     }
 
-    /// Applies retention in bounded steps until nothing more is due.
+    /// Applies retention in bounded steps until nothing more is due. Steps run
+    /// back to back on the writer thread; once a commit is queued, it goes
+    /// first as soon as the steps have removed more events than were written
+    /// since the last slice, so trimming always gains on the writers.
     private func trimEvents() async {
         let cutoff = retention.maxAgeMs.map { now() - $0 }
         let step = max(1, retention.rowsPerStep)
         var total = 0
         while true {
-            let deleted: Int
+            let (deleted, more): (Int, Bool)
             do {
-                deleted = try store.trimEvents(keepingLast: retention.maxEvents, olderThan: cutoff, limit: step)
+                (deleted, more) = try await writer.run { [self] in
+                    var deleted = 0
+                    let quota = state.withLock { state in
+                        defer { state.eventsSinceTrimSlice = 0 }
+                        return state.eventsSinceTrimSlice + step
+                    }
+                    while true {
+                        let removed = try store.trimEvents(keepingLast: retention.maxEvents, olderThan: cutoff, limit: step)
+                        deleted += removed
+                        if removed < step { return (deleted, false) }
+                        let waiting = state.withLock { $0.closed || !$0.pending.isEmpty }
+                        if waiting && deleted >= quota { return (deleted, true) }
+                    }
+                }
             } catch {
                 // Retention is housekeeping: try again at the next interval.
                 logger.warning("event log trim failed", metadata: ["error": "\(error)"])
                 break
             }
             total += deleted
-            if deleted < step || state.withLock({ $0.closed }) { break }
+            if !more || state.withLock({ $0.closed }) { break }
             // Commits queued meanwhile go before the next step.
             await flush()
         }
@@ -152,24 +187,53 @@ final class CommitQueue: Sendable {
             // The queue is empty again: producers may fill it while this group is written.
             for waiter in waiters { waiter.resume() }
             if changes.isEmpty && callbacks.isEmpty { return }
-            var failures = 0
-            while true {
-                do {
-                    let events = try store.commit(changes)
-                    hub.publish(events)
-                    for callback in callbacks { callback(.success(())) }
-                    break
-                } catch {
-                    failures += 1
-                    // A full or locked disk may recover; the changes stay queued meanwhile.
-                    logger.error("store commit failed, retrying", metadata: ["error": "\(error)", "attempt": "\(failures)"])
-                    if failures >= 50 || state.withLock({ $0.closed }) {
-                        for callback in callbacks { callback(.failure(error)) }
-                        break
-                    }
-                    try? await Task.sleep(for: .milliseconds(min(100 * failures, 2_000)))
+            let outcome = await commitUntilDurable(changes)
+            for callback in callbacks { callback(outcome) }
+        }
+    }
+
+    /// Writes one group, retrying with backoff for as long as the store fails:
+    /// nothing is acknowledged or published before it is committed, and
+    /// nothing queued is dropped. Only a shutdown stops the retries (after
+    /// `retriesAfterClose`); what was not written then runs again after a
+    /// restart, as after a crash.
+    private func commitUntilDurable(_ changes: ChangeSet) async -> Result<Void, any Error> {
+        var failures = 0
+        while true {
+            do {
+                let events = try await writer.run { [store] in try store.commit(changes) }
+                state.withLock { $0.eventsSinceTrimSlice += events.count }
+                if failures > 0 {
+                    state.withLock { $0.failing = nil }
+                    logger.notice("the store accepts commits again", metadata: ["failed_attempts": "\(failures)"])
                 }
+                hub.publish(events)
+                return .success(())
+            } catch {
+                failures += 1
+                let closed = state.withLock { state -> Bool in
+                    if state.failing == nil { state.failing = StoreFailure(since: now(), message: "\(error)") }
+                    return state.closed
+                }
+                // Every failure at first, then now and then: a full disk can last.
+                if failures <= 3 || failures % 20 == 0 {
+                    logger.error("store commit failed; retrying", metadata: ["error": "\(error)", "attempt": "\(failures)"])
+                }
+                if closed && failures > Self.retriesAfterClose {
+                    logger.critical("shutting down with changes the store would not take; they are redone after a restart",
+                                    metadata: ["changes": "\(changes.count)"])
+                    return .failure(error)
+                }
+                try? await Task.sleep(for: .milliseconds(retryBackoff.delay(beforeAttempt: failures + 1, jitter: 1)))
             }
         }
     }
+
+    static let retriesAfterClose = 5
+}
+
+/// The store refuses commits: since when (wall-clock ms) and the first error.
+public struct StoreFailure: Sendable, Hashable {
+    public var since: Milliseconds
+    public var message: String
 }

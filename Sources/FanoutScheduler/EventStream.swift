@@ -52,26 +52,45 @@ public struct EventStream: AsyncSequence, Sendable {
 
     public func makeAsyncIterator() -> Iterator {
         let live = follow ? hub.subscribe(filter: filter, bufferSize: bufferSize) : nil
-        return Iterator(stream: self, live: live, liveIterator: live?.events.makeAsyncIterator(), cursor: since)
+        return Iterator(stream: self, live: live, cursor: since)
     }
 
     public struct Iterator: AsyncIteratorProtocol {
         let stream: EventStream
         let live: LiveSubscription?
-        var liveIterator: AsyncStream<EventRecord>.AsyncIterator?
+        var liveIterator: AsyncStream<[EventRecord]>.AsyncIterator?
         var cursor: EventSequence
-        var replay: [EventRecord] = []
-        var replayIndex = 0
+        /// Events read (a replay page or a live batch) and not handed out yet.
+        var buffered: [EventRecord] = []
+        var bufferedIndex = 0
         var replayDone = false
 
+        init(stream: EventStream, live: LiveSubscription?, cursor: EventSequence) {
+            self.stream = stream
+            self.live = live
+            liveIterator = live?.events.makeAsyncIterator()
+            self.cursor = cursor
+        }
+
         public mutating func next() async throws -> EventRecord? {
+            if bufferedIndex == buffered.count {
+                guard let batch = try await nextBatch() else { return nil }
+                buffered = batch
+                bufferedIndex = 0
+            }
+            defer { bufferedIndex += 1 }
+            return buffered[bufferedIndex]
+        }
+
+        /// The next events as they come: a replay page, or what one commit
+        /// published. Never empty; nil at the end. Lets a writer send a
+        /// whole group in one write.
+        public mutating func nextBatch() async throws -> [EventRecord]? {
+            if bufferedIndex < buffered.count {
+                defer { bufferedIndex = buffered.count }
+                return Array(buffered[bufferedIndex...])
+            }
             while !replayDone {
-                if replayIndex < replay.count {
-                    let event = replay[replayIndex]
-                    replayIndex += 1
-                    cursor = event.sequence
-                    return event
-                }
                 let upTo = live?.joinedAfter
                 let (store, filter, after) = (stream.store, stream.filter, cursor)
                 let page = try await offload { try store.eventPage(after: after, upTo: upTo, filter: filter, limit: EventStream.replayPage) }
@@ -79,23 +98,25 @@ public struct EventStream: AsyncSequence, Sendable {
                 if after > 0 && after < page.firstAvailable - 1 {
                     throw SubscriptionGap(after: after, firstAvailable: page.firstAvailable)
                 }
-                replay = page.events
-                replayIndex = 0
-                if replay.isEmpty {
-                    replayDone = true
-                    // Without follow, the replay reads up to whatever is stored now.
-                    if live == nil { return nil }
-                    if let upTo { cursor = Swift.max(cursor, upTo) }
+                if let last = page.events.last {
+                    cursor = last.sequence
+                    return page.events
                 }
+                replayDone = true
+                // Without follow, the replay reads up to whatever is stored now.
+                if live == nil { return nil }
+                if let upTo { cursor = Swift.max(cursor, upTo) }
             }
-            guard live != nil else { return nil }
-            while let event = await liveIterator?.next() {
-                guard event.sequence > cursor else { continue }
-                cursor = event.sequence
-                return event
+            guard let live else { return nil }
+            while let batch = await liveIterator?.next() {
+                live.backlog.taken(batch.count)
+                let fresh = batch.filter { $0.sequence > cursor }
+                guard let last = fresh.last else { continue }
+                cursor = last.sequence
+                return fresh
             }
-            // Everything buffered before the cut was delivered, so the client has all up to `cursor`.
-            if live?.lag.laggedAt != nil { throw SubscriptionLagged(lastSequence: cursor) }
+            // Everything queued before the cut was delivered, so the client has all up to `cursor`.
+            if live.backlog.laggedAt != nil { throw SubscriptionLagged(lastSequence: cursor) }
             return nil
         }
     }

@@ -32,6 +32,7 @@ extension Scheduler {
 
     /// Validates the batch header and its first chunk, and starts storing it.
     public func beginStagedBatch(_ header: NewBatch, firstTasks: [NewTask]) async throws -> StagedBatch {
+        try requireWritableStore()
         try BatchValidation.validateHeader(header, limits: limits)
         var tasks = firstTasks
         applyAgentDefaults(&tasks, batchAgent: header.agent)

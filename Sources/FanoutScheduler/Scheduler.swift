@@ -35,7 +35,7 @@ public final class Scheduler: Sendable {
         state = Mutex(SchedulerState(configuration: configuration, now: Clock.now))
         hub = EventHub(lastSequence: try store.lastEventSequence())
         commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention,
-                              maxQueuedChanges: configuration.maxChangesPerCommit)
+                              maxQueuedChanges: configuration.maxChangesPerCommit, retryBackoff: configuration.storeRetry)
     }
 
     // MARK: Life cycle
@@ -98,8 +98,24 @@ public final class Scheduler: Sendable {
 
     // MARK: Calls
 
+    /// Refuses new work while the store refuses commits: what is accepted must be recordable.
+    func requireWritableStore() throws {
+        if let failure = commits.storeFailure {
+            throw FanoutError.unavailable("the store cannot be written since \(Self.describe(failure.since)) (\(failure.message)); "
+                + "new work is refused until it recovers, which fanoutd notices by itself. Reads still work")
+        }
+    }
+
+    private static func describe(_ milliseconds: Milliseconds) -> String {
+        ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(milliseconds) / 1000))
+    }
+
+    /// The store refuses commits (nil when it is healthy).
+    public var storeFailure: StoreFailure? { commits.storeFailure }
+
     /// Validates, stores and admits a batch; returns once it is committed.
     public func enqueue(_ request: NewBatch) async throws -> InsertedBatch {
+        try requireWritableStore()
         var batch = request
         applyAgentDefaults(&batch.tasks, batchAgent: batch.agent)
         try BatchValidation.validate(batch, limits: limits, knownAgents: knownAgents)
@@ -133,6 +149,7 @@ public final class Scheduler: Sendable {
     /// Runs a finished batch's failed tasks again (and, if asked, its expired
     /// and cancelled ones), keeping its completed results.
     public func retryFailed(_ id: BatchID, includeExpired: Bool, includeCancelled: Bool) async throws -> (BatchRecord, Int) {
+        try requireWritableStore()
         var wanted: Set<TaskState> = [.failed]
         if includeExpired { wanted.insert(.expired) }
         if includeCancelled { wanted.insert(.cancelled) }
@@ -213,6 +230,8 @@ public final class Scheduler: Sendable {
         return value
     }
 
+    /// Waiters are woken whether the changes committed or the daemon gave up on
+    /// them at shutdown: they read the store next, which shows what is durable.
     private static func runAll(_ callbacks: [@Sendable () -> Void]) -> (@Sendable (Result<Void, any Error>) -> Void)? {
         guard !callbacks.isEmpty else { return nil }
         return { _ in
@@ -290,8 +309,9 @@ public final class Scheduler: Sendable {
                 reportTurn: { [weak self] in
                     guard let self else { return }
                     self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: Clock.now, effects: &effects) }
-                    // A runner reporting faster than commits land waits here instead of piling changes up.
-                    await self.commits.waitForRoom()
+                    // A runner reporting faster than commits land waits here instead of piling changes up,
+                    // and one reporting in a tight loop gives others the thread at each turn.
+                    if !(await self.commits.waitForRoom()) { await Task.yield() }
                 })
             let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
             return .succeeded(output)
@@ -349,7 +369,5 @@ func withAttemptTimeout<T: Sendable>(milliseconds: Int64, _ body: @escaping @Sen
 
 /// Runs blocking store work off the cooperative thread pool.
 func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
-    }
+    try await BlockingQueue.shared.run(work)
 }

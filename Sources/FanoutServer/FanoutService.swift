@@ -85,7 +85,7 @@ final class FanoutService: Sendable {
                              tasks: [NewTask(request.task, batchPriority: 0)])
         let inserted = try await scheduler.enqueue(batch)
         let id = inserted.taskIDs[0]
-        guard let task = try await blocking({ [store] in try store.task(id, includePayload: false) }) else {
+        guard let task = try await BlockingQueue.shared.run({ [store] in try store.task(id, includePayload: false) }) else {
             throw FanoutError(.internal, "task \(id) vanished after commit")
         }
         return TaskInfo(task)
@@ -102,7 +102,7 @@ final class FanoutService: Sendable {
         let owner = request.ownerID.isEmpty ? nil : request.ownerID
         let uid = peer.isAdmin ? nil : peer.uid
         let before = request.beforeID == 0 ? nil : BatchID(clamping: request.beforeID)
-        let records = try await blocking { [store] in try store.batches(ownerID: owner, creatorUID: uid, limit: limit, beforeID: before) }
+        let records = try await BlockingQueue.shared.run { [store] in try store.batches(ownerID: owner, creatorUID: uid, limit: limit, beforeID: before) }
         let next = records.count == limit ? UInt64(records.last!.id) : 0
         return BatchPage(batches: records.map(BatchInfo.init), nextBeforeID: next)
     }
@@ -110,7 +110,7 @@ final class FanoutService: Sendable {
     func task(_ request: GetTaskRequest, peer: PeerCredentials) async throws -> TaskInfo {
         let id = TaskID(clamping: request.taskID)
         let include = request.includePayload
-        guard let record = try await blocking({ [store] in try store.task(id, includePayload: include) }) else {
+        guard let record = try await BlockingQueue.shared.run({ [store] in try store.task(id, includePayload: include) }) else {
             throw FanoutError.notFound("task \(request.taskID) does not exist")
         }
         _ = try await authorizedBatch(UInt64(record.batchID), peer: peer)
@@ -121,7 +121,7 @@ final class FanoutService: Sendable {
     func resultsPage(batchID: UInt64, afterTaskID: UInt64, pageSize: Int) async throws -> [TaskResult] {
         let batch = BatchID(clamping: batchID)
         let after = TaskID(clamping: afterTaskID)
-        let records = try await blocking { [store] in try store.results(batchID: batch, afterTaskID: after, limit: pageSize) }
+        let records = try await BlockingQueue.shared.run { [store] in try store.results(batchID: batch, afterTaskID: after, limit: pageSize) }
         // Keep each page well under the frame limit: results can be large.
         let budget = configuration.maxFrameBytes / 2
         var used = 0
@@ -184,7 +184,7 @@ final class FanoutService: Sendable {
                       maxTurns: UInt32(clamping: agent.maxTurns), maxAttempts: UInt32(clamping: agent.maxAttempts),
                       running: UInt32(clamping: stats.runningByAgent[agent.name] ?? 0), workers: 0)
         }
-        info.lastSequence = UInt64(try await blocking { [store] in try store.lastEventSequence() })
+        info.lastSequence = UInt64(try await BlockingQueue.shared.run { [store] in try store.lastEventSequence() })
         return info
     }
 
@@ -194,7 +194,7 @@ final class FanoutService: Sendable {
     /// gets PERMISSION_DENIED rather than NOT_FOUND, so a mistake is easy to tell from a typo.
     private func authorizedBatch(_ id: UInt64, peer: PeerCredentials) async throws -> BatchRecord {
         let batchID = BatchID(clamping: id)
-        guard let batch = try await blocking({ [store] in try store.batch(batchID) }) else {
+        guard let batch = try await BlockingQueue.shared.run({ [store] in try store.batch(batchID) }) else {
             throw FanoutError.notFound("batch \(id) does not exist")
         }
         guard peer.isAdmin || batch.creatorUID == peer.uid else {
@@ -204,9 +204,3 @@ final class FanoutService: Sendable {
     }
 }
 
-/// Runs blocking store reads off the event loops and the cooperative pool.
-func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
-    }
-}

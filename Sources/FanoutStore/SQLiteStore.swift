@@ -22,10 +22,33 @@ public final class SQLiteStore: Store {
         try Migrations.migrator.migrate(pool)
     }
 
+    // MARK: Errors
+
+    /// A write; an error of the disk or the file (full, I/O, read-only, locked)
+    /// becomes UNAVAILABLE with SQLite's words, so a caller knows to try again later.
+    private func write<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try pool.write(body)
+        } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
+            throw FanoutError.unavailable("the database cannot be written: \(error.message ?? "\(error.resultCode)") (\(error.resultCode))")
+        }
+    }
+
+    private func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try pool.read(body)
+        } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
+            throw FanoutError.unavailable("the database cannot be read: \(error.message ?? "\(error.resultCode)") (\(error.resultCode))")
+        }
+    }
+
+    private static let unavailableCodes: Set<Int32> = Set([ResultCode.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY, .SQLITE_BUSY,
+                                                           .SQLITE_LOCKED, .SQLITE_CANTOPEN, .SQLITE_PROTOCOL, .SQLITE_NOMEM].map(\.rawValue))
+
     // MARK: Writes
 
     public func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch {
-        try pool.write { db in
+        try write { db in
             let batchID = try Self.insertBatchRow(batch, state: "pending", taskCount: batch.tasks.count, now: now, in: db)
             let taskIDs = try Self.insertTasks(batch.tasks, batchID: batchID, parentTaskID: batch.parentTaskID, now: now, in: db)
             let record = BatchRecord(
@@ -39,11 +62,11 @@ public final class SQLiteStore: Store {
     }
 
     public func createStagedBatch(_ batch: NewBatch, now: Milliseconds) throws -> BatchID {
-        try pool.write { db in try Self.insertBatchRow(batch, state: "staging", taskCount: 0, now: now, in: db) }
+        try write { db in try Self.insertBatchRow(batch, state: "staging", taskCount: 0, now: now, in: db) }
     }
 
     public func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) throws {
-        try pool.write { db in
+        try write { db in
             _ = try Self.insertTasks(tasks, batchID: batch, parentTaskID: parentTaskID, now: now, in: db, keepIDs: false)
             try db.execute(sql: "UPDATE batches SET total = total + ?, pending = pending + ? WHERE id = ? AND state = 'staging'",
                            arguments: [tasks.count, tasks.count, batch])
@@ -51,7 +74,7 @@ public final class SQLiteStore: Store {
     }
 
     public func publishStagedBatch(_ batch: BatchID) throws -> BatchRecord {
-        try pool.write { db in
+        try write { db in
             try db.execute(sql: "UPDATE batches SET state = 'pending' WHERE id = ? AND state = 'staging'", arguments: [batch])
             guard db.changesCount == 1,
                   let record = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batch]).map(Self.batchRecord)
@@ -61,7 +84,7 @@ public final class SQLiteStore: Store {
     }
 
     public func discardStagedBatch(_ batch: BatchID) throws {
-        try pool.write { db in
+        try write { db in
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id = ? AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND state = 'staging')",
                            arguments: [batch, batch])
             try db.execute(sql: "DELETE FROM batches WHERE id = ? AND state = 'staging'", arguments: [batch])
@@ -101,7 +124,7 @@ public final class SQLiteStore: Store {
 
     public func commit(_ changes: ChangeSet) throws -> [EventRecord] {
         guard !changes.isEmpty else { return [] }
-        return try pool.write { db in
+        return try write { db in
             // A task that started and finished within one group commit (most short
             // tasks) gets one UPDATE instead of two.
             var planned: [TaskChange?] = changes.tasks
@@ -195,7 +218,7 @@ public final class SQLiteStore: Store {
     }
 
     public func recover(now: Milliseconds) throws -> RecoveredState {
-        try pool.write { db in
+        try write { db in
             // A batch still being received when the daemon stopped was never accepted: it goes.
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')")
             try db.execute(sql: "DELETE FROM batches WHERE state = 'staging'")
@@ -263,13 +286,13 @@ public final class SQLiteStore: Store {
     // MARK: Reads
 
     public func batch(_ id: BatchID) throws -> BatchRecord? {
-        try pool.read { db in
+        try read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ? AND state != 'staging'", arguments: [id]).map(Self.batchRecord)
         }
     }
 
     public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
-        try pool.read { db in
+        try read { db in
             var conditions = ["state != 'staging'"]
             var arguments: StatementArguments = []
             if let ownerID {
@@ -292,7 +315,7 @@ public final class SQLiteStore: Store {
     }
 
     public func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? {
-        try pool.read { db in
+        try read { db in
             try Row.fetchOne(db, sql: """
                 SELECT t.*, b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = ?
                 """, arguments: [id]).map { Self.taskRecord($0, includePayload: includePayload) }
@@ -300,7 +323,7 @@ public final class SQLiteStore: Store {
     }
 
     public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
-        try pool.read { db in
+        try read { db in
             try Row.fetchAll(db, sql: """
                 SELECT t.id, t.batch_id, t.custom_id, t.agent, t.state, t.priority, t.attempt, t.max_attempts,
                        t.timeout_ms, t.turns_completed, t.max_turns, t.result, t.error_message, t.error_code,
@@ -313,7 +336,7 @@ public final class SQLiteStore: Store {
     }
 
     public func payload(of task: TaskID) throws -> [UInt8] {
-        try pool.read { db in
+        try read { db in
             guard let data = try Data.fetchOne(db, sql: "SELECT payload FROM tasks WHERE id = ?", arguments: [task]) else {
                 throw FanoutError.notFound("task \(task) does not exist")
             }
@@ -323,7 +346,7 @@ public final class SQLiteStore: Store {
 
     public func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
                              inlinePayloadBytes: Int) throws -> [RunnableTask] {
-        try pool.read { db in
+        try read { db in
             var sql = """
                 SELECT t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed,
                        t.max_turns, t.parent_task_id,
@@ -353,7 +376,7 @@ public final class SQLiteStore: Store {
     }
 
     public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch {
-        try pool.write { db in
+        try write { db in
             guard let batch = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batchID]).map(Self.batchRecord) else {
                 throw FanoutError.notFound("batch \(batchID) does not exist")
             }
@@ -392,12 +415,12 @@ public final class SQLiteStore: Store {
     }
 
     public func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord] {
-        try pool.read { db in try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit) }
+        try read { db in try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit) }
     }
 
     public func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> EventPage {
         // One read transaction: the page and the log's oldest sequence come from the same snapshot.
-        try pool.read { db in
+        try read { db in
             let events = try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit)
             let first = try Self.firstSequence(db) ?? Self.lastSequence(db) + 1
             return EventPage(events: events, firstAvailable: first)
@@ -406,7 +429,7 @@ public final class SQLiteStore: Store {
 
     private static func fetchEvents(_ db: Database, after: EventSequence, upTo: EventSequence?, filter: EventFilter,
                                     limit: Int) throws -> [EventRecord] {
-        var sql = "SELECT * FROM events WHERE sequence > ?"
+        var sql = "SELECT \(eventColumns) FROM events WHERE sequence > ?"
         var arguments: StatementArguments = [after]
         if let upTo {
             sql += " AND sequence <= ?"
@@ -434,11 +457,11 @@ public final class SQLiteStore: Store {
     }
 
     public func lastEventSequence() throws -> EventSequence {
-        try pool.read { db in try Self.lastSequence(db) }
+        try read { db in try Self.lastSequence(db) }
     }
 
     public func firstEventSequence() throws -> EventSequence? {
-        try pool.read { db in try Self.firstSequence(db) }
+        try read { db in try Self.firstSequence(db) }
     }
 
     /// `min`/`max` of the integer primary key are a single b-tree seek each.
@@ -456,7 +479,7 @@ public final class SQLiteStore: Store {
 
     public func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int {
         guard limit > 0, keepingLast != nil || olderThan != nil else { return 0 }
-        return try pool.write { db in
+        return try write { db in
             guard let first = try Self.firstSequence(db),
                   let last = try EventSequence.fetchOne(db, sql: "SELECT max(sequence) FROM events")
             else { return 0 }
@@ -531,15 +554,32 @@ public final class SQLiteStore: Store {
             startedAt: row["started_at"], finishedAt: row["finished_at"], payload: payload.map { [UInt8]($0) })
     }
 
+    /// The columns `eventRecord` reads, by position: replaying a log reads
+    /// many rows, and positional access skips GRDB's column-name lookups.
+    static let eventColumns = """
+        sequence, kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress, counters,
+        attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid
+        """
+
     static func eventRecord(_ row: Row) -> EventRecord {
-        let countersJSON: String? = row["counters"]
-        let kind: String = row["kind"]
+        let countersJSON: String? = row[9]
+        let kind: String = row[1]
+        let message: String? = row[13]
+        let creator: Int64? = row[16]
         return EventRecord(
-            sequence: row["sequence"], kind: EventKind(rawValue: kind) ?? .batchProgress, timestamp: row["timestamp"],
-            ownerID: row["owner_id"], batchID: row["batch_id"], taskID: row["task_id"], customID: row["custom_id"],
-            parentTaskID: row["parent_task_id"], progress: row["progress"],
-            counters: countersJSON.flatMap { try? JSONDecoder().decode(BatchCounters.self, from: Data($0.utf8)) },
-            attempt: row["attempt"], turn: row["turn"], retryDelayMs: row["retry_delay_ms"], failure: failure(from: row),
-            creatorUID: (row["creator_uid"] as Int64?).map { UInt32(truncatingIfNeeded: $0) })
+            sequence: row[0], kind: EventKind(rawValue: kind) ?? .batchProgress, timestamp: row[2],
+            ownerID: row[3], batchID: row[4], taskID: row[5], customID: row[6], parentTaskID: row[7], progress: row[8],
+            counters: countersJSON.flatMap(BatchCounters.init(json:)),
+            attempt: row[10], turn: row[11], retryDelayMs: row[12],
+            failure: message.map { TaskFailure(message: $0, code: row[14] ?? "", retryable: row[15] ?? false) },
+            creatorUID: creator.map { UInt32(truncatingIfNeeded: $0) })
+    }
+}
+
+extension BatchCounters {
+    /// The counters an event row stores as JSON.
+    init?(json: String) {
+        guard let decoded = try? JSONDecoder().decode(BatchCounters.self, from: Data(json.utf8)) else { return nil }
+        self = decoded
     }
 }

@@ -144,4 +144,47 @@ import Testing
             }
         }
     }
+
+    @Test("a subscriber that stops reading is cut off by the daemon with lagged and its last sequence; nobody else waits")
+    func unreadSubscriptionIsCutOff() async throws {
+        try await withTestDaemon(configure: { $0.subscriberBuffer = 64 }) { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.handshake()
+                try await session.send(Frame(streamID: 1, kind: .request(.subscribe(SubscribeRequest(ownerID: "lag", follow: true)))))
+                try await Task.sleep(for: .milliseconds(100))
+                // Enough events to fill the socket's buffers while this session reads nothing.
+                let batch = try await withClient(daemon.socketPath) { client in
+                    let batch = try await client.enqueueBatch(ownerID: "lag", agent: "echo",
+                                                              tasks: (0..<4_000).map { TaskSpec(customID: "t\($0)", payload: Array(repeating: 120, count: 100)) })
+                    // Another client's calls are answered meanwhile, and the batch runs to its end.
+                    while try await client.batch(batch.id).status != .completed {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    return batch
+                }
+                var delivered: [UInt64] = []
+                var final: WireStatus?
+                while final == nil, let (frame, _) = try await session.readFrame() {
+                    guard frame.streamID == 1 else { continue }
+                    if case .message(.event(let event)) = frame.kind { delivered.append(event.sequence) }
+                    final = endStatus(frame)
+                }
+                let status = try #require(final)
+                #expect(status.code == .resourceExhausted)
+                #expect(status.lagged)
+                #expect(status.lastSequence == delivered.last, "last delivered \(String(describing: delivered.last))")
+                #expect(delivered == Array(delivered.first!...delivered.last!))
+                // Resuming from there reaches the end without a gap.
+                try await withClient(daemon.socketPath) { client in
+                    var next = status.lastSequence + 1
+                    for try await event in client.subscribe(ownerID: "lag", since: status.lastSequence, follow: false) {
+                        #expect(event.sequence == next)
+                        next += 1
+                    }
+                    let info = try await client.batch(batch.id)
+                    #expect(info.status == .completed)
+                }
+            }
+        }
+    }
 }

@@ -278,7 +278,9 @@ import Testing
                     let batch = try await client.enqueueBatch(ownerID: "lag", agent: "echo",
                                                               tasks: Self.tasks(300, prefix: "t", payload: "x"))
                     var delivered: [Event] = []
-                    var iterator = client.subscribe(ownerID: "lag").makeAsyncIterator()
+                    // The client's own buffer is small too: the consumer below stalls, and with the daemon
+                    // writing each commit's events in one go, the client is where they pile up.
+                    var iterator = client.subscribe(ownerID: "lag", subscriberBuffer: 8).makeAsyncIterator()
                     let firstEvent = try await iterator.next()
                     delivered.append(try #require(firstEvent))
                     // The consumer stalls while the batch runs.
@@ -300,6 +302,8 @@ import Testing
                     #expect(!delivered.contains { $0.type == .batchCompleted })
 
                     // Resume from the last sequence (again after any further lag) up to batch_completed.
+                    // (A subscriber that stops reading the socket is cut off by the daemon: see
+                    // HardeningProcessTests' unread subscription.)
                     var since = error.lastSequence
                     var resumes = 0
                     resuming: while resumes < 50 {

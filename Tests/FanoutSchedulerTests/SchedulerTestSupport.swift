@@ -19,10 +19,25 @@ func withScheduler<T>(
     configure: (inout SchedulerConfiguration) -> Void = { _ in },
     _ body: (Scheduler, SQLiteStore) async throws -> T
 ) async throws -> T {
+    try await withScheduler(over: { $0 }, agents: agents, globalConcurrency: globalConcurrency, runners: runners,
+                            configure: configure, body)
+}
+
+/// The same over a store built on the SQLite file (a fault-injecting wrapper, say).
+@discardableResult
+func withScheduler<S: Store, T>(
+    over makeStore: (SQLiteStore) -> S,
+    agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo")],
+    globalConcurrency: Int = 64,
+    runners: [String: any Runner]? = nil,
+    configure: (inout SchedulerConfiguration) -> Void = { _ in },
+    _ body: (Scheduler, S) async throws -> T
+) async throws -> T {
     try await withTemporaryDirectory { directory in
-        let store = try SQLiteStore(path: directory + "/fanout.db")
+        let store = makeStore(try SQLiteStore(path: directory + "/fanout.db"))
         var configuration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
         configuration.backoff = Backoff(baseMs: 10, maxMs: 50)
+        configuration.storeRetry = Backoff(baseMs: 5, maxMs: 20)
         configure(&configuration)
         let runnerMap = runners ?? Dictionary(uniqueKeysWithValues: agents.map { ($0.name, EchoRunner() as any Runner) })
         let scheduler = try Scheduler(store: store, configuration: configuration, runners: runnerMap)

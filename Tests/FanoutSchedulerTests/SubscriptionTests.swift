@@ -124,13 +124,16 @@ import Testing
                     return (delivered, lagged)
                 }
             }
-            // Everything buffered before the cut arrives, then the lag mark.
-            #expect(outcome.0 == [1, 2, 3, 4, 5])
+            // Everything buffered before the cut arrives, then the lag mark. The first commit's events
+            // all arrive, however many (a subscriber is never cut off for one commit's size), and
+            // nothing past the first commit that overflowed the buffer of 5.
+            #expect(outcome.0.first == 1 && isContiguous(outcome.0), "\(outcome.0)")
+            #expect(outcome.0.count >= 5 && outcome.0.count < 200, "\(outcome.0)")
             let lagged = try #require(outcome.1, "the subscription ended without reporting the lag")
-            #expect(lagged.lastSequence == 5)
+            #expect(lagged.lastSequence == outcome.0.last)
             // Resuming from there misses nothing.
             let resumed = try await collectEvents(scheduler, EventFilter(ownerID: "alice"), since: lagged.lastSequence) { $0.kind == .batchCompleted }
-            #expect(resumed.first?.sequence == 6)
+            #expect(resumed.first?.sequence == lagged.lastSequence + 1)
             #expect(isContiguous(resumed.map(\.sequence)))
             #expect(resumed.last?.sequence == (try store.lastEventSequence()))
         }

@@ -22,6 +22,8 @@ struct FanoutBench {
     usage: fanout-bench [options]
       --sizes LIST          batch sizes, comma- or space-separated; k and M suffixes allowed
                             (default: $SIZES, else 100000,1000000)
+      --subscriber-sizes LIST  sizes run twice, alone and with one client following every event
+                            (default: $SUBSCRIBER_SIZES, else 50000; "none" for none)
       --fanoutd PATH        the daemon to measure (default: REPO/.build/release/fanoutd)
       --repo DIR            the main package, for the default daemon and the git commit
                             (default: the current folder's parent if it holds Benchmarks/, else the current folder)
@@ -52,18 +54,22 @@ struct FanoutBench {
         log("commit:  \(commit)")
 
         var results: [SizeResult] = []
-        for size in options.sizes {
-            log("\(size) tasks: starting fanoutd, enqueueing, running to batch_completed (timeout \(Int(settings.timeout(for: size))) s)...")
-            let result = await SizeRun.run(size: size, settings: settings)
+        // Each subscriber size runs twice: alone, then with one client following every event.
+        let runs = options.sizes.map { ($0, false) } + options.subscriberSizes.flatMap { [($0, false), ($0, true)] }
+        for (size, following) in runs {
+            let label = following ? "\(size) tasks with a following subscriber" : "\(size) tasks"
+            log("\(label): starting fanoutd, enqueueing, running to batch_completed (timeout \(Int(settings.timeout(for: size))) s)...")
+            let result = await SizeRun.run(size: size, settings: settings, followingSubscriber: following)
             while LiveDaemons.shared.interrupted {
                 try? await Task.sleep(for: .seconds(1))   // the signal handler is stopping the daemon and exits
             }
             switch result.status {
             case "ok":
-                log(String(format: "%d tasks: enqueue %.2f s, run-through %.2f s, peak RSS %.1f MB",
-                           size, result.enqueueSeconds ?? 0, result.runThroughSeconds ?? 0, result.peakRssMb ?? 0))
+                log(String(format: "%@: enqueue %.2f s, run-through %.2f s, peak RSS %.1f MB, GetBatch p99 %.1f ms",
+                           label, result.enqueueSeconds ?? 0, result.runThroughSeconds ?? 0, result.peakRssMb ?? 0,
+                           result.probeP99Ms ?? 0))
             default:
-                log("\(size) tasks: \(result.status): \(result.error ?? "")")
+                log("\(label): \(result.status): \(result.error ?? "")")
             }
             results.append(result)
         }
@@ -89,6 +95,7 @@ struct FanoutBench {
 
 struct Options {
     var sizes = [100_000, 1_000_000]
+    var subscriberSizes = [50_000]
     var repo: String
     var fanoutd: String
     var output: String
@@ -103,6 +110,7 @@ struct Options {
         var fanoutd: String? = nil
         var output: String? = nil
         var sizes: [Int]? = nil
+        var subscriberSizes: [Int]? = nil
         var options = Options(repo: "", fanoutd: "", output: "")
         var index = 0
         func value() throws -> String {
@@ -113,6 +121,9 @@ struct Options {
         while index < arguments.count {
             switch arguments[index] {
             case "--sizes": sizes = try parseSizes(value())
+            case "--subscriber-sizes":
+                let text = try value()
+                subscriberSizes = text == "none" ? [] : try parseSizes(text)
             case "--repo": repo = try value()
             case "--fanoutd": fanoutd = try value()
             case "--output": output = try value()
@@ -135,6 +146,10 @@ struct Options {
             sizes = try parseSizes(environment)
         }
         if let sizes { options.sizes = sizes }
+        if subscriberSizes == nil, let environment = ProcessInfo.processInfo.environment["SUBSCRIBER_SIZES"], !environment.isEmpty {
+            subscriberSizes = environment == "none" ? [] : try parseSizes(environment)
+        }
+        if let subscriberSizes { options.subscriberSizes = subscriberSizes }
         let root = repo ?? (current.hasSuffix("/Benchmarks") ? String(current.dropLast("/Benchmarks".count)) : current)
         options.repo = root
         options.fanoutd = fanoutd ?? root + "/.build/release/fanoutd"

@@ -41,6 +41,16 @@ struct SizeResult: Codable, Sendable {
     /// [seconds since the enqueue started, VmRSS MB], about one a second.
     var rssTimeline: [[Double]]?
     var daemonStop: String?
+    /// Whether a second client followed every event of the daemon during the run.
+    var followingSubscriber: Bool?
+    var subscriberEvents: Int?
+    /// Times the subscriber fell behind and resumed (lagged).
+    var subscriberLags: Int?
+    /// GetBatch on a third connection every 20 ms during the run: milliseconds per call.
+    var probeCalls: Int?
+    var probeP50Ms: Double?
+    var probeP99Ms: Double?
+    var probeMaxMs: Double?
 }
 
 struct BenchSettings: Sendable {
@@ -66,7 +76,7 @@ enum SizeRun {
 
     /// Starts a daemon, runs one batch of `size` echo tasks through it,
     /// stops the daemon and removes its folder, whatever happens.
-    static func run(size: Int, settings: BenchSettings) async -> SizeResult {
+    static func run(size: Int, settings: BenchSettings, followingSubscriber: Bool = false) async -> SizeResult {
         let timeout = settings.timeout(for: size)
         var result = SizeResult(tasks: size, status: "error", timeoutSeconds: timeout)
         let daemon: Daemon
@@ -94,7 +104,8 @@ enum SizeRun {
         let outcome: Outcome = await withTaskGroup(of: Outcome.self) { group in
             group.addTask {
                 do {
-                    return .done(try await measure(size: size, settings: settings, daemon: daemon, timeout: timeout))
+                    return .done(try await measure(size: size, settings: settings, daemon: daemon, timeout: timeout,
+                                                   followingSubscriber: followingSubscriber))
                 } catch let failure as MeasureFailure {
                     return .failed(failure.message, failure.partial)
                 } catch {
@@ -142,15 +153,21 @@ enum SizeRun {
         var partial: SizeResult
     }
 
-    private static func measure(size: Int, settings: BenchSettings, daemon: Daemon, timeout: Double) async throws -> SizeResult {
+    private static func measure(size: Int, settings: BenchSettings, daemon: Daemon, timeout: Double,
+                                followingSubscriber: Bool) async throws -> SizeResult {
         var result = SizeResult(tasks: size, status: "running", timeoutSeconds: timeout)
+        result.followingSubscriber = followingSubscriber
         let tasks = makeTasks(count: size, payloadBytes: settings.payloadBytes)
         let client = try await FanoutClient.connect(socketPath: daemon.socketPath, clientName: "fanout-bench")
         var sampler: Task<MemorySampler.Summary, Never>?
+        var subscriber: Task<(events: Int, lags: Int), Never>?
+        var probe: Task<[Double], Never>?
         do {
             // Sequence numbers after this one belong to our batch (the daemon is fresh, but be exact).
             let since = try await client.serverInfo().lastSequence
             sampler = MemorySampler.run(pid: daemon.pid)
+            if followingSubscriber { subscriber = try await Self.follow(socketPath: daemon.socketPath, since: since) }
+            probe = try await Self.probe(socketPath: daemon.socketPath)
             let clock = ContinuousClock()
 
             let start = clock.now
@@ -162,8 +179,21 @@ enum SizeRun {
             let ended = clock.now
 
             sampler?.cancel()
+            probe?.cancel()
+            subscriber?.cancel()
             let samples = await sampler?.value ?? MemorySampler.Summary()
             let final = ProcStats.read(daemon.pid)
+            let latencies = (await probe?.value ?? []).sorted()
+            result.probeCalls = latencies.count
+            if !latencies.isEmpty {
+                result.probeP50Ms = latencies[latencies.count / 2]
+                result.probeP99Ms = latencies[min(latencies.count - 1, latencies.count * 99 / 100)]
+                result.probeMaxMs = latencies.last
+            }
+            if let followed = await subscriber?.value {
+                result.subscriberEvents = followed.events
+                result.subscriberLags = followed.lags
+            }
 
             let enqueue = (answered - start).seconds
             let runThrough = (ended - start).seconds
@@ -194,8 +224,53 @@ enum SizeRun {
             return result
         } catch {
             sampler?.cancel()
+            probe?.cancel()
+            subscriber?.cancel()
             await client.close()
             throw error
+        }
+    }
+
+    /// A client following every event from `since` on, as `fanout events --follow` does,
+    /// resuming after a lag; returns how many it read.
+    private static func follow(socketPath: String, since: UInt64) async throws -> Task<(events: Int, lags: Int), Never> {
+        let client = try await FanoutClient.connect(socketPath: socketPath, clientName: "fanout-bench-subscriber")
+        return Task {
+            var count = 0
+            var lags = 0
+            var cursor = since
+            while !Task.isCancelled {
+                do {
+                    for try await event in client.subscribe(since: cursor) {
+                        count += 1
+                        cursor = event.sequence
+                    }
+                } catch let error as FanoutClientError where error.lagged {
+                    cursor = error.lastSequence
+                    lags += 1
+                } catch {
+                    break
+                }
+            }
+            await client.close()
+            return (count, lags)
+        }
+    }
+
+    /// GetBatch latencies (ms) on a connection of its own, one call every 20 ms, until cancelled.
+    private static func probe(socketPath: String) async throws -> Task<[Double], Never> {
+        let client = try await FanoutClient.connect(socketPath: socketPath, clientName: "fanout-bench-probe")
+        return Task {
+            var latencies: [Double] = []
+            let clock = ContinuousClock()
+            while !Task.isCancelled {
+                let start = clock.now
+                _ = try? await client.batch(1)  // the fresh daemon's only batch
+                latencies.append((clock.now - start).seconds * 1000)
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            await client.close()
+            return latencies
         }
     }
 

@@ -81,13 +81,13 @@ struct Report: Codable {
 
     func table() -> String {
         let header = ["tasks", "enqueue s", "enqueue tasks/s", "run-through s", "run-through tasks/s", "run s",
-                      "peak RSS MB", "daemon CPU s", "status"]
+                      "peak RSS MB", "daemon CPU s", "GetBatch p50/p99 ms", "status"]
         var rows: [[String]] = []
         for result in results {
             func number(_ value: Double?, _ format: String) -> String { value.map { String(format: format, $0) } ?? "-" }
             let cpu = result.daemonUserCpuSeconds.map { $0 + (result.daemonSystemCpuSeconds ?? 0) }
             rows.append([
-                String(result.tasks),
+                String(result.tasks) + (result.followingSubscriber == true ? " + subscriber" : ""),
                 number(result.enqueueSeconds, "%.2f"),
                 number(result.enqueueTasksPerSecond, "%.0f"),
                 number(result.runThroughSeconds, "%.2f"),
@@ -95,6 +95,7 @@ struct Report: Codable {
                 number(result.runSeconds, "%.2f"),
                 number(result.peakRssMb, "%.1f"),
                 number(cpu, "%.1f"),
+                number(result.probeP50Ms, "%.1f") + "/" + number(result.probeP99Ms, "%.1f"),
                 result.status == "timeout" ? "timed out after \(Int(result.timeoutSeconds)) s" : result.status,
             ])
         }
@@ -117,6 +118,8 @@ struct Report: Codable {
         lines.append("")
         lines.append("enqueue: EnqueueBatch until answered after commit; run-through: enqueue start until batch_completed;")
         lines.append("run: answer until batch_completed; peak RSS: fanoutd's VmHWM after the batch completed.")
+        lines.append("GetBatch: one call every 20 ms on a connection of its own during the run;")
+        lines.append("+ subscriber: a second client follows every event of the daemon meanwhile (`fanout events --follow`).")
         for result in results {
             if let note = result.note { lines.append("note (\(result.tasks) tasks): \(note)") }
             if result.status == "error", let error = result.error {
