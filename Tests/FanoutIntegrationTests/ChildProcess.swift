@@ -22,6 +22,21 @@ enum ChildProcess {
     }
 }
 
+extension ChildProcess {
+    /// Runs to the end without awaiting: for cleanup in a `defer`.
+    static func runBlocking(_ executable: String, _ arguments: [String]) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
+
 /// A child process that runs while the test goes on; `stop()` ends it.
 final class BackgroundProcess: @unchecked Sendable {
     // @unchecked: `process` is started in init and afterwards only read or

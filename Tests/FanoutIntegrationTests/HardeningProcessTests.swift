@@ -172,6 +172,72 @@ import Testing
         }
     }
 
+    // MARK: A full disk
+
+    @Test("on a full disk fanoutd refuses new batches with UNAVAILABLE, answers reads, and resumes by itself once there is room",
+          .enabled(if: getuid() == 0))
+    func fullDisk() async throws {
+        try await withTemporaryDirectory { directory in
+            let disk = directory + "/disk"
+            try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: false)
+            // A small filesystem of its own; where mounting is not allowed there is nothing to test here.
+            let mount = try await ChildProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk])
+            guard mount.status == 0 else { return }
+            defer { _ = try? ChildProcess.runBlocking("/bin/umount", ["-l", disk]) }
+            let socket = directory + "/d.sock"
+            try await withDaemonProcess(["--socket", socket, "--db", disk + "/fanout.db", "--concurrency", "4"],
+                                        logPath: directory + "/fanoutd.log") { daemon in
+                try await daemon.waitUntilListening(socket)
+                try await withClient(socket) { client in
+                    let slow = Array(#"{"delay_ms": 30}"#.utf8)
+                    let first = try await client.enqueueBatch(ownerID: "disk", agent: "echo",
+                                                              tasks: (0..<200).map { TaskSpec(customID: "a\($0)", payload: slow) })
+                    // Fill the disk to the last byte.
+                    let filler = disk + "/filler"
+                    FileManager.default.createFile(atPath: filler, contents: nil)
+                    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: filler))
+                    let block = Data(count: 64 * 1024)
+                    while (try? handle.write(contentsOf: block)) != nil {}
+                    let byte = Data(count: 1)
+                    while (try? handle.write(contentsOf: byte)) != nil {}
+                    try? handle.close()
+
+                    // New work is refused with a clear status (the commit loop notices, or the insert itself fails).
+                    var refusal: FanoutClientError?
+                    for attempt in 0..<200 where refusal == nil {
+                        do {
+                            _ = try await client.enqueueBatch(ownerID: "disk", agent: "echo",
+                                                              tasks: [TaskSpec(customID: "probe-\(attempt)", payload: Array(repeating: 1, count: 4_000))])
+                            try await Task.sleep(for: .milliseconds(20))
+                        } catch let error as FanoutClientError {
+                            refusal = error
+                        }
+                    }
+                    let refused = try #require(refusal, "enqueues were still accepted on a full disk")
+                    #expect(refused.code == .unavailable, "\(refused)")
+                    // Reads are answered meanwhile.
+                    let during = try await client.batch(first.id)
+                    #expect(during.id == first.id)
+                    #expect(daemon.isRunning)
+
+                    try FileManager.default.removeItem(atPath: filler)
+                    let done = try await withDeadline(.seconds(60)) {
+                        while true {
+                            let batch = try await client.batch(first.id)
+                            if batch.status == .completed { return batch }
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
+                    }
+                    #expect(done.counts.completed == 200, "\(done.counts)")
+                    let completions = try await client.subscribe(eventTypes: [.taskCompleted], batchID: first.id, since: 0, follow: false)
+                        .reduce(into: [UInt64: Int]()) { $0[$1.taskID, default: 0] += 1 }
+                    #expect(completions.count == 200 && completions.values.allSatisfy { $0 == 1 })
+                    try await expectClientWorks(client, owner: "disk")
+                }
+            }
+        }
+    }
+
     // MARK: The socket's folder
 
     @Test("fanoutd refuses a socket folder another user owns, or that others can write")
