@@ -45,6 +45,8 @@ public struct SchedulerConfiguration: Sendable {
     public var inlinePayloadBytes: Int = 4_096
     /// Upper bound on the changes one group commit carries.
     public var maxChangesPerCommit: Int = 20_000
+    /// How long shutdown waits for runners to stop after cancelling them.
+    public var shutdownGraceMs: Int64 = 10_000
     /// Backoff between tries of a commit the store refused (disk full, I/O error); it is tried until it succeeds.
     public var storeRetry = Backoff(baseMs: 50, maxMs: 2_000)
     /// How much of the event log is kept for subscribers to replay.

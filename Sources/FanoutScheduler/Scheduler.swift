@@ -20,7 +20,8 @@ public final class Scheduler: Sendable {
     private let hub: EventHub
     private let commits: CommitQueue
     private let background = Mutex<[Task<Void, Never>]>([])
-    private let inFlight = Mutex<Int>(0)
+    /// Attempts launched and not yet finished; shutdown waits for them.
+    private let inFlight = InFlightCount()
     /// The earliest pending wake-up timer, so limited agents do not arm one timer per decision.
     private let nextWake = Mutex<Milliseconds?>(nil)
 
@@ -81,14 +82,21 @@ public final class Scheduler: Sendable {
 
     /// Stops starting tasks, interrupts running ones (they run again after a
     /// restart), writes everything queued, and ends subscriptions.
+    ///
+    /// A runner that ignores cancellation is waited for `shutdownGraceMs` at
+    /// most; its task then goes back to pending like the others, and whatever
+    /// it returns later is dropped.
     public func shutdown() async {
         let handles = state.withLock { state -> [Task<Void, Never>] in
             state.stopping = true
             return state.slots.values.compactMap(\.handle)
         }
         for handle in handles { handle.cancel() }
-        for handle in handles { await handle.value }
-        while inFlight.withLock({ $0 }) > 0 { try? await Task.sleep(for: .milliseconds(5)) }
+        if !(await inFlight.waitUntilZero(timeout: .milliseconds(configuration.shutdownGraceMs))) {
+            let abandoned = mutate { state, effects in state.releaseRunning(effects: &effects) }
+            logger.warning("runners ignored cancellation at shutdown; their tasks go back to pending and their late results are dropped",
+                           metadata: ["tasks": "\(abandoned)"])
+        }
         let tasks = background.withLock { $0 }
         tasks.last?.cancel()
         commits.close()
@@ -173,8 +181,16 @@ public final class Scheduler: Sendable {
     /// for the running ones to stop, so the answer shows the batch cancelled.
     public func cancelBatch(_ id: BatchID, timeout: Duration = .seconds(10)) async throws -> BatchRecord {
         let finished = AsyncStream<Void>.makeStream()
-        let active = mutate { state, effects in
+        var active = mutate { state, effects in
             state.cancelBatch(id, now: Clock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
+        }
+        if !active, let stored = try await offload({ [store] in try store.batch(id) }), !stored.state.isTerminal {
+            // Committed but not admitted yet (an enqueue or a RetryFailed between its commit and its
+            // admission): the cancel waits for the admission instead of being lost.
+            mutate { state, effects in
+                state.cancelOnAdmission(id, now: Clock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
+            }
+            active = true
         }
         if active { await waitForSignal(finished.stream, timeout: timeout) }
         guard let batch = try await offload({ [store] in try store.batch(id) }) else {
@@ -219,7 +235,7 @@ public final class Scheduler: Sendable {
             // Submitted under the lock so changes reach the commit queue in decision order.
             commits.submit(effects.changes, onCommit: Self.runAll(effects.afterCommit))
             // Counted before the lock is released, so shutdown cannot miss an attempt about to launch.
-            if !effects.starts.isEmpty { inFlight.withLock { $0 += effects.starts.count } }
+            if !effects.starts.isEmpty { inFlight.add(effects.starts.count) }
             return (value, effects)
         }
         for handle in effects.cancellations { handle.cancel() }
@@ -246,7 +262,7 @@ public final class Scheduler: Sendable {
                 state.finish(order.task.id, attempt: order.attempt, outcome: outcome, jitter: Double.random(in: 0...1),
                              now: Clock.now, effects: &effects)
             }
-            self.inFlight.withLock { $0 -= 1 }
+            self.inFlight.remove(1)
         }
         let keep = state.withLock { $0.attach(handle, to: order.task.id, attempt: order.attempt) }
         if !keep { handle.cancel() }
@@ -370,4 +386,49 @@ func withAttemptTimeout<T: Sendable>(milliseconds: Int64, _ body: @escaping @Sen
 /// Runs blocking store work off the cooperative thread pool.
 func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await BlockingQueue.shared.run(work)
+}
+
+/// A count with waiters for it to reach zero (shutdown waiting for attempts).
+final class InFlightCount: Sendable {
+    private struct State {
+        var count = 0
+        var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
+        var nextWaiter = 0
+    }
+
+    private let state = Mutex(State())
+
+    func add(_ n: Int) { state.withLock { $0.count += n } }
+
+    func remove(_ n: Int) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            state.count -= n
+            guard state.count == 0 else { return [] }
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume(returning: true) }
+    }
+
+    /// Whether the count reached zero within `timeout`.
+    func waitUntilZero(timeout: Duration) async -> Bool {
+        let id = state.withLock { state in
+            defer { state.nextWaiter += 1 }
+            return state.nextWaiter
+        }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume(returning: false)
+        }
+        defer { timer.cancel() }
+        return await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                if state.count == 0 { return true }
+                state.waiters[id] = continuation
+                return false
+            }
+            if done { continuation.resume(returning: true) }
+        }
+    }
 }

@@ -130,6 +130,9 @@ struct SchedulerState {
     var pendingCount = 0
     var retryWaitCount = 0
     var stopping = false
+    /// Batches cancelled after their commit and before their admission (an
+    /// enqueue or a RetryFailed in flight): admitting them closes them at once.
+    var cancelsAwaitingAdmission: [BatchID: [@Sendable () -> Void]] = [:]
     /// Running tasks whose coalesced turn event is still to be sent.
     var pendingTurnEvents: Set<TaskID> = []
     /// Numbers sources, so a window read answered after its source was replaced is recognised.
@@ -158,6 +161,11 @@ struct SchedulerState {
         }
         pendingCount += batch.counters.pending
         batches[batch.id] = active
+        if let waiters = cancelsAwaitingAdmission.removeValue(forKey: batch.id) {
+            batches[batch.id]!.finishWaiters.append(contentsOf: waiters)
+            closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
+            return
+        }
         if let closing = batch.closing {
             // It was being cancelled (or expired) when the daemon stopped: finish that first.
             closeBatch(batch.id, as: closing, now: now, effects: &effects)
@@ -375,7 +383,10 @@ struct SchedulerState {
             }
             if let state = slot.interruptAs {
                 close(&slot, as: state, result: nil, failure: failure.failure, now: now, effects: &effects)
-            } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts, !stopping {
+            } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts, stopping {
+                // No backoff timer can fire during shutdown: it waits as pending, and runs after a restart.
+                requeue(&slot, failure: failure.failure, effects: &effects)
+            } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts {
                 let delay = configuration.backoff.delay(beforeAttempt: slot.task.attempt + 1, jitter: jitter,
                                                         retryAfterMs: failure.retryAfterMs)
                 waitToRetry(&slot, failure: failure.failure, delayMs: delay, now: now, effects: &effects)
@@ -482,6 +493,20 @@ struct SchedulerState {
         }
     }
 
+    /// At the end of shutdown: tasks whose runners did not stop go back to
+    /// pending, attempts given back, and their late results find no slot.
+    /// Returns how many.
+    mutating func releaseRunning(effects: inout Effects) -> Int {
+        let stuck = slots.values.filter { $0.state == .running }.map(\.task.id)
+        for id in stuck {
+            guard var slot = slots[id] else { continue }
+            running -= 1
+            agents[slot.task.agent]?.running -= 1
+            requeue(&slot, failure: nil, releasing: true, effects: &effects)
+        }
+        return stuck.count
+    }
+
     // MARK: Cancellation and deadlines
 
     /// Cancels one task of an active batch; `task` is its stored row. Returns
@@ -545,6 +570,14 @@ struct SchedulerState {
         batches[id]!.finishWaiters.append(onFinished)
         closeBatch(id, as: .cancelled, now: now, effects: &effects)
         return true
+    }
+
+    /// Cancels a batch that is stored as active but not admitted yet, as soon as
+    /// it is; or, if it was admitted meanwhile, now.
+    mutating func cancelOnAdmission(_ id: BatchID, now: Milliseconds, onFinished: @escaping @Sendable () -> Void,
+                                    effects: inout Effects) {
+        if cancelBatch(id, now: now, onFinished: onFinished, effects: &effects) { return }
+        cancelsAwaitingAdmission[id, default: []].append(onFinished)
     }
 
     /// Expires the unfinished tasks of batches whose deadline has passed.

@@ -24,6 +24,8 @@ final class Connection: Sendable {
         var lastStreamID: UInt32 = 0
         var open: [UInt32: OpenStream] = [:]
         var shuttingDown = false
+        /// Set by shutdown: runs when the last open stream ends.
+        var onDrained: (@Sendable () -> Void)?
     }
 
     private let service: FanoutService
@@ -94,12 +96,20 @@ final class Connection: Sendable {
         // An EnqueueBatch still waiting for chunks has nothing committed: it
         // ends now with UNAVAILABLE instead of holding shutdown up.
         for chunks in unfinishedEnqueues { chunks.close() }
-        let grace = ContinuousClock.now + .milliseconds(configuration.shutdownGracePeriodMs)
-        Task { [channel] in
-            // A client that stalls mid-call must not hold the daemon up past the grace period.
-            while !self.table.withLock({ $0.open.isEmpty }) && ContinuousClock.now < grace {
-                try? await Task.sleep(for: .milliseconds(10))
+        // Closed once the last stream has written its final frame, or at the end of the grace period:
+        // a client that stalls mid-call must not hold the daemon up past it.
+        let closeAtGraceEnd = channel.eventLoop.scheduleTask(in: .milliseconds(configuration.shutdownGracePeriodMs)) { [channel] in
+            channel.close(promise: nil)
+        }
+        let closeNow = table.withLock { table -> Bool in
+            table.onDrained = { [channel] in
+                closeAtGraceEnd.cancel()
+                channel.close(promise: nil)
             }
+            return table.open.isEmpty
+        }
+        if closeNow {
+            closeAtGraceEnd.cancel()
             channel.close(promise: nil)
         }
     }
@@ -224,9 +234,18 @@ final class Connection: Sendable {
                 await Task { await writer.send(Frame(streamID: id, kind: .end(status))) }.value
             }
             // Open until its final frame is written: shutdown closes the socket once no stream is open.
-            _ = self.table.withLock { $0.open.removeValue(forKey: id) }
+            let drained = self.table.withLock { table -> (@Sendable () -> Void)? in
+                table.open.removeValue(forKey: id)
+                return table.open.isEmpty ? table.onDrained : nil
+            }
+            drained?()
         }
-        table.withLock { $0.open[id]?.task = task }
+        // Shutdown may have begun between the admission and now, and found no task to cancel.
+        let interruptNow = table.withLock { table -> Bool in
+            table.open[id]?.task = task
+            return table.shuttingDown && interruptible
+        }
+        if interruptNow { task.cancel() }
         return true
     }
 

@@ -35,6 +35,8 @@ public final class FanoutServer: Service, Sendable {
     }
 
     public func run() async throws {
+        // Whatever happens (a bind that fails), nobody waits for a listener that will never come.
+        defer { ready.continuation.finish() }
         try SocketFile.prepare(configuration.socketPath)
         let maxFrameBytes = configuration.maxFrameBytes
         let server = try await SocketFile.withPrivateUmask {

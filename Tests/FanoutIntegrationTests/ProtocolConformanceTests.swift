@@ -1,4 +1,7 @@
 import FanoutClient
+import FanoutScheduler
+import FanoutServer
+import FanoutStore
 import FanoutWire
 import Foundation
 import Testing
@@ -185,6 +188,21 @@ import Testing
                     #expect(info.status == .completed)
                 }
             }
+        }
+    }
+}
+
+@Suite struct ServerLifecycleTests {
+    @Test("waitUntilListening returns when run() fails before binding")
+    func waitUntilListeningAfterAFailedRun() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory + "/fanout.db")
+            let scheduler = try Scheduler(store: store, configuration: SchedulerConfiguration(agents: []), runners: [:])
+            let server = FanoutServer(configuration: ServerConfiguration(socketPath: directory + "/missing/d.sock"), scheduler: scheduler)
+            let run = Task { try await server.run() }
+            try await withDeadline(.seconds(5), "waitUntilListening") { await server.waitUntilListening() }
+            await #expect(throws: (any Error).self) { try await run.value }
+            await scheduler.shutdown()
         }
     }
 }

@@ -14,6 +14,7 @@ final class FaultyStore: Store {
         var failNextCommits = 0
         var failWritesUntil: ContinuousClock.Instant?
         var failedCommits = 0
+        var reopenDelay: Duration?
     }
 
     let base: SQLiteStore
@@ -24,6 +25,8 @@ final class FaultyStore: Store {
     func failNextCommits(_ count: Int) { faults.withLock { $0.failNextCommits = count } }
     func failWrites(for duration: Duration) { faults.withLock { $0.failWritesUntil = .now + duration } }
     var failedCommits: Int { faults.withLock { $0.failedCommits } }
+    /// RetryFailed's reopening commits, then takes this long to return: a window for races.
+    func delayReopen(by duration: Duration) { faults.withLock { $0.reopenDelay = duration } }
 
     private func writeFault(commit: Bool) throws {
         let fail = faults.withLock { faults -> Bool in
@@ -73,7 +76,12 @@ final class FaultyStore: Store {
     }
     func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch {
         try writeFault(commit: false)
-        return try base.reopenTasks(batchID: batchID, states: states, now: now)
+        let reopened = try base.reopenTasks(batchID: batchID, states: states, now: now)
+        if let delay = faults.withLock({ $0.reopenDelay }) {
+            let (seconds, attoseconds) = delay.components
+            Thread.sleep(forTimeInterval: Double(seconds) + Double(attoseconds) / 1e18)
+        }
+        return reopened
     }
     func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord] {
         try base.events(after: after, upTo: upTo, filter: filter, limit: limit)

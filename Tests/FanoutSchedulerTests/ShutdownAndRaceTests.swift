@@ -1,0 +1,69 @@
+import FanoutCore
+import FanoutRunners
+import FanoutStore
+import FanoutTestSupport
+import Foundation
+import Synchronization
+import Testing
+
+@testable import FanoutScheduler
+
+/// Sleeps through cancellation, then returns: a runner that ignores it.
+struct StubbornRunner: Runner {
+    let seconds: Double
+
+    func run(_ context: RunContext) async throws -> RunOutput {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { continuation.resume() }
+        }
+        return RunOutput(result: Array("late".utf8))
+    }
+}
+
+@Suite struct ShutdownAndRaceTests {
+    @Test("shutdown waits a bounded time for a runner that ignores cancellation; its task goes back to pending and its late result is dropped")
+    func stubbornRunnerDoesNotHoldShutdown() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/fanout.db"
+            let store = try SQLiteStore(path: path)
+            var configuration = SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")])
+            configuration.shutdownGraceMs = 200
+            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(seconds: 1.2)])
+            try scheduler.start()
+            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
+            try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
+            let started = ContinuousClock.now
+            await scheduler.shutdown()
+            #expect(ContinuousClock.now - started < .seconds(2))
+            let stopped = try #require(try store.batch(batch.id))
+            #expect(stopped.counters.pending == 2 && stopped.counters.running == 0)
+            for id in batch.taskIDs {
+                let task = try #require(try store.task(id, includePayload: false))
+                #expect(task.state == .pending)
+                #expect(task.attempt == 0, "a graceful stop gives the attempt back")
+            }
+            // The late results arrive after the stop: nothing changes.
+            try await Task.sleep(for: .seconds(1.5))
+            #expect(try store.batch(batch.id)?.counters.pending == 2)
+            #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).isEmpty)
+        }
+    }
+
+    @Test("a CancelBatch that lands between RetryFailed's commit and its admission is not lost")
+    func cancelDuringRetryFailed() async throws {
+        try await withScheduler(over: FaultyStore.init) { scheduler, store in
+            let failing = json(["fail": "no"])
+            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(20, payload: { _ in failing })))
+            _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
+            store.delayReopen(by: .milliseconds(500))
+            async let retried = scheduler.retryFailed(batch.id, includeExpired: false, includeCancelled: false)
+            try await Task.sleep(for: .milliseconds(150))
+            let cancelled = try await scheduler.cancelBatch(batch.id)
+            _ = try await retried
+            #expect(cancelled.state == .cancelled, "\(cancelled.state)")
+            let final = try #require(try store.batch(batch.id))
+            #expect(final.state == .cancelled)
+            #expect(final.counters.cancelled == 20)
+        }
+    }
+}
