@@ -44,6 +44,7 @@ let package = Package(
             dependencies: ["FanoutCore", "FanoutStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(name: "FanoutRunners", dependencies: ["FanoutCore", "FanoutScheduler"]),

@@ -47,7 +47,11 @@ public struct BatchCounters: Sendable, Hashable, Codable {
         }
     }
 
+    /// Moves one task between states. Every transition the scheduler makes
+    /// goes through here, so `canMove` is checked in one place (debug builds
+    /// stop on a forbidden one; a release daemon keeps counting).
     public mutating func move(from old: TaskState, to new: TaskState) {
+        assert(old.canMove(to: new), "forbidden task transition \(old.rawValue) -> \(new.rawValue)")
         self[old] -= 1
         self[new] += 1
     }

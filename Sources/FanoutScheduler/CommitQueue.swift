@@ -45,7 +45,7 @@ final class CommitQueue: Sendable {
     init(store: any Store, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
          retention: EventRetention = EventRetention(), maxQueuedChanges: Int = 20_000,
          retryBackoff: Backoff = Backoff(baseMs: 50, maxMs: 2_000),
-         now: @escaping @Sendable () -> Milliseconds = { Clock.now }) {
+         now: @escaping @Sendable () -> Milliseconds = { WallClock.now }) {
         self.retryBackoff = retryBackoff
         self.maxQueuedChanges = max(1, maxQueuedChanges)
         self.store = store

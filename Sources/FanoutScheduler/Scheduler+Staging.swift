@@ -43,7 +43,7 @@ extension Scheduler {
         let firstAgent = tasks.first?.agent ?? header.agent
         row.maxTurns = configuration.agents.first { $0.name == (header.agent.isEmpty ? firstAgent : header.agent) }?.maxTurns ?? 0
         let stagedRow = row
-        let id = try await offload { [store] in try store.createStagedBatch(stagedRow, now: Clock.now) }
+        let id = try await offload { [store] in try store.createStagedBatch(stagedRow, now: WallClock.now) }
         var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent, seen: seen)
         do {
             try await store(tasks, into: &staged)
@@ -65,7 +65,7 @@ extension Scheduler {
     private func store(_ tasks: [NewTask], into staged: inout StagedBatch) async throws {
         guard !tasks.isEmpty else { return }
         let (id, parent) = (staged.id, staged.parentTaskID)
-        try await offload { [store] in try store.appendStagedTasks(tasks, to: id, parentTaskID: parent, now: Clock.now) }
+        try await offload { [store] in try store.appendStagedTasks(tasks, to: id, parentTaskID: parent, now: WallClock.now) }
         staged.count += tasks.count
         staged.agents.formUnion(tasks.map(\.agent))
     }
@@ -80,7 +80,7 @@ extension Scheduler {
         let batch = try await offload { [store] in try store.publishStagedBatch(id) }
         let agents = Array(staged.agents)
         mutate { state, effects in
-            let now = Clock.now
+            let now = WallClock.now
             state.admit(batch, agents: agents, now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
         }

@@ -2,6 +2,7 @@ import FanoutCore
 import FanoutStore
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Runs the tasks Fanout accepted: admits batches, picks ready tasks within
@@ -10,7 +11,7 @@ import Synchronization
 ///
 /// Decisions are made by `SchedulerState` behind one lock that is never held
 /// across I/O or an `await`; runners run as Swift tasks.
-public final class Scheduler: Sendable {
+public final class Scheduler: Service, Sendable {
     public let configuration: SchedulerConfiguration
     public let limits: EnqueueLimits
     public let store: any Store
@@ -33,7 +34,7 @@ public final class Scheduler: Sendable {
         self.runners = runners
         self.limits = limits
         self.logger = logger
-        state = Mutex(SchedulerState(configuration: configuration, now: Clock.now))
+        state = Mutex(SchedulerState(configuration: configuration, now: WallClock.now))
         hub = EventHub(lastSequence: try store.lastEventSequence())
         commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention,
                               maxQueuedChanges: configuration.maxChangesPerCommit, retryBackoff: configuration.storeRetry)
@@ -43,7 +44,7 @@ public final class Scheduler: Sendable {
 
     /// Recovers what the store holds and starts the commit loop and timers.
     public func start() throws {
-        let recovered = try store.recover(now: Clock.now)
+        let recovered = try store.recover(now: WallClock.now)
         if recovered.requeued > 0 || !recovered.activeBatches.isEmpty {
             logger.info("recovered work", metadata: [
                 "batches": "\(recovered.activeBatches.count)",
@@ -64,7 +65,7 @@ public final class Scheduler: Sendable {
                 try? await Task.sleep(for: .milliseconds(max(10, self?.configuration.progressIntervalMs ?? 100)))
                 guard let self else { return }
                 self.mutate { state, effects in
-                    let now = Clock.now
+                    let now = WallClock.now
                     state.expireOverdue(now: now, effects: &effects)
                     state.flushProgress(now: now, effects: &effects)
                 }
@@ -72,12 +73,21 @@ public final class Scheduler: Sendable {
         }
         background.withLock { $0 = [commitLoop, ticker] }
         mutate { state, effects in
-            let now = Clock.now
+            let now = WallClock.now
             for batch in recovered.activeBatches {
                 state.admit(batch, agents: recovered.pendingAgents[batch.id] ?? [], now: now, effects: &effects)
             }
             state.dispatch(now: now, effects: &effects)
         }
+    }
+
+    /// As a service of the daemon's `ServiceGroup`: started before the group
+    /// runs (recovery must finish before the server accepts anyone), it waits
+    /// for graceful shutdown, which the group gives it after the server (listed
+    /// after it) has stopped, and then shuts down.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
     }
 
     /// Stops starting tasks, interrupts running ones (they run again after a
@@ -130,10 +140,10 @@ public final class Scheduler: Sendable {
         let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         batch.maxTurns = agents[batch.agent]?.maxTurns ?? batch.tasks.first.flatMap { agents[$0.agent]?.maxTurns } ?? 0
         let admitted = batch
-        let inserted = try await offload { [store] in try store.insertBatch(admitted, now: Clock.now) }
+        let inserted = try await offload { [store] in try store.insertBatch(admitted, now: WallClock.now) }
         let agentsOfBatch = Set(admitted.tasks.map(\.agent))
         mutate { state, effects in
-            let now = Clock.now
+            let now = WallClock.now
             state.admit(inserted.batch, agents: Array(agentsOfBatch), now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
         }
@@ -148,7 +158,7 @@ public final class Scheduler: Sendable {
         }
         let stopped = AsyncStream<Void>.makeStream()
         let active = mutate { state, effects in
-            state.cancelTask(task, now: Clock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
+            state.cancelTask(task, now: WallClock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
         }
         if active { await waitForSignal(stopped.stream, timeout: timeout) }
         return try await offload({ [store] in try store.task(id, includePayload: false) }) ?? task
@@ -162,14 +172,14 @@ public final class Scheduler: Sendable {
         if includeExpired { wanted.insert(.expired) }
         if includeCancelled { wanted.insert(.cancelled) }
         let states = wanted
-        let result = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: Clock.now) }
+        let result = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: WallClock.now) }
         let (batch, reopened) = (result.batch, result.reopened)
         guard reopened > 0 else { return (batch, 0) }
         // The reopened rows' own agents: an agent no longer configured still gets a
         // source, and its tasks fail with no_runner instead of waiting forever.
         let agents = result.agents
         mutate { state, effects in
-            let now = Clock.now
+            let now = WallClock.now
             state.admit(batch, agents: agents, now: now, effects: &effects)
             effects.changes.events.append(state.batchEvent(.batchProgress, batch, now: now))
             state.dispatch(now: now, effects: &effects)
@@ -182,13 +192,13 @@ public final class Scheduler: Sendable {
     public func cancelBatch(_ id: BatchID, timeout: Duration = .seconds(10)) async throws -> BatchRecord {
         let finished = AsyncStream<Void>.makeStream()
         var active = mutate { state, effects in
-            state.cancelBatch(id, now: Clock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
+            state.cancelBatch(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
         }
         if !active, let stored = try await offload({ [store] in try store.batch(id) }), !stored.state.isTerminal {
             // Committed but not admitted yet (an enqueue or a RetryFailed between its commit and its
             // admission): the cancel waits for the admission instead of being lost.
             mutate { state, effects in
-                state.cancelOnAdmission(id, now: Clock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
+                state.cancelOnAdmission(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
             }
             active = true
         }
@@ -260,7 +270,7 @@ public final class Scheduler: Sendable {
             let outcome = await self.execute(order)
             self.mutate { state, effects in
                 state.finish(order.task.id, attempt: order.attempt, outcome: outcome, jitter: Double.random(in: 0...1),
-                             now: Clock.now, effects: &effects)
+                             now: WallClock.now, effects: &effects)
             }
             self.inFlight.remove(1)
         }
@@ -287,7 +297,7 @@ public final class Scheduler: Sendable {
                 return
             }
             mutate { state, effects in
-                state.refilled(order.key, generation: order.generation, tasks: tasks, requested: order.limit, now: Clock.now,
+                state.refilled(order.key, generation: order.generation, tasks: tasks, requested: order.limit, now: WallClock.now,
                                effects: &effects)
             }
         }
@@ -296,16 +306,16 @@ public final class Scheduler: Sendable {
     /// Dispatches again when a paused or rate-limited agent becomes ready.
     private func scheduleWake(at time: Milliseconds) {
         let armed = nextWake.withLock { next -> Bool in
-            if let next, next <= time, next > Clock.now { return false }
+            if let next, next <= time, next > WallClock.now { return false }
             next = time
             return true
         }
         guard armed else { return }
         Task { [weak self] in
-            try? await Task.sleep(for: .milliseconds(max(1, time - Clock.now)))
+            try? await Task.sleep(for: .milliseconds(max(1, time - WallClock.now)))
             guard let self else { return }
             self.nextWake.withLock { if $0 == time { $0 = nil } }
-            self.mutate { state, effects in state.dispatch(now: Clock.now, effects: &effects) }
+            self.mutate { state, effects in state.dispatch(now: WallClock.now, effects: &effects) }
         }
     }
 
@@ -324,7 +334,7 @@ public final class Scheduler: Sendable {
                 attempt: order.attempt, maxTurns: order.maxTurns, payload: payload,
                 reportTurn: { [weak self] in
                     guard let self else { return }
-                    self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: Clock.now, effects: &effects) }
+                    self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: WallClock.now, effects: &effects) }
                     // A runner reporting faster than commits land waits here instead of piling changes up,
                     // and one reporting in a tight loop gives others the thread at each turn.
                     if !(await self.commits.waitForRoom()) { await Task.yield() }
@@ -344,7 +354,7 @@ public final class Scheduler: Sendable {
     private func scheduleRetry(_ id: TaskID, attempt: Int, afterMs delay: Int64) {
         Task { [weak self] in
             try? await Task.sleep(for: .milliseconds(delay))
-            self?.mutate { state, effects in state.retryDue(id, attempt: attempt, now: Clock.now, effects: &effects) }
+            self?.mutate { state, effects in state.retryDue(id, attempt: attempt, now: WallClock.now, effects: &effects) }
         }
     }
 }
@@ -363,7 +373,7 @@ public struct SchedulerStatistics: Sendable, Hashable {
 }
 
 /// Wall-clock milliseconds, read in one place.
-enum Clock {
+enum WallClock {
     static var now: Milliseconds { Milliseconds((Date().timeIntervalSince1970 * 1000).rounded()) }
 }
 

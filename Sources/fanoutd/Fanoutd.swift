@@ -116,8 +116,10 @@ struct Daemon {
             "version": "\(FanoutVersion.current)", "socket": "\(settings.socketPath)", "db": "\(settings.databasePath)",
             "agents": "\(settings.scheduler.agents.map(\.name).joined(separator: ","))",
         ])
+        // Shut down in reverse order: the server stops taking work first, then the scheduler puts
+        // interrupted tasks back to pending and finishes its commits.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: server)],
+            services: [.init(service: scheduler), .init(service: server)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {
@@ -126,8 +128,6 @@ struct Daemon {
             await scheduler.shutdown()
             throw error
         }
-        // The server has stopped: no new work. Interrupted tasks go back to pending; commits finish.
-        await scheduler.shutdown()
         logger.info("fanoutd stopped")
     }
 

@@ -239,7 +239,8 @@ import Testing
             let done = try store.insertBatch(newBatch(owner: "bob", count: 1), now: 2)
             var finish = ChangeSet()
             var doneCounters = BatchCounters(pending: 1)
-            doneCounters.move(from: .pending, to: .completed)
+            doneCounters.move(from: .pending, to: .running)
+            doneCounters.move(from: .running, to: .completed)
             finish.tasks = [.finished(done.taskIDs[0], state: .completed, result: [], failure: nil, turnsCompleted: 0, at: 20)]
             finish.batches[done.batch.id] = BatchSnapshot(id: done.batch.id, state: .completed, counters: doneCounters,
                                                           progressUnits: 1, startedAt: 20, finishedAt: 20)
