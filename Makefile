@@ -4,7 +4,7 @@ SWIFT ?= swift
 
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build proto proto-check test demo bench clean
+.PHONY: help deps build proto proto-check test demo bench stress fuzz clean
 
 help:
 	@echo "Fanout make targets:"
@@ -17,6 +17,10 @@ help:
 	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd"
 	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default;"
 	@echo "                    SUBSCRIBER_SIZES=\"50000\" run alone and with a following subscriber, \"none\" to skip)"
+	@echo "  make stress       release build, then fanoutd under SIGKILLs, fuzzed frames, a following subscriber and"
+	@echo "                   1,000 connections for STRESS_SECONDS (default 600); prints one summary, fails on a crash or a lost task"
+	@echo "  make fuzz         libFuzzer (-sanitize=fuzzer,address) over the frame decoder for FUZZ_SECONDS (default 300),"
+	@echo "                   starting from the seeds in Fuzz/Corpus"
 	@echo "  make clean        remove .build"
 	@echo "Variables: SWIFT=$(SWIFT)"
 
@@ -62,5 +66,23 @@ bench: deps
 		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
 		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT))
 
+STRESS_SECONDS ?= 600
+
+stress: deps
+	$(SWIFT) build -c release
+	$(SWIFT) build -c release --package-path Benchmarks --product FanoutStress
+	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutStress" \
+		--fanoutd "$(CURDIR)/.build/release/fanoutd" --seconds $(STRESS_SECONDS)
+
+# Fuzz/ is a package of its own, built with the sanitizers into .build-fuzz.
+# New inputs go to .build-fuzz/corpus; the committed seeds stay as they are.
+FUZZ_SECONDS ?= 300
+
+fuzz: deps
+	$(SWIFT) build --package-path Fuzz --scratch-path .build-fuzz \
+		-Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+	mkdir -p .build-fuzz/corpus
+	.build-fuzz/debug/FanoutFuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 .build-fuzz/corpus Fuzz/Corpus
+
 clean:
-	rm -rf .build Benchmarks/.build
+	rm -rf .build .build-fuzz Benchmarks/.build Fuzz/.build

@@ -9,11 +9,21 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: "Fanout", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .executableTarget(
             name: "FanoutBench",
             dependencies: [.product(name: "FanoutClient", package: "Fanout")]
+        ),
+        // `make stress`: fanoutd under SIGKILLs, fuzzed frames, a following subscriber and 1,000 connections.
+        .executableTarget(
+            name: "FanoutStress",
+            dependencies: [
+                .product(name: "FanoutClient", package: "Fanout"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -41,6 +41,9 @@ final class CommitQueue: Sendable {
     private let writer = BlockingQueue(label: "fanout.commit")
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
+    /// False when commits start failing, true when they succeed again; ends at `close()`.
+    let healthChanges: AsyncStream<Bool>
+    private let health: AsyncStream<Bool>.Continuation
 
     init(store: any Store, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
          retention: EventRetention = EventRetention(), maxQueuedChanges: Int = 20_000,
@@ -54,6 +57,7 @@ final class CommitQueue: Sendable {
         self.retention = retention
         self.now = now
         (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (healthChanges, health) = AsyncStream.makeStream(of: Bool.self)
     }
 
     /// Queues changes; `onCommit` runs once they are durable (or failed for good).
@@ -172,6 +176,7 @@ final class CommitQueue: Sendable {
         for waiter in waiters { waiter.resume() }
         wake.yield()
         wake.finish()
+        health.finish()
     }
 
     private func flush() async {
@@ -205,16 +210,19 @@ final class CommitQueue: Sendable {
                 state.withLock { $0.eventsSinceTrimSlice += events.count }
                 if failures > 0 {
                     state.withLock { $0.failing = nil }
+                    health.yield(true)
                     logger.notice("the store accepts commits again", metadata: ["failed_attempts": "\(failures)"])
                 }
                 hub.publish(events)
                 return .success(())
             } catch {
                 failures += 1
-                let closed = state.withLock { state -> Bool in
-                    if state.failing == nil { state.failing = StoreFailure(since: now(), message: "\(error)") }
-                    return state.closed
+                let (closed, first) = state.withLock { state -> (Bool, Bool) in
+                    let first = state.failing == nil
+                    if first { state.failing = StoreFailure(since: now(), message: "\(error)") }
+                    return (state.closed, first)
                 }
+                if first { health.yield(false) }
                 // Every failure at first, then now and then: a full disk can last.
                 if failures <= 3 || failures % 20 == 0 {
                     logger.error("store commit failed; retrying", metadata: ["error": "\(error)", "attempt": "\(failures)"])

@@ -77,7 +77,11 @@ extension Scheduler {
             throw FanoutError.invalidArgument("a batch needs at least one task")
         }
         let id = staged.id
-        let batch = try await offload { [store] in try store.publishStagedBatch(id) }
+        let batch = try await offload { [self] in
+            let batch = try store.publishStagedBatch(id)
+            markAdmitting(id)
+            return batch
+        }
         let agents = Array(staged.agents)
         mutate { state, effects in
             let now = WallClock.now

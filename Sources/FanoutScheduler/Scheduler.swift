@@ -71,7 +71,16 @@ public final class Scheduler: Service, Sendable {
                 }
             }
         }
-        background.withLock { $0 = [commitLoop, ticker] }
+        // While the store refuses commits nothing new starts; when it takes them again, work resumes.
+        let health = Task { [weak self, commits] in
+            for await healthy in commits.healthChanges {
+                self?.mutate { state, effects in
+                    state.storeHealthy = healthy
+                    if healthy { state.dispatch(now: WallClock.now, effects: &effects) }
+                }
+            }
+        }
+        background.withLock { $0 = [commitLoop, health, ticker] }
         mutate { state, effects in
             let now = WallClock.now
             for batch in recovered.activeBatches {
@@ -140,7 +149,11 @@ public final class Scheduler: Service, Sendable {
         let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         batch.maxTurns = agents[batch.agent]?.maxTurns ?? batch.tasks.first.flatMap { agents[$0.agent]?.maxTurns } ?? 0
         let admitted = batch
-        let inserted = try await offload { [store] in try store.insertBatch(admitted, now: WallClock.now) }
+        let inserted = try await offload { [self] in
+            let inserted = try store.insertBatch(admitted, now: WallClock.now)
+            markAdmitting(inserted.batch.id)
+            return inserted
+        }
         let agentsOfBatch = Set(admitted.tasks.map(\.agent))
         mutate { state, effects in
             let now = WallClock.now
@@ -172,7 +185,16 @@ public final class Scheduler: Service, Sendable {
         if includeExpired { wanted.insert(.expired) }
         if includeCancelled { wanted.insert(.cancelled) }
         let states = wanted
-        let result = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: WallClock.now) }
+        // Marked before the reopening commits: a cancel arriving from then on waits for the admission.
+        markAdmitting(id)
+        let result: ReopenedBatch
+        do {
+            result = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: WallClock.now) }
+        } catch {
+            unmarkAdmitting(id)
+            throw error
+        }
+        if result.reopened == 0 { unmarkAdmitting(id) }
         let (batch, reopened) = (result.batch, result.reopened)
         guard reopened > 0 else { return (batch, 0) }
         // The reopened rows' own agents: an agent no longer configured still gets a
@@ -191,16 +213,10 @@ public final class Scheduler: Service, Sendable {
     /// for the running ones to stop, so the answer shows the batch cancelled.
     public func cancelBatch(_ id: BatchID, timeout: Duration = .seconds(10)) async throws -> BatchRecord {
         let finished = AsyncStream<Void>.makeStream()
-        var active = mutate { state, effects in
-            state.cancelBatch(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
-        }
-        if !active, let stored = try await offload({ [store] in try store.batch(id) }), !stored.state.isTerminal {
-            // Committed but not admitted yet (an enqueue or a RetryFailed between its commit and its
-            // admission): the cancel waits for the admission instead of being lost.
-            mutate { state, effects in
-                state.cancelOnAdmission(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
-            }
-            active = true
+        // A batch committed but not admitted yet (an enqueue or a RetryFailed in flight) is
+        // cancelled as soon as it is admitted, rather than the cancel being lost.
+        let active = mutate { state, effects in
+            state.cancelActiveOrAdmitting(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
         }
         if active { await waitForSignal(finished.stream, timeout: timeout) }
         guard let batch = try await offload({ [store] in try store.batch(id) }) else {
@@ -222,6 +238,20 @@ public final class Scheduler: Service, Sendable {
                                 subscribers: hub.subscriberCount, queuedChanges: commits.queuedChanges,
                                 tasksInMemory: state.slots.count + state.sources.values.reduce(0) { $0 + $1.window.count })
         }
+    }
+
+    /// Called the moment a batch's commit returns, before it is admitted: a cancel from now on waits for the admission.
+    func markAdmitting(_ id: BatchID) {
+        state.withLock { _ = $0.admitting.insert(id) }
+    }
+
+    /// The admission will not come (nothing was reopened): cancels parked for it answer now.
+    func unmarkAdmitting(_ id: BatchID) {
+        let waiters = state.withLock { state in
+            state.admitting.remove(id)
+            return state.cancelsAwaitingAdmission.removeValue(forKey: id) ?? []
+        }
+        for waiter in waiters { waiter() }
     }
 
     /// Waits until `signal` finishes, or `timeout` passes.
@@ -346,8 +376,10 @@ public final class Scheduler: Service, Sendable {
         } catch is AttemptTimedOut {
             return .failed(RunnerFailure("attempt timed out after \(order.timeoutMs) ms", code: "timeout", retryable: true))
         } catch {
-            if Task.isCancelled || error is CancellationError { return .interrupted }
-            return .failed(RunnerFailure("\(error)", code: "runner_error", retryable: false))
+            if Task.isCancelled { return .interrupted }
+            return .failed(RunnerFailure(error is CancellationError
+                                             ? "the runner stopped the attempt without being asked to (it threw a cancellation)"
+                                             : "\(error)", code: "runner_error", retryable: false))
         }
     }
 
@@ -404,6 +436,7 @@ final class InFlightCount: Sendable {
         var count = 0
         var waiters: [Int: CheckedContinuation<Bool, Never>] = [:]
         var nextWaiter = 0
+        var timedOut: Set<Int> = []
     }
 
     private let state = Mutex(State())
@@ -428,17 +461,22 @@ final class InFlightCount: Sendable {
         }
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            // Marked even when the waiter has not registered yet, so it cannot miss the timeout.
+            let waiter = state.withLock { state in
+                state.timedOut.insert(id)
+                return state.waiters.removeValue(forKey: id)
+            }
             waiter?.resume(returning: false)
         }
         defer { timer.cancel() }
         return await withCheckedContinuation { continuation in
-            let done = state.withLock { state -> Bool in
+            let answer = state.withLock { state -> Bool? in
                 if state.count == 0 { return true }
+                if state.timedOut.contains(id) { return false }
                 state.waiters[id] = continuation
-                return false
+                return nil
             }
-            if done { continuation.resume(returning: true) }
+            if let answer { continuation.resume(returning: answer) }
         }
     }
 }

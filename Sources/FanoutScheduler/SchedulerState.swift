@@ -130,9 +130,12 @@ struct SchedulerState {
     var pendingCount = 0
     var retryWaitCount = 0
     var stopping = false
-    /// Batches cancelled after their commit and before their admission (an
-    /// enqueue or a RetryFailed in flight): admitting them closes them at once.
+    /// Batches committed (an enqueue, a RetryFailed) and about to be admitted.
+    var admitting: Set<BatchID> = []
+    /// Cancels of batches in `admitting`: admitting them closes them at once.
     var cancelsAwaitingAdmission: [BatchID: [@Sendable () -> Void]] = [:]
+    /// False while the store refuses commits: nothing new starts, so results do not pile up in memory.
+    var storeHealthy = true
     /// Running tasks whose coalesced turn event is still to be sent.
     var pendingTurnEvents: Set<TaskID> = []
     /// Numbers sources, so a window read answered after its source was replaced is recognised.
@@ -161,6 +164,7 @@ struct SchedulerState {
         }
         pendingCount += batch.counters.pending
         batches[batch.id] = active
+        admitting.remove(batch.id)
         if let waiters = cancelsAwaitingAdmission.removeValue(forKey: batch.id) {
             batches[batch.id]!.finishWaiters.append(contentsOf: waiters)
             closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
@@ -248,7 +252,7 @@ struct SchedulerState {
     // MARK: Dispatch
 
     mutating func dispatch(now: Milliseconds, effects: inout Effects) {
-        guard !stopping else { return }
+        guard !stopping, storeHealthy else { return }
         while running < configuration.globalConcurrency, let agent = nextAgent(now: now, effects: &effects) {
             // Popped in place: a copy of the source would copy its whole window for every task.
             guard let key = queues[agent]?.next(), var task = sources[key]?.window.popFirst() else {
@@ -331,12 +335,12 @@ struct SchedulerState {
         slot.task.turnsCompleted += 1
         if budget == 0, let last = slot.lastTurnEventAt, now - last < configuration.progressIntervalMs {
             slot.turnEventPending = true
-            slots[id] = slot
             pendingTurnEvents.insert(id)
-            return
+        } else {
+            emitTurn(&slot, now: now, effects: &effects)
         }
-        emitTurn(&slot, now: now, effects: &effects)
         slots[id] = slot
+        // Every counted turn moves progress (the batch may count turns its task's agent does not cap).
         let moved = batch.record.progress.recordTurn(turnsBefore: before)
         batches[batch.record.id] = batch
         if moved {
@@ -369,6 +373,11 @@ struct SchedulerState {
         case .interrupted:
             if let state = slot.interruptAs {
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
+            } else if !stopping {
+                // Nobody asked it to stop: the runner gave up by itself (a stray CancellationError).
+                close(&slot, as: .failed, result: nil, failure: TaskFailure(
+                    message: "the runner stopped the attempt without being asked to (it threw a cancellation)",
+                    code: "runner_error", retryable: false), now: now, effects: &effects)
             } else {
                 // Graceful shutdown: the task runs again when the daemon comes back, and the
                 // attempt it was on is given back (a crash instead counts it, see recovery).
@@ -502,7 +511,12 @@ struct SchedulerState {
             guard var slot = slots[id] else { continue }
             running -= 1
             agents[slot.task.agent]?.running -= 1
-            requeue(&slot, failure: nil, releasing: true, effects: &effects)
+            if let state = slot.interruptAs {
+                // A cancel (or a deadline) was asked for: it stands, the runner's silence notwithstanding.
+                close(&slot, as: state, result: nil, failure: nil, now: WallClock.now, effects: &effects)
+            } else {
+                requeue(&slot, failure: nil, releasing: true, effects: &effects)
+            }
         }
         return stuck.count
     }
@@ -572,12 +586,14 @@ struct SchedulerState {
         return true
     }
 
-    /// Cancels a batch that is stored as active but not admitted yet, as soon as
-    /// it is; or, if it was admitted meanwhile, now.
-    mutating func cancelOnAdmission(_ id: BatchID, now: Milliseconds, onFinished: @escaping @Sendable () -> Void,
-                                    effects: inout Effects) {
-        if cancelBatch(id, now: now, onFinished: onFinished, effects: &effects) { return }
+    /// Cancels an active batch now, or one committed and about to be admitted
+    /// as soon as it is. Returns false if the batch is neither (finished, or unknown).
+    mutating func cancelActiveOrAdmitting(_ id: BatchID, now: Milliseconds, onFinished: @escaping @Sendable () -> Void,
+                                          effects: inout Effects) -> Bool {
+        if cancelBatch(id, now: now, onFinished: onFinished, effects: &effects) { return true }
+        guard admitting.contains(id) else { return false }
         cancelsAwaitingAdmission[id, default: []].append(onFinished)
+        return true
     }
 
     /// Expires the unfinished tasks of batches whose deadline has passed.

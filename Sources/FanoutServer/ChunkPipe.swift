@@ -13,6 +13,8 @@ final class ChunkPipe: Sendable {
         var consumer: CheckedContinuation<BatchChunk?, Never>?
         var producers: [CheckedContinuation<Void, Never>] = []
         var closed = false
+        /// Why the pipe was closed, when a chunk broke a rule.
+        var failure: WireStatus?
     }
 
     private let capacity: Int
@@ -62,6 +64,15 @@ final class ChunkPipe: Sendable {
             for producer in producers { producer.resume() }
             if ready { consumer.resume(returning: chunk) }
         }
+    }
+
+    /// Why the stream must end, if a chunk was refused (read after `receive` returned nil).
+    var failure: WireStatus? { state.withLock { $0.failure } }
+
+    /// Ends the pipe because a chunk broke a rule: the stream ends with `status`, the connection goes on.
+    func fail(_ status: WireStatus) {
+        state.withLock { if $0.failure == nil { $0.failure = status } }
+        close()
     }
 
     /// Ends the pipe: a waiting receiver gets nil, waiting senders go on.

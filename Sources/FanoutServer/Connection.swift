@@ -124,6 +124,11 @@ final class Connection: Sendable {
             return await open(frame.streamID, request, writer: writer)
         case .rejected(let status):
             // Its content breaks a rule (a NUL in a string): that stream ends, the connection goes on.
+            // A refused chunk of a chunked EnqueueBatch ends that enqueue, which commits nothing.
+            if let pipe = table.withLock({ $0.open[frame.streamID]?.chunks }) {
+                pipe.fail(status)
+                return true
+            }
             return await refuse(frame.streamID, status, writer: writer)
         case .message(.batchChunk(let chunk)):
             // Waits while the stream is storing earlier chunks: that is the backpressure.
@@ -328,6 +333,7 @@ final class Connection: Sendable {
                     break
                 }
             }
+            if let failure = chunks.failure { throw failure }
             guard complete else { throw CancellationError() }
             try Task.checkCancellation()
             return try await service.publishStagedBatch(staged)

@@ -38,7 +38,8 @@ enum NulStringScan {
             case 5:
                 guard reader.skip(4, end: end) else { return nil }
             case 2:
-                guard let length = reader.varint(), length <= UInt64(end - reader.offset) else { return nil }
+                // A varint may have run past a nested message's end; protobuf-c refuses that input anyway.
+                guard let length = reader.varint(), reader.offset <= end, length <= UInt64(end - reader.offset) else { return nil }
                 let start = reader.offset
                 let stop = start + Int(length)
                 if let found = check(field, in: &reader, start: start, stop: stop, descriptor: descriptor, depth: depth) {

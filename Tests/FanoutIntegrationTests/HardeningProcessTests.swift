@@ -221,12 +221,20 @@ import Testing
                     #expect(daemon.isRunning)
 
                     try FileManager.default.removeItem(atPath: filler)
-                    let done = try await withDeadline(.seconds(60)) {
-                        while true {
-                            let batch = try await client.batch(first.id)
-                            if batch.status == .completed { return batch }
-                            try await Task.sleep(for: .milliseconds(50))
+                    let done: BatchInfo
+                    do {
+                        done = try await withDeadline(.seconds(60)) {
+                            while true {
+                                let batch = try await client.batch(first.id)
+                                if batch.status == .completed { return batch }
+                                try await Task.sleep(for: .milliseconds(50))
+                            }
                         }
+                    } catch {
+                        let info = try? await client.batch(first.id)
+                        let listing = try? await ChildProcess.run("/bin/sh", ["-c", "df -k \(disk); ls -la \(disk)"])
+                        Issue.record("\(error); the batch: \(String(describing: info))\n\(listing?.out ?? "")\nfanoutd's log:\n\(daemon.output.suffix(4_000))")
+                        throw error
                     }
                     #expect(done.counts.completed == 200, "\(done.counts)")
                     let completions = try await client.subscribe(eventTypes: [.taskCompleted], batchID: first.id, since: 0, follow: false)

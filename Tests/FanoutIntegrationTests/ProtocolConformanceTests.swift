@@ -129,6 +129,32 @@ import Testing
         }
     }
 
+    @Test("a NUL in a later chunk of a chunked EnqueueBatch ends that enqueue with INVALID_ARGUMENT; nothing is stored, the connection goes on")
+    func nulInAChunk() async throws {
+        try await withTestDaemon { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.handshake()
+                let first = EnqueueBatchRequest(ownerID: "o", agent: "echo", tasks: [TaskSpec(customID: "a", payload: [])], more: true)
+                try await session.send(Frame(streamID: 1, kind: .request(.enqueueBatch(first))))
+                let chunk = BatchChunk(tasks: [TaskSpec(customID: "b\(NulMarker.text)", payload: [])], more: false)
+                try await session.send(FuzzedRequest.patch(framed(Frame(streamID: 1, kind: .message(.batchChunk(chunk))))))
+                try await session.send(Frame(streamID: 3, kind: .request(.serverInfo)))
+                var status: WireStatus?
+                var answered = false
+                while !(answered && status != nil), let (frame, _) = try await session.readFrame() {
+                    if frame.streamID == 1, let end = endStatus(frame) { status = end }
+                    if case .response(.serverInfo) = frame.kind { answered = true }
+                }
+                #expect(status?.code == .invalidArgument, "\(String(describing: status))")
+                #expect(answered)
+            }
+            try await withClient(daemon.socketPath) { client in
+                let page = try await client.batches()
+                #expect(page.batches.isEmpty)
+            }
+        }
+    }
+
     @Test("an answer larger than a frame ends its own stream with RESOURCE_EXHAUSTED; the connection goes on")
     func oversizeAnswer() async throws {
         let payloadBytes = 1 << 20
@@ -155,10 +181,11 @@ import Testing
                 try await session.handshake()
                 try await session.send(Frame(streamID: 1, kind: .request(.subscribe(SubscribeRequest(ownerID: "lag", follow: true)))))
                 try await Task.sleep(for: .milliseconds(100))
-                // Enough events to fill the socket's buffers while this session reads nothing.
+                // Far more events (60,000, some 6 MB) than the socket's and NIO's buffers hold while this
+                // session reads nothing.
                 let batch = try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "lag", agent: "echo",
-                                                              tasks: (0..<4_000).map { TaskSpec(customID: "t\($0)", payload: Array(repeating: 120, count: 100)) })
+                                                              tasks: (0..<20_000).map { TaskSpec(customID: "t\($0)", payload: [120]) })
                     // Another client's calls are answered meanwhile, and the batch runs to its end.
                     while try await client.batch(batch.id).status != .completed {
                         try await Task.sleep(for: .milliseconds(20))
@@ -167,7 +194,8 @@ import Testing
                 }
                 var delivered: [UInt64] = []
                 var final: WireStatus?
-                while final == nil, let (frame, _) = try await session.readFrame() {
+                let readingEnds = ContinuousClock.now + .seconds(60)
+                while final == nil, ContinuousClock.now < readingEnds, let (frame, _) = try await session.readFrame() {
                     guard frame.streamID == 1 else { continue }
                     if case .message(.event(let event)) = frame.kind { delivered.append(event.sequence) }
                     final = endStatus(frame)

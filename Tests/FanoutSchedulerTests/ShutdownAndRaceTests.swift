@@ -20,7 +20,45 @@ struct StubbornRunner: Runner {
     }
 }
 
+/// Throws CancellationError though nobody cancelled it.
+struct SpuriousCancellationRunner: Runner {
+    func run(_ context: RunContext) async throws -> RunOutput { throw CancellationError() }
+}
+
 @Suite struct ShutdownAndRaceTests {
+    @Test("a runner that throws a cancellation nobody asked for fails the task once; it is not run again and again")
+    func spuriousCancellation() async throws {
+        let agents = [AgentConfiguration(name: "echo", runner: "echo", maxAttempts: 3)]
+        try await withScheduler(agents: agents, runners: ["echo": SpuriousCancellationRunner()]) { scheduler, store in
+            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
+            let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
+            #expect(events.filter { $0.kind == .taskStarted }.count == 2)
+            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            #expect(results.map(\.state) == [.failed, .failed])
+            #expect(results.allSatisfy { $0.failure?.code == "runner_error" && $0.attempt == 1 })
+        }
+    }
+
+    @Test("a task cancelled while its runner ignores cancellation stays cancelled through shutdown")
+    func cancelStandsThroughShutdown() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory + "/fanout.db")
+            var configuration = SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")])
+            configuration.shutdownGraceMs = 200
+            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(seconds: 1.2)])
+            try scheduler.start()
+            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
+            try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
+            let cancelling = Task { try await scheduler.cancelTask(batch.taskIDs[0], timeout: .milliseconds(100)) }
+            _ = try await cancelling.value
+            await scheduler.shutdown()
+            #expect(try store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
+            #expect(try store.task(batch.taskIDs[1], includePayload: false)?.state == .pending)
+            try await Task.sleep(for: .seconds(1.5))
+            #expect(try store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
+        }
+    }
+
     @Test("shutdown waits a bounded time for a runner that ignores cancellation; its task goes back to pending and its late result is dropped")
     func stubbornRunnerDoesNotHoldShutdown() async throws {
         try await withTemporaryDirectory { directory in
