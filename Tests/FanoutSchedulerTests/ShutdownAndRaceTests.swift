@@ -26,6 +26,22 @@ struct SpuriousCancellationRunner: Runner {
 }
 
 @Suite struct ShutdownAndRaceTests {
+    /// A scheduler (not shut down: the body does it) whose two tasks run on runners that ignore cancellation.
+    private static func withTwoStubbornTasks(
+        _ body: (Scheduler, SQLiteStore, InsertedBatch) async throws -> Void
+    ) async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory + "/fanout.db")
+            var configuration = SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")])
+            configuration.shutdownGraceMs = 200
+            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(seconds: 1.2)])
+            try scheduler.start()
+            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
+            try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
+            try await body(scheduler, store, batch)
+        }
+    }
+
     @Test("a runner that throws a cancellation nobody asked for fails the task once; it is not run again and again")
     func spuriousCancellation() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxAttempts: 3)]
@@ -41,14 +57,7 @@ struct SpuriousCancellationRunner: Runner {
 
     @Test("a task cancelled while its runner ignores cancellation stays cancelled through shutdown")
     func cancelStandsThroughShutdown() async throws {
-        try await withTemporaryDirectory { directory in
-            let store = try SQLiteStore(path: directory + "/fanout.db")
-            var configuration = SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")])
-            configuration.shutdownGraceMs = 200
-            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(seconds: 1.2)])
-            try scheduler.start()
-            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
-            try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
+        try await Self.withTwoStubbornTasks { scheduler, store, batch in
             let cancelling = Task { try await scheduler.cancelTask(batch.taskIDs[0], timeout: .milliseconds(100)) }
             _ = try await cancelling.value
             await scheduler.shutdown()
@@ -61,15 +70,7 @@ struct SpuriousCancellationRunner: Runner {
 
     @Test("shutdown waits a bounded time for a runner that ignores cancellation; its task goes back to pending and its late result is dropped")
     func stubbornRunnerDoesNotHoldShutdown() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/fanout.db"
-            let store = try SQLiteStore(path: path)
-            var configuration = SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")])
-            configuration.shutdownGraceMs = 200
-            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(seconds: 1.2)])
-            try scheduler.start()
-            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
-            try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
+        try await Self.withTwoStubbornTasks { scheduler, store, batch in
             let started = ContinuousClock.now
             await scheduler.shutdown()
             #expect(ContinuousClock.now - started < .seconds(2))
