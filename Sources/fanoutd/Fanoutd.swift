@@ -92,6 +92,10 @@ struct Daemon {
             return handler
         }
         let logger = Logger(label: "fanoutd")
+        // Each connection is a descriptor: max_connections (1,024 by default) needs more than the usual soft limit.
+        if let raised = OpenFiles.raiseSoftLimit(toAtLeast: settings.server.maxConnections + 64) {
+            logger.debug("raised the open-file limit", metadata: ["limit": "\(raised)"])
+        }
 
         try makeParent(of: settings.socketPath, mode: 0o700)
         // Before the store: a daemon refused here must not recover or run the live daemon's tasks.
@@ -138,3 +142,22 @@ struct Daemon {
                                                 attributes: [.posixPermissions: mode])
     }
 }
+
+/// The process's open-file limit.
+enum OpenFiles {
+    /// Raises the soft limit towards the hard one (never past it); returns the new soft limit if it changed.
+    static func raiseSoftLimit(toAtLeast wanted: Int) -> Int? {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(wanted) else { return nil }
+        let target = min(limit.rlim_max, max(rlim_t(wanted), limit.rlim_cur))
+        guard target > limit.rlim_cur else { return nil }
+        limit.rlim_cur = target
+        return setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Int(target) : nil
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif

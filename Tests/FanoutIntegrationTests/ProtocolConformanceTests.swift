@@ -234,3 +234,42 @@ import Testing
         }
     }
 }
+
+@Suite struct ClientLifetimeTests {
+    /// Until the daemon counts `observer`'s connection alone (the other one closed).
+    static func waitUntilOnlyConnection(_ observer: FanoutClient) async throws {
+        try await withDeadline(.seconds(10), "the other connection to close") {
+            while try await observer.serverInfo().connections != 1 {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+    }
+
+    @Test("a FanoutClient dropped without close() closes its socket")
+    func droppedClientClosesItsSocket() async throws {
+        try await withTestDaemon { daemon in
+            try await withClient(daemon.socketPath) { observer in
+                func dropOne() async throws {
+                    let dropped = try await FanoutClient.connect(socketPath: daemon.socketPath)
+                    _ = try await dropped.serverInfo()
+                }
+                try await dropOne()
+                try await Self.waitUntilOnlyConnection(observer)
+            }
+        }
+    }
+
+    @Test("withFanoutClient closes the client when its body throws")
+    func scopedClientCloses() async throws {
+        struct Expected: Error {}
+        try await withTestDaemon { daemon in
+            await #expect(throws: Expected.self) {
+                try await withFanoutClient(socketPath: daemon.socketPath) { client in
+                    _ = try await client.serverInfo()
+                    throw Expected()
+                }
+            }
+            try await withClient(daemon.socketPath) { observer in try await Self.waitUntilOnlyConnection(observer) }
+        }
+    }
+}
