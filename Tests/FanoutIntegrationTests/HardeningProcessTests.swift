@@ -104,12 +104,22 @@ import Testing
 
     // MARK: Another local user
 
-    /// `fanout` run as uid 65534 through setpriv.
-    private static func asNobody(_ arguments: [String], timeoutSeconds: Double = 20) async throws -> (status: Int32, out: String, err: String) {
-        let cli = try #require(FanoutCLI.path)
-        return try await ChildProcess.run("/usr/bin/setpriv",
-                                          ["--reuid=65534", "--regid=65534", "--clear-groups", cli] + arguments,
-                                          timeoutSeconds: timeoutSeconds)
+    /// `fanout` run as uid 65534 through setpriv, from a copy in `directory`: the build folder may
+    /// be where another user cannot reach it (a checkout under /root).
+    private static func asNobody(_ arguments: [String], in directory: String,
+                                 timeoutSeconds: Double = 20) async throws -> (status: Int32, out: String, err: String) {
+        try await ChildProcess.run("/usr/bin/setpriv",
+                                   ["--reuid=65534", "--regid=65534", "--clear-groups", try publicCLI(in: directory)] + arguments,
+                                   timeoutSeconds: timeoutSeconds)
+    }
+
+    private static func publicCLI(in directory: String) throws -> String {
+        let copy = directory + "/fanout"
+        if !FileManager.default.fileExists(atPath: copy) {
+            try FileManager.default.copyItem(atPath: try #require(FanoutCLI.path), toPath: copy)
+            chmod(copy, 0o755)
+        }
+        return copy
     }
 
     private static func batchIDs(inJSONLines text: String) -> Set<UInt64> {
@@ -135,13 +145,14 @@ import Testing
                     try await client.enqueueBatch(ownerID: "shared", agent: "echo", tasks: [TaskSpec(customID: "secret-of-root", payload: [1])])
                 }
                 // A follower as the other user, started before more work arrives.
-                let cli = try #require(FanoutCLI.path)
+                let cli = try Self.publicCLI(in: directory)
                 let follower = try BackgroundProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", cli,
                                                                           "events", "--owner", "shared", "--follow", "--json", "--socket", socket],
                                                      logPrefix: directory + "/follower")
                 defer { follower.stop() }
                 try await Task.sleep(for: .milliseconds(300))
-                let mine = try await Self.asNobody(["submit", input, "--agent", "echo", "--owner", "shared", "--watch", "--socket", socket])
+                let mine = try await Self.asNobody(["submit", input, "--agent", "echo", "--owner", "shared", "--watch", "--socket", socket],
+                                                   in: directory)
                 #expect(mine.status == 0, "\(mine.err)")
                 let myBatch = try #require(UInt64(mine.out.trimmingCharacters(in: .whitespacesAndNewlines)), "\(mine.out)")
                 let rootAfter = try await withClient(socket) { client in
@@ -155,12 +166,12 @@ import Testing
                 #expect(live == [myBatch], "live events of other batches reached uid 65534: \(follower.output)")
 
                 for owner in [["--owner", "shared"], []] {
-                    let replay = try await Self.asNobody(["events", "--json", "--socket", socket] + owner)
+                    let replay = try await Self.asNobody(["events", "--json", "--socket", socket] + owner, in: directory)
                     #expect(replay.status == 0, "\(replay.err)")
                     #expect(Self.batchIDs(inJSONLines: replay.out) == [myBatch], "replay \(owner): \(replay.out)")
                     #expect(!replay.out.contains("secret-of-root") && !replay.out.contains("root-2"))
                 }
-                let denied = try await Self.asNobody(["events", "--batch", "\(rootBefore.id)", "--json", "--socket", socket])
+                let denied = try await Self.asNobody(["events", "--batch", "\(rootBefore.id)", "--json", "--socket", socket], in: directory)
                 #expect(denied.status != 0)
                 #expect(denied.err.contains("PERMISSION_DENIED"), "\(denied.err)")
                 // Root, the daemon's own user, sees everything.
