@@ -273,3 +273,16 @@ import Testing
         }
     }
 }
+
+@Suite struct SwiftTypedTaskSpecTests {
+    @Test("TaskSpec in Swift types: nil for defaults, Duration for the timeout, checked")
+    func swiftTypes() throws {
+        let spec = try TaskSpec(customID: "a", payload: [1], maxAttempts: 3, timeout: .seconds(2.5))
+        #expect(spec.maxAttempts == 3 && spec.timeoutMs == 2_500 && spec.agent == "")
+        #expect(spec.timeout == .milliseconds(2_500))
+        let defaults = try TaskSpec(customID: "b", payload: [], maxAttempts: nil, timeout: nil)
+        #expect(defaults.maxAttempts == 0 && defaults.timeoutMs == 0 && defaults.timeout == nil)
+        #expect(throws: FanoutClientError.self) { try TaskSpec(customID: "c", payload: [], maxAttempts: 0, timeout: nil) }
+        #expect(throws: FanoutClientError.self) { try TaskSpec(customID: "d", payload: [], maxAttempts: nil, timeout: .seconds(-1)) }
+    }
+}
