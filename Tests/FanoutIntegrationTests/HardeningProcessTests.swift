@@ -299,3 +299,39 @@ import Testing
         }
     }
 }
+
+@Suite struct ListenBacklogTests {
+    /// With the old backlog of 256 (or `listen_backlog` 16), hundreds of these got EAGAIN.
+    @Test("a burst of 600 non-blocking connects is queued by the kernel, none refused with EAGAIN")
+    func burstOfConnects() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/d.sock"
+            try await withDaemonProcess(["--socket", path, "--db", directory + "/fanout.db"], logPath: directory + "/fanoutd.log") { daemon in
+                try await daemon.waitUntilListening(path)
+                var descriptors: [Int32] = []
+                defer { for fd in descriptors { close(fd) } }
+                var refused = 0
+                for _ in 0..<600 {
+                    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                    guard fd >= 0 else { break }
+                    descriptors.append(fd)
+                    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                    var address = sockaddr_un()
+                    address.sun_family = sa_family_t(AF_UNIX)
+                    withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+                        let bytes = Array(path.utf8)
+                        buffer.copyBytes(from: bytes)
+                        buffer[bytes.count] = 0
+                    }
+                    let result = withUnsafePointer(to: &address) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                    }
+                    if result != 0 && errno == EAGAIN { refused += 1 }
+                }
+                #expect(descriptors.count == 600)
+                #expect(refused == 0, "\(refused) of 600 connects refused with EAGAIN")
+                #expect(daemon.isRunning)
+            }
+        }
+    }
+}
