@@ -10,11 +10,16 @@ import GRDB
 public final class SQLiteStore: Store {
     private let pool: DatabasePool
 
+    static let walSizeLimitBytes = 64 << 20
+
     public init(path: String, durability: Durability = .normal) throws {
         var configuration = Configuration()
         configuration.label = "fanout"
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+            // After a checkpoint the WAL file shrinks back to this, so a burst does not keep its
+            // disk space for ever (and a disk freed after running full has room for the next checkpoint).
+            try db.execute(sql: "PRAGMA journal_size_limit = \(Self.walSizeLimitBytes)")
         }
         // A second daemon on the same file waits briefly instead of failing at once.
         configuration.busyMode = .timeout(5)

@@ -191,8 +191,9 @@ import Testing
         try await withTemporaryDirectory { directory in
             let disk = directory + "/disk"
             try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: false)
-            // A small filesystem of its own; where mounting is not allowed there is nothing to test here.
-            let mount = try await ChildProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk])
+            // A small filesystem of its own (where mounting is not allowed there is nothing to test here),
+            // large enough that once the filler is gone SQLite's WAL and its checkpoint have room again.
+            let mount = try await ChildProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=32m", "tmpfs", disk])
             guard mount.status == 0 else { return }
             defer { _ = try? ChildProcess.runBlocking("/bin/umount", ["-l", disk]) }
             let socket = directory + "/d.sock"
@@ -218,7 +219,7 @@ import Testing
                     for attempt in 0..<200 where refusal == nil {
                         do {
                             _ = try await client.enqueueBatch(ownerID: "disk", agent: "echo",
-                                                              tasks: [TaskSpec(customID: "probe-\(attempt)", payload: Array(repeating: 1, count: 4_000))])
+                                                              tasks: [TaskSpec(customID: "probe-\(attempt)", payload: Array(repeating: 1, count: 200))])
                             try await Task.sleep(for: .milliseconds(20))
                         } catch let error as FanoutClientError {
                             refusal = error
