@@ -114,6 +114,11 @@ final class ClientConnection: Sendable {
         return (id, frames)
     }
 
+    /// Tests skip ahead to the end of the id space this way.
+    func skipStreamIDs(to next: UInt32) {
+        nextStreamID.withLock { $0 = next }
+    }
+
     private func takeStreamID() throws(FanoutClientError) -> UInt32 {
         let id = nextStreamID.withLock { next -> UInt32? in
             defer { next = next.flatMap { $0 <= UInt32.max - 2 ? $0 + 2 : nil } }
