@@ -16,7 +16,7 @@ import Testing
         ["--socket", directory + "/d.sock", "--db", directory + "/fanout.db"] + extra
     }
 
-    @Test("a task asking echo for a billion turns fails at once; fanoutd keeps answering within a second")
+    @Test("a task asking echo for a billion turns fails at once; fanoutd keeps answering")
     func billionTurns() async throws {
         try await withTemporaryDirectory { directory in
             let socket = directory + "/d.sock"
@@ -30,7 +30,7 @@ import Testing
                     for _ in 0..<10 {
                         let started = ContinuousClock.now
                         _ = try await client.serverInfo()
-                        #expect(ContinuousClock.now - started < .seconds(1))
+                        #expect(ContinuousClock.now - started < .seconds(3), "ServerInfo took \(ContinuousClock.now - started)")
                         try await Task.sleep(for: .milliseconds(100))
                     }
                     _ = try await withDeadline(.seconds(30)) { try await events(of: batch.id, owner: "x", on: client, since: 0) }

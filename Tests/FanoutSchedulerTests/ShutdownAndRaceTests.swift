@@ -8,14 +8,37 @@ import Testing
 
 @testable import FanoutScheduler
 
-/// Sleeps through cancellation, then returns: a runner that ignores it.
+/// Opens once; everyone waiting then goes on. Waiting ignores cancellation.
+final class Latch: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let openNow = state.withLock { state -> Bool in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if openNow { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// Waits for its latch whatever happens, then returns: a runner that ignores cancellation.
 struct StubbornRunner: Runner {
-    let seconds: Double
+    let latch: Latch
 
     func run(_ context: RunContext) async throws -> RunOutput {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { continuation.resume() }
-        }
+        await latch.wait()
         return RunOutput(result: Array("late".utf8))
     }
 }
@@ -28,17 +51,19 @@ struct SpuriousCancellationRunner: Runner {
 @Suite struct ShutdownAndRaceTests {
     /// A scheduler (not shut down: the body does it) whose two tasks run on runners that ignore cancellation.
     private static func withTwoStubbornTasks(
-        _ body: (Scheduler, SQLiteStore, InsertedBatch) async throws -> Void
+        _ body: (Scheduler, SQLiteStore, InsertedBatch, Latch) async throws -> Void
     ) async throws {
+        let latch = Latch()
+        defer { latch.open() }
         try await withTemporaryDirectory { directory in
             let store = try SQLiteStore(path: directory + "/fanout.db")
             var configuration = SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo")])
             configuration.shutdownGraceMs = 200
-            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(seconds: 1.2)])
+            let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(latch: latch)])
             try scheduler.start()
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
             try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
-            try await body(scheduler, store, batch)
+            try await body(scheduler, store, batch, latch)
         }
     }
 
@@ -57,23 +82,25 @@ struct SpuriousCancellationRunner: Runner {
 
     @Test("a task cancelled while its runner ignores cancellation stays cancelled through shutdown")
     func cancelStandsThroughShutdown() async throws {
-        try await Self.withTwoStubbornTasks { scheduler, store, batch in
+        try await Self.withTwoStubbornTasks { scheduler, store, batch, latch in
             let cancelling = Task { try await scheduler.cancelTask(batch.taskIDs[0], timeout: .milliseconds(100)) }
             _ = try await cancelling.value
             await scheduler.shutdown()
             #expect(try store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
             #expect(try store.task(batch.taskIDs[1], includePayload: false)?.state == .pending)
-            try await Task.sleep(for: .seconds(1.5))
+            // The runners return now, after the stop: their results must change nothing.
+            latch.open()
+            try await Task.sleep(for: .milliseconds(300))
             #expect(try store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
         }
     }
 
     @Test("shutdown waits a bounded time for a runner that ignores cancellation; its task goes back to pending and its late result is dropped")
     func stubbornRunnerDoesNotHoldShutdown() async throws {
-        try await Self.withTwoStubbornTasks { scheduler, store, batch in
+        try await Self.withTwoStubbornTasks { scheduler, store, batch, latch in
             let started = ContinuousClock.now
             await scheduler.shutdown()
-            #expect(ContinuousClock.now - started < .seconds(2))
+            #expect(ContinuousClock.now - started < .seconds(5))
             let stopped = try #require(try store.batch(batch.id))
             #expect(stopped.counters.pending == 2 && stopped.counters.running == 0)
             for id in batch.taskIDs {
@@ -82,7 +109,9 @@ struct SpuriousCancellationRunner: Runner {
                 #expect(task.attempt == 0, "a graceful stop gives the attempt back")
             }
             // The late results arrive after the stop: nothing changes.
-            try await Task.sleep(for: .seconds(1.5))
+            // The runners return now, after the stop: their results must change nothing.
+            latch.open()
+            try await Task.sleep(for: .milliseconds(300))
             #expect(try store.batch(batch.id)?.counters.pending == 2)
             #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).isEmpty)
         }
