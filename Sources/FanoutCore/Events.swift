@@ -77,6 +77,9 @@ public struct EventFilter: Sendable, Hashable {
         self.creatorUID = creatorUID
     }
 
+    /// No condition at all: every event matches.
+    public var matchesEverything: Bool { ownerID.isEmpty && kinds.isEmpty && batchID == nil && creatorUID == nil }
+
     public func matches(_ event: EventRecord) -> Bool {
         (ownerID.isEmpty || event.ownerID == ownerID)
             && (kinds.isEmpty || kinds.contains(event.kind))

@@ -18,7 +18,6 @@ final class EventHub: Sendable {
     private struct Subscriber {
         var filter: EventFilter
         var continuation: AsyncStream<[EventRecord]>.Continuation
-        var lastQueued: EventSequence
         var backlog: SubscriberBacklog
         var bufferSize: Int
     }
@@ -34,13 +33,12 @@ final class EventHub: Sendable {
     func subscribe(filter: EventFilter, bufferSize: Int) -> LiveSubscription {
         // Unbounded as a stream: the bound is `bufferSize` events, counted by the backlog.
         let (stream, continuation) = AsyncStream.makeStream(of: [EventRecord].self, bufferingPolicy: .unbounded)
-        let backlog = SubscriberBacklog()
-        let (id, joinedAfter) = state.withLock { state in
+        let (id, joinedAfter, backlog) = state.withLock { state in
             let id = state.nextID
             state.nextID += 1
-            state.subscribers[id] = Subscriber(filter: filter, continuation: continuation, lastQueued: state.lastPublished,
-                                               backlog: backlog, bufferSize: max(1, bufferSize))
-            return (id, state.lastPublished)
+            let backlog = SubscriberBacklog(lastQueued: state.lastPublished)
+            state.subscribers[id] = Subscriber(filter: filter, continuation: continuation, backlog: backlog, bufferSize: max(1, bufferSize))
+            return (id, state.lastPublished, backlog)
         }
         continuation.onTermination = { [weak self] _ in self?.remove(id) }
         return LiveSubscription(events: stream, joinedAfter: joinedAfter, backlog: backlog)
@@ -48,29 +46,35 @@ final class EventHub: Sendable {
 
     var subscriberCount: Int { state.withLock { $0.subscribers.count } }
 
+    /// Called by the commit loop only, one commit at a time, so groups reach
+    /// each subscriber in order. Filtering runs outside the hub's lock: a
+    /// subscriber joining meanwhile replays these events from the store (they
+    /// are committed, and it joins after `lastPublished`).
     func publish(_ events: [EventRecord]) {
         guard let last = events.last else { return }
-        // Finished outside the lock: `finish()` runs the stream's `onTermination`
-        // synchronously, which calls `remove(_:)` and takes the lock again.
-        let cutOff = state.withLock { state -> [AsyncStream<[EventRecord]>.Continuation] in
-            var cutOff: [AsyncStream<[EventRecord]>.Continuation] = []
+        let subscribers = state.withLock { state in
             state.lastPublished = last.sequence
-            for (id, subscriber) in state.subscribers {
-                let matching = events.filter(subscriber.filter.matches)
-                guard let newest = matching.last else { continue }
-                if subscriber.backlog.add(matching.count, limit: subscriber.bufferSize) {
-                    subscriber.continuation.yield(matching)
-                    state.subscribers[id]?.lastQueued = newest.sequence
-                } else {
-                    // Everything queued before is still delivered; it resumes after the last of it.
-                    subscriber.backlog.markLagged(lastSequence: subscriber.lastQueued)
-                    cutOff.append(subscriber.continuation)
-                    state.subscribers[id] = nil
-                }
-            }
-            return cutOff
+            return state.subscribers
         }
-        for continuation in cutOff { continuation.finish() }
+        var cutOff: [(id: Int, continuation: AsyncStream<[EventRecord]>.Continuation)] = []
+        for (id, subscriber) in subscribers {
+            // A subscriber that wants everything shares the commit's array instead of copying it.
+            let matching = subscriber.filter.matchesEverything ? events : events.filter(subscriber.filter.matches)
+            guard let newest = matching.last else { continue }
+            if subscriber.backlog.add(matching.count, newest: newest.sequence, limit: subscriber.bufferSize) {
+                subscriber.continuation.yield(matching)
+            } else {
+                // Everything queued before is still delivered; it resumes after the last of it.
+                subscriber.backlog.markLagged()
+                cutOff.append((id, subscriber.continuation))
+            }
+        }
+        guard !cutOff.isEmpty else { return }
+        state.withLock { state in
+            for (id, _) in cutOff { state.subscribers[id] = nil }
+        }
+        // `finish()` runs `onTermination`, which takes the lock again: outside it.
+        for (_, continuation) in cutOff { continuation.finish() }
     }
 
     /// Ends every subscription (daemon shutdown).
@@ -92,26 +96,33 @@ final class EventHub: Sendable {
 final class SubscriberBacklog: Sendable {
     private struct Counts {
         var queued = 0
+        var lastQueued: EventSequence
         var laggedAt: EventSequence?
     }
 
-    private let counts = Mutex(Counts())
+    private let counts: Mutex<Counts>
+
+    init(lastQueued: EventSequence) {
+        counts = Mutex(Counts(lastQueued: lastQueued))
+    }
 
     /// Counts `count` more events if that stays within `limit`. A subscriber
     /// that has taken everything always gets the next group, however large:
     /// one commit can carry more events than the limit, and a reader keeping
     /// up must not be cut off for it. Its backlog is then at most the limit
     /// plus one commit's events.
-    func add(_ count: Int, limit: Int) -> Bool {
+    func add(_ count: Int, newest: EventSequence, limit: Int) -> Bool {
         counts.withLock { counts in
             guard counts.queued == 0 || counts.queued + count <= limit else { return false }
             counts.queued += count
+            counts.lastQueued = newest
             return true
         }
     }
 
     func taken(_ count: Int) { counts.withLock { $0.queued -= count } }
-    func markLagged(lastSequence: EventSequence) { counts.withLock { $0.laggedAt = lastSequence } }
+    /// Cut off after the last event queued.
+    func markLagged() { counts.withLock { $0.laggedAt = $0.lastQueued } }
     var laggedAt: EventSequence? { counts.withLock { $0.laggedAt } }
 }
 

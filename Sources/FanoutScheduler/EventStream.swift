@@ -110,7 +110,8 @@ public struct EventStream: AsyncSequence, Sendable {
             guard let live else { return nil }
             while let batch = await liveIterator?.next() {
                 live.backlog.taken(batch.count)
-                let fresh = batch.filter { $0.sequence > cursor }
+                // Only the seam with the replay can overlap; later groups pass through uncopied.
+                let fresh = (batch.first?.sequence ?? 0) > cursor ? batch : batch.filter { $0.sequence > cursor }
                 guard let last = fresh.last else { continue }
                 cursor = last.sequence
                 return fresh
