@@ -694,6 +694,13 @@ struct SchedulerState {
 
     private mutating func noteProgress(_ id: BatchID, now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[id] else { return }
+        if batch.record.progress.units >= batch.record.progress.maxUnits {
+            // 100 % before the last task ended (its last turn came first): the one event at 100 %
+            // goes out with the batch's terminal event (`finishIfDone`), not twice.
+            batch.progressDirty = false
+            batches[id] = batch
+            return
+        }
         if now - batch.lastProgressAt >= configuration.progressIntervalMs {
             batch.lastProgressAt = now
             batch.progressDirty = false

@@ -412,20 +412,21 @@ struct FrameWriter: Sendable {
         try await outbound.write(buffer)
     }
 
-    /// Writes several frames in one go (split into writes of about `groupBytes`).
+    /// Writes several frames in one go: encoded a slice at a time (one arena
+    /// per slice), each slice one write.
     func write(_ frames: [Frame]) async throws {
-        var buffer = ByteBuffer()
-        for frame in frames {
-            try FrameCoding.encodeFramed(frame, into: &buffer, maxFrameBytes: maxFrameBytes)
-            if buffer.readableBytes >= Self.groupBytes {
-                try await outbound.write(buffer)
-                buffer = ByteBuffer()
-            }
+        var start = frames.startIndex
+        while start < frames.endIndex {
+            let end = min(start + Self.framesPerWrite, frames.endIndex)
+            var buffer = ByteBuffer()
+            try FrameCoding.encodeFramed(frames[start..<end], into: &buffer, maxFrameBytes: maxFrameBytes)
+            try await outbound.write(buffer)
+            start = end
         }
-        if buffer.readableBytes > 0 { try await outbound.write(buffer) }
     }
 
-    static let groupBytes = 256 * 1024
+    /// Events are about 100 bytes: some 50 KB per write.
+    static let framesPerWrite = 512
 
     /// Writes, ignoring a connection that is already gone.
     func send(_ frame: Frame) async {

@@ -35,6 +35,27 @@ public enum FrameCoding {
     ) throws(WireError) {
         let arena = EncodeArena()
         defer { arena.release() }
+        try encodeFramed(frame, into: &buffer, maxFrameBytes: maxFrameBytes, arena: arena)
+    }
+
+    /// Appends several frames, one after the other, sharing one arena for
+    /// their temporary structs (a subscription's group of events: one
+    /// allocation instead of one per event). Stops at the first frame that
+    /// cannot be encoded; those before it stay in `buffer`.
+    public static func encodeFramed(
+        _ frames: some Sequence<Frame>,
+        into buffer: inout ByteBuffer,
+        maxFrameBytes: Int = FrameDecoder.defaultMaxFrameBytes
+    ) throws(WireError) {
+        let arena = EncodeArena()
+        defer { arena.release() }
+        for frame in frames {
+            try encodeFramed(frame, into: &buffer, maxFrameBytes: maxFrameBytes, arena: arena)
+        }
+    }
+
+    private static func encodeFramed(_ frame: Frame, into buffer: inout ByteBuffer, maxFrameBytes: Int,
+                                     arena: EncodeArena) throws(WireError) {
         let message = try ProtoEncoder(arena: arena).frame(frame)
         let size = fanout__v1__frame__get_packed_size(message)
         let limit = min(maxFrameBytes, Int(UInt32.max))

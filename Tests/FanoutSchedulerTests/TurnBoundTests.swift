@@ -63,6 +63,21 @@ final class BudgetRecordingRunner: Runner {
         }
     }
 
+    @Test("progress reaching 100 % on a last turn before the task ends still gives exactly one event at 100 %")
+    func oneProgressEventAtHundred() async throws {
+        let agents = [AgentConfiguration(name: "echo", runner: "echo", maxTurns: 2)]
+        try await withScheduler(agents: agents, configure: { $0.progressIntervalMs = 0 }) { scheduler, _ in
+            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [
+                NewTask(customID: "a", agent: "", payload: json(["turns": 2, "delay_ms": 30])),
+            ]))
+            let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
+            let progress = events.filter { $0.kind == .batchProgress }.compactMap(\.progress)
+            #expect(progress.filter { $0 == 100 }.count == 1, "\(progress)")
+            #expect(progress.last == 100)
+            #expect(events.suffix(2).map(\.kind) == [.batchProgress, .batchCompleted])
+        }
+    }
+
     @Test("a runner is told its task's max_turns, not its batch's")
     func runnerGetsTheTasksTurnBudget() async throws {
         let runner = BudgetRecordingRunner()
