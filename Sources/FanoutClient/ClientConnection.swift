@@ -7,8 +7,7 @@ import Synchronization
 /// inbound frames to the stream they belong to; any task may write.
 final class ClientConnection: Sendable {
     private struct Routes {
-        var streams: [UInt32: AsyncThrowingStream<Frame, any Error>.Continuation] = [:]
-        var limits: [UInt32: Int] = [:]
+        var streams: [UInt32: Route] = [:]
         var closed: FanoutClientError?
     }
 
@@ -34,14 +33,15 @@ final class ClientConnection: Sendable {
     }
 
     static func connect(socketPath: String, maxFrameBytes: Int, group: any EventLoopGroup) async throws -> ClientConnection {
-        let asyncChannel: NIOAsyncChannel<Frame, ByteBuffer>
+        let asyncChannel: NIOAsyncChannel<[Frame], ByteBuffer>
         do {
             asyncChannel = try await ClientBootstrap(group: group)
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                        // Every frame a read completes, at once: they are routed as groups.
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameGroupDecoder(maxFrameBytes: maxFrameBytes)))
                         // Frames are encoded by `send`, so one that cannot be encoded fails that call alone.
-                        return try NIOAsyncChannel<Frame, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        return try NIOAsyncChannel<[Frame], ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
         } catch {
@@ -58,8 +58,8 @@ final class ClientConnection: Sendable {
                     var connection: ClientConnection?
                     for await value in started { connection = value }
                     guard let connection else { return }
-                    for try await frame in inbound {
-                        connection.route(frame)
+                    for try await frames in inbound {
+                        connection.route(frames)
                     }
                 }
                 return .connectionLost()
@@ -89,19 +89,19 @@ final class ClientConnection: Sendable {
     /// With `bufferLimit`, a consumer that falls that many frames behind has
     /// its stream ended with a lagged error (and cancelled on the daemon)
     /// instead of the client buffering without bound.
-    func open(_ request: Request, streamID: UInt32? = nil, bufferLimit: Int? = nil) async throws -> (id: UInt32, frames: AsyncThrowingStream<Frame, any Error>) {
+    func open(_ request: Request, streamID: UInt32? = nil, bufferLimit: Int? = nil) async throws -> (id: UInt32, frames: FrameStream) {
         // The daemon refuses a Request whose id is not larger than every id
         // before it, so taking the id and writing the Request happen as one
         // step: concurrent callers reach the socket in id order.
         await opening.lock()
         defer { opening.unlock() }
         let id = try streamID ?? takeStreamID()
-        let (frames, continuation) = AsyncThrowingStream.makeStream(
-            of: Frame.self, bufferingPolicy: bufferLimit.map { .bufferingOldest($0) } ?? .unbounded)
-        if let bufferLimit { routes.withLock { $0.limits[id] = bufferLimit } }
+        // Unbounded as a stream: the bound, when there is one, counts frames in the backlog.
+        let (groups, continuation) = AsyncThrowingStream.makeStream(of: [Frame].self)
+        let backlog = bufferLimit.map { FrameBacklog(limit: $0) }
         let closed = routes.withLock { routes -> FanoutClientError? in
             if let closed = routes.closed { return closed }
-            routes.streams[id] = continuation
+            routes.streams[id] = Route(continuation: continuation, backlog: backlog)
             return nil
         }
         if let closed { throw closed }
@@ -111,7 +111,7 @@ final class ClientConnection: Sendable {
             forget(id)
             throw error
         }
-        return (id, frames)
+        return (id, FrameStream(groups: groups, backlog: backlog))
     }
 
     /// Tests skip ahead to the end of the id space this way.
@@ -157,7 +157,6 @@ final class ClientConnection: Sendable {
     func forget(_ id: UInt32) {
         routes.withLock { routes in
             routes.streams[id] = nil
-            routes.limits[id] = nil
         }
     }
 
@@ -167,33 +166,51 @@ final class ClientConnection: Sendable {
         await task?.value
     }
 
-    private func route(_ frame: Frame) {
-        if frame.streamID == 0, case .end(let status) = frame.kind {
-            // Stream 0 ending means the daemon is closing the connection, and says why.
-            fail(FanoutClientError(status))
-            return
+    /// Routes what one read from the socket decoded: each stream gets its
+    /// frames as one group (one wake-up for its reader, not one per frame).
+    private func route(_ frames: [Frame]) {
+        var groups: [(id: UInt32, frames: [Frame])] = []
+        for frame in frames {
+            if frame.streamID == 0, case .end(let status) = frame.kind {
+                // Stream 0 ending means the daemon is closing the connection, and says why.
+                deliver(groups)
+                fail(FanoutClientError(status))
+                return
+            }
+            if let index = groups.firstIndex(where: { $0.id == frame.streamID }) {
+                groups[index].frames.append(frame)
+            } else {
+                groups.append((frame.streamID, [frame]))
+            }
         }
-        let continuation = routes.withLock { $0.streams[frame.streamID] }
-        if case .dropped = continuation?.yield(frame) {
-            let limit = routes.withLock { $0.limits[frame.streamID] } ?? 0
-            // lastSequence 0: the stream's iterator fills in the last sequence it delivered.
-            continuation?.finish(throwing: FanoutClientError(
-                code: .resourceExhausted, message: "the subscriber fell behind the client's buffer of \(limit) events",
-                lagged: true))
-            forget(frame.streamID)
-            let id = frame.streamID
-            Task { try? await self.send(Frame(streamID: id, kind: .cancel)) }
-            return
+        deliver(groups)
+    }
+
+    private func deliver(_ groups: [(id: UInt32, frames: [Frame])]) {
+        guard !groups.isEmpty else { return }
+        let routes = routes.withLock { routes in groups.map { routes.streams[$0.id] } }
+        for (group, route) in zip(groups, routes) {
+            guard let route else { continue }  // a stream forgotten or never known: ignored (PROTOCOL.md §4.1)
+            if let backlog = route.backlog, !backlog.add(group.frames.count) {
+                // lastSequence 0: the stream's iterator fills in the last sequence it delivered.
+                route.continuation.finish(throwing: FanoutClientError(
+                    code: .resourceExhausted, message: "the subscriber fell behind the client's buffer of \(backlog.limit) events",
+                    lagged: true))
+                forget(group.id)
+                let id = group.id
+                Task { try? await self.send(Frame(streamID: id, kind: .cancel)) }
+                continue
+            }
+            route.continuation.yield(group.frames)
+            if group.frames.contains(where: \.isFinal) { route.continuation.finish() }
         }
-        if case .end = frame.kind { continuation?.finish() }
-        if case .response = frame.kind { continuation?.finish() }
     }
 
     private func fail(_ error: FanoutClientError) {
         let open = routes.withLock { routes in
             if routes.closed == nil { routes.closed = error }
             defer { routes.streams = [:] }
-            return Array(routes.streams.values)
+            return routes.streams.values.map(\.continuation)
         }
         for continuation in open { continuation.finish(throwing: error) }
     }
@@ -232,5 +249,70 @@ final class AsyncLock: Sendable {
             return state.waiters.removeFirst()
         }
         next?.resume()
+    }
+}
+
+/// A stream's route: where its frames go, and its bound if it has one.
+struct Route: Sendable {
+    var continuation: AsyncThrowingStream<[Frame], any Error>.Continuation
+    var backlog: FrameBacklog?
+}
+
+/// Frames routed to a stream and not yet taken by its reader.
+final class FrameBacklog: Sendable {
+    let limit: Int
+    private let queued = Mutex(0)
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    /// Counts `count` more frames if that stays within the limit (a reader that took everything gets any group).
+    func add(_ count: Int) -> Bool {
+        queued.withLock { queued in
+            guard queued == 0 || queued + count <= limit else { return false }
+            queued += count
+            return true
+        }
+    }
+
+    func taken(_ count: Int) { queued.withLock { $0 -= count } }
+}
+
+/// A stream's frames one by one, read a group at a time.
+struct FrameStream: AsyncSequence, Sendable {
+    typealias Element = Frame
+
+    let groups: AsyncThrowingStream<[Frame], any Error>
+    let backlog: FrameBacklog?
+
+    func makeAsyncIterator() -> Iterator {
+        Iterator(groups: groups.makeAsyncIterator(), backlog: backlog)
+    }
+
+    struct Iterator: AsyncIteratorProtocol {
+        var groups: AsyncThrowingStream<[Frame], any Error>.AsyncIterator
+        let backlog: FrameBacklog?
+        var pending: [Frame] = []
+        var index = 0
+
+        mutating func next() async throws -> Frame? {
+            while index == pending.count {
+                guard let group = try await groups.next() else { return nil }
+                backlog?.taken(group.count)
+                pending = group
+                index = 0
+            }
+            defer { index += 1 }
+            return pending[index]
+        }
+    }
+}
+
+extension Frame {
+    /// A Response or an EndOfStream: nothing follows on its stream.
+    var isFinal: Bool {
+        switch kind {
+        case .response, .end: true
+        default: false
+        }
     }
 }

@@ -179,8 +179,9 @@ public final class FanoutClient: Sendable {
     /// `since: error.lastSequence` to resume without a gap.
     ///
     /// The client holds at most `subscriberBuffer` undelivered events per
-    /// subscription: a consumer that stops iterating is cut off the same way,
-    /// rather than the client's memory growing without bound.
+    /// subscription, plus what one read from the socket brought: a consumer
+    /// that stops iterating is cut off the same way, rather than the client's
+    /// memory growing without bound.
     ///
     /// Nil `ownerID`: every owner whose batches this user may see (all of
     /// them for the daemon's own user and root). Nil `since`: only what
@@ -250,7 +251,7 @@ public final class FanoutClient: Sendable {
         }
     }
 
-    private static func awaitResponse(_ frames: AsyncThrowingStream<Frame, any Error>) async throws -> Response {
+    private static func awaitResponse(_ frames: FrameStream) async throws -> Response {
         for try await frame in frames {
             switch frame.kind {
             case .response(let response): return response

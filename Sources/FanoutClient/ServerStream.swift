@@ -23,7 +23,7 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         let stream: ServerStream
         private var streamID: UInt32?
-        private var frames: AsyncThrowingStream<Frame, any Error>.AsyncIterator?
+        private var frames: FrameStream.AsyncIterator?
         private var buffered: [Element] = []
         private var finished = false
         private var guardian: StreamGuardian?

@@ -74,3 +74,34 @@ public struct FrameEncoder: MessageToByteEncoder, Sendable {
         try FrameCoding.encodeFramed(data, into: &out, maxFrameBytes: maxFrameBytes)
     }
 }
+
+/// `FrameDecoder` for readers that handle frames in groups: each call returns
+/// every frame complete in the buffer. A malformed frame after good ones is
+/// reported on the next call, so the good ones are not lost with it.
+public struct FrameGroupDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
+    public typealias InboundOut = [Frame]
+
+    private var decoder: FrameDecoder
+    private var pendingError: WireError?
+
+    public init(maxFrameBytes: Int = FrameDecoder.defaultMaxFrameBytes) {
+        decoder = FrameDecoder(maxFrameBytes: maxFrameBytes)
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> [Frame]? {
+        if let pendingError { throw pendingError }
+        var frames: [Frame] = []
+        do {
+            while let frame = try decoder.decode(buffer: &buffer) { frames.append(frame) }
+        } catch {
+            guard !frames.isEmpty else { throw error }
+            pendingError = error as? WireError ?? .malformedFrame("\(error)")
+        }
+        return frames.isEmpty ? nil : frames
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> [Frame]? {
+        if let frames = try decode(buffer: &buffer) { return frames }
+        return try decoder.decodeLast(buffer: &buffer, seenEOF: seenEOF).map { [$0] }
+    }
+}
