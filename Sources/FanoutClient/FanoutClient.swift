@@ -194,6 +194,10 @@ public final class FanoutClient: Sendable {
             if case .event(let event) = message { return [event] }
             return []
         }
+        stream.extractOne = { message in
+            if case .event(let event) = message { return event }
+            return nil
+        }
         stream.bufferLimit = subscriberBuffer
         stream.sequence = { $0.sequence }
         stream.initialSequence = since ?? 0

@@ -10,6 +10,8 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
     var connection: ClientConnection { client.connection }
     let request: Request
     let extract: @Sendable (StreamMessage) -> [Element]
+    /// For streams of one element per message (events): skips an array per message.
+    var extractOne: (@Sendable (StreamMessage) -> Element?)?
     /// For event streams: the client buffers at most this many frames, and
     /// `sequence` names what was delivered last when that runs out.
     var bufferLimit: Int?
@@ -24,7 +26,9 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
         let stream: ServerStream
         private var streamID: UInt32?
         private var frames: FrameStream.AsyncIterator?
+        /// Elements of the last message (a results page) not handed out yet.
         private var buffered: [Element] = []
+        private var bufferedIndex = 0
         private var finished = false
         private var guardian: StreamGuardian?
         private var delivered: UInt64
@@ -36,8 +40,9 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
 
         public mutating func next() async throws -> Element? {
             while true {
-                if !buffered.isEmpty {
-                    let element = buffered.removeFirst()
+                if bufferedIndex < buffered.count {
+                    let element = buffered[bufferedIndex]
+                    bufferedIndex += 1
                     if let sequence = stream.sequence { delivered = sequence(element) }
                     return element
                 }
@@ -66,7 +71,13 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
                 }
                 switch frame.kind {
                 case .message(let message):
-                    buffered.append(contentsOf: stream.extract(message))
+                    if let extractOne = stream.extractOne {
+                        guard let element = extractOne(message) else { continue }
+                        if let sequence = stream.sequence { delivered = sequence(element) }
+                        return element
+                    }
+                    buffered = stream.extract(message)
+                    bufferedIndex = 0
                 case .end(let status):
                     finished = true
                     guardian?.ended()
