@@ -75,7 +75,8 @@ public enum BatchValidation {
                 throw .invalidArgument("task \"\(task.customID)\": timeout_ms is \(task.timeoutMs); the limit is \(limits.maxTaskTimeoutMs) (max_task_timeout_ms)")
             }
             if !knownAgents.contains(task.agent) {
-                throw .invalidArgument("task \"\(task.customID)\": unknown agent \"\(task.agent)\"; this daemon runs \(knownAgents.sorted().joined(separator: ", "))")
+                let name = task.agent.count > 100 ? task.agent.prefix(100) + "…" : Substring(task.agent)
+                throw .invalidArgument("task \"\(task.customID)\": unknown agent \"\(name)\"; this daemon runs \(knownAgents.sorted().joined(separator: ", "))")
             }
         }
     }

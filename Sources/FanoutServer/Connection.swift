@@ -430,6 +430,18 @@ struct FrameWriter: Sendable {
 
     /// Writes, ignoring a connection that is already gone.
     func send(_ frame: Frame) async {
-        try? await write(frame)
+        do {
+            try await write(frame)
+        } catch is WireError {
+            // A final frame must always go out, or its stream would never end: a status whose
+            // message echoes a huge client string (an unknown agent's name) is cut down to size.
+            guard case .end(var status) = frame.kind else { return }
+            status.message = String(decoding: status.message.utf8.prefix(Self.maxStatusMessageBytes), as: UTF8.self) + "…"
+            try? await write(Frame(streamID: frame.streamID, kind: .end(status)))
+        } catch {
+            // The connection is gone.
+        }
     }
+
+    static let maxStatusMessageBytes = 4_096
 }

@@ -155,6 +155,24 @@ import Testing
         }
     }
 
+    @Test("an error whose message would echo a huge client string still ends its stream")
+    func hugeStringsInErrors() async throws {
+        try await withTestDaemon { daemon in
+            try await withRawSession(daemon.socketPath) { session in
+                try await session.handshake()
+                let agent = String(repeating: "a", count: 3 << 20)
+                let request = EnqueueBatchRequest(ownerID: "o", agent: agent, tasks: [TaskSpec(customID: "x", payload: [])])
+                try await session.send(Frame(streamID: 1, kind: .request(.enqueueBatch(request))))
+                var status: WireStatus?
+                while status == nil, let (frame, _) = try await session.readFrame() {
+                    if frame.streamID == 1 { status = endStatus(frame) }
+                }
+                #expect(status?.code == .invalidArgument)
+                #expect((status?.message.utf8.count ?? .max) < 10_000)
+            }
+        }
+    }
+
     @Test("an answer larger than a frame ends its own stream with RESOURCE_EXHAUSTED; the connection goes on")
     func oversizeAnswer() async throws {
         let payloadBytes = 1 << 20
