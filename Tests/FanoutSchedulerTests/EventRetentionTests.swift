@@ -159,7 +159,7 @@ final class ManualClock: Sendable {
                 #expect(produced > 120)
                 // At most what the log held (50) plus this round's events: nothing piles up across rounds.
                 #expect(largest <= 50 + produced, "round \(round): \(largest) events stored")
-                try await waitUntil("the log to be trimmed after round \(round)", timeout: .seconds(3)) {
+                try await waitUntil("the log to be trimmed after round \(round)", timeout: .seconds(10)) {
                     try storedEventCount(store) <= 50
                 }
             }

@@ -24,6 +24,9 @@ final class FaultyStore: Store {
 
     func failNextCommits(_ count: Int) { faults.withLock { $0.failNextCommits = count } }
     func failWrites(for duration: Duration) { faults.withLock { $0.failWritesUntil = .now + duration } }
+    /// Every write fails until `heal()`.
+    func failWrites() { faults.withLock { $0.failWritesUntil = .now + .seconds(3_600) } }
+    func heal() { faults.withLock { $0.failWritesUntil = nil } }
     var failedCommits: Int { faults.withLock { $0.failedCommits } }
     /// RetryFailed's reopening commits, then takes this long to return: a window for races.
     func delayReopen(by duration: Duration) { faults.withLock { $0.reopenDelay = duration } }

@@ -56,7 +56,7 @@ func withScheduler<S: Store, T>(
 // MARK: Deadlines
 
 /// Polls `condition` every few milliseconds until it holds; throws `TimedOut` after `timeout`.
-func waitUntil(_ what: String, timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async throws {
+func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try !condition() {
         if ContinuousClock.now >= deadline { throw TimedOut(what: what, timeout: timeout) }
@@ -66,7 +66,7 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(5), _ condition: () 
 
 /// Subscribes and collects events until `stop` returns true for one (included).
 func collectEvents(_ scheduler: Scheduler, _ filter: EventFilter, since: EventSequence = 0, bufferSize: Int = 100_000,
-                   timeout: Duration = .seconds(5), until stop: @escaping @Sendable (EventRecord) -> Bool) async throws -> [EventRecord] {
+                   timeout: Duration = .seconds(20), until stop: @escaping @Sendable (EventRecord) -> Bool) async throws -> [EventRecord] {
     try await withDeadline(timeout, "events matching \(filter)") {
         var events: [EventRecord] = []
         for try await event in scheduler.subscribe(filter, since: since, follow: true, bufferSize: bufferSize) {
@@ -79,7 +79,7 @@ func collectEvents(_ scheduler: Scheduler, _ filter: EventFilter, since: EventSe
 
 /// Waits for the batch's terminal event and returns every event of the batch from the start.
 func eventsUntilBatchEnds(_ scheduler: Scheduler, batch: BatchID, owner: String = "alice",
-                          timeout: Duration = .seconds(5)) async throws -> [EventRecord] {
+                          timeout: Duration = .seconds(20)) async throws -> [EventRecord] {
     try await collectEvents(scheduler, EventFilter(ownerID: owner, batchID: batch), timeout: timeout) {
         $0.kind == .batchCompleted || $0.kind == .batchCancelled || $0.kind == .batchFailed
     }

@@ -18,10 +18,11 @@ import Testing
     @Test("commits failing for a while: enqueues refused with UNAVAILABLE, reads served, then every task completes once")
     func storeFailsForAWhile() async throws {
         try await Self.withFaultyScheduler { scheduler, store in
-            let tasks = (0..<200).map { NewTask(customID: "t\($0)", agent: "", payload: json(["delay_ms": 2])) }
+            let tasks = (0..<200).map { NewTask(customID: "t\($0)", agent: "", payload: json(["delay_ms": 20])) }
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: tasks))
-            store.failWrites(for: .seconds(1.5))
-            try await waitUntil("the commit loop to notice") { scheduler.storeFailure != nil }
+            // Failing until healed: however slow the machine, the running batch's next commit fails.
+            store.failWrites()
+            try await waitUntil("the commit loop to notice", timeout: .seconds(20)) { scheduler.storeFailure != nil }
             do {
                 _ = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(1)))
                 Issue.record("an enqueue was accepted while the store failed")
@@ -31,6 +32,7 @@ import Testing
             }
             // Reads still work meanwhile.
             #expect(try store.batch(batch.id) != nil)
+            store.heal()
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(30))
             #expect(store.failedCommits > 0)
             #expect(scheduler.storeFailure == nil)

@@ -112,7 +112,7 @@ import Testing
                 #expect(scheduler.statistics.subscribers == 1)
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(200)))
                 // The scheduler is not held back by the subscriber that never reads.
-                try await waitUntil("the batch to end while the subscriber sleeps", timeout: .seconds(3)) {
+                try await waitUntil("the batch to end while the subscriber sleeps", timeout: .seconds(10)) {
                     try store.batch(batch.id)?.state == .completed
                 }
                 #expect(scheduler.statistics.subscribers == 0)
