@@ -19,6 +19,8 @@ public final class FanoutServer: Service, Sendable {
     private let connections = Mutex<[ObjectIdentifier: Connection]>([:])
     private let listener = Mutex<(any Channel)?>(nil)
     private let ready = AsyncStream<Void>.makeStream()
+    /// Accepted connections not yet handed to `serve`.
+    private let accepted = AcceptedConnections()
 
     public init(configuration: ServerConfiguration, scheduler: Scheduler,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -42,11 +44,13 @@ public final class FanoutServer: Service, Sendable {
         let server = try await SocketFile.withPrivateUmask {
             try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: Int32(clamping: configuration.listenBacklog ?? Self.systemMaxBacklog))
-                .bind(unixDomainSocketPath: configuration.socketPath) { channel in
+                .bind(unixDomainSocketPath: configuration.socketPath) { [accepted] channel in
                     PeerCredentials.of(channel).flatMapThrowing { peer in
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
                         // Outbound frames are encoded by `FrameWriter`, one stream at a time (see there).
-                        let asyncChannel = try NIOAsyncChannel<Frame, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        let asyncChannel = try accepted.register {
+                            try NIOAsyncChannel<Frame, ByteBuffer>(wrappingChannelSynchronously: channel)
+                        }
                         return (asyncChannel, peer)
                     }
                 }
@@ -60,10 +64,16 @@ public final class FanoutServer: Service, Sendable {
             try await withThrowingDiscardingTaskGroup { group in
                 try await server.executeThenClose { inbound in
                     for try await (channel, peer) in inbound {
+                        accepted.served(channel)  // before the task starts: shutdown must not take it too
                         group.addTask { await self.serve(channel, peer: peer) }
                     }
                 }
-                // Listener closed: the accept loop is over; connections finish on their own.
+                // Listener closed: the accept loop is over; connections finish on their own. A connection
+                // accepted as the listener closed may never have reached the loop: it is closed here (NIO
+                // requires every wrapped channel to be run, or it stops the process).
+                for leftover in accepted.closeAndTakeUnserved() {
+                    group.addTask { try? await leftover.executeThenClose { _, _ in } }
+                }
             }
         } onGracefulShutdown: {
             self.shutdown()
@@ -135,3 +145,43 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+
+/// The connections the listener accepted and wrapped, until they are served.
+///
+/// A wrapped `NIOAsyncChannel` must be run (`executeThenClose`) before it is
+/// released, or NIO stops the process. One accepted just as the listener
+/// closes can be dropped by the listener's stream before the accept loop sees
+/// it; keeping every one here until it is served lets shutdown close those.
+final class AcceptedConnections: Sendable {
+    private struct State {
+        var closing = false
+        var unserved: [ObjectIdentifier: NIOAsyncChannel<Frame, ByteBuffer>] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    struct Closing: Error {}
+
+    /// Wraps a new connection and keeps it; refuses (the connection is then closed) once closing.
+    func register(_ wrap: () throws -> NIOAsyncChannel<Frame, ByteBuffer>) throws -> NIOAsyncChannel<Frame, ByteBuffer> {
+        try state.withLock { state in
+            guard !state.closing else { throw Closing() }
+            let channel = try wrap()
+            state.unserved[ObjectIdentifier(channel.channel)] = channel
+            return channel
+        }
+    }
+
+    func served(_ channel: NIOAsyncChannel<Frame, ByteBuffer>) {
+        _ = state.withLock { $0.unserved.removeValue(forKey: ObjectIdentifier(channel.channel)) }
+    }
+
+    /// No more connections are registered; returns those never served.
+    func closeAndTakeUnserved() -> [NIOAsyncChannel<Frame, ByteBuffer>] {
+        state.withLock { state in
+            state.closing = true
+            defer { state.unserved = [:] }
+            return Array(state.unserved.values)
+        }
+    }
+}
