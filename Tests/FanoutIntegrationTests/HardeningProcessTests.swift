@@ -336,3 +336,25 @@ import Testing
         }
     }
 }
+
+@Suite struct ShutdownWhileConnectingTests {
+    /// NIO stops the process if a connection accepted as the listener closes is never run; 20
+    /// SIGTERMs sent while clients connect must all end with a clean exit.
+    @Test("SIGTERM while clients are connecting: fanoutd exits cleanly every time")
+    func sigtermWhileConnecting() async throws {
+        try await withTemporaryDirectory { directory in
+            for round in 0..<20 {
+                let socket = directory + "/d\(round).sock"
+                try await withDaemonProcess(["--socket", socket, "--db", directory + "/f\(round).db"],
+                                            logPath: directory + "/r\(round).log") { daemon in
+                    try await daemon.waitUntilListening(socket)
+                    for _ in 0..<5 { _ = socketAcceptsConnections(socket) }
+                    daemon.signal(SIGTERM)
+                    for _ in 0..<20 { _ = socketAcceptsConnections(socket) }
+                    let status = await daemon.waitForExit(seconds: 30)
+                    #expect(status == 0, "round \(round): exit \(String(describing: status))\n\(daemon.output.suffix(1_500))")
+                }
+            }
+        }
+    }
+}
