@@ -22,45 +22,35 @@ struct ExtremeValueFuzzTests {
 
     @Test("every request type with extreme numbers and odd strings is answered, and fanoutd stays up")
     func extremeRequests() async throws {
-        try await withTemporaryDirectory { directory in
-            let socket = directory + "/d.sock"
-            try await withDaemonProcess(["--socket", socket, "--db", directory + "/fanout.db"],
-                                        logPath: directory + "/fanoutd.log") { daemon in
-                try await daemon.waitUntilListening(socket)
-                var sent = 0
-                var fuzzer = RequestFuzzer()
-                while let request = fuzzer.next() {
-                    let answered = try await withDeadline(.seconds(20)) { try await Self.send(request, to: socket) }
-                    #expect(answered, "no final frame for \(request.name)")
-                    #expect(daemon.isRunning, "fanoutd died after \(request.name):\n\(daemon.output)")
-                    guard daemon.isRunning else { return }
-                    sent += 1
-                }
-                #expect(sent > 300)
-                try await withClient(socket) { client in try await expectClientWorks(client) }
-                #expect(daemon.isRunning)
+        try await withListeningDaemon { daemon, socket, _ in
+            var sent = 0
+            var fuzzer = RequestFuzzer()
+            while let request = fuzzer.next() {
+                let answered = try await withDeadline(.seconds(20)) { try await Self.send(request, to: socket) }
+                #expect(answered, "no final frame for \(request.name)")
+                #expect(daemon.isRunning, "fanoutd died after \(request.name):\n\(daemon.output)")
+                guard daemon.isRunning else { return }
+                sent += 1
             }
+            #expect(sent > 300)
+            try await withClient(socket) { client in try await expectClientWorks(client) }
+            #expect(daemon.isRunning)
         }
     }
 
     @Test("the CLI's huge completion window is refused by the daemon, which stays up")
     func cliCompletionWindow() async throws {
-        try await withTemporaryDirectory { directory in
-            let socket = directory + "/d.sock"
-            try await withDaemonProcess(["--socket", socket, "--db", directory + "/fanout.db"],
-                                        logPath: directory + "/fanoutd.log") { daemon in
-                try await daemon.waitUntilListening(socket)
-                let input = directory + "/in.jsonl"
-                try #"{"custom_id": "a", "payload": "x"}"#.write(toFile: input, atomically: true, encoding: .utf8)
-                for window in ["9223372036854775", "18446744073709552", "18446744073709551615"] {
-                    let run = try await FanoutCLI.run(["submit", input, "--agent", "echo", "--owner", "x",
-                                                       "--completion-window", window, "--socket", socket])
-                    #expect(run.status == 1, "window \(window): \(run.out) \(run.err)")
-                    #expect(run.err.contains("completion_window_ms"), "window \(window): \(run.err)")
-                    #expect(daemon.isRunning, "fanoutd died on window \(window):\n\(daemon.output)")
-                }
-                try await withClient(socket) { client in try await expectClientWorks(client) }
+        try await withListeningDaemon { daemon, socket, directory in
+            let input = directory + "/in.jsonl"
+            try #"{"custom_id": "a", "payload": "x"}"#.write(toFile: input, atomically: true, encoding: .utf8)
+            for window in ["9223372036854775", "18446744073709552", "18446744073709551615"] {
+                let run = try await FanoutCLI.run(["submit", input, "--agent", "echo", "--owner", "x",
+                                                   "--completion-window", window, "--socket", socket])
+                #expect(run.status == 1, "window \(window): \(run.out) \(run.err)")
+                #expect(run.err.contains("completion_window_ms"), "window \(window): \(run.err)")
+                #expect(daemon.isRunning, "fanoutd died on window \(window):\n\(daemon.output)")
             }
+            try await withClient(socket) { client in try await expectClientWorks(client) }
         }
     }
 

@@ -18,30 +18,26 @@ import Testing
 
     @Test("a task asking echo for a billion turns fails at once; fanoutd keeps answering")
     func billionTurns() async throws {
-        try await withTemporaryDirectory { directory in
-            let socket = directory + "/d.sock"
-            try await withDaemonProcess(Self.flags(directory), logPath: directory + "/fanoutd.log") { daemon in
-                try await daemon.waitUntilListening(socket)
-                try await withClient(socket) { client in
-                    let batch = try await client.enqueueBatch(ownerID: "x", agent: "echo", tasks: [
-                        TaskSpec(customID: "poison", payload: Array(#"{"turns":1000000000}"#.utf8)),
-                        TaskSpec(customID: "slow-poison", payload: Array(#"{"turns":100000,"delay_ms":0}"#.utf8)),
-                    ])
-                    for _ in 0..<10 {
-                        let started = ContinuousClock.now
-                        _ = try await client.serverInfo()
-                        #expect(ContinuousClock.now - started < .seconds(3), "ServerInfo took \(ContinuousClock.now - started)")
-                        try await Task.sleep(for: .milliseconds(100))
-                    }
-                    _ = try await withDeadline(.seconds(30)) { try await events(of: batch.id, owner: "x", on: client, since: 0) }
-                    var results: [String: TaskResult] = [:]
-                    for try await result in client.results(batchID: batch.id) { results[result.customID] = result }
-                    #expect(results["poison"]?.status == .failed)
-                    #expect(results["poison"]?.error?.code == "invalid_payload")
-                    #expect(results["slow-poison"]?.status == .failed)
+        try await withListeningDaemon { daemon, socket, _ in
+            try await withClient(socket) { client in
+                let batch = try await client.enqueueBatch(ownerID: "x", agent: "echo", tasks: [
+                    TaskSpec(customID: "poison", payload: Array(#"{"turns":1000000000}"#.utf8)),
+                    TaskSpec(customID: "slow-poison", payload: Array(#"{"turns":100000,"delay_ms":0}"#.utf8)),
+                ])
+                for _ in 0..<10 {
+                    let started = ContinuousClock.now
+                    _ = try await client.serverInfo()
+                    #expect(ContinuousClock.now - started < .seconds(3), "ServerInfo took \(ContinuousClock.now - started)")
+                    try await Task.sleep(for: .milliseconds(100))
                 }
-                #expect(daemon.isRunning)
+                _ = try await withDeadline(.seconds(30)) { try await events(of: batch.id, owner: "x", on: client, since: 0) }
+                var results: [String: TaskResult] = [:]
+                for try await result in client.results(batchID: batch.id) { results[result.customID] = result }
+                #expect(results["poison"]?.status == .failed)
+                #expect(results["poison"]?.error?.code == "invalid_payload")
+                #expect(results["slow-poison"]?.status == .failed)
             }
+            #expect(daemon.isRunning)
         }
     }
 
@@ -305,34 +301,30 @@ import Testing
     /// With the old backlog of 256 (or `listen_backlog` 16), hundreds of these got EAGAIN.
     @Test("a burst of 600 non-blocking connects is queued by the kernel, none refused with EAGAIN")
     func burstOfConnects() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = directory + "/d.sock"
-            try await withDaemonProcess(["--socket", path, "--db", directory + "/fanout.db"], logPath: directory + "/fanoutd.log") { daemon in
-                try await daemon.waitUntilListening(path)
-                var descriptors: [Int32] = []
-                defer { for fd in descriptors { close(fd) } }
-                var refused = 0
-                for _ in 0..<600 {
-                    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-                    guard fd >= 0 else { break }
-                    descriptors.append(fd)
-                    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                    var address = sockaddr_un()
-                    address.sun_family = sa_family_t(AF_UNIX)
-                    withUnsafeMutableBytes(of: &address.sun_path) { buffer in
-                        let bytes = Array(path.utf8)
-                        buffer.copyBytes(from: bytes)
-                        buffer[bytes.count] = 0
-                    }
-                    let result = withUnsafePointer(to: &address) {
-                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-                    }
-                    if result != 0 && errno == EAGAIN { refused += 1 }
+        try await withListeningDaemon { daemon, path, _ in
+            var descriptors: [Int32] = []
+            defer { for fd in descriptors { close(fd) } }
+            var refused = 0
+            for _ in 0..<600 {
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                guard fd >= 0 else { break }
+                descriptors.append(fd)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                var address = sockaddr_un()
+                address.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+                    let bytes = Array(path.utf8)
+                    buffer.copyBytes(from: bytes)
+                    buffer[bytes.count] = 0
                 }
-                #expect(descriptors.count == 600)
-                #expect(refused == 0, "\(refused) of 600 connects refused with EAGAIN")
-                #expect(daemon.isRunning)
+                let result = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+                if result != 0 && errno == EAGAIN { refused += 1 }
             }
+            #expect(descriptors.count == 600)
+            #expect(refused == 0, "\(refused) of 600 connects refused with EAGAIN")
+            #expect(daemon.isRunning)
         }
     }
 }

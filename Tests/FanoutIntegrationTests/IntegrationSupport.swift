@@ -413,3 +413,34 @@ func withDaemonProcess<T: Sendable>(
     defer { daemon.kill() }
     return try await body(daemon)
 }
+
+/// `fanoutd` in a fresh temporary directory (socket `d.sock`, database
+/// `fanout.db`, plus `extra` flags), already listening; killed afterwards.
+func withListeningDaemon<T: Sendable>(
+    _ extra: [String] = [], environment: [String: String] = [:],
+    _ body: (_ daemon: DaemonProcess, _ socket: String, _ directory: String) async throws -> T
+) async throws -> T {
+    try await withTemporaryDirectory { directory in
+        let socket = directory + "/d.sock"
+        return try await withDaemonProcess(["--socket", socket, "--db", directory + "/fanout.db"] + extra,
+                                           environment: environment, logPath: directory + "/fanoutd.log") { daemon in
+            try await daemon.waitUntilListening(socket)
+            return try await body(daemon, socket, directory)
+        }
+    }
+}
+
+extension RawSession {
+    /// Reads until stream `id` has ended and (when `awaitingServerInfo`) a
+    /// ServerInfo answer came on another stream: a bad frame costs one stream,
+    /// and the connection goes on. Returns stream `id`'s final status.
+    mutating func finalStatus(of id: UInt32, awaitingServerInfo: Bool) async throws -> (status: WireStatus?, answered: Bool) {
+        var status: WireStatus?
+        var answered = false
+        while status == nil || (awaitingServerInfo && !answered), let (frame, _) = try await readFrame() {
+            if frame.streamID == id, let end = endStatus(frame) { status = end }
+            if case .response(.serverInfo) = frame.kind { answered = true }
+        }
+        return (status, answered)
+    }
+}

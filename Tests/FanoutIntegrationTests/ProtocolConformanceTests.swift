@@ -112,15 +112,10 @@ import Testing
                 ])
                 try await session.send(FuzzedRequest.patch(framed(Frame(streamID: 1, kind: .request(.enqueueBatch(request))))))
                 try await session.send(Frame(streamID: 3, kind: .request(.serverInfo)))
-                var status: WireStatus?
-                var info: ServerInfo?
-                while info == nil, let (frame, _) = try await session.readFrame() {
-                    if frame.streamID == 1 { status = endStatus(frame) }
-                    if case .response(.serverInfo(let answer)) = frame.kind { info = answer }
-                }
+                let (status, answered) = try await session.finalStatus(of: 1, awaitingServerInfo: true)
                 #expect(status?.code == .invalidArgument, "\(String(describing: status))")
                 #expect(status?.message.contains("custom_id") == true, "\(String(describing: status))")
-                #expect(info != nil)
+                #expect(answered)
             }
             // Nothing was stored under the cut ids.
             try await withClient(daemon.socketPath) { client in
@@ -140,12 +135,7 @@ import Testing
                 let chunk = BatchChunk(tasks: [TaskSpec(customID: "b\(NulMarker.text)", payload: [])], more: false)
                 try await session.send(FuzzedRequest.patch(framed(Frame(streamID: 1, kind: .message(.batchChunk(chunk))))))
                 try await session.send(Frame(streamID: 3, kind: .request(.serverInfo)))
-                var status: WireStatus?
-                var answered = false
-                while !(answered && status != nil), let (frame, _) = try await session.readFrame() {
-                    if frame.streamID == 1, let end = endStatus(frame) { status = end }
-                    if case .response(.serverInfo) = frame.kind { answered = true }
-                }
+                let (status, answered) = try await session.finalStatus(of: 1, awaitingServerInfo: true)
                 #expect(status?.code == .invalidArgument, "\(String(describing: status))")
                 #expect(answered)
             }
@@ -164,10 +154,7 @@ import Testing
                 let agent = String(repeating: "a", count: 3 << 20)
                 let request = EnqueueBatchRequest(ownerID: "o", agent: agent, tasks: [TaskSpec(customID: "x", payload: [])])
                 try await session.send(Frame(streamID: 1, kind: .request(.enqueueBatch(request))))
-                var status: WireStatus?
-                while status == nil, let (frame, _) = try await session.readFrame() {
-                    if frame.streamID == 1 { status = endStatus(frame) }
-                }
+                let (status, _) = try await session.finalStatus(of: 1, awaitingServerInfo: false)
                 #expect(status?.code == .invalidArgument)
                 #expect((status?.message.utf8.count ?? .max) < 10_000)
             }
