@@ -112,7 +112,7 @@ public final class Scheduler: Service, Sendable {
         }
         for handle in handles { handle.cancel() }
         if !(await inFlight.waitUntilZero(timeout: .milliseconds(configuration.shutdownGraceMs))) {
-            let abandoned = mutate { state, effects in state.releaseRunning(effects: &effects) }
+            let abandoned = mutate { state, effects in state.releaseRunning(now: WallClock.now, effects: &effects) }
             logger.warning("runners ignored cancellation at shutdown; their tasks go back to pending and their late results are dropped",
                            metadata: ["tasks": "\(abandoned)"])
         }

@@ -505,7 +505,7 @@ struct SchedulerState {
     /// At the end of shutdown: tasks whose runners did not stop go back to
     /// pending, attempts given back, and their late results find no slot.
     /// Returns how many.
-    mutating func releaseRunning(effects: inout Effects) -> Int {
+    mutating func releaseRunning(now: Milliseconds, effects: inout Effects) -> Int {
         let stuck = slots.values.filter { $0.state == .running }.map(\.task.id)
         for id in stuck {
             guard var slot = slots[id] else { continue }
@@ -513,7 +513,7 @@ struct SchedulerState {
             agents[slot.task.agent]?.running -= 1
             if let state = slot.interruptAs {
                 // A cancel (or a deadline) was asked for: it stands, the runner's silence notwithstanding.
-                close(&slot, as: state, result: nil, failure: nil, now: WallClock.now, effects: &effects)
+                close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
             } else {
                 requeue(&slot, failure: nil, releasing: true, effects: &effects)
             }
