@@ -6,6 +6,8 @@ public struct EnqueueLimits: Sendable, Hashable {
     public var maxCustomIDBytes: Int = 256
     public var maxOwnerIDBytes: Int = 256
     public var maxMetadataEntries: Int = 64
+    /// A task's `url` (an endpoint path such as `/v1/chat/completions`) may not be longer.
+    public var maxURLBytes: Int = 2_048
     /// A task's `max_attempts` may not ask for more.
     public var maxAttemptsPerTask: Int = 100
     /// A task's per-attempt `timeout_ms` may not be longer (7 days).
@@ -64,6 +66,9 @@ public enum BatchValidation {
             }
             if task.payload.count > limits.maxPayloadBytes {
                 throw .resourceExhausted("task \"\(task.customID)\": payload is \(task.payload.count) bytes; the limit is \(limits.maxPayloadBytes) (max_payload_bytes)")
+            }
+            if let url = task.url, url.utf8.count > limits.maxURLBytes {
+                throw .invalidArgument("task \"\(task.customID)\": url is \(url.utf8.count) bytes; the limit is \(limits.maxURLBytes)")
             }
             if task.agent.isEmpty {
                 throw .invalidArgument("task \"\(task.customID)\": no agent given, for the task or the batch")

@@ -33,8 +33,12 @@ public struct NewTask: Sendable {
     public var maxAttempts: Int
     public var timeoutMs: Int64
     public var maxTurns: Int
+    /// An OpenAI Batch line's endpoint, for runners that route by it; nil: none given.
+    public var url: String?
 
-    public init(customID: String, agent: String, payload: [UInt8], priority: Int32 = 0, maxAttempts: Int = 1, timeoutMs: Int64 = 0, maxTurns: Int = 0) {
+    public init(customID: String, agent: String, payload: [UInt8], priority: Int32 = 0, maxAttempts: Int = 1, timeoutMs: Int64 = 0, maxTurns: Int = 0,
+                url: String? = nil) {
+        self.url = url
         self.customID = customID
         self.agent = agent
         self.payload = payload

@@ -32,14 +32,19 @@ public struct TaskRecord: Sendable, Hashable {
     public var startedAt: Milliseconds?
     public var finishedAt: Milliseconds?
     public var payload: [UInt8]?
+    public var url: String?
+    /// Status, request id and usage of the provider's answer in `result`.
+    public var details = ResponseDetails()
 
     public init(
         id: TaskID, batchID: BatchID, customID: String, ownerID: String, agent: String,
         state: TaskState, priority: Int32, attempt: Int, maxAttempts: Int, timeoutMs: Int64,
         turnsCompleted: Int, maxTurns: Int, result: [UInt8]? = nil, failure: TaskFailure? = nil,
         parentTaskID: TaskID? = nil, createdAt: Milliseconds, startedAt: Milliseconds? = nil,
-        finishedAt: Milliseconds? = nil, payload: [UInt8]? = nil
+        finishedAt: Milliseconds? = nil, payload: [UInt8]? = nil, url: String? = nil, details: ResponseDetails = ResponseDetails()
     ) {
+        self.url = url
+        self.details = details
         self.id = id
         self.batchID = batchID
         self.customID = customID
@@ -80,13 +85,16 @@ public struct BatchRecord: Sendable, Hashable {
     /// Set when the batch is being ended early: cancelled (cancel_batch) or
     /// expired (deadline). Stored, so a restart finishes the job.
     public var closing: TaskState?
+    /// Summed over the batch's finished tasks.
+    public var usage: TokenUsage = .zero
 
     public init(
         id: BatchID, ownerID: String, agent: String, state: BatchState, counters: BatchCounters,
         progress: BatchProgress, metadata: [String: String], parentTaskID: TaskID?, createdAt: Milliseconds,
         startedAt: Milliseconds? = nil, finishedAt: Milliseconds? = nil, deadlineAt: Milliseconds? = nil,
-        creatorUID: UInt32, closing: TaskState? = nil
+        creatorUID: UInt32, closing: TaskState? = nil, usage: TokenUsage = .zero
     ) {
+        self.usage = usage
         self.id = id
         self.ownerID = ownerID
         self.agent = agent

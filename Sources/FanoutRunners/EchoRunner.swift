@@ -71,15 +71,3 @@ public struct EchoRunner: Runner {
         }
     }
 }
-
-/// The built-in runners by the name an agent's configuration uses.
-public enum BuiltinRunners {
-    public static let names = ["echo"]
-
-    public static func make(_ name: String) -> (any Runner)? {
-        switch name {
-        case "echo": EchoRunner()
-        default: nil
-        }
-    }
-}

@@ -8,6 +8,15 @@ import FanoutCore
 /// cancellation: that is how a task is cancelled or timed out.
 public protocol Runner: Sendable {
     func run(_ context: RunContext) async throws -> RunOutput
+
+    /// What makes `task` impossible for this runner (an endpoint it does not
+    /// serve, a payload it cannot send), or nil. Checked when the task is
+    /// enqueued, so a batch with such a task is refused whole, before anything runs.
+    func problem(with task: NewTask) -> String?
+}
+
+extension Runner {
+    public func problem(with task: NewTask) -> String? { nil }
 }
 
 public struct RunContext: Sendable {
@@ -18,13 +27,16 @@ public struct RunContext: Sendable {
     public var attempt: Int
     public var maxTurns: Int
     public var payload: [UInt8]
+    /// An OpenAI Batch line's endpoint (`/v1/chat/completions`, …), when the task came with one.
+    public var url: String?
     /// Reports that one more turn completed (drives `max_turns` progress).
     /// It returns once the daemon has room for more: a runner reporting
     /// faster than the store can record is slowed down, not buffered.
     public var reportTurn: @Sendable () async -> Void
 
     public init(taskID: TaskID, batchID: BatchID, customID: String, agent: String, attempt: Int, maxTurns: Int,
-                payload: [UInt8], reportTurn: @escaping @Sendable () async -> Void) {
+                payload: [UInt8], url: String? = nil, reportTurn: @escaping @Sendable () async -> Void) {
+        self.url = url
         self.taskID = taskID
         self.batchID = batchID
         self.customID = customID
@@ -38,12 +50,18 @@ public struct RunContext: Sendable {
 
 public struct RunOutput: Sendable {
     public var result: [UInt8]
-    /// LLM tokens the attempt used, when the runner knows; feeds the agent's tokens-per-minute limit.
-    public var tokensUsed: Int?
+    /// The provider's status, request id and token usage, when the runner has them. The usage
+    /// is kept with the task, summed per batch and feeds the agent's tokens-per-minute limit.
+    public var details: ResponseDetails
 
-    public init(result: [UInt8], tokensUsed: Int? = nil) {
+    public init(result: [UInt8], details: ResponseDetails = ResponseDetails()) {
         self.result = result
-        self.tokensUsed = tokensUsed
+        self.details = details
+    }
+
+    /// A result with only a token count (runners that know no more).
+    public init(result: [UInt8], tokensUsed: Int64) {
+        self.init(result: result, details: ResponseDetails(usage: TokenUsage(totalTokens: tokensUsed)))
     }
 }
 
@@ -52,8 +70,15 @@ public struct RunnerFailure: Error, Sendable, Hashable {
     public var failure: TaskFailure
     /// The provider asked to wait this long before trying again.
     public var retryAfterMs: Int64?
+    /// The provider's answer, when there was one (an HTTP error body): kept as the
+    /// task's result if this failure is final, so the user sees what it said.
+    public var response: [UInt8]?
+    public var details: ResponseDetails
 
-    public init(_ message: String, code: String = "", retryable: Bool, retryAfterMs: Int64? = nil) {
+    public init(_ message: String, code: String = "", retryable: Bool, retryAfterMs: Int64? = nil,
+                response: [UInt8]? = nil, details: ResponseDetails = ResponseDetails()) {
+        self.response = response
+        self.details = details
         // Protocol strings cannot carry NUL (protobuf-c cuts them there); a runner's text may.
         failure = TaskFailure(message: message.replacingOccurrences(of: "\0", with: ""),
                               code: code.replacingOccurrences(of: "\0", with: ""), retryable: retryable)

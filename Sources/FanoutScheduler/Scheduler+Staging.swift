@@ -19,6 +19,14 @@ public struct StagedBatch: Sendable {
 extension Scheduler {
     var knownAgents: Set<String> { Set(runners.keys).intersection(configuration.agents.map(\.name)) }
 
+    /// Asks each task's runner whether it can run it; `offset` numbers the tasks within their batch.
+    func checkRunnersAccept(_ tasks: [NewTask], startingAt offset: Int) throws(FanoutError) {
+        for (position, task) in tasks.enumerated() {
+            guard let problem = runners[task.agent]?.problem(with: task) else { continue }
+            throw .invalidArgument("task \(offset + position) (custom_id \"\(task.customID)\"): \(problem)")
+        }
+    }
+
     /// Gives tasks their batch's agent when they name none, and their agent's defaults.
     func applyAgentDefaults(_ tasks: inout [NewTask], batchAgent: String) {
         let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
@@ -38,6 +46,7 @@ extension Scheduler {
         applyAgentDefaults(&tasks, batchAgent: header.agent)
         var seen = Set<String>()
         try BatchValidation.validateTasks(tasks, startingAt: 0, seen: &seen, limits: limits, knownAgents: knownAgents)
+        try checkRunnersAccept(tasks, startingAt: 0)
         var row = header
         row.tasks = []
         let firstAgent = tasks.first?.agent ?? header.agent
@@ -59,6 +68,7 @@ extension Scheduler {
         var tasks = chunk
         applyAgentDefaults(&tasks, batchAgent: staged.batchAgent)
         try BatchValidation.validateTasks(tasks, startingAt: staged.count, seen: &staged.seen, limits: limits, knownAgents: knownAgents)
+        try checkRunnersAccept(tasks, startingAt: staged.count)
         try await store(tasks, into: &staged)
     }
 

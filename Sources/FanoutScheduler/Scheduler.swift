@@ -146,6 +146,7 @@ public final class Scheduler: Service, Sendable {
         var batch = request
         applyAgentDefaults(&batch.tasks, batchAgent: batch.agent)
         try BatchValidation.validate(batch, limits: limits, knownAgents: knownAgents)
+        try checkRunnersAccept(batch.tasks, startingAt: 0)
         let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         batch.maxTurns = agents[batch.agent]?.maxTurns ?? batch.tasks.first.flatMap { agents[$0.agent]?.maxTurns } ?? 0
         let admitted = batch
@@ -361,7 +362,7 @@ public final class Scheduler: Service, Sendable {
             }
             let context = RunContext(
                 taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
-                attempt: order.attempt, maxTurns: order.maxTurns, payload: payload,
+                attempt: order.attempt, maxTurns: order.maxTurns, payload: payload, url: task.url,
                 reportTurn: { [weak self] in
                     guard let self else { return }
                     self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: WallClock.now, effects: &effects) }

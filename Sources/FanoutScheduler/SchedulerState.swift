@@ -72,7 +72,7 @@ struct ActiveBatch {
 
     var snapshot: BatchSnapshot {
         BatchSnapshot(id: record.id, state: record.state, counters: record.counters, progressUnits: record.progress.units,
-                      startedAt: record.startedAt, finishedAt: record.finishedAt, closing: closing)
+                      startedAt: record.startedAt, finishedAt: record.finishedAt, closing: closing, usage: record.usage)
     }
 }
 
@@ -368,8 +368,8 @@ struct SchedulerState {
 
         switch outcome {
         case .succeeded(let output):
-            if let tokens = output.tokensUsed, tokens > 0 { agents[agent]?.tokens?.consume(Double(tokens), now: now) }
-            close(&slot, as: .completed, result: output.result, failure: nil, now: now, effects: &effects)
+            if let tokens = output.details.usage?.totalTokens, tokens > 0 { agents[agent]?.tokens?.consume(Double(tokens), now: now) }
+            close(&slot, as: .completed, result: output.result, failure: nil, details: output.details, now: now, effects: &effects)
         case .interrupted:
             if let state = slot.interruptAs {
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
@@ -400,7 +400,8 @@ struct SchedulerState {
                                                         retryAfterMs: failure.retryAfterMs)
                 waitToRetry(&slot, failure: failure.failure, delayMs: delay, now: now, effects: &effects)
             } else {
-                close(&slot, as: .failed, result: nil, failure: failure.failure, now: now, effects: &effects)
+                close(&slot, as: .failed, result: failure.response, failure: failure.failure, details: failure.details,
+                      now: now, effects: &effects)
             }
         }
         dispatch(now: now, effects: &effects)
@@ -471,19 +472,20 @@ struct SchedulerState {
 
     /// Moves a running or retry-waiting task to a terminal state and settles its batch.
     private mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
-                                now: Milliseconds, effects: inout Effects) {
+                                details: ResponseDetails = ResponseDetails(), now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
         // The last count of coalesced turns goes out before the task's terminal event.
         if slot.turnEventPending { emitTurn(&slot, now: now, effects: &effects) }
         if slot.state == .retryWait { retryWaitCount -= 1 }
         batch.record.counters.move(from: slot.state, to: state)
         batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
+        if let usage = details.usage { batch.record.usage = batch.record.usage + usage }
         openSlots[batch.record.id]?.remove(slot.task.id)
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
         effects.changes.tasks.append(.finished(slot.task.id, state: state, result: result, failure: failure,
-                                               turnsCompleted: slot.task.turnsCompleted, at: now))
+                                               turnsCompleted: slot.task.turnsCompleted, at: now, details: details))
         effects.changes.batches[batch.record.id] = batch.snapshot
         var event = taskEvent(Self.eventKind(for: state), slot.task, now: now)
         event.failure = failure

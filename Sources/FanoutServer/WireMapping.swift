@@ -106,6 +106,14 @@ extension BatchInfo {
         deadlineAtMs = record.deadlineAt ?? 0
         creatorUID = record.creatorUID
         maxTurns = UInt32(clamping: record.progress.maxTurns)
+        usage = FanoutWire.TokenUsage(record.usage)
+    }
+}
+
+extension FanoutWire.TokenUsage {
+    init(_ usage: FanoutCore.TokenUsage) {
+        self.init(promptTokens: UInt64(clamping: usage.promptTokens), completionTokens: UInt64(clamping: usage.completionTokens),
+                  totalTokens: UInt64(clamping: usage.totalTokens))
     }
 }
 
@@ -131,6 +139,10 @@ extension TaskInfo {
         startedAtMs = record.startedAt ?? 0
         finishedAtMs = record.finishedAt ?? 0
         payload = record.payload ?? []
+        url = record.url ?? ""
+        statusCode = UInt32(clamping: record.details.statusCode ?? 0)
+        requestID = record.details.requestID ?? ""
+        usage = record.details.usage.map(FanoutWire.TokenUsage.init)
     }
 }
 
@@ -138,7 +150,9 @@ extension TaskResult {
     init(_ record: TaskRecord) {
         self.init(taskID: UInt64(record.id), customID: record.customID, status: TaskStatus(record.state),
                   result: record.result ?? [], error: record.failure.map(TaskError.init),
-                  attempt: UInt32(clamping: record.attempt))
+                  attempt: UInt32(clamping: record.attempt), statusCode: UInt32(clamping: record.details.statusCode ?? 0),
+                  requestID: record.details.requestID ?? "", usage: record.details.usage.map(FanoutWire.TokenUsage.init),
+                  url: record.url ?? "")
     }
 }
 
@@ -166,7 +180,8 @@ extension NewTask {
     init(_ spec: TaskSpec, batchPriority: Int32) {
         self.init(customID: spec.customID, agent: spec.agent, payload: spec.payload,
                   priority: spec.priority != 0 ? spec.priority : batchPriority,
-                  maxAttempts: Int(spec.maxAttempts), timeoutMs: Int64(clamping: spec.timeoutMs))
+                  maxAttempts: Int(spec.maxAttempts), timeoutMs: Int64(clamping: spec.timeoutMs),
+                  url: spec.url.isEmpty ? nil : spec.url)
     }
 }
 

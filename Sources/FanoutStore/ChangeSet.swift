@@ -29,7 +29,8 @@ public enum TaskChange: Sendable, Hashable {
     case requeued(TaskID, state: TaskState, failure: TaskFailure?)
     /// Back to `pending` at a graceful shutdown, the attempt it was on given back.
     case released(TaskID)
-    case finished(TaskID, state: TaskState, result: [UInt8]?, failure: TaskFailure?, turnsCompleted: Int, at: Milliseconds)
+    case finished(TaskID, state: TaskState, result: [UInt8]?, failure: TaskFailure?, turnsCompleted: Int, at: Milliseconds,
+                  details: ResponseDetails = ResponseDetails())
 }
 
 /// The columns of a batch row the scheduler owns while the batch is active.
@@ -41,9 +42,11 @@ public struct BatchSnapshot: Sendable, Hashable {
     public var startedAt: Milliseconds?
     public var finishedAt: Milliseconds?
     public var closing: TaskState?
+    public var usage: TokenUsage
 
     public init(id: BatchID, state: BatchState, counters: BatchCounters, progressUnits: Int, startedAt: Milliseconds?,
-                finishedAt: Milliseconds?, closing: TaskState? = nil) {
+                finishedAt: Milliseconds?, closing: TaskState? = nil, usage: TokenUsage = .zero) {
+        self.usage = usage
         self.id = id
         self.state = state
         self.counters = counters

@@ -93,6 +93,19 @@ enum Migrations {
             try db.execute(sql: "ALTER TABLE events ADD COLUMN creator_uid INTEGER")
             try db.execute(sql: "ALTER TABLE tasks ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v5: provider answers and token usage") { db in
+            try db.execute(sql: """
+                ALTER TABLE tasks ADD COLUMN url TEXT;
+                ALTER TABLE tasks ADD COLUMN status_code INTEGER;
+                ALTER TABLE tasks ADD COLUMN request_id TEXT;
+                ALTER TABLE tasks ADD COLUMN prompt_tokens INTEGER;
+                ALTER TABLE tasks ADD COLUMN completion_tokens INTEGER;
+                ALTER TABLE tasks ADD COLUMN total_tokens INTEGER;
+                ALTER TABLE batches ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE batches ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE batches ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
+                """)
+        }
         return migrator
     }
 }

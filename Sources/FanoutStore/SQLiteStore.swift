@@ -114,14 +114,14 @@ public final class SQLiteStore: Store {
                                     in db: Database, keepIDs: Bool = true) throws -> [TaskID] {
         let insert = try db.cachedStatement(sql: """
             INSERT INTO tasks (batch_id, custom_id, agent, state, priority, max_attempts, timeout_ms,
-                               max_turns, payload, parent_task_id, created_at)
-            VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+                               max_turns, payload, parent_task_id, created_at, url)
+            VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var taskIDs: [TaskID] = []
         if keepIDs { taskIDs.reserveCapacity(tasks.count) }
         for task in tasks {
             try insert.execute(arguments: [batchID, task.customID, task.agent, task.priority, task.maxAttempts,
-                                           task.timeoutMs, task.maxTurns, Data(task.payload), parentTaskID, now])
+                                           task.timeoutMs, task.maxTurns, Data(task.payload), parentTaskID, now, task.url])
             if keepIDs { taskIDs.append(db.lastInsertedRowID) }
         }
         return taskIDs
@@ -139,7 +139,7 @@ public final class SQLiteStore: Store {
                 switch change {
                 case let .started(id, attempt, at):
                     openStarts[id] = (index, attempt, at)
-                case let .finished(id, _, _, _, _, _):
+                case let .finished(id, _, _, _, _, _, _):
                     if let start = openStarts.removeValue(forKey: id) {
                         planned[start.index] = nil
                         startsFolded[index] = (start.attempt, start.at)
@@ -150,13 +150,16 @@ public final class SQLiteStore: Store {
             }
             for (index, change) in planned.enumerated() {
                 guard let change else { continue }
-                if case let .finished(id, state, result, failure, turns, at) = change, let start = startsFolded[index] {
+                if case let .finished(id, state, result, failure, turns, at, details) = change, let start = startsFolded[index] {
                     try db.cachedStatement(sql: """
                         UPDATE tasks SET state = ?, attempt = ?, started_at = ?, result = ?, error_message = ?, error_code = ?,
-                            error_retryable = ?, turns_completed = ?, finished_at = ?
+                            error_retryable = ?, turns_completed = ?, finished_at = ?,
+                            status_code = ?, request_id = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ?
                         WHERE id = ?
                         """).execute(arguments: [state.rawValue, start.attempt, start.at, result.map { Data($0) },
-                                                 failure?.message, failure?.code, failure?.retryable, turns, at, id])
+                                                 failure?.message, failure?.code, failure?.retryable, turns, at,
+                                                 details.statusCode, details.requestID, details.usage?.promptTokens,
+                                                 details.usage?.completionTokens, details.usage?.totalTokens, id])
                 } else {
                     try apply(change, in: db)
                 }
@@ -165,13 +168,15 @@ public final class SQLiteStore: Store {
                 try db.cachedStatement(sql: """
                     UPDATE batches SET state = ?, pending = ?, running = ?, waiting_children = ?, retry_wait = ?,
                         completed = ?, failed = ?, cancelled = ?, expired = ?, progress_units = ?,
-                        started_at = ?, finished_at = ?, closing = ?
+                        started_at = ?, finished_at = ?, closing = ?,
+                        prompt_tokens = ?, completion_tokens = ?, total_tokens = ?
                     WHERE id = ?
                     """).execute(arguments: [
                         snapshot.state.rawValue, snapshot.counters.pending, snapshot.counters.running,
                         snapshot.counters.waitingChildren, snapshot.counters.retryWait, snapshot.counters.completed,
                         snapshot.counters.failed, snapshot.counters.cancelled, snapshot.counters.expired,
-                        snapshot.progressUnits, snapshot.startedAt, snapshot.finishedAt, snapshot.closing?.rawValue, snapshot.id,
+                        snapshot.progressUnits, snapshot.startedAt, snapshot.finishedAt, snapshot.closing?.rawValue,
+                        snapshot.usage.promptTokens, snapshot.usage.completionTokens, snapshot.usage.totalTokens, snapshot.id,
                     ])
             }
             var stored: [EventRecord] = []
@@ -212,13 +217,16 @@ public final class SQLiteStore: Store {
             try db.cachedStatement(sql: """
                 UPDATE tasks SET state = ?, error_message = ?, error_code = ?, error_retryable = ? WHERE id = ?
                 """).execute(arguments: [state.rawValue, failure?.message, failure?.code, failure?.retryable, id])
-        case let .finished(id, state, result, failure, turns, at):
+        case let .finished(id, state, result, failure, turns, at, details):
             try db.cachedStatement(sql: """
                 UPDATE tasks SET state = ?, result = ?, error_message = ?, error_code = ?, error_retryable = ?,
-                    turns_completed = ?, finished_at = ?
+                    turns_completed = ?, finished_at = ?,
+                    status_code = ?, request_id = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ?
                 WHERE id = ?
                 """).execute(arguments: [state.rawValue, result.map { Data($0) }, failure?.message, failure?.code,
-                                         failure?.retryable, turns, at, id])
+                                         failure?.retryable, turns, at, details.statusCode, details.requestID,
+                                         details.usage?.promptTokens, details.usage?.completionTokens,
+                                         details.usage?.totalTokens, id])
         }
     }
 
@@ -332,7 +340,8 @@ public final class SQLiteStore: Store {
             try Row.fetchAll(db, sql: """
                 SELECT t.id, t.batch_id, t.custom_id, t.agent, t.state, t.priority, t.attempt, t.max_attempts,
                        t.timeout_ms, t.turns_completed, t.max_turns, t.result, t.error_message, t.error_code,
-                       t.error_retryable, t.parent_task_id, t.created_at, t.started_at, t.finished_at, b.owner_id
+                       t.error_retryable, t.parent_task_id, t.created_at, t.started_at, t.finished_at, b.owner_id,
+                       t.url, t.status_code, t.request_id, t.prompt_tokens, t.completion_tokens, t.total_tokens
                 FROM tasks t JOIN batches b ON b.id = t.batch_id
                 WHERE t.batch_id = ? AND t.id > ? AND t.state IN ('completed', 'failed', 'cancelled', 'expired')
                 ORDER BY t.id LIMIT ?
@@ -354,7 +363,7 @@ public final class SQLiteStore: Store {
         try read { db in
             var sql = """
                 SELECT t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed,
-                       t.max_turns, t.parent_task_id,
+                       t.max_turns, t.parent_task_id, t.url,
                        CASE WHEN length(t.payload) <= ? THEN t.payload END AS inline_payload
                 FROM tasks t INDEXED BY tasks_pending
                 WHERE t.batch_id = ? AND t.agent = ? AND t.state = 'pending'
@@ -375,6 +384,7 @@ public final class SQLiteStore: Store {
                     parentTaskID: row["parent_task_id"])
                 let payload: Data? = row["inline_payload"]
                 task.payload = payload.map { [UInt8]($0) }
+                task.url = row["url"]
                 return task
             }
         }
@@ -392,7 +402,8 @@ public final class SQLiteStore: Store {
             try db.execute(
                 sql: """
                     UPDATE tasks SET state = 'pending', attempt = 0, turns_completed = 0, result = NULL,
-                        error_message = NULL, error_code = NULL, error_retryable = NULL, started_at = NULL, finished_at = NULL
+                        error_message = NULL, error_code = NULL, error_retryable = NULL, started_at = NULL, finished_at = NULL,
+                        status_code = NULL, request_id = NULL, prompt_tokens = NULL, completion_tokens = NULL, total_tokens = NULL
                     WHERE batch_id = ? AND state IN (\(list.map { _ in "?" }.joined(separator: ",")))
                     """,
                 arguments: StatementArguments([batchID] as [any DatabaseValueConvertible] + list))
@@ -406,6 +417,9 @@ public final class SQLiteStore: Store {
                         cancelled = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'cancelled'),
                         expired = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'expired'),
                         running = 0, retry_wait = 0, waiting_children = 0,
+                        prompt_tokens = (SELECT coalesce(sum(t.prompt_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id),
+                        completion_tokens = (SELECT coalesce(sum(t.completion_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id),
+                        total_tokens = (SELECT coalesce(sum(t.total_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id),
                         progress_units = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id
                             AND t.state IN ('completed', 'failed', 'cancelled', 'expired')) * max(batches.max_turns, 1)
                     WHERE id = ?
@@ -544,7 +558,9 @@ public final class SQLiteStore: Store {
             progress: BatchProgress(totalTasks: counters.total, maxTurns: row["max_turns"], units: row["progress_units"]),
             metadata: metadata, parentTaskID: row["parent_task_id"], createdAt: row["created_at"],
             startedAt: row["started_at"], finishedAt: row["finished_at"], deadlineAt: row["deadline_at"],
-            creatorUID: UInt32(truncatingIfNeeded: creatorUID), closing: closing.flatMap(TaskState.init(rawValue:)))
+            creatorUID: UInt32(truncatingIfNeeded: creatorUID), closing: closing.flatMap(TaskState.init(rawValue:)),
+            usage: TokenUsage(promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"],
+                              totalTokens: row["total_tokens"]))
     }
 
     static func taskRecord(_ row: Row, includePayload: Bool) -> TaskRecord {
@@ -556,7 +572,16 @@ public final class SQLiteStore: Store {
             attempt: row["attempt"], maxAttempts: row["max_attempts"], timeoutMs: row["timeout_ms"],
             turnsCompleted: row["turns_completed"], maxTurns: row["max_turns"], result: result.map { [UInt8]($0) },
             failure: failure(from: row), parentTaskID: row["parent_task_id"], createdAt: row["created_at"],
-            startedAt: row["started_at"], finishedAt: row["finished_at"], payload: payload.map { [UInt8]($0) })
+            startedAt: row["started_at"], finishedAt: row["finished_at"], payload: payload.map { [UInt8]($0) },
+            url: row["url"], details: details(from: row))
+    }
+
+    private static func details(from row: Row) -> ResponseDetails {
+        let total: Int64? = row["total_tokens"]
+        return ResponseDetails(
+            statusCode: row["status_code"], requestID: row["request_id"],
+            usage: total.map { TokenUsage(promptTokens: row["prompt_tokens"] ?? 0, completionTokens: row["completion_tokens"] ?? 0,
+                                          totalTokens: $0) })
     }
 
     /// The columns `eventRecord` reads, by position: replaying a log reads

@@ -138,6 +138,8 @@ public struct RunnableTask: Sendable, Hashable {
     public var parentTaskID: TaskID?
     /// Read along with the task when small; nil means read it from the store when it starts.
     public var payload: [UInt8]?
+    /// An OpenAI Batch line's endpoint, for runners that route by it.
+    public var url: String?
 
     public init(id: TaskID, batchID: BatchID, ownerID: String, customID: String, agent: String, priority: Int32,
                 attempt: Int, maxAttempts: Int, timeoutMs: Int64, turnsCompleted: Int, maxTurns: Int, parentTaskID: TaskID?) {

@@ -48,15 +48,34 @@ public struct TaskSpec: Sendable, Hashable {
     public var maxAttempts: UInt32
     /// Per attempt; 0: the agent's default.
     public var timeoutMs: UInt64
+    /// An OpenAI Batch line's endpoint (`/v1/chat/completions`, …); empty: the runner's default.
+    public var url: String
 
-    public init(customID: String, agent: String = "", payload: [UInt8], priority: Int32 = 0, maxAttempts: UInt32 = 0, timeoutMs: UInt64 = 0) {
+    public init(customID: String, agent: String = "", payload: [UInt8], priority: Int32 = 0, maxAttempts: UInt32 = 0, timeoutMs: UInt64 = 0,
+                url: String = "") {
         self.customID = customID
         self.agent = agent
         self.payload = payload
         self.priority = priority
         self.maxAttempts = maxAttempts
         self.timeoutMs = timeoutMs
+        self.url = url
     }
+}
+
+/// LLM tokens, as a provider's `usage` reported them.
+public struct TokenUsage: Sendable, Hashable {
+    public var promptTokens: UInt64
+    public var completionTokens: UInt64
+    public var totalTokens: UInt64
+
+    public init(promptTokens: UInt64 = 0, completionTokens: UInt64 = 0, totalTokens: UInt64 = 0) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.totalTokens = totalTokens
+    }
+
+    public var isZero: Bool { promptTokens == 0 && completionTokens == 0 && totalTokens == 0 }
 }
 
 public struct TaskError: Sendable, Hashable {
@@ -93,6 +112,12 @@ public struct TaskInfo: Sendable, Hashable {
     public var finishedAtMs: Int64 = 0
     /// Only when asked for.
     public var payload: [UInt8] = []
+    public var url: String = ""
+    /// The provider's HTTP status for `result`; 0: none (not an HTTP runner, or no answer).
+    public var statusCode: UInt32 = 0
+    /// The provider's `x-request-id`.
+    public var requestID: String = ""
+    public var usage: TokenUsage?
 
     public init() {}
 }
@@ -132,6 +157,8 @@ public struct BatchInfo: Sendable, Hashable {
     public var deadlineAtMs: Int64 = 0
     public var creatorUID: UInt32 = 0
     public var maxTurns: UInt32 = 0
+    /// Summed over the batch's finished tasks.
+    public var usage = TokenUsage()
 
     public init() {}
 }
@@ -143,14 +170,25 @@ public struct TaskResult: Sendable, Hashable {
     public var result: [UInt8]
     public var error: TaskError?
     public var attempt: UInt32
+    /// The provider's HTTP status for `result`; 0: none.
+    public var statusCode: UInt32
+    /// The provider's `x-request-id`.
+    public var requestID: String
+    public var usage: TokenUsage?
+    public var url: String
 
-    public init(taskID: UInt64, customID: String, status: TaskStatus, result: [UInt8] = [], error: TaskError? = nil, attempt: UInt32 = 0) {
+    public init(taskID: UInt64, customID: String, status: TaskStatus, result: [UInt8] = [], error: TaskError? = nil, attempt: UInt32 = 0,
+                statusCode: UInt32 = 0, requestID: String = "", usage: TokenUsage? = nil, url: String = "") {
         self.taskID = taskID
         self.customID = customID
         self.status = status
         self.result = result
         self.error = error
         self.attempt = attempt
+        self.statusCode = statusCode
+        self.requestID = requestID
+        self.usage = usage
+        self.url = url
     }
 }
 

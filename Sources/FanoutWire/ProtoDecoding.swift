@@ -200,7 +200,8 @@ enum ProtoDecoder {
             payload: bytes(m.payload),
             priority: m.priority,
             maxAttempts: m.max_attempts,
-            timeoutMs: m.timeout_ms
+            timeoutMs: m.timeout_ms,
+            url: try string(m.url, "TaskSpec.url")
         )
     }
 
@@ -235,6 +236,10 @@ enum ProtoDecoder {
         value.startedAtMs = m.started_at_ms
         value.finishedAtMs = m.finished_at_ms
         value.payload = bytes(m.payload)
+        value.url = try string(m.url, "Task.url")
+        value.statusCode = m.status_code
+        value.requestID = try string(m.request_id, "Task.request_id")
+        value.usage = m.usage.map(tokenUsage)
         return value
     }
 
@@ -270,6 +275,7 @@ enum ProtoDecoder {
         value.deadlineAtMs = m.deadline_at_ms
         value.creatorUID = m.creator_uid
         value.maxTurns = m.max_turns
+        value.usage = m.usage.map(tokenUsage) ?? TokenUsage()
         return value
     }
 
@@ -281,7 +287,11 @@ enum ProtoDecoder {
             status: taskStatus(m.status),
             result: bytes(m.result),
             error: try m.error.map(taskError),
-            attempt: m.attempt
+            attempt: m.attempt,
+            statusCode: m.status_code,
+            requestID: try string(m.request_id, "TaskResult.request_id"),
+            usage: m.usage.map(tokenUsage),
+            url: try string(m.url, "TaskResult.url")
         )
     }
 
@@ -418,7 +428,8 @@ enum ProtoDecoder {
     }
 
     static func tokenUsage(_ pointer: Pointer<Fanout__V1__TokenUsage>) -> TokenUsage {
-        TokenUsage(promptTokens: pointer.pointee.prompt_tokens, completionTokens: pointer.pointee.completion_tokens)
+        TokenUsage(promptTokens: pointer.pointee.prompt_tokens, completionTokens: pointer.pointee.completion_tokens,
+                   totalTokens: pointer.pointee.total_tokens)
     }
 
     static func serverToWorker(_ pointer: Pointer<Fanout__V1__ServerToWorker>) throws(WireError) -> ServerToWorker {

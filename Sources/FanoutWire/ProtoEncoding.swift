@@ -267,6 +267,7 @@ struct ProtoEncoder {
         m.pointee.priority = value.priority
         m.pointee.max_attempts = value.maxAttempts
         m.pointee.timeout_ms = value.timeoutMs
+        try string(&m.pointee.url, value.url, "TaskSpec.url")
     }
 
     func taskError(_ value: TaskError, _ m: UnsafeMutablePointer<Fanout__V1__TaskError>) throws(WireError) {
@@ -297,6 +298,10 @@ struct ProtoEncoder {
         m.pointee.started_at_ms = value.startedAtMs
         m.pointee.finished_at_ms = value.finishedAtMs
         m.pointee.payload = bytes(value.payload)
+        try string(&m.pointee.url, value.url, "Task.url")
+        m.pointee.status_code = value.statusCode
+        try string(&m.pointee.request_id, value.requestID, "Task.request_id")
+        m.pointee.usage = try optional(value.usage, tokenUsage)
     }
 
     func batchCounts(_ value: BatchCounts, _ m: UnsafeMutablePointer<Fanout__V1__BatchCounts>) throws(WireError) {
@@ -328,6 +333,7 @@ struct ProtoEncoder {
         m.pointee.deadline_at_ms = value.deadlineAtMs
         m.pointee.creator_uid = value.creatorUID
         m.pointee.max_turns = value.maxTurns
+        m.pointee.usage = try value.usage.isZero ? nil : one(value.usage, tokenUsage)
     }
 
     func taskResult(_ value: TaskResult, _ m: UnsafeMutablePointer<Fanout__V1__TaskResult>) throws(WireError) {
@@ -338,6 +344,10 @@ struct ProtoEncoder {
         m.pointee.result = bytes(value.result)
         m.pointee.error = try optional(value.error, taskError)
         m.pointee.attempt = value.attempt
+        m.pointee.status_code = value.statusCode
+        try string(&m.pointee.request_id, value.requestID, "TaskResult.request_id")
+        m.pointee.usage = try optional(value.usage, tokenUsage)
+        try string(&m.pointee.url, value.url, "TaskResult.url")
     }
 
     func event(_ value: Event, _ m: UnsafeMutablePointer<Fanout__V1__Event>) throws(WireError) {
@@ -433,6 +443,7 @@ struct ProtoEncoder {
         fanout__v1__token_usage__init(m)
         m.pointee.prompt_tokens = value.promptTokens
         m.pointee.completion_tokens = value.completionTokens
+        m.pointee.total_tokens = value.totalTokens
     }
 
     func workerMessage(_ value: WorkerMessage, _ m: UnsafeMutablePointer<Fanout__V1__WorkerMessage>) throws(WireError) {

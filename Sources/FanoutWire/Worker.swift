@@ -23,16 +23,6 @@ public struct WorkerRegister: Sendable, Hashable {
     }
 }
 
-public struct TokenUsage: Sendable, Hashable {
-    public var promptTokens: UInt64
-    public var completionTokens: UInt64
-
-    public init(promptTokens: UInt64, completionTokens: UInt64) {
-        self.promptTokens = promptTokens
-        self.completionTokens = completionTokens
-    }
-}
-
 public enum WorkerMessage: Sendable, Hashable {
     case turn(taskID: UInt64, turns: UInt32)
     case heartbeat(taskIDs: [UInt64])

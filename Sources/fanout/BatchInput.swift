@@ -2,9 +2,10 @@ import FanoutWire
 import Foundation
 
 /// Reads a JSONL batch file. Each line is either an OpenAI Batch request
-/// (`custom_id`, `method`, `url`, `body`: the body becomes the payload) or a
-/// plain `{"custom_id", "payload"}` line (a string payload is used as is,
-/// any other JSON value is sent as JSON).
+/// (`custom_id`, `method`, `url`, `body`: the body becomes the payload, byte
+/// for byte, and the url goes with the task) or a plain
+/// `{"custom_id", "payload"}` line (a string payload is used as is, any
+/// other JSON value is sent as JSON).
 ///
 /// Every problem is collected with its line number, so a user fixes the file
 /// in one pass; nothing is submitted while any remains.
@@ -47,6 +48,9 @@ struct BatchInput {
         case failure(String)
     }
 
+    /// The endpoints an OpenAI Batch line may name, as the daemon's openai runner serves them.
+    static let openAIEndpoints = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+
     static func parse(_ line: Data) -> Parsed {
         let object: [String: Any]
         do {
@@ -65,10 +69,24 @@ struct BatchInput {
             if let method = object["method"], (method as? String)?.uppercased() != "POST" {
                 return .failure("method must be \"POST\"")
             }
-            if let url = object["url"], !(url is String) {
-                return .failure("url must be a string")
+            guard let url = object["url"] as? String else {
+                return .failure("url is missing or not a string; OpenAI Batch lines name their endpoint, e.g. \"/v1/chat/completions\"")
             }
-            payload = body
+            guard openAIEndpoints.contains(url) else {
+                return .failure("url \"\(url.prefix(200))\" is not a supported endpoint; use one of \(openAIEndpoints.joined(separator: ", "))")
+            }
+            guard let fields = body as? [String: Any] else {
+                return .failure("body must be a JSON object (the request OpenAI would receive)")
+            }
+            if (fields["stream"] as? Bool) == true {
+                return .failure("body has \"stream\": true; batch requests need whole answers, so remove it or set it to false")
+            }
+            // The body as written, so the provider receives exactly these bytes.
+            let bytes = [UInt8](line)
+            guard let range = RawJSON.valueRange(of: "body", inObject: bytes) else {
+                return .failure("body cannot be read from the line")
+            }
+            return .success(TaskSpec(customID: customID, payload: Array(bytes[range]), url: url))
         } else if let plain = object["payload"] {
             payload = plain
         } else {

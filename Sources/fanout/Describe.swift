@@ -51,6 +51,7 @@ enum Describe {
         if batch.finishedAtMs != 0 { object["finished_at_ms"] = batch.finishedAtMs }
         if batch.deadlineAtMs != 0 { object["deadline_at_ms"] = batch.deadlineAtMs }
         if batch.parentTaskID != 0 { object["parent_task_id"] = batch.parentTaskID }
+        if !batch.usage.isZero { object["usage"] = usage(batch.usage) }
         return object
     }
 
@@ -61,7 +62,15 @@ enum Describe {
             "turns_completed": task.turnsCompleted,
         ]
         if let error = task.error { object["error"] = ["code": error.code, "message": error.message] }
+        if !task.url.isEmpty { object["url"] = task.url }
+        if task.statusCode != 0 { object["status_code"] = task.statusCode }
+        if !task.requestID.isEmpty { object["request_id"] = task.requestID }
+        if let usage = task.usage { object["usage"] = Self.usage(usage) }
         return object
+    }
+
+    static func usage(_ usage: TokenUsage) -> [String: Any] {
+        ["prompt_tokens": usage.promptTokens, "completion_tokens": usage.completionTokens, "total_tokens": usage.totalTokens]
     }
 
     static func json(_ event: Event) -> [String: Any] {
@@ -104,6 +113,10 @@ enum Describe {
             "  \(c.total) tasks: \(c.completed) completed, \(c.failed) failed, \(c.cancelled) cancelled, \(c.expired) expired, "
                 + "\(c.running) running, \(c.pending + c.retryWait) waiting",
         ]
+        if !batch.usage.isZero {
+            let u = batch.usage
+            lines.append("  tokens: \(u.totalTokens) (\(u.promptTokens) prompt, \(u.completionTokens) completion)")
+        }
         if batch.startedAtMs != 0 {
             let end = batch.finishedAtMs != 0 ? batch.finishedAtMs : Int64(Date().timeIntervalSince1970 * 1000)
             lines.append(String(format: "  elapsed %.1f s", Double(end - batch.startedAtMs) / 1000))

@@ -2,25 +2,59 @@ import FanoutWire
 import Foundation
 
 /// One result as a line of the OpenAI Batch output format:
-/// `{"id", "custom_id", "response": {"status_code", "body"}, "error": {"code", "message"}}`.
+/// `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": {"code", "message"}}`.
+///
+/// A task the provider answered (successfully or not) has a `response`
+/// whose body is the provider's, byte for byte when it fits on one line; a
+/// failed one has an `error` too. Tasks that got no answer (timed out,
+/// cancelled, expired) have only the `error`.
 enum ResultOutput {
     static func line(_ result: TaskResult) -> Data {
-        var object: [String: Any] = ["id": "task_\(result.taskID)", "custom_id": result.customID]
-        if result.status == .completed {
-            object["response"] = ["status_code": 200, "body": jsonValue(result.result)]
-            object["error"] = NSNull()
+        var members: [(String, Data)] = [
+            ("id", JSON.encode("batch_req_\(result.taskID)")),
+            ("custom_id", JSON.encode(result.customID)),
+        ]
+        let answered = result.status == .completed || result.statusCode != 0
+        if answered {
+            let status = result.statusCode != 0 ? Int(result.statusCode) : 200
+            members.append(("response", object([
+                ("status_code", JSON.encode(status)),
+                ("request_id", result.requestID.isEmpty ? Data("null".utf8) : JSON.encode(result.requestID)),
+                ("body", embedded(result.result)),
+            ])))
         } else {
-            object["response"] = NSNull()
-            let code = result.error?.code.isEmpty == false ? result.error!.code : statusWord(result.status)
-            object["error"] = ["code": code, "message": result.error?.message ?? statusWord(result.status)]
+            members.append(("response", Data("null".utf8)))
         }
-        return JSON.encode(object)
+        if result.status == .completed {
+            members.append(("error", Data("null".utf8)))
+        } else {
+            let code = result.error?.code.isEmpty == false ? result.error!.code : statusWord(result.status)
+            members.append(("error", JSON.encode(["code": code, "message": result.error?.message ?? statusWord(result.status)])))
+        }
+        return object(members)
     }
 
-    /// A result that is JSON is embedded as JSON, anything else as a string.
-    static func jsonValue(_ bytes: [UInt8]) -> Any {
-        if let value = try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]) { return value }
-        return String(decoding: bytes, as: UTF8.self)
+    /// `{"key":value,…}` from already encoded values, in this order.
+    private static func object(_ members: [(String, Data)]) -> Data {
+        var data = Data("{".utf8)
+        for (index, member) in members.enumerated() {
+            if index > 0 { data.append(UInt8(ascii: ",")) }
+            data.append(JSON.encode(member.0))
+            data.append(UInt8(ascii: ":"))
+            data.append(member.1)
+        }
+        data.append(UInt8(ascii: "}"))
+        return data
+    }
+
+    /// A result that is JSON is embedded as it is when it holds no line break
+    /// (re-encoded otherwise, to keep one result per line); anything else as a string.
+    static func embedded(_ bytes: [UInt8]) -> Data {
+        guard let value = try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]) else {
+            return JSON.encode(String(decoding: bytes, as: UTF8.self))
+        }
+        if !bytes.contains(0x0A) && !bytes.contains(0x0D) { return Data(bytes) }
+        return JSON.encode(value)
     }
 
     static func statusWord(_ status: TaskStatus) -> String {
@@ -40,7 +74,8 @@ enum ResultOutput {
 
 enum JSON {
     static func encode(_ object: Any) -> Data {
-        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]))
+            ?? Data("{}".utf8)
     }
 
     static func line(_ object: Any) -> String {

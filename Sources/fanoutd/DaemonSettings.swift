@@ -1,5 +1,6 @@
 import Configuration
 import FanoutCore
+import FanoutRunners
 import FanoutScheduler
 import FanoutServer
 import FanoutStore
@@ -19,6 +20,8 @@ struct DaemonSettings {
     var server: ServerConfiguration
     var scheduler: SchedulerConfiguration
     var limits: EnqueueLimits
+    /// Each agent's runner settings (its runner's own keys of the config file), as JSON.
+    var runnerSettings: [String: Data]
 
     /// The setting names, as keys of the config file; the environment
     /// variable is `FANOUT_` + the key in upper case.
@@ -52,9 +55,13 @@ struct DaemonSettings {
         }
         providers.append(EnvironmentVariablesProvider(environmentVariables: ours))
         var agents: [AgentConfiguration] = []
+        var runnerSettings: [String: Data] = [:]
         if let configFile {
             providers.append(try ConfigFile.scalarSettings(configFile))
-            agents = try AgentsFile.load(configFile)
+            for entry in try AgentsFile.load(configFile) {
+                agents.append(entry.agent)
+                runnerSettings[entry.agent.name] = entry.runnerSettings
+            }
         }
         let config = ConfigReader(providers: providers)
         // Every number has an upper bound too, so arithmetic on it (deadlines, progress units) cannot overflow.
@@ -120,7 +127,7 @@ struct DaemonSettings {
             socketPath: socket, socketMode: server.socketMode,
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment),
             durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
-            server: server, scheduler: scheduler, limits: limits)
+            server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings)
     }
 
     /// `$XDG_STATE_HOME/fanout/fanout.db`, else `~/.local/state/fanout/fanout.db`.
@@ -168,39 +175,63 @@ enum ConfigFile {
 
 /// The `agents` list of the config file. It is a list of objects, which the
 /// key-value configuration reader does not model, so it is decoded directly.
+/// Each entry has the keys every agent has (name, runner, concurrency, …)
+/// and its runner's own (`base_url` for openai, `command` for exec, …),
+/// which are kept as JSON for the runner to read.
 enum AgentsFile {
-    struct File: Decodable {
-        var agents: [Agent]?
+    static let commonKeys: Set<String> = [
+        "name", "runner", "concurrency", "max_turns", "max_attempts", "timeout_ms", "requests_per_minute", "tokens_per_minute",
+    ]
+
+    struct Entry {
+        var agent: AgentConfiguration
+        /// The runner's own keys, as a JSON object.
+        var runnerSettings: Data
     }
 
-    struct Agent: Decodable {
-        var name: String
-        var runner: String
-        var concurrency: Int?
-        var max_turns: Int?
-        var max_attempts: Int?
-        var timeout_ms: Int64?
-        var requests_per_minute: Int?
-        var tokens_per_minute: Int?
-    }
-
-    static func load(_ path: String) throws -> [AgentConfiguration] {
+    static func load(_ path: String) throws -> [Entry] {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        let file: File
-        do {
-            file = try JSONDecoder().decode(File.self, from: data)
-        } catch {
-            throw FanoutError.invalidArgument("\(path): the agents list is not valid: \(error)")
+        guard let file = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw FanoutError.invalidArgument("\(path) is not a JSON object")
         }
-        return try (file.agents ?? []).map { agent in
-            guard !agent.name.isEmpty else { throw FanoutError.invalidArgument("\(path): an agent has an empty name") }
-            let defaults = AgentConfiguration(name: agent.name, runner: agent.runner)
-            return AgentConfiguration(
-                name: agent.name, runner: agent.runner, concurrency: agent.concurrency ?? defaults.concurrency,
-                maxTurns: agent.max_turns ?? 0, maxAttempts: agent.max_attempts ?? defaults.maxAttempts,
-                timeoutMs: agent.timeout_ms ?? 0, requestsPerMinute: agent.requests_per_minute ?? 0,
-                tokensPerMinute: agent.tokens_per_minute ?? 0)
+        guard let list = file["agents"] else { return [] }
+        guard let entries = list as? [[String: Any]] else {
+            throw FanoutError.invalidArgument("\(path): agents must be a list of objects")
         }
+        var names = Set<String>()
+        return try entries.enumerated().map { index, object in
+            let entry = try entry(object, path: path, index: index)
+            guard names.insert(entry.agent.name).inserted else {
+                throw FanoutError.invalidArgument("\(path): agent \"\(entry.agent.name)\" is declared twice")
+            }
+            return entry
+        }
+    }
+
+    private static func entry(_ object: [String: Any], path: String, index: Int) throws -> Entry {
+        guard let name = object["name"] as? String, !name.isEmpty else {
+            throw FanoutError.invalidArgument("\(path): agent \(index + 1) needs a non-empty \"name\"")
+        }
+        func problem(_ message: String) -> FanoutError { .invalidArgument("\(path): agent \"\(name)\": \(message)") }
+        guard let runner = object["runner"] as? String, !runner.isEmpty else {
+            throw problem("needs a \"runner\" (\(BuiltinRunners.names.joined(separator: ", ")))")
+        }
+        func number(_ key: String) throws -> Int64? {
+            guard let value = object[key] else { return nil }
+            guard let double = (value as? NSNumber)?.doubleValue, double == double.rounded(), abs(double) < 9e15 else {
+                throw problem("\(key) must be a whole number")
+            }
+            return Int64(double)
+        }
+        let defaults = AgentConfiguration(name: name, runner: runner)
+        let agent = AgentConfiguration(
+            name: name, runner: runner, concurrency: try number("concurrency").map { Int($0) } ?? defaults.concurrency,
+            maxTurns: try number("max_turns").map { Int($0) } ?? 0,
+            maxAttempts: try number("max_attempts").map { Int($0) } ?? defaults.maxAttempts,
+            timeoutMs: try number("timeout_ms") ?? 0, requestsPerMinute: try number("requests_per_minute").map { Int($0) } ?? 0,
+            tokensPerMinute: try number("tokens_per_minute").map { Int($0) } ?? 0)
+        let own = object.filter { !commonKeys.contains($0.key) }
+        return Entry(agent: agent, runnerSettings: try JSONSerialization.data(withJSONObject: own))
     }
 }
 

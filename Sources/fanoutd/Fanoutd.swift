@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import FanoutRunners
 import FanoutScheduler
 import FanoutServer
@@ -97,6 +98,29 @@ struct Daemon {
             logger.debug("raised the open-file limit", metadata: ["limit": "\(raised)"])
         }
 
+        // One HTTP client for every openai agent, its pool sized for their concurrency together.
+        let httpConnections = settings.scheduler.agents.filter { $0.runner == "openai" }.map(\.concurrency).reduce(0, +)
+        let httpClient = BuiltinRunners.makeHTTPClient(connections: min(httpConnections, settings.scheduler.globalConcurrency))
+        do {
+            try await run(logger: logger, httpClient: httpClient)
+        } catch {
+            try? await httpClient.shutdown()
+            throw error
+        }
+        // After the scheduler stopped: no runner is using it any more.
+        try await httpClient.shutdown()
+        logger.info("fanoutd stopped")
+    }
+
+    private func run(logger: Logger, httpClient: HTTPClient) async throws {
+        // Runners first: a config mistake is reported before anything else happens.
+        let resources = BuiltinRunners.Resources(httpClient: httpClient, environment: ProcessInfo.processInfo.environment)
+        var runners: [String: any Runner] = [:]
+        for agent in settings.scheduler.agents {
+            let object = (settings.runnerSettings[agent.name]).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
+            runners[agent.name] = try BuiltinRunners.make(agent, settings: object, resources: resources)
+        }
+
         try makeParent(of: settings.socketPath, mode: 0o700)
         // Before the store: a daemon refused here must not recover or run the live daemon's tasks.
         try FanoutServer.prepareSocketPath(settings.socketPath)
@@ -105,13 +129,6 @@ struct Daemon {
         defer { withExtendedLifetime(lock) {} }
         let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
 
-        var runners: [String: any Runner] = [:]
-        for agent in settings.scheduler.agents {
-            guard let runner = BuiltinRunners.make(agent.runner) else {
-                throw ValidationError("agent \"\(agent.name)\": unknown runner \"\(agent.runner)\"; available: \(BuiltinRunners.names.joined(separator: ", "))")
-            }
-            runners[agent.name] = runner
-        }
         let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners,
                                       limits: settings.limits, logger: Logger(label: "fanout.scheduler"))
         try scheduler.start()
@@ -132,7 +149,6 @@ struct Daemon {
             await scheduler.shutdown()
             throw error
         }
-        logger.info("fanoutd stopped")
     }
 
     private func makeParent(of path: String, mode: Int) throws {

@@ -43,7 +43,7 @@ import Testing
                     let body = try #require(response["body"] as? [String: Any])
                     #expect(body["model"] as? String == "gpt-4o-mini")
                     #expect(object["error"] is NSNull)
-                    #expect((object["id"] as? String)?.hasPrefix("task_") == true)
+                    #expect((object["id"] as? String)?.hasPrefix("batch_req_") == true)
                 }
                 #expect(seen == Set((0..<300).map { "request-\($0)" }))
 

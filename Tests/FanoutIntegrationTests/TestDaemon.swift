@@ -22,6 +22,7 @@ final class TestDaemon: Sendable {
     init(
         agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)],
         globalConcurrency: Int = 64,
+        runners explicitRunners: [String: any Runner] = [:],
         directory existing: String? = nil,
         configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws {
@@ -32,7 +33,8 @@ final class TestDaemon: Sendable {
         var schedulerConfiguration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
         schedulerConfiguration.backoff = .init(baseMs: 10, maxMs: 50)
         var runners: [String: any Runner] = [:]
-        for agent in agents { runners[agent.name] = BuiltinRunners.make(agent.runner) }
+        for agent in agents where agent.runner == "echo" { runners[agent.name] = EchoRunner() }
+        runners.merge(explicitRunners) { _, explicit in explicit }
         scheduler = try Scheduler(store: store, configuration: schedulerConfiguration, runners: runners)
         try scheduler.start()
         var configuration = ServerConfiguration(socketPath: socketPath)

@@ -502,6 +502,51 @@ void   fanout__v1__task_spec__free_unpacked
   assert(message->base.descriptor == &fanout__v1__task_spec__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   fanout__v1__token_usage__init
+                     (Fanout__V1__TokenUsage         *message)
+{
+  static const Fanout__V1__TokenUsage init_value = FANOUT__V1__TOKEN_USAGE__INIT;
+  *message = init_value;
+}
+size_t fanout__v1__token_usage__get_packed_size
+                     (const Fanout__V1__TokenUsage *message)
+{
+  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t fanout__v1__token_usage__pack
+                     (const Fanout__V1__TokenUsage *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t fanout__v1__token_usage__pack_to_buffer
+                     (const Fanout__V1__TokenUsage *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Fanout__V1__TokenUsage *
+       fanout__v1__token_usage__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Fanout__V1__TokenUsage *)
+     protobuf_c_message_unpack (&fanout__v1__token_usage__descriptor,
+                                allocator, len, data);
+}
+void   fanout__v1__token_usage__free_unpacked
+                     (Fanout__V1__TokenUsage *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   fanout__v1__task_error__init
                      (Fanout__V1__TaskError         *message)
 {
@@ -1940,51 +1985,6 @@ void   fanout__v1__worker_register__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &fanout__v1__worker_register__descriptor);
-  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
-}
-void   fanout__v1__token_usage__init
-                     (Fanout__V1__TokenUsage         *message)
-{
-  static const Fanout__V1__TokenUsage init_value = FANOUT__V1__TOKEN_USAGE__INIT;
-  *message = init_value;
-}
-size_t fanout__v1__token_usage__get_packed_size
-                     (const Fanout__V1__TokenUsage *message)
-{
-  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
-  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
-}
-size_t fanout__v1__token_usage__pack
-                     (const Fanout__V1__TokenUsage *message,
-                      uint8_t       *out)
-{
-  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
-  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
-}
-size_t fanout__v1__token_usage__pack_to_buffer
-                     (const Fanout__V1__TokenUsage *message,
-                      ProtobufCBuffer *buffer)
-{
-  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
-  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
-}
-Fanout__V1__TokenUsage *
-       fanout__v1__token_usage__unpack
-                     (ProtobufCAllocator  *allocator,
-                      size_t               len,
-                      const uint8_t       *data)
-{
-  return (Fanout__V1__TokenUsage *)
-     protobuf_c_message_unpack (&fanout__v1__token_usage__descriptor,
-                                allocator, len, data);
-}
-void   fanout__v1__token_usage__free_unpacked
-                     (Fanout__V1__TokenUsage *message,
-                      ProtobufCAllocator *allocator)
-{
-  if(!message)
-    return;
-  assert(message->base.descriptor == &fanout__v1__token_usage__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   fanout__v1__worker_message__init
@@ -3442,7 +3442,7 @@ const ProtobufCMessageDescriptor fanout__v1__limits__descriptor =
   (ProtobufCMessageInit) fanout__v1__limits__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__task_spec__field_descriptors[6] =
+static const ProtobufCFieldDescriptor fanout__v1__task_spec__field_descriptors[7] =
 {
   {
     "custom_id",
@@ -3516,6 +3516,18 @@ static const ProtobufCFieldDescriptor fanout__v1__task_spec__field_descriptors[6
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "url",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TaskSpec, url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__task_spec__field_indices_by_name[] = {
   1,   /* field[1] = agent */
@@ -3524,11 +3536,12 @@ static const unsigned fanout__v1__task_spec__field_indices_by_name[] = {
   2,   /* field[2] = payload */
   3,   /* field[3] = priority */
   5,   /* field[5] = timeout_ms */
+  6,   /* field[6] = url */
 };
 static const ProtobufCIntRange fanout__v1__task_spec__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor fanout__v1__task_spec__descriptor =
 {
@@ -3538,11 +3551,75 @@ const ProtobufCMessageDescriptor fanout__v1__task_spec__descriptor =
   "Fanout__V1__TaskSpec",
   "fanout.v1",
   sizeof(Fanout__V1__TaskSpec),
-  6,
+  7,
   fanout__v1__task_spec__field_descriptors,
   fanout__v1__task_spec__field_indices_by_name,
   1,  fanout__v1__task_spec__number_ranges,
   (ProtobufCMessageInit) fanout__v1__task_spec__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor fanout__v1__token_usage__field_descriptors[3] =
+{
+  {
+    "prompt_tokens",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TokenUsage, prompt_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "completion_tokens",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TokenUsage, completion_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "total_tokens",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TokenUsage, total_tokens),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned fanout__v1__token_usage__field_indices_by_name[] = {
+  1,   /* field[1] = completion_tokens */
+  0,   /* field[0] = prompt_tokens */
+  2,   /* field[2] = total_tokens */
+};
+static const ProtobufCIntRange fanout__v1__token_usage__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor fanout__v1__token_usage__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "fanout.v1.TokenUsage",
+  "TokenUsage",
+  "Fanout__V1__TokenUsage",
+  "fanout.v1",
+  sizeof(Fanout__V1__TokenUsage),
+  3,
+  fanout__v1__token_usage__field_descriptors,
+  fanout__v1__token_usage__field_indices_by_name,
+  1,  fanout__v1__token_usage__number_ranges,
+  (ProtobufCMessageInit) fanout__v1__token_usage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor fanout__v1__task_error__field_descriptors[3] =
@@ -3609,7 +3686,7 @@ const ProtobufCMessageDescriptor fanout__v1__task_error__descriptor =
   (ProtobufCMessageInit) fanout__v1__task_error__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__task__field_descriptors[19] =
+static const ProtobufCFieldDescriptor fanout__v1__task__field_descriptors[23] =
 {
   {
     "id",
@@ -3839,6 +3916,54 @@ static const ProtobufCFieldDescriptor fanout__v1__task__field_descriptors[19] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "url",
+    20,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__Task, url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "status_code",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__Task, status_code),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_id",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__Task, request_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "usage",
+    23,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__Task, usage),
+    &fanout__v1__token_usage__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__task__field_indices_by_name[] = {
   4,   /* field[4] = agent */
@@ -3855,16 +3980,20 @@ static const unsigned fanout__v1__task__field_indices_by_name[] = {
   14,   /* field[14] = parent_task_id */
   18,   /* field[18] = payload */
   6,   /* field[6] = priority */
+  21,   /* field[21] = request_id */
   12,   /* field[12] = result */
   16,   /* field[16] = started_at_ms */
   5,   /* field[5] = status */
+  20,   /* field[20] = status_code */
   9,   /* field[9] = timeout_ms */
   10,   /* field[10] = turns_completed */
+  19,   /* field[19] = url */
+  22,   /* field[22] = usage */
 };
 static const ProtobufCIntRange fanout__v1__task__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 19 }
+  { 0, 23 }
 };
 const ProtobufCMessageDescriptor fanout__v1__task__descriptor =
 {
@@ -3874,7 +4003,7 @@ const ProtobufCMessageDescriptor fanout__v1__task__descriptor =
   "Fanout__V1__Task",
   "fanout.v1",
   sizeof(Fanout__V1__Task),
-  19,
+  23,
   fanout__v1__task__field_descriptors,
   fanout__v1__task__field_indices_by_name,
   1,  fanout__v1__task__number_ranges,
@@ -4074,7 +4203,7 @@ const ProtobufCMessageDescriptor fanout__v1__metadata_entry__descriptor =
   (ProtobufCMessageInit) fanout__v1__metadata_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__batch__field_descriptors[14] =
+static const ProtobufCFieldDescriptor fanout__v1__batch__field_descriptors[15] =
 {
   {
     "id",
@@ -4244,6 +4373,18 @@ static const ProtobufCFieldDescriptor fanout__v1__batch__field_descriptors[14] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "usage",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__Batch, usage),
+    &fanout__v1__token_usage__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__batch__field_indices_by_name[] = {
   2,   /* field[2] = agent */
@@ -4260,11 +4401,12 @@ static const unsigned fanout__v1__batch__field_indices_by_name[] = {
   5,   /* field[5] = progress */
   9,   /* field[9] = started_at_ms */
   3,   /* field[3] = status */
+  14,   /* field[14] = usage */
 };
 static const ProtobufCIntRange fanout__v1__batch__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor fanout__v1__batch__descriptor =
 {
@@ -4274,14 +4416,14 @@ const ProtobufCMessageDescriptor fanout__v1__batch__descriptor =
   "Fanout__V1__Batch",
   "fanout.v1",
   sizeof(Fanout__V1__Batch),
-  14,
+  15,
   fanout__v1__batch__field_descriptors,
   fanout__v1__batch__field_indices_by_name,
   1,  fanout__v1__batch__number_ranges,
   (ProtobufCMessageInit) fanout__v1__batch__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__task_result__field_descriptors[6] =
+static const ProtobufCFieldDescriptor fanout__v1__task_result__field_descriptors[10] =
 {
   {
     "task_id",
@@ -4355,19 +4497,71 @@ static const ProtobufCFieldDescriptor fanout__v1__task_result__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "status_code",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TaskResult, status_code),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "request_id",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TaskResult, request_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "usage",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TaskResult, usage),
+    &fanout__v1__token_usage__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "url",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__TaskResult, url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__task_result__field_indices_by_name[] = {
   5,   /* field[5] = attempt */
   1,   /* field[1] = custom_id */
   4,   /* field[4] = error */
+  7,   /* field[7] = request_id */
   3,   /* field[3] = result */
   2,   /* field[2] = status */
+  6,   /* field[6] = status_code */
   0,   /* field[0] = task_id */
+  9,   /* field[9] = url */
+  8,   /* field[8] = usage */
 };
 static const ProtobufCIntRange fanout__v1__task_result__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor fanout__v1__task_result__descriptor =
 {
@@ -4377,7 +4571,7 @@ const ProtobufCMessageDescriptor fanout__v1__task_result__descriptor =
   "Fanout__V1__TaskResult",
   "fanout.v1",
   sizeof(Fanout__V1__TaskResult),
-  6,
+  10,
   fanout__v1__task_result__field_descriptors,
   fanout__v1__task_result__field_indices_by_name,
   1,  fanout__v1__task_result__number_ranges,
@@ -6052,57 +6246,6 @@ const ProtobufCMessageDescriptor fanout__v1__worker_register__descriptor =
   fanout__v1__worker_register__field_indices_by_name,
   1,  fanout__v1__worker_register__number_ranges,
   (ProtobufCMessageInit) fanout__v1__worker_register__init,
-  NULL,NULL,NULL    /* reserved[123] */
-};
-static const ProtobufCFieldDescriptor fanout__v1__token_usage__field_descriptors[2] =
-{
-  {
-    "prompt_tokens",
-    1,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT64,
-    0,   /* quantifier_offset */
-    offsetof(Fanout__V1__TokenUsage, prompt_tokens),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "completion_tokens",
-    2,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT64,
-    0,   /* quantifier_offset */
-    offsetof(Fanout__V1__TokenUsage, completion_tokens),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-};
-static const unsigned fanout__v1__token_usage__field_indices_by_name[] = {
-  1,   /* field[1] = completion_tokens */
-  0,   /* field[0] = prompt_tokens */
-};
-static const ProtobufCIntRange fanout__v1__token_usage__number_ranges[1 + 1] =
-{
-  { 1, 0 },
-  { 0, 2 }
-};
-const ProtobufCMessageDescriptor fanout__v1__token_usage__descriptor =
-{
-  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
-  "fanout.v1.TokenUsage",
-  "TokenUsage",
-  "Fanout__V1__TokenUsage",
-  "fanout.v1",
-  sizeof(Fanout__V1__TokenUsage),
-  2,
-  fanout__v1__token_usage__field_descriptors,
-  fanout__v1__token_usage__field_indices_by_name,
-  1,  fanout__v1__token_usage__number_ranges,
-  (ProtobufCMessageInit) fanout__v1__token_usage__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor fanout__v1__worker_message__field_descriptors[5] =

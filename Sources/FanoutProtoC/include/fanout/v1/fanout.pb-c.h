@@ -26,6 +26,7 @@ typedef struct Fanout__V1__Hello Fanout__V1__Hello;
 typedef struct Fanout__V1__Welcome Fanout__V1__Welcome;
 typedef struct Fanout__V1__Limits Fanout__V1__Limits;
 typedef struct Fanout__V1__TaskSpec Fanout__V1__TaskSpec;
+typedef struct Fanout__V1__TokenUsage Fanout__V1__TokenUsage;
 typedef struct Fanout__V1__TaskError Fanout__V1__TaskError;
 typedef struct Fanout__V1__Task Fanout__V1__Task;
 typedef struct Fanout__V1__BatchCounts Fanout__V1__BatchCounts;
@@ -58,7 +59,6 @@ typedef struct Fanout__V1__AgentInfo Fanout__V1__AgentInfo;
 typedef struct Fanout__V1__ServerInfoResponse Fanout__V1__ServerInfoResponse;
 typedef struct Fanout__V1__AgentRegistration Fanout__V1__AgentRegistration;
 typedef struct Fanout__V1__WorkerRegister Fanout__V1__WorkerRegister;
-typedef struct Fanout__V1__TokenUsage Fanout__V1__TokenUsage;
 typedef struct Fanout__V1__WorkerMessage Fanout__V1__WorkerMessage;
 typedef struct Fanout__V1__WorkerTurn Fanout__V1__WorkerTurn;
 typedef struct Fanout__V1__WorkerHeartbeat Fanout__V1__WorkerHeartbeat;
@@ -416,10 +416,36 @@ struct  Fanout__V1__TaskSpec
    * per attempt; 0: the agent's default
    */
   uint64_t timeout_ms;
+  /*
+   * The endpoint of an OpenAI Batch line ("/v1/chat/completions", …): the
+   * openai runner posts the payload there. Empty: the runner's default.
+   */
+  char *url;
 };
 #define FANOUT__V1__TASK_SPEC__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__task_spec__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, {0,NULL}, 0, 0, 0, (char *)protobuf_c_empty_string }
+
+
+/*
+ * LLM tokens a task used, as its provider reported them (`usage`).
+ */
+struct  Fanout__V1__TokenUsage
+{
+  ProtobufCMessage base;
+  /*
+   * also the Responses API's input_tokens
+   */
+  uint64_t prompt_tokens;
+  /*
+   * also the Responses API's output_tokens
+   */
+  uint64_t completion_tokens;
+  uint64_t total_tokens;
+};
+#define FANOUT__V1__TOKEN_USAGE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__token_usage__descriptor) \
+    , 0, 0, 0 }
 
 
 struct  Fanout__V1__TaskError
@@ -462,10 +488,20 @@ struct  Fanout__V1__Task
    * only when asked for
    */
   ProtobufCBinaryData payload;
+  char *url;
+  /*
+   * the provider's HTTP status for `result`; 0: none
+   */
+  uint32_t status_code;
+  /*
+   * the provider's x-request-id
+   */
+  char *request_id;
+  Fanout__V1__TokenUsage *usage;
 };
 #define FANOUT__V1__TASK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__task__descriptor) \
-    , 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, FANOUT__V1__TASK_STATUS__TASK_STATUS_UNSPECIFIED, 0, 0, 0, 0, 0, 0, {0,NULL}, NULL, 0, 0, 0, 0, {0,NULL} }
+    , 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, FANOUT__V1__TASK_STATUS__TASK_STATUS_UNSPECIFIED, 0, 0, 0, 0, 0, 0, {0,NULL}, NULL, 0, 0, 0, 0, {0,NULL}, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, NULL }
 
 
 struct  Fanout__V1__BatchCounts
@@ -521,10 +557,14 @@ struct  Fanout__V1__Batch
   int64_t deadline_at_ms;
   uint32_t creator_uid;
   uint32_t max_turns;
+  /*
+   * summed over the batch's finished tasks
+   */
+  Fanout__V1__TokenUsage *usage;
 };
 #define FANOUT__V1__BATCH__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__batch__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, FANOUT__V1__BATCH_STATUS__BATCH_STATUS_UNSPECIFIED, NULL, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, FANOUT__V1__BATCH_STATUS__BATCH_STATUS_UNSPECIFIED, NULL, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, NULL }
 
 
 struct  Fanout__V1__TaskResult
@@ -536,10 +576,23 @@ struct  Fanout__V1__TaskResult
   ProtobufCBinaryData result;
   Fanout__V1__TaskError *error;
   uint32_t attempt;
+  /*
+   * the provider's HTTP status for `result`; 0: none
+   */
+  uint32_t status_code;
+  /*
+   * the provider's x-request-id
+   */
+  char *request_id;
+  Fanout__V1__TokenUsage *usage;
+  /*
+   * the task's url, for the OpenAI Batch output line
+   */
+  char *url;
 };
 #define FANOUT__V1__TASK_RESULT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__task_result__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, FANOUT__V1__TASK_STATUS__TASK_STATUS_UNSPECIFIED, {0,NULL}, NULL, 0 }
+    , 0, (char *)protobuf_c_empty_string, FANOUT__V1__TASK_STATUS__TASK_STATUS_UNSPECIFIED, {0,NULL}, NULL, 0, 0, (char *)protobuf_c_empty_string, NULL, (char *)protobuf_c_empty_string }
 
 
 struct  Fanout__V1__Event
@@ -942,17 +995,6 @@ struct  Fanout__V1__WorkerRegister
     , (char *)protobuf_c_empty_string, 0,NULL }
 
 
-struct  Fanout__V1__TokenUsage
-{
-  ProtobufCMessage base;
-  uint64_t prompt_tokens;
-  uint64_t completion_tokens;
-};
-#define FANOUT__V1__TOKEN_USAGE__INIT \
- { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__token_usage__descriptor) \
-    , 0, 0 }
-
-
 typedef enum {
   FANOUT__V1__WORKER_MESSAGE__KIND__NOT_SET = 0,
   FANOUT__V1__WORKER_MESSAGE__KIND_TURN = 1,
@@ -1321,6 +1363,25 @@ Fanout__V1__TaskSpec *
                       const uint8_t       *data);
 void   fanout__v1__task_spec__free_unpacked
                      (Fanout__V1__TaskSpec *message,
+                      ProtobufCAllocator *allocator);
+/* Fanout__V1__TokenUsage methods */
+void   fanout__v1__token_usage__init
+                     (Fanout__V1__TokenUsage         *message);
+size_t fanout__v1__token_usage__get_packed_size
+                     (const Fanout__V1__TokenUsage   *message);
+size_t fanout__v1__token_usage__pack
+                     (const Fanout__V1__TokenUsage   *message,
+                      uint8_t             *out);
+size_t fanout__v1__token_usage__pack_to_buffer
+                     (const Fanout__V1__TokenUsage   *message,
+                      ProtobufCBuffer     *buffer);
+Fanout__V1__TokenUsage *
+       fanout__v1__token_usage__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   fanout__v1__token_usage__free_unpacked
+                     (Fanout__V1__TokenUsage *message,
                       ProtobufCAllocator *allocator);
 /* Fanout__V1__TaskError methods */
 void   fanout__v1__task_error__init
@@ -1930,25 +1991,6 @@ Fanout__V1__WorkerRegister *
 void   fanout__v1__worker_register__free_unpacked
                      (Fanout__V1__WorkerRegister *message,
                       ProtobufCAllocator *allocator);
-/* Fanout__V1__TokenUsage methods */
-void   fanout__v1__token_usage__init
-                     (Fanout__V1__TokenUsage         *message);
-size_t fanout__v1__token_usage__get_packed_size
-                     (const Fanout__V1__TokenUsage   *message);
-size_t fanout__v1__token_usage__pack
-                     (const Fanout__V1__TokenUsage   *message,
-                      uint8_t             *out);
-size_t fanout__v1__token_usage__pack_to_buffer
-                     (const Fanout__V1__TokenUsage   *message,
-                      ProtobufCBuffer     *buffer);
-Fanout__V1__TokenUsage *
-       fanout__v1__token_usage__unpack
-                     (ProtobufCAllocator  *allocator,
-                      size_t               len,
-                      const uint8_t       *data);
-void   fanout__v1__token_usage__free_unpacked
-                     (Fanout__V1__TokenUsage *message,
-                      ProtobufCAllocator *allocator);
 /* Fanout__V1__WorkerMessage methods */
 void   fanout__v1__worker_message__init
                      (Fanout__V1__WorkerMessage         *message);
@@ -2193,6 +2235,9 @@ typedef void (*Fanout__V1__Limits_Closure)
 typedef void (*Fanout__V1__TaskSpec_Closure)
                  (const Fanout__V1__TaskSpec *message,
                   void *closure_data);
+typedef void (*Fanout__V1__TokenUsage_Closure)
+                 (const Fanout__V1__TokenUsage *message,
+                  void *closure_data);
 typedef void (*Fanout__V1__TaskError_Closure)
                  (const Fanout__V1__TaskError *message,
                   void *closure_data);
@@ -2289,9 +2334,6 @@ typedef void (*Fanout__V1__AgentRegistration_Closure)
 typedef void (*Fanout__V1__WorkerRegister_Closure)
                  (const Fanout__V1__WorkerRegister *message,
                   void *closure_data);
-typedef void (*Fanout__V1__TokenUsage_Closure)
-                 (const Fanout__V1__TokenUsage *message,
-                  void *closure_data);
 typedef void (*Fanout__V1__WorkerMessage_Closure)
                  (const Fanout__V1__WorkerMessage *message,
                   void *closure_data);
@@ -2346,6 +2388,7 @@ extern const ProtobufCMessageDescriptor fanout__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__welcome__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__limits__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__task_spec__descriptor;
+extern const ProtobufCMessageDescriptor fanout__v1__token_usage__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__task_error__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__task__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__batch_counts__descriptor;
@@ -2378,7 +2421,6 @@ extern const ProtobufCMessageDescriptor fanout__v1__agent_info__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__server_info_response__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__agent_registration__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_register__descriptor;
-extern const ProtobufCMessageDescriptor fanout__v1__token_usage__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_message__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_turn__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_heartbeat__descriptor;
