@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "FanoutClient", targets: ["FanoutClient"]),
         .executable(name: "fanoutd", targets: ["fanoutd"]),
         .executable(name: "fanout", targets: ["fanout"]),
+        .executable(name: "fanout-openai-stub", targets: ["fanout-openai-stub"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -20,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         .systemLibrary(
@@ -97,6 +99,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // A local OpenAI-compatible server: tests, `make demo` and `make bench` run real HTTP batches against it.
+        .target(
+            name: "OpenAIStub",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "fanout-openai-stub", dependencies: ["OpenAIStub"]),
         // Helpers every test target shares: temporary directories, deadlines, hand-made protobuf bytes.
         .target(name: "FanoutTestSupport", path: "Tests/FanoutTestSupport"),
         .testTarget(
@@ -125,7 +138,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "Hummingbird", package: "hummingbird"),
+                "OpenAIStub",
             ]
         ),
     ],
