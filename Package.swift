@@ -122,6 +122,10 @@ let package = Package(
         ),
         .testTarget(name: "FanoutCoreTests", dependencies: ["FanoutCore"]),
         .testTarget(
+            name: "FanoutRunnersTests",
+            dependencies: ["FanoutRunners", "FanoutScheduler", "FanoutCore", "FanoutTestSupport"]
+        ),
+        .testTarget(
             name: "FanoutStoreTests",
             dependencies: ["FanoutStore", "FanoutCore", "FanoutTestSupport"]
         ),
