@@ -14,7 +14,9 @@ help:
 	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"
 	@echo "  make test         proto-check, Swift tests, then the C client's tests (if clients/c exists)"
 	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
-	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd"
+	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd, and the LLM row"
+	@echo "                   (2,000 chat completions through an openai agent against a local stub, next to the stub's own ceiling;"
+	@echo "                    LLM_TASKS=0 skips it)"
 	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default;"
 	@echo "                    SUBSCRIBER_SIZES=\"50000\" run alone and with a following subscriber, \"none\" to skip)"
 	@echo "  make stress       release build, then fanoutd under SIGKILLs, fuzzed frames, a following subscriber and"
@@ -64,7 +66,7 @@ bench: deps
 	$(SWIFT) build -c release --package-path Benchmarks --product FanoutBench
 	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutBench" \
 		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
-		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT))
+		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS))
 
 STRESS_SECONDS ?= 600
 

@@ -10,11 +10,15 @@ let package = Package(
     dependencies: [
         .package(name: "Fanout", path: ".."),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .executableTarget(
             name: "FanoutBench",
-            dependencies: [.product(name: "FanoutClient", package: "Fanout")]
+            dependencies: [
+                .product(name: "FanoutClient", package: "Fanout"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
         ),
         // `make stress`: fanoutd under SIGKILLs, fuzzed frames, a following subscriber and 1,000 connections.
         .executableTarget(

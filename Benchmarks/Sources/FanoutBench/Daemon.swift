@@ -32,13 +32,13 @@ final class Daemon: Sendable {
     /// concurrency as the daemon; without it the daemon's default echo agent
     /// (concurrency 64) is used.
     static func start(executable: String, concurrency: Int, maxTasksPerBatch: Int, agentsConfig: Bool = true,
-                      readyTimeout: Duration = .seconds(30)) async throws -> Daemon {
+                      extraAgents: [String] = [], readyTimeout: Duration = .seconds(30)) async throws -> Daemon {
         guard access(executable, X_OK) == 0 else {
             throw BenchError("\(executable) not found or not executable; build it with `swift build -c release` in the main package")
         }
         let directory = try makeTemporaryDirectory()
         let config = """
-        {"concurrency":\(concurrency),"agents":[{"name":"echo","runner":"echo","concurrency":\(concurrency)}]}
+        {"concurrency":\(concurrency),"agents":[{"name":"echo","runner":"echo","concurrency":\(concurrency)}\(extraAgents.map { "," + $0 }.joined())]}
         """
         do {
             try Data(config.utf8).write(to: URL(fileURLWithPath: directory + "/config.json"))
@@ -168,7 +168,7 @@ final class Daemon: Sendable {
         return "signal \(signal)"
     }
 
-    private static func spawn(_ arguments: [String], output: String) throws -> pid_t {
+    static func spawn(_ arguments: [String], output: String) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -201,7 +201,7 @@ final class Daemon: Sendable {
 
     /// A fresh folder under $TMPDIR (or /tmp when that would make the socket
     /// path too long for sun_path's 108 bytes).
-    private static func makeTemporaryDirectory() throws -> String {
+    static func makeTemporaryDirectory() throws -> String {
         var base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
         while base.count > 1 && base.hasSuffix("/") { base.removeLast() }
         if base.utf8.count + "/fanout-bench.XXXXXX/fanout.sock".utf8.count >= 100 || access(base, W_OK) != 0 {

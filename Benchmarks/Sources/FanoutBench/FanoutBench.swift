@@ -32,6 +32,8 @@ struct FanoutBench {
       --payload-bytes N     bytes per task payload (default 200)
       --timeout SECONDS     per size (default: 300 s, or 900 s per million tasks if more)
       --commit TEXT         what to report as the commit (default: REPO's HEAD, marked when the tree has changes)
+      --llm-tasks N         chat-completion tasks for the LLM row, against a stub answering after 20 ms (default 2000; 0: skip)
+      --stub PATH           the OpenAI stub server (default: fanout-openai-stub next to fanoutd)
     """
 
     static func main() async {
@@ -74,9 +76,21 @@ struct FanoutBench {
             results.append(result)
         }
 
+        var llm: LLMResult?
+        if options.llmTasks > 0 {
+            log("LLM: \(options.llmTasks) chat completions, agent concurrency 100, stub answering after 20 ms...")
+            let result = await LLMRun.run(tasks: options.llmTasks, concurrency: 100, stubDelayMs: 20, stub: options.stub,
+                                          fanoutd: options.fanoutd)
+            log(result.status == "ok"
+                ? String(format: "LLM: batch %.2f s, stub ceiling %.2f s, ratio %.2f", result.batchSeconds ?? 0,
+                         result.stubCeilingSeconds ?? 0, result.ratio ?? 0)
+                : "LLM: \(result.status): \(result.error ?? "")")
+            llm = result
+        }
+
         let report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
                             machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
-                            payloadBytes: options.payloadBytes, results: results)
+                            payloadBytes: options.payloadBytes, results: results, llm: llm)
         print(report.table())
         do {
             try report.write(to: options.output)
@@ -85,7 +99,7 @@ struct FanoutBench {
             log("cannot write \(options.output): \(error)")
             exit(1)
         }
-        exit(results.allSatisfy { $0.status == "ok" } ? 0 : 1)
+        exit(results.allSatisfy { $0.status == "ok" } && (llm.map { $0.status == "ok" } ?? true) ? 0 : 1)
     }
 
     static func log(_ message: String) {
@@ -103,6 +117,8 @@ struct Options {
     var payloadBytes = 200
     var timeoutSeconds: Double?
     var commit: String?
+    var llmTasks = 2_000
+    var stub = ""
 
     static func parse(_ arguments: [String]) throws -> Options {
         let current = FileManager.default.currentDirectoryPath
@@ -134,6 +150,11 @@ struct Options {
                 let text = try value()
                 guard let seconds = Double(text), seconds > 0 else { throw BenchError("--timeout: not a positive number: \(text)") }
                 options.timeoutSeconds = seconds
+            case "--llm-tasks":
+                let text = try value()
+                guard let count = Int(text), count >= 0 else { throw BenchError("--llm-tasks: not a count: \(text)") }
+                options.llmTasks = count
+            case "--stub": options.stub = try value()
             case "-h", "--help":
                 print(FanoutBench.usage)
                 exit(0)
@@ -154,6 +175,9 @@ struct Options {
         options.repo = root
         options.fanoutd = fanoutd ?? root + "/.build/release/fanoutd"
         options.output = output ?? root + "/Benchmarks/results/latest.json"
+        if options.stub.isEmpty {
+            options.stub = URL(fileURLWithPath: options.fanoutd).deletingLastPathComponent().appendingPathComponent("fanout-openai-stub").path
+        }
         return options
     }
 

@@ -277,7 +277,7 @@ enum SizeRun {
     /// Waits for the batch's terminal event, replaying from `since` so an
     /// event published before the subscription started is not missed. A
     /// subscription cut off as lagged is resumed from its last sequence.
-    private static func awaitEnd(of batchID: UInt64, client: FanoutClient, since: UInt64) async throws -> Event {
+    static func awaitEnd(of batchID: UInt64, client: FanoutClient, since: UInt64) async throws -> Event {
         var since = since
         while true {
             do {

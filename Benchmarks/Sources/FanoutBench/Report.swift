@@ -69,6 +69,7 @@ struct Report: Codable {
     var concurrency: Int
     var payloadBytes: Int
     var results: [SizeResult]
+    var llm: LLMResult?
 
     func write(to path: String) throws {
         let url = URL(fileURLWithPath: path)
@@ -120,6 +121,17 @@ struct Report: Codable {
         lines.append("run: answer until batch_completed; peak RSS: fanoutd's VmHWM after the batch completed.")
         lines.append("GetBatch: one call every 20 ms on a connection of its own during the run;")
         lines.append("+ subscriber: a second client follows every event of the daemon meanwhile (`fanout events --follow`).")
+        if let llm {
+            lines.append("")
+            if llm.status == "ok", let batch = llm.batchSeconds, let ceiling = llm.stubCeilingSeconds, let ratio = llm.ratio {
+                lines.append(String(format: "LLM: %d chat completions, agent concurrency %d, stub answering after %d ms: "
+                                    + "batch %.2f s (enqueue to batch_completed), stub ceiling %.2f s (bare HTTP loop, %d connections), "
+                                    + "ratio %.2f (target <= %.1f)", llm.tasks, llm.concurrency, llm.stubDelayMs, batch, ceiling,
+                                    llm.concurrency, ratio, llm.targetRatio))
+            } else {
+                lines.append("LLM: \(llm.status): \(llm.error ?? "")")
+            }
+        }
         for result in results {
             if let note = result.note { lines.append("note (\(result.tasks) tasks): \(note)") }
             if result.status == "error", let error = result.error {
