@@ -47,7 +47,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .target(name: "FanoutRunners", dependencies: ["FanoutCore", "FanoutScheduler"]),
+        // posix_spawn, pidfd and epoll calls for the exec runner.
+        .target(name: "CFanoutSpawn"),
+        .target(name: "FanoutRunners", dependencies: ["FanoutCore", "FanoutScheduler", "CFanoutSpawn"]),
         .target(
             name: "FanoutServer",
             dependencies: [
