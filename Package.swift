@@ -107,6 +107,10 @@ let package = Package(
             dependencies: ["FanoutScheduler", "FanoutStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport"]
         ),
         .testTarget(
+            name: "FanoutRunnersTests",
+            dependencies: ["FanoutRunners", "FanoutScheduler", "FanoutCore", "FanoutTestSupport"]
+        ),
+        .testTarget(
             name: "FanoutIntegrationTests",
             dependencies: [
                 "FanoutServer", "FanoutClient", "FanoutRunners", "FanoutWire", "FanoutScheduler", "FanoutStore",
