@@ -51,10 +51,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // posix_spawn, pidfd and epoll calls for the exec runner.
+        .target(name: "CFanoutSpawn"),
         .target(
             name: "FanoutRunners",
             dependencies: [
-                "FanoutCore", "FanoutScheduler",
+                "FanoutCore", "FanoutScheduler", "CFanoutSpawn",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -4,7 +4,7 @@ import FanoutScheduler
 
 /// The built-in runners, by the name an agent's `runner` setting uses.
 public enum BuiltinRunners {
-    public static let names = ["echo", "openai"]
+    public static let names = ["echo", "exec", "openai"]
 
     /// What building a runner may need besides its settings.
     public struct Resources: Sendable {
@@ -19,21 +19,14 @@ public enum BuiltinRunners {
         }
     }
 
-    /// The keys of an agent entry the runner itself reads (besides name, runner, concurrency, …).
-    public static func settingKeys(of runner: String) -> Set<String>? {
-        switch runner {
-        case "echo": []
-        case "openai": OpenAISettings.keys
-        default: nil
-        }
-    }
-
     /// Builds the runner of `agent` from its runner's own keys of the config file entry.
     public static func make(_ agent: AgentConfiguration, settings: [String: Any], resources: Resources) throws -> any Runner {
         switch agent.runner {
         case "echo":
             try RunnerSettingsReader(agent: agent.name, object: settings).requireOnly([], runner: "echo")
             return EchoRunner()
+        case "exec":
+            return ExecRunner(settings: try ExecSettings.decode(settings, agent: agent.name))
         case "openai":
             return try OpenAIRunner(settings: OpenAISettings.decode(settings, agent: agent.name), agent: agent.name,
                                     client: resources.httpClient, environment: resources.environment,
