@@ -12,10 +12,18 @@ public enum BuiltinRunners {
         public var httpClient: HTTPClient
         /// The daemon's environment, where `api_key_env` is looked up.
         public var environment: [String: String]
+        /// The largest result a runner may keep: it must fit in one protocol frame with room to spare.
+        public var maxResultBytes: Int
 
-        public init(httpClient: HTTPClient, environment: [String: String]) {
+        public init(httpClient: HTTPClient, environment: [String: String], maxResultBytes: Int = (2 << 20) - 4_096) {
             self.httpClient = httpClient
             self.environment = environment
+            self.maxResultBytes = maxResultBytes
+        }
+
+        /// For a daemon whose frames may be `maxFrameBytes` long (a results page uses at most half).
+        public static func maxResultBytes(forFrameBytes maxFrameBytes: Int) -> Int {
+            max(1_024, maxFrameBytes / 2 - 4_096)
         }
     }
 
@@ -26,15 +34,31 @@ public enum BuiltinRunners {
             try RunnerSettingsReader(agent: agent.name, object: settings).requireOnly([], runner: "echo")
             return EchoRunner()
         case "exec":
-            return ExecRunner(settings: try ExecSettings.decode(settings, agent: agent.name))
+            var exec = try ExecSettings.decode(settings, agent: agent.name)
+            exec.maxOutputBytes = try fitting(exec.maxOutputBytes, key: "max_output_bytes", given: settings, agent: agent, resources)
+            return ExecRunner(settings: exec)
         case "openai":
-            return try OpenAIRunner(settings: OpenAISettings.decode(settings, agent: agent.name), agent: agent.name,
+            var openAI = try OpenAISettings.decode(settings, agent: agent.name)
+            openAI.maxResponseBytes = try fitting(openAI.maxResponseBytes, key: "max_response_bytes", given: settings,
+                                                  agent: agent, resources)
+            return try OpenAIRunner(settings: openAI, agent: agent.name,
                                     client: resources.httpClient, environment: resources.environment,
                                     requestTimeoutMs: agent.timeoutMs)
         default:
             throw FanoutError.invalidArgument(
                 "agent \"\(agent.name)\": unknown runner \"\(agent.runner)\"; available: \(names.joined(separator: ", "))")
         }
+    }
+
+    /// A result limit within what a frame can carry: a default is lowered to it, a configured value above it refused.
+    private static func fitting(_ value: Int, key: String, given settings: [String: Any], agent: AgentConfiguration,
+                                _ resources: Resources) throws -> Int {
+        guard value > resources.maxResultBytes else { return value }
+        guard settings[key] == nil else {
+            throw FanoutError.invalidArgument("agent \"\(agent.name)\": \(key) is \(value); results must fit in a protocol frame, "
+                + "so at most \(resources.maxResultBytes) with this max_frame_bytes")
+        }
+        return resources.maxResultBytes
     }
 
     /// The shared HTTP client, its pool sized for `connections` requests at once to one host.

@@ -127,7 +127,8 @@ final class FanoutService: Sendable {
         var used = 0
         var page: [TaskResult] = []
         for record in records {
-            let size = (record.result?.count ?? 0) + (record.failure?.message.utf8.count ?? 0) + record.customID.utf8.count + 64
+            let size = (record.result?.count ?? 0) + (record.failure?.message.utf8.count ?? 0) + record.customID.utf8.count
+                + (record.url?.utf8.count ?? 0) + (record.details.requestID?.utf8.count ?? 0) + 96
             if !page.isEmpty && used + size > budget { break }
             used += size
             page.append(TaskResult(record))

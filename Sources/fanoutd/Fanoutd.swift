@@ -114,7 +114,9 @@ struct Daemon {
 
     private func run(logger: Logger, httpClient: HTTPClient) async throws {
         // Runners first: a config mistake is reported before anything else happens.
-        let resources = BuiltinRunners.Resources(httpClient: httpClient, environment: ProcessInfo.processInfo.environment)
+        let resources = BuiltinRunners.Resources(
+            httpClient: httpClient, environment: ProcessInfo.processInfo.environment,
+            maxResultBytes: BuiltinRunners.Resources.maxResultBytes(forFrameBytes: settings.server.maxFrameBytes))
         var runners: [String: any Runner] = [:]
         for agent in settings.scheduler.agents {
             let object = (settings.runnerSettings[agent.name]).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
