@@ -123,6 +123,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "FanoutCoreTests", dependencies: ["FanoutCore"]),
+        .testTarget(name: "FanoutCLITests", dependencies: ["fanout"]),
         .testTarget(
             name: "FanoutRunnersTests",
             dependencies: ["FanoutRunners", "FanoutScheduler", "FanoutCore", "FanoutTestSupport"]

@@ -67,6 +67,8 @@ public enum BuiltinRunners {
         configuration.connectionPool = .init(idleTimeout: .seconds(60),
                                              concurrentHTTP1ConnectionsPerHostSoftLimit: max(8, connections))
         configuration.timeout = .init(connect: .seconds(10))
+        // A redirected POST becomes a GET without its body, and custom auth headers would follow it elsewhere.
+        configuration.redirectConfiguration = .disallow
         // HTTP/2 where a TLS server offers it through ALPN, HTTP/1.1 with keep-alive otherwise.
         configuration.httpVersion = .automatic
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)

@@ -21,7 +21,8 @@ public struct ExecSettings: Sendable, Hashable, Decodable {
     public static let defaultMaxOutputBytes = 10 << 20
     public static let maxOutputBytesRange = 1...(1 << 30)
     public static let defaultKillGraceMs: Int64 = 5_000
-    public static let killGraceMsRange: ClosedRange<Int64> = 0...600_000
+    /// At most 5 s, half the scheduler's shutdown wait, so a group ignoring SIGTERM is SIGKILLed before fanoutd exits.
+    public static let killGraceMsRange: ClosedRange<Int64> = 0...5_000
     public static let exitCodeRange: ClosedRange<Int32> = 1...255
 
     /// The variables the runner sets for every attempt; `env` cannot set them.

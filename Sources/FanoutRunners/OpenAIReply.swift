@@ -43,7 +43,8 @@ struct OpenAIReply {
         guard let usage = object["usage"] as? [String: Any] else { return nil }
         func count(_ keys: String...) -> Int64? {
             for key in keys {
-                if let number = usage[key] as? NSNumber { return Int64(max(0, min(number.doubleValue, 9e18))) }
+                // No answer uses a trillion tokens; a bound keeps every sum, in memory and in SQL, far from overflow.
+                if let number = usage[key] as? NSNumber { return Int64(max(0, min(number.doubleValue, 1e12))) }
             }
             return nil
         }
@@ -86,6 +87,9 @@ struct ProviderError {
     var code: String
     var message: String
 
+    /// A provider's message or code is kept in the task's error and in every retry event: at most this long.
+    static let maxTextBytes = 4_096
+
     init(body: [UInt8], parsed: Any?, statusCode: Int) {
         let object = parsed as? [String: Any]
         let error = object?["error"]
@@ -100,6 +104,13 @@ struct ProviderError {
         } else {
             self.message = "HTTP \(statusCode): \(Excerpt.quote(body))"
         }
+        code = Self.truncated(code)
+        message = Self.truncated(message)
+    }
+
+    static func truncated(_ text: String) -> String {
+        guard text.utf8.count > maxTextBytes else { return text }
+        return String(decoding: text.utf8.prefix(maxTextBytes), as: UTF8.self) + "…"
     }
 
     private static func text(_ value: Any?) -> String? {

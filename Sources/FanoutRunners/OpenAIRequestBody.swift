@@ -3,8 +3,10 @@ import Foundation
 /// What the `openai` runner needs to know of a request body, which it
 /// otherwise posts byte for byte as the Batch line gave it.
 struct OpenAIRequestBody {
-    /// Whether the body names a model.
+    /// Whether the body has a `model` member at all.
     var hasModel: Bool
+    /// Whether that member is a non-empty string.
+    var modelIsValid: Bool
     /// `"stream": true`: the provider would answer with server-sent events, not one JSON response.
     var streams: Bool
 
@@ -13,8 +15,9 @@ struct OpenAIRequestBody {
         guard let parsed = try? JSONSerialization.jsonObject(with: Data(bytes)), let object = parsed as? [String: Any] else {
             return .failure(Problem(message: "the body must be a JSON object (an OpenAI request), not \(Excerpt.quote(bytes))"))
         }
-        let model = object["model"] as? String
-        return .success(OpenAIRequestBody(hasModel: !(model ?? "").isEmpty, streams: (object["stream"] as? Bool) == true))
+        let model = object["model"]
+        return .success(OpenAIRequestBody(hasModel: model != nil, modelIsValid: !((model as? String) ?? "").isEmpty,
+                                          streams: (object["stream"] as? Bool) == true))
     }
 
     struct Problem: Error {

@@ -35,6 +35,12 @@ public struct OpenAIRunner: Runner {
                 throw FanoutError.invalidArgument(
                     "agent \"\(agent)\": api_key_env is \(variable), which is not set in fanoutd's environment")
             }
+            // A control character (a CR from a Windows env file) would make every request fail with
+            // an error quoting the header, key included. Refuse it here, without showing the key.
+            guard !OpenAISettings.hasControlCharacter(key) else {
+                throw FanoutError.invalidArgument(
+                    "agent \"\(agent)\": the key in \(variable) holds a control character (a trailing CR or newline?)")
+            }
             apiKey = key
         } else {
             apiKey = nil
@@ -55,6 +61,9 @@ public struct OpenAIRunner: Runner {
             if body.streams {
                 return "the body asks for \"stream\": true; batch requests need whole answers, so remove it or set it to false"
             }
+            if body.hasModel && !body.modelIsValid {
+                return "\"model\" must be a non-empty string"
+            }
             if !body.hasModel && settings.model == nil {
                 return "the body names no model and agent \"\(task.agent)\" sets none; add \"model\" to the body or to the agent"
             }
@@ -64,6 +73,7 @@ public struct OpenAIRunner: Runner {
 
     public func run(_ context: RunContext) async throws -> RunOutput {
         let endpoint = context.url ?? settings.defaultURL
+        let timeout = context.timeoutMs.map { TimeAmount.milliseconds($0) } ?? requestTimeout
         var body = context.payload
         if let model = settings.model, case .success(let inspected) = OpenAIRequestBody.inspect(body), !inspected.hasModel {
             body = OpenAIRequestBody.adding(model: model, to: body)
@@ -79,14 +89,14 @@ public struct OpenAIRunner: Runner {
 
         let reply: OpenAIReply
         do {
-            let response = try await client.execute(request, timeout: requestTimeout)
+            let response = try await client.execute(request, timeout: timeout)
             let collected = try await response.body.collect(upTo: settings.maxResponseBytes)
             var headers: [String: String] = [:]
             for header in response.headers { headers[header.name.lowercased()] = header.value }
             reply = OpenAIReply(statusCode: Int(response.status.code), headers: headers, body: Array(buffer: collected))
         } catch {
             if Task.isCancelled { throw CancellationError() }
-            throw failure(for: error)
+            throw failure(for: error, timeout: timeout)
         }
         switch reply.outcome() {
         case .success(let output): return output
@@ -95,16 +105,20 @@ public struct OpenAIRunner: Runner {
     }
 
     /// A request that got no complete answer.
-    private func failure(for error: any Error) -> RunnerFailure {
+    private func failure(for error: any Error, timeout: TimeAmount) -> RunnerFailure {
         if error is NIOTooManyBytesError {
             return RunnerFailure("the answer is larger than max_response_bytes (\(settings.maxResponseBytes))",
                                  code: "response_too_large", retryable: false)
         }
-        if let client = error as? HTTPClientError,
-           [.deadlineExceeded, .readTimeout, .connectTimeout, .writeTimeout].contains(client) {
-            return RunnerFailure("no answer from \(settings.baseURL) within \(requestTimeout.nanoseconds / 1_000_000) ms (\(client))",
+        if let client = error as? HTTPClientError, client == .connectTimeout {
+            return RunnerFailure("could not connect to \(settings.baseURL) within 10 s", code: "timeout", retryable: true)
+        }
+        if let client = error as? HTTPClientError, [.deadlineExceeded, .readTimeout, .writeTimeout].contains(client) {
+            return RunnerFailure("no answer from \(settings.baseURL) within \(timeout.nanoseconds / 1_000_000) ms",
                                  code: "timeout", retryable: true)
         }
-        return RunnerFailure("the request to \(settings.baseURL) failed: \(error)", code: "connection_error", retryable: true)
+        // Never `\(error)` of a client error: some quote the request's header values, the key among them.
+        let reason = (error as? HTTPClientError)?.shortDescription ?? String(describing: type(of: error)) + ": \(error)"
+        return RunnerFailure("the request to \(settings.baseURL) failed: \(reason)", code: "connection_error", retryable: true)
     }
 }

@@ -31,6 +31,11 @@ public struct OpenAISettings: Sendable, Hashable {
         self.maxResponseBytes = maxResponseBytes
     }
 
+    /// Control characters other than tab, which an HTTP header value may not hold.
+    static func hasControlCharacter(_ text: String) -> Bool {
+        text.utf8.contains { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }
+    }
+
     /// Decodes and checks the runner's keys of an agent entry.
     public static func decode(_ object: [String: Any], agent: String) throws -> OpenAISettings {
         let reader = RunnerSettingsReader(agent: agent, object: object)
@@ -50,10 +55,11 @@ public struct OpenAISettings: Sendable, Hashable {
         settings.model = try reader.string("model").flatMap { $0.isEmpty ? nil : $0 }
         settings.headers = try reader.stringDictionary("headers") ?? [:]
         for (name, value) in settings.headers {
-            // A header is one line: CR or LF would let a value smuggle more headers in.
+            // A header is one line: CR or LF would let a value smuggle more headers in, and the
+            // HTTP client refuses other control characters with an error that quotes the value.
             let isToken = !name.isEmpty && name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }
-            guard isToken, !value.utf8.contains(where: { $0 == 0x0A || $0 == 0x0D || $0 == 0 }) else {
-                throw reader.problem("headers: \"\(name)\" is not a valid header name and single-line value")
+            guard isToken, !hasControlCharacter(value) else {
+                throw reader.problem("headers: \"\(name)\" is not a valid header name and single-line value without control characters")
             }
         }
         if let defaultURL = try reader.string("default_url") {

@@ -53,8 +53,8 @@ private final class WorkerThread: Sendable {
         var stopped = false
     }
 
-    // NSCondition is thread-safe; it guards `jobs` together with `Mutex` for Swift's checker.
-    nonisolated(unsafe) private let condition = NSCondition()
+    // Guards `jobs` together with `Mutex` (which Swift's checker sees); NSCondition is thread-safe.
+    private let condition = NSCondition()
     private let jobs = Mutex(Jobs())
 
     init(name: String) {

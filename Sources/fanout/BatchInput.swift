@@ -22,7 +22,9 @@ struct BatchInput {
     init(contentsOf data: Data) {
         var seen: [String: Int] = [:]
         var lineNumber = 0
-        for rawLine in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+        // A byte-order mark some editors write is not part of the first line's JSON.
+        let text = data.starts(with: [0xEF, 0xBB, 0xBF]) ? data.dropFirst(3) : data[...]
+        for rawLine in text.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
             let line = rawLine.last == UInt8(ascii: "\r") ? rawLine.dropLast() : rawLine
             if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }) { continue }
@@ -60,6 +62,10 @@ struct BatchInput {
             object = parsed
         } catch {
             return .failure("not valid JSON")
+        }
+        // JSON parsers disagree on which of two equal keys wins; refuse the ambiguity.
+        if let key = RawJSON.duplicateKey(inObject: [UInt8](line)) {
+            return .failure("\"\(key)\" appears twice")
         }
         guard let customID = object["custom_id"] as? String, !customID.isEmpty else {
             return .failure("custom_id is missing or not a non-empty string")

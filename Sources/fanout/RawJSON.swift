@@ -4,26 +4,43 @@
 ///
 /// The bytes must already be known to be valid JSON.
 enum RawJSON {
-    /// The byte range of the value of top-level member `key`, if present.
+    /// The byte range of the value of top-level member `key`, if present once.
     static func valueRange(of key: String, inObject bytes: [UInt8]) -> Range<Int>? {
+        let wanted = Array(key.utf8)
+        let matches = members(inObject: bytes)?.filter { $0.key.elementsEqual(wanted) } ?? []
+        return matches.count == 1 ? matches[0].value : nil
+    }
+
+    /// The raw key (between its quotes) of a member named twice at the top level, if any.
+    static func duplicateKey(inObject bytes: [UInt8]) -> String? {
+        var seen = Set<[UInt8]>()
+        for member in members(inObject: bytes) ?? [] where !seen.insert(Array(member.key)).inserted {
+            return String(decoding: member.key, as: UTF8.self)
+        }
+        return nil
+    }
+
+    /// The top-level members of an object: each key's raw bytes and its value's range.
+    /// Keys written with escapes are compared as written, which is only ever stricter.
+    static func members(inObject bytes: [UInt8]) -> [(key: ArraySlice<UInt8>, value: Range<Int>)]? {
         var index = skipWhitespace(bytes, 0)
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { return nil }
-        index += 1
-        let wanted = Array(key.utf8)
+        index = skipWhitespace(bytes, index + 1)
+        var found: [(key: ArraySlice<UInt8>, value: Range<Int>)] = []
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") { return found }
         while true {
-            index = skipWhitespace(bytes, index)
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return nil }
             let keyEnd = endOfString(bytes, index)
+            guard keyEnd - 1 > index else { return nil }
             let name = bytes[(index + 1)..<(keyEnd - 1)]
             index = skipWhitespace(bytes, keyEnd)
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { return nil }
             let valueStart = skipWhitespace(bytes, index + 1)
             let valueEnd = endOfValue(bytes, valueStart)
-            // Keys written with escapes are rare; they never match, which only means the decoded value is used.
-            if name.elementsEqual(wanted) { return valueStart..<valueEnd }
+            found.append((name, valueStart..<valueEnd))
             index = skipWhitespace(bytes, valueEnd)
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ",") else { return nil }
-            index += 1
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ",") else { return found }
+            index = skipWhitespace(bytes, index + 1)
         }
     }
 

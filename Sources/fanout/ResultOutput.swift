@@ -47,14 +47,15 @@ enum ResultOutput {
         return data
     }
 
-    /// A result that is JSON is embedded as it is when it holds no line break
-    /// (re-encoded otherwise, to keep one result per line); anything else as a string.
+    /// A result that is JSON is embedded as it is; anything else as a string.
+    /// Valid JSON holds a raw CR or LF only between tokens (never inside a
+    /// string), so turning them into spaces keeps one result per line and
+    /// changes nothing else of a pretty-printed answer.
     static func embedded(_ bytes: [UInt8]) -> Data {
-        guard let value = try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed]) else {
+        guard (try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])) != nil else {
             return JSON.encode(String(decoding: bytes, as: UTF8.self))
         }
-        if !bytes.contains(0x0A) && !bytes.contains(0x0D) { return Data(bytes) }
-        return JSON.encode(value)
+        return Data(bytes.map { $0 == 0x0A || $0 == 0x0D ? 0x20 : $0 })
     }
 
     static func statusWord(_ status: TaskStatus) -> String {

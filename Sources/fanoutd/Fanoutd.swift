@@ -122,6 +122,10 @@ struct Daemon {
             let object = (settings.runnerSettings[agent.name]).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
             runners[agent.name] = try BuiltinRunners.make(agent, settings: object, resources: resources)
         }
+        // The runners hold their keys now; exec commands, which inherit this environment, must not.
+        for case let runner as OpenAIRunner in runners.values {
+            if let variable = runner.settings.apiKeyVariable { unsetenv(variable) }
+        }
 
         try makeParent(of: settings.socketPath, mode: 0o700)
         // Before the store: a daemon refused here must not recover or run the live daemon's tasks.

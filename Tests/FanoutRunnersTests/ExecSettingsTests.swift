@@ -61,7 +61,7 @@ import Testing
     @Test func outOfRangeNumbersAndBadStrings() {
         #expect(message(["command": ["cat"], "max_output_bytes": 0]) == "agent \"tool\": \"max_output_bytes\" must be an integer from 1 to 1073741824; got 0")
         #expect(message(["command": ["cat"], "max_output_bytes": 2_000_000_000])?.hasSuffix("got 2000000000") == true)
-        #expect(message(["command": ["cat"], "kill_grace_ms": -1])?.contains("\"kill_grace_ms\" must be an integer from 0 to 600000; got -1") == true)
+        #expect(message(["command": ["cat"], "kill_grace_ms": -1])?.contains("\"kill_grace_ms\" must be an integer from 0 to 5000; got -1") == true)
         #expect(message(["command": ["cat"], "retryable_exit_codes": [0]])?.contains("got 0") == true)
         #expect(message(["command": ["cat"], "retryable_exit_codes": [256]])?.contains("\"retryable_exit_codes\" must be") == true)
         #expect(message(["command": ["cat"], "env": ["A=B": "1"]])?.contains("\"A=B\" is not a variable name") == true)

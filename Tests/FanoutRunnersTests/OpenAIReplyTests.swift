@@ -105,3 +105,42 @@ import Testing
         #expect(settings.headers == ["X-A": "1"])
     }
 }
+
+/// What must never reach a log, an error or the store: the key, and unbounded provider text.
+@Suite struct OpenAISecretsTests {
+    @Test func aKeyOrHeaderWithControlCharactersIsRefusedWithoutShowingIt() throws {
+        let http = BuiltinRunners.makeHTTPClient(connections: 1)
+        defer { try? http.syncShutdown() }
+        let settings = try OpenAISettings.decode(["base_url": "http://127.0.0.1:1/v1", "api_key_env": "K"], agent: "a")
+        do {
+            _ = try OpenAIRunner(settings: settings, agent: "a", client: http, environment: ["K": "sk-secret\r"])
+            Issue.record("a key ending in CR was accepted")
+        } catch {
+            #expect("\(error)".contains("control character"))
+            #expect(!"\(error)".contains("sk-secret"))
+        }
+        #expect(throws: (any Error).self) {
+            _ = try OpenAISettings.decode(["base_url": "http://x", "headers": ["X-A": "a\u{1}b"]], agent: "a")
+        }
+    }
+
+    @Test func aHugeProviderMessageIsCut() {
+        let message = String(repeating: "m", count: 100_000)
+        let reply = OpenAIReply(statusCode: 400, headers: [:], body: Array(#"{"error":{"message":"\#(message)","code":"c"}}"#.utf8))
+        guard case .failure(let failure) = reply.outcome() else { return }
+        #expect(failure.failure.message.utf8.count <= ProviderError.maxTextBytes + 3)
+    }
+
+    @Test func absurdUsageIsBounded() throws {
+        let output = try OpenAIReply(statusCode: 200, headers: [:], body: Array(#"{"usage":{"total_tokens":9e300}}"#.utf8)).outcome().get()
+        #expect(output.details.usage?.totalTokens == 1_000_000_000_000)
+    }
+
+    @Test func anEmptyModelIsRefusedAtSubmit() throws {
+        let http = BuiltinRunners.makeHTTPClient(connections: 1)
+        defer { try? http.syncShutdown() }
+        let runner = try OpenAIRunner(settings: OpenAISettings(baseURL: "http://x/v1", model: "m"), agent: "a", client: http, environment: [:])
+        let task = NewTask(customID: "t", agent: "a", payload: Array(#"{"model": null, "messages": []}"#.utf8))
+        #expect(runner.problem(with: task)?.contains("non-empty string") == true)
+    }
+}
