@@ -39,6 +39,8 @@ let package = Package(
             ]
         ),
         .target(name: "FanoutCore"),
+        // The OpenAI Batch file format: request lines (body kept byte for byte) and output lines; Foundation only.
+        .target(name: "OpenAIBatchFormat"),
         .target(
             name: "FanoutStore",
             dependencies: ["FanoutCore", .product(name: "GRDB", package: "GRDB.swift")]
@@ -56,7 +58,7 @@ let package = Package(
         .target(
             name: "FanoutRunners",
             dependencies: [
-                "FanoutCore", "FanoutScheduler", "CFanoutSpawn",
+                "FanoutCore", "FanoutScheduler", "CFanoutSpawn", "OpenAIBatchFormat",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -97,7 +99,7 @@ let package = Package(
         .executableTarget(
             name: "fanout",
             dependencies: [
-                "FanoutClient",
+                "FanoutClient", "OpenAIBatchFormat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -123,7 +125,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "FanoutCoreTests", dependencies: ["FanoutCore"]),
-        .testTarget(name: "FanoutCLITests", dependencies: ["fanout"]),
+        .testTarget(name: "FanoutCLITests", dependencies: ["fanout", "OpenAIBatchFormat"]),
         .testTarget(
             name: "FanoutRunnersTests",
             dependencies: ["FanoutRunners", "FanoutScheduler", "FanoutCore", "FanoutTestSupport"]

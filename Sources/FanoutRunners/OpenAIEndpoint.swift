@@ -1,8 +1,10 @@
+import OpenAIBatchFormat
+
 /// The OpenAI endpoints the `openai` runner posts to: those the Batch API
 /// accepts in a line's `url`.
 public enum OpenAIEndpoint {
     public static let chatCompletions = "/v1/chat/completions"
-    public static let supported: [String] = [chatCompletions, "/v1/completions", "/v1/embeddings", "/v1/responses"]
+    public static let supported: [String] = OpenAIBatchLine.endpoints
 
     /// The full address of `endpoint` under `baseURL`. Both usually carry
     /// `/v1` (`http://127.0.0.1:8000/v1` and `/v1/chat/completions`, as the

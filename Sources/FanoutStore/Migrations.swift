@@ -106,6 +106,42 @@ enum Migrations {
                 ALTER TABLE batches ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
                 """)
         }
+        migrator.registerMigration("v6: files and batches of the OpenAI-compatible gateway") { db in
+            try db.execute(sql: """
+                CREATE TABLE files (
+                    id TEXT NOT NULL UNIQUE,
+                    owner_uid INTEGER NOT NULL,
+                    purpose TEXT NOT NULL,
+                    filename TEXT NOT NULL,
+                    bytes INTEGER NOT NULL DEFAULT 0,
+                    lines INTEGER NOT NULL DEFAULT 0,
+                    state TEXT NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                -- An upload in chunks of whole lines, so no file is ever held whole in memory.
+                CREATE TABLE file_chunks (
+                    file_id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    data BLOB NOT NULL,
+                    PRIMARY KEY (file_id, seq)
+                ) WITHOUT ROWID;
+                CREATE TABLE gateway_batches (
+                    batch_id INTEGER PRIMARY KEY,
+                    input_file_id TEXT NOT NULL,
+                    endpoint TEXT NOT NULL,
+                    completion_window TEXT NOT NULL,
+                    cancel_requested_at INTEGER
+                );
+                CREATE TABLE gateway_rejects (
+                    batch_id INTEGER NOT NULL,
+                    line INTEGER NOT NULL,
+                    custom_id TEXT NOT NULL,
+                    code TEXT NOT NULL,
+                    message TEXT NOT NULL,
+                    PRIMARY KEY (batch_id, line)
+                ) WITHOUT ROWID;
+                """)
+        }
         return migrator
     }
 }

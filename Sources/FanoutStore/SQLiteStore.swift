@@ -31,7 +31,7 @@ public final class SQLiteStore: Store {
 
     /// A write; an error of the disk or the file (full, I/O, read-only, locked)
     /// becomes UNAVAILABLE with SQLite's words, so a caller knows to try again later.
-    private func write<T>(_ body: (Database) throws -> T) throws -> T {
+    func write<T>(_ body: (Database) throws -> T) throws -> T {
         do {
             return try pool.write(body)
         } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
@@ -39,7 +39,7 @@ public final class SQLiteStore: Store {
         }
     }
 
-    private func read<T>(_ body: (Database) throws -> T) throws -> T {
+    func read<T>(_ body: (Database) throws -> T) throws -> T {
         do {
             return try pool.read(body)
         } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
@@ -91,6 +91,8 @@ public final class SQLiteStore: Store {
     public func discardStagedBatch(_ batch: BatchID) throws {
         try write { db in
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id = ? AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND state = 'staging')",
+                           arguments: [batch, batch])
+            try db.execute(sql: "DELETE FROM gateway_rejects WHERE batch_id = ? AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND state = 'staging')",
                            arguments: [batch, batch])
             try db.execute(sql: "DELETE FROM batches WHERE id = ? AND state = 'staging'", arguments: [batch])
         }
@@ -234,6 +236,9 @@ public final class SQLiteStore: Store {
         try write { db in
             // A batch still being received when the daemon stopped was never accepted: it goes.
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')")
+            try db.execute(sql: "DELETE FROM gateway_rejects WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')")
+            try db.execute(sql: "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE state = 'uploading')")
+            try db.execute(sql: "DELETE FROM files WHERE state = 'uploading'")
             try db.execute(sql: "DELETE FROM batches WHERE state = 'staging'")
             // A task found running was cut short by a crash (a graceful stop releases its tasks first):
             // that attempt counts, so a task that kills the daemon cannot run for ever. With attempts

@@ -1,5 +1,6 @@
 import FanoutWire
 import Foundation
+import OpenAIBatchFormat
 
 /// Reads a JSONL batch file. Each line is either an OpenAI Batch request
 /// (`custom_id`, `method`, `url`, `body`: the body becomes the payload, byte
@@ -50,9 +51,6 @@ struct BatchInput {
         case failure(String)
     }
 
-    /// The endpoints an OpenAI Batch line may name, as the daemon's openai runner serves them.
-    static let openAIEndpoints = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
-
     static func parse(_ line: Data) -> Parsed {
         let object: [String: Any]
         do {
@@ -63,40 +61,20 @@ struct BatchInput {
         } catch {
             return .failure("not valid JSON")
         }
-        // JSON parsers disagree on which of two equal keys wins; refuse the ambiguity.
+        if object["body"] != nil {
+            switch OpenAIBatchLine.parse([UInt8](line), object: object) {
+            case .failure(let problem): return .failure(problem.message)
+            case .success(let request): return .success(TaskSpec(customID: request.customID, payload: request.body, url: request.url))
+            }
+        }
+        guard let payload = object["payload"] else {
+            return .failure("needs \"body\" (OpenAI Batch format) or \"payload\"")
+        }
         if let key = RawJSON.duplicateKey(inObject: [UInt8](line)) {
             return .failure("\"\(key)\" appears twice")
         }
         guard let customID = object["custom_id"] as? String, !customID.isEmpty else {
             return .failure("custom_id is missing or not a non-empty string")
-        }
-        let payload: Any
-        if let body = object["body"] {
-            if let method = object["method"], (method as? String)?.uppercased() != "POST" {
-                return .failure("method must be \"POST\"")
-            }
-            guard let url = object["url"] as? String else {
-                return .failure("url is missing or not a string; OpenAI Batch lines name their endpoint, e.g. \"/v1/chat/completions\"")
-            }
-            guard openAIEndpoints.contains(url) else {
-                return .failure("url \"\(url.prefix(200))\" is not a supported endpoint; use one of \(openAIEndpoints.joined(separator: ", "))")
-            }
-            guard let fields = body as? [String: Any] else {
-                return .failure("body must be a JSON object (the request OpenAI would receive)")
-            }
-            if (fields["stream"] as? Bool) == true {
-                return .failure("body has \"stream\": true; batch requests need whole answers, so remove it or set it to false")
-            }
-            // The body as written, so the provider receives exactly these bytes.
-            let bytes = [UInt8](line)
-            guard let range = RawJSON.valueRange(of: "body", inObject: bytes) else {
-                return .failure("body cannot be read from the line")
-            }
-            return .success(TaskSpec(customID: customID, payload: Array(bytes[range]), url: url))
-        } else if let plain = object["payload"] {
-            payload = plain
-        } else {
-            return .failure("needs \"body\" (OpenAI Batch format) or \"payload\"")
         }
         let bytes: [UInt8]
         if let text = payload as? String {

@@ -1,61 +1,20 @@
 import FanoutWire
 import Foundation
+import OpenAIBatchFormat
 
-/// One result as a line of the OpenAI Batch output format:
-/// `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": {"code", "message"}}`.
-///
-/// A task the provider answered (successfully or not) has a `response`
-/// whose body is the provider's, byte for byte when it fits on one line; a
-/// failed one has an `error` too. Tasks that got no answer (timed out,
-/// cancelled, expired) have only the `error`.
+/// One result as a line of the OpenAI Batch output format (`OpenAIOutputLine`).
 enum ResultOutput {
     static func line(_ result: TaskResult) -> Data {
-        var members: [(String, Data)] = [
-            ("id", JSON.encode("batch_req_\(result.taskID)")),
-            ("custom_id", JSON.encode(result.customID)),
-        ]
         let answered = result.status == .completed || result.statusCode != 0
-        if answered {
-            let status = result.statusCode != 0 ? Int(result.statusCode) : 200
-            members.append(("response", object([
-                ("status_code", JSON.encode(status)),
-                ("request_id", result.requestID.isEmpty ? Data("null".utf8) : JSON.encode(result.requestID)),
-                ("body", embedded(result.result)),
-            ])))
-        } else {
-            members.append(("response", Data("null".utf8)))
-        }
-        if result.status == .completed {
-            members.append(("error", Data("null".utf8)))
-        } else {
+        let response = answered ? OpenAIOutputLine.Response(
+            statusCode: result.statusCode != 0 ? Int(result.statusCode) : 200,
+            requestID: result.requestID.isEmpty ? nil : result.requestID, body: result.result) : nil
+        var error: (code: String, message: String)?
+        if result.status != .completed {
             let code = result.error?.code.isEmpty == false ? result.error!.code : statusWord(result.status)
-            members.append(("error", JSON.encode(["code": code, "message": result.error?.message ?? statusWord(result.status)])))
+            error = (code, result.error?.message ?? statusWord(result.status))
         }
-        return object(members)
-    }
-
-    /// `{"key":value,…}` from already encoded values, in this order.
-    private static func object(_ members: [(String, Data)]) -> Data {
-        var data = Data("{".utf8)
-        for (index, member) in members.enumerated() {
-            if index > 0 { data.append(UInt8(ascii: ",")) }
-            data.append(JSON.encode(member.0))
-            data.append(UInt8(ascii: ":"))
-            data.append(member.1)
-        }
-        data.append(UInt8(ascii: "}"))
-        return data
-    }
-
-    /// A result that is JSON is embedded as it is; anything else as a string.
-    /// Valid JSON holds a raw CR or LF only between tokens (never inside a
-    /// string), so turning them into spaces keeps one result per line and
-    /// changes nothing else of a pretty-printed answer.
-    static func embedded(_ bytes: [UInt8]) -> Data {
-        guard (try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])) != nil else {
-            return JSON.encode(String(decoding: bytes, as: UTF8.self))
-        }
-        return Data(bytes.map { $0 == 0x0A || $0 == 0x0D ? 0x20 : $0 })
+        return OpenAIOutputLine(id: "batch_req_\(result.taskID)", customID: result.customID, response: response, error: error).encoded()
     }
 
     static func statusWord(_ status: TaskStatus) -> String {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import fanout
+import OpenAIBatchFormat
 
 /// Reading Batch lines: the body travels byte for byte, and ambiguous lines are refused by number.
 @Suite struct BatchInputTests {
@@ -49,7 +50,7 @@ import Testing
 
     @Test func prettyPrintedAnswersStayOnOneLineUnchanged() {
         let body = "{\r\n  \"id\": \"x\",\n  \"n\": 0.10\n}"
-        let embedded = String(decoding: ResultOutput.embedded(Array(body.utf8)), as: UTF8.self)
+        let embedded = String(decoding: OpenAIOutputLine.embedded(Array(body.utf8)), as: UTF8.self)
         #expect(embedded == "{    \"id\": \"x\",   \"n\": 0.10 }")
     }
 }

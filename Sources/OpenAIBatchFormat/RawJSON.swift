@@ -3,16 +3,16 @@
 /// `0.7` keep their spelling, keys their order).
 ///
 /// The bytes must already be known to be valid JSON.
-enum RawJSON {
+public enum RawJSON {
     /// The byte range of the value of top-level member `key`, if present once.
-    static func valueRange(of key: String, inObject bytes: [UInt8]) -> Range<Int>? {
+    public static func valueRange(of key: String, inObject bytes: [UInt8]) -> Range<Int>? {
         let wanted = Array(key.utf8)
         let matches = members(inObject: bytes)?.filter { $0.key.elementsEqual(wanted) } ?? []
         return matches.count == 1 ? matches[0].value : nil
     }
 
     /// The raw key (between its quotes) of a member named twice at the top level, if any.
-    static func duplicateKey(inObject bytes: [UInt8]) -> String? {
+    public static func duplicateKey(inObject bytes: [UInt8]) -> String? {
         var seen = Set<[UInt8]>()
         for member in members(inObject: bytes) ?? [] where !seen.insert(Array(member.key)).inserted {
             return String(decoding: member.key, as: UTF8.self)
@@ -22,7 +22,7 @@ enum RawJSON {
 
     /// The top-level members of an object: each key's raw bytes and its value's range.
     /// Keys written with escapes are compared as written, which is only ever stricter.
-    static func members(inObject bytes: [UInt8]) -> [(key: ArraySlice<UInt8>, value: Range<Int>)]? {
+    public static func members(inObject bytes: [UInt8]) -> [(key: ArraySlice<UInt8>, value: Range<Int>)]? {
         var index = skipWhitespace(bytes, 0)
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { return nil }
         index = skipWhitespace(bytes, index + 1)
