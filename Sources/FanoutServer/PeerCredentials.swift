@@ -11,12 +11,18 @@ public struct PeerCredentials: Sendable, Hashable {
     public var uid: UInt32
     public var gid: UInt32
 
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+
     /// Root and the daemon's own user may see and touch every batch.
     public var isAdmin: Bool { uid == 0 || uid == getuid() }
 
     static let unknown = PeerCredentials(pid: 0, uid: UInt32.max, gid: UInt32.max)
 
-    static func of(_ channel: any Channel) -> EventLoopFuture<PeerCredentials> {
+    public static func of(_ channel: any Channel) -> EventLoopFuture<PeerCredentials> {
         guard let provider = channel as? any SocketOptionProvider else {
             return channel.eventLoop.makeSucceededFuture(.unknown)
         }

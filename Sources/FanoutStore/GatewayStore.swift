@@ -9,7 +9,7 @@ public protocol GatewayStore: Store {
     func createFile(_ file: StoredFile) throws
     /// Appends the next chunk of an upload (`index` counts from 0).
     func appendFileChunk(fileID: String, index: Int, bytes: [UInt8]) throws
-    func completeFile(id: String, bytes: Int, lines: Int) throws
+    func completeFile(id: String, filename: String, bytes: Int, lines: Int) throws
     /// Deletes a file and its chunks, also an unfinished upload; false if there was none.
     @discardableResult
     func deleteFile(id: String) throws -> Bool

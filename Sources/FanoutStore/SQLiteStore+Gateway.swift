@@ -17,9 +17,10 @@ extension SQLiteStore: GatewayStore {
         }
     }
 
-    public func completeFile(id: String, bytes: Int, lines: Int) throws {
+    public func completeFile(id: String, filename: String, bytes: Int, lines: Int) throws {
         try write { db in
-            try db.execute(sql: "UPDATE files SET state = 'processed', bytes = ?, lines = ? WHERE id = ?", arguments: [bytes, lines, id])
+            try db.execute(sql: "UPDATE files SET state = 'processed', filename = ?, bytes = ?, lines = ? WHERE id = ?",
+                           arguments: [filename, bytes, lines, id])
         }
     }
 

@@ -22,6 +22,8 @@ struct DaemonSettings {
     var limits: EnqueueLimits
     /// Each agent's runner settings (its runner's own keys of the config file), as JSON.
     var runnerSettings: [String: Data]
+    /// The OpenAI-compatible HTTP gateway; nil when neither --http nor --http-socket is given.
+    var gateway: GatewaySettings?
 
     /// The setting names, as keys of the config file; the environment
     /// variable is `FANOUT_` + the key in upper case.
@@ -39,6 +41,8 @@ struct DaemonSettings {
         case maxCompletionWindowMs = "max_completion_window_ms"
         case handshakeTimeoutMs = "handshake_timeout_ms", listenBacklog = "listen_backlog"
         case shutdownGracePeriodMs = "shutdown_grace_period_ms"
+        case http, httpSocket = "http_socket", httpTokenFile = "http_token_file"
+        case gatewayDefaultAgent = "gateway_default_agent"
 
         // One component: a snake_case name is not split on its underscores.
         var configKey: ConfigKey { ConfigKey([rawValue]) }
@@ -119,6 +123,16 @@ struct DaemonSettings {
         scheduler.eventRetention.maxAgeMs = try limit(.eventRetentionAgeMs, scheduler.eventRetention.maxAgeMs.map { Int($0) })
             .map { Int64($0) }
 
+        var gateway: GatewaySettings?
+        let http = config.string(forKey: Key.http.configKey)
+        let httpSocket = config.string(forKey: Key.httpSocket.configKey)
+        if http != nil || httpSocket != nil {
+            gateway = try GatewaySettings(
+                http: http, socketPath: httpSocket, tokenFile: config.string(forKey: Key.httpTokenFile.configKey),
+                routes: try configFile.map(ConfigFile.gatewayRoutes) ?? [:],
+                defaultAgent: config.string(forKey: Key.gatewayDefaultAgent.configKey), agents: agents)
+        }
+
         let durabilityText = config.string(forKey: Key.durability.configKey) ?? Durability.normal.rawValue
         guard let durability = Durability(rawValue: durabilityText) else {
             throw FanoutError.invalidArgument("durability must be normal or full, not \"\(durabilityText)\"")
@@ -127,7 +141,7 @@ struct DaemonSettings {
             socketPath: socket, socketMode: server.socketMode,
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment),
             durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
-            server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings)
+            server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway)
     }
 
     /// `$XDG_STATE_HOME/fanout/fanout.db`, else `~/.local/state/fanout/fanout.db`.
@@ -145,6 +159,21 @@ struct DaemonSettings {
 /// the file is read once here and its scalar settings are handed to the
 /// reader as an in-memory provider, keeping flags > environment > file.
 enum ConfigFile {
+    /// Settings that are objects or lists, read directly rather than through the key-value reader.
+    static let structuredKeys: Set<String> = ["agents", "gateway_routes"]
+
+    /// `gateway_routes`: a request's model → the agent that runs it.
+    static func gatewayRoutes(_ path: String) throws -> [String: String] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard let file = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let routes = file["gateway_routes"] else {
+            return [:]
+        }
+        guard let map = routes as? [String: String] else {
+            throw FanoutError.invalidArgument("\(path): gateway_routes must be an object of model names to agent names")
+        }
+        return map
+    }
+
     static func scalarSettings(_ path: String) throws -> InMemoryProvider {
         let data: Data
         do {
@@ -155,9 +184,9 @@ enum ConfigFile {
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw FanoutError.invalidArgument("\(path) is not a JSON object")
         }
-        let known = Set(DaemonSettings.Key.allCases.map(\.rawValue)).union(["agents"])
+        let known = Set(DaemonSettings.Key.allCases.map(\.rawValue)).union(ConfigFile.structuredKeys)
         var values: [AbsoluteConfigKey: ConfigValue] = [:]
-        for (key, value) in object where key != "agents" {
+        for (key, value) in object where !ConfigFile.structuredKeys.contains(key) {
             guard known.contains(key) else {
                 throw FanoutError.invalidArgument("\(path): unknown setting \"\(key)\"; known settings: \(known.sorted().joined(separator: ", "))")
             }

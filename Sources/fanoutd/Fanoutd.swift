@@ -1,5 +1,6 @@
 import ArgumentParser
 import AsyncHTTPClient
+import FanoutGateway
 import FanoutRunners
 import FanoutScheduler
 import FanoutServer
@@ -53,6 +54,15 @@ struct Fanoutd: AsyncParsableCommand {
     @Option(name: .customLong("event-retention-count"), help: "Newest events kept for replay; 0: no limit (default 1000000).")
     var eventRetentionCount: Int?
 
+    @Option(help: "Serve the OpenAI-compatible Files and Batches API over TCP on HOST:PORT (needs --http-token-file).")
+    var http: String?
+
+    @Option(name: .customLong("http-socket"), help: "Serve the OpenAI-compatible API over this Unix socket; callers are known by their uid.")
+    var httpSocket: String?
+
+    @Option(name: .customLong("http-token-file"), help: "File holding the bearer token HTTP clients must send over TCP (mode 0600).")
+    var httpTokenFile: String?
+
     @Option(name: .customLong("event-retention-age-ms"), help: "Events older than this are removed; 0: no limit (default 604800000, 7 days).")
     var eventRetentionAgeMs: Int?
 
@@ -69,6 +79,9 @@ struct Fanoutd: AsyncParsableCommand {
         flags[.maxPayloadBytes] = maxPayloadBytes.map(String.init)
         flags[.eventRetentionCount] = eventRetentionCount.map(String.init)
         flags[.eventRetentionAgeMs] = eventRetentionAgeMs.map(String.init)
+        flags[.http] = http
+        flags[.httpSocket] = httpSocket
+        flags[.httpTokenFile] = httpTokenFile
         let environment = ProcessInfo.processInfo.environment
         let configFile = config ?? environment["FANOUT_CONFIG"]
         let settings: DaemonSettings
@@ -139,6 +152,17 @@ struct Daemon {
                                       limits: settings.limits, logger: Logger(label: "fanout.scheduler"))
         try scheduler.start()
         let server = FanoutServer(configuration: settings.server, scheduler: scheduler, logger: Logger(label: "fanout.server"))
+        var gatewayServices: [any Service] = []
+        if let gateway = settings.gateway {
+            if let path = gateway.socketPath {
+                try makeParent(of: path, mode: 0o700)
+                try FanoutServer.prepareSocketPath(path)
+            }
+            gatewayServices = try FanoutGateway(configuration: gateway.configuration(limits: settings.limits), scheduler: scheduler,
+                                                store: store).services(socketMode: settings.socketMode) { address in
+                logger.info("OpenAI-compatible gateway listening", metadata: ["address": "\(address)"])
+            }
+        }
         logger.info("fanoutd starting", metadata: [
             "version": "\(FanoutVersion.current)", "socket": "\(settings.socketPath)", "db": "\(settings.databasePath)",
             "agents": "\(settings.scheduler.agents.map(\.name).joined(separator: ","))",
@@ -146,7 +170,7 @@ struct Daemon {
         // Shut down in reverse order: the server stops taking work first, then the scheduler puts
         // interrupted tasks back to pending and finishes its commits.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: scheduler), .init(service: server)],
+            services: [.init(service: scheduler), .init(service: server)] + gatewayServices.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {
