@@ -141,6 +141,16 @@ let package = Package(
         .testTarget(name: "FanoutCoreTests", dependencies: ["FanoutCore"]),
         .testTarget(name: "FanoutCLITests", dependencies: ["fanout", "OpenAIBatchFormat"]),
         .testTarget(
+            name: "FanoutGatewayTests",
+            dependencies: [
+                "FanoutGateway", "FanoutScheduler", "FanoutStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "FanoutRunnersTests",
             dependencies: ["FanoutRunners", "FanoutScheduler", "FanoutCore", "FanoutTestSupport"]
         ),
