@@ -129,3 +129,28 @@ struct UnprivilegedUser: Sendable {
         try await ChildProcess.run("/usr/sbin/runuser", ["-u", name, "--", executable] + arguments, timeoutSeconds: 60)
     }
 }
+
+/// fanoutd's gateway settings, refused at start with a message naming the fix.
+@Suite struct GatewaySettingsTests {
+    @Test func tcpWithoutATokenAndAnOpenTokenFileAreRefused() async throws {
+        let fanoutd = try #require(FanoutdExecutable.path)
+        try await withTemporaryDirectory { directory in
+            let base = ["--socket", directory + "/d.sock", "--db", directory + "/fanout.db", "--http", "127.0.0.1:0"]
+            let noToken = try await ChildProcess.run(fanoutd, base)
+            #expect(noToken.status != 0)
+            #expect(noToken.err.contains("--http-token-file"), "\(noToken.err)")
+
+            FileManager.default.createFile(atPath: directory + "/token", contents: Data("t".utf8), attributes: [.posixPermissions: 0o644])
+            let open = try await ChildProcess.run(fanoutd, base + ["--http-token-file", directory + "/token"])
+            #expect(open.status != 0)
+            #expect(open.err.contains("chmod 600"), "\(open.err)")
+
+            let badRoute = directory + "/config.json"
+            try Data(#"{"gateway_routes": {"gpt-4o": "nobody"}}"#.utf8).write(to: URL(fileURLWithPath: badRoute))
+            let route = try await ChildProcess.run(fanoutd, ["--socket", directory + "/d.sock", "--db", directory + "/fanout.db",
+                                                              "--http-socket", directory + "/h.sock", "--config", badRoute])
+            #expect(route.status != 0)
+            #expect(route.err.contains("\"nobody\", which is not an agent"), "\(route.err)")
+        }
+    }
+}
