@@ -66,7 +66,7 @@ bench: deps
 	$(SWIFT) build -c release --package-path Benchmarks --product FanoutBench
 	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutBench" \
 		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
-		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS))
+		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS)) $(if $(GATEWAY_LINES),--gateway-lines $(GATEWAY_LINES))
 
 STRESS_SECONDS ?= 600
 

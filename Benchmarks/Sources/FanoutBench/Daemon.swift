@@ -32,7 +32,8 @@ final class Daemon: Sendable {
     /// concurrency as the daemon; without it the daemon's default echo agent
     /// (concurrency 64) is used.
     static func start(executable: String, concurrency: Int, maxTasksPerBatch: Int, agentsConfig: Bool = true,
-                      extraAgents: [String] = [], readyTimeout: Duration = .seconds(30)) async throws -> Daemon {
+                      extraAgents: [String] = [], extraArguments: [String] = [],
+                      readyTimeout: Duration = .seconds(30)) async throws -> Daemon {
         guard access(executable, X_OK) == 0 else {
             throw BenchError("\(executable) not found or not executable; build it with `swift build -c release` in the main package")
         }
@@ -54,6 +55,7 @@ final class Daemon: Sendable {
             "--max-tasks-per-batch", String(maxTasksPerBatch),
         ]
         if agentsConfig { arguments += ["--config", directory + "/config.json"] }
+        arguments += extraArguments
         let pid: pid_t
         do {
             pid = try spawn(arguments, output: directory + "/fanoutd.log")

@@ -33,6 +33,7 @@ struct FanoutBench {
       --timeout SECONDS     per size (default: 300 s, or 900 s per million tasks if more)
       --commit TEXT         what to report as the commit (default: REPO's HEAD, marked when the tree has changes)
       --llm-tasks N         chat-completion tasks for the LLM row, against a stub answering after 20 ms (default 2000; 0: skip)
+      --gateway-lines N     lines of the Batch file run through the HTTP gateway and through `fanout submit` (default 2000; 0: skip)
       --stub PATH           the OpenAI stub server (default: fanout-openai-stub next to fanoutd)
     """
 
@@ -87,10 +88,21 @@ struct FanoutBench {
                 : "LLM: \(result.status): \(result.error ?? "")")
             llm = result
         }
+        var gateway: GatewayResult?
+        if options.gatewayLines > 0 {
+            log("gateway: a \(options.gatewayLines)-line Batch file through the HTTP gateway and through `fanout submit`...")
+            let result = await GatewayRun.run(lines: options.gatewayLines, concurrency: 100, stubDelayMs: 20, stub: options.stub,
+                                              fanoutd: options.fanoutd)
+            log(result.status == "ok"
+                ? String(format: "gateway: %.2f s, fanout submit: %.2f s, overhead %+.0f%%", result.gatewaySeconds ?? 0,
+                         result.cliSeconds ?? 0, (result.overhead ?? 0) * 100)
+                : "gateway: \(result.status): \(result.error ?? "")")
+            gateway = result
+        }
 
         let report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
                             machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
-                            payloadBytes: options.payloadBytes, results: results, llm: llm)
+                            payloadBytes: options.payloadBytes, results: results, llm: llm, gateway: gateway)
         print(report.table())
         do {
             try report.write(to: options.output)
@@ -99,7 +111,8 @@ struct FanoutBench {
             log("cannot write \(options.output): \(error)")
             exit(1)
         }
-        exit(results.allSatisfy { $0.status == "ok" } && (llm.map { $0.status == "ok" } ?? true) ? 0 : 1)
+        let extrasOK = (llm.map { $0.status == "ok" } ?? true) && (gateway.map { $0.status == "ok" } ?? true)
+        exit(results.allSatisfy { $0.status == "ok" } && extrasOK ? 0 : 1)
     }
 
     static func log(_ message: String) {
@@ -118,6 +131,7 @@ struct Options {
     var timeoutSeconds: Double?
     var commit: String?
     var llmTasks = 2_000
+    var gatewayLines = 2_000
     var stub = ""
 
     static func parse(_ arguments: [String]) throws -> Options {
@@ -155,6 +169,10 @@ struct Options {
                 guard let count = Int(text), count >= 0 else { throw BenchError("--llm-tasks: not a count: \(text)") }
                 options.llmTasks = count
             case "--stub": options.stub = try value()
+            case "--gateway-lines":
+                let text = try value()
+                guard let count = Int(text), count >= 0 else { throw BenchError("--gateway-lines: not a count: \(text)") }
+                options.gatewayLines = count
             case "-h", "--help":
                 print(FanoutBench.usage)
                 exit(0)

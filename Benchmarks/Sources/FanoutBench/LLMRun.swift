@@ -130,7 +130,7 @@ enum LLMRun {
         return (clock.now - start).seconds
     }
 
-    private static func waitForPort(_ path: String) async throws -> Int {
+    static func waitForPort(_ path: String) async throws -> Int {
         for _ in 0..<400 {
             if let text = try? String(contentsOfFile: path, encoding: .utf8),
                let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listening on ") }),

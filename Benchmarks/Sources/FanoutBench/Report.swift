@@ -70,6 +70,7 @@ struct Report: Codable {
     var payloadBytes: Int
     var results: [SizeResult]
     var llm: LLMResult?
+    var gateway: GatewayResult?
 
     func write(to path: String) throws {
         let url = URL(fileURLWithPath: path)
@@ -130,6 +131,15 @@ struct Report: Codable {
                                     llm.concurrency, ratio, llm.targetRatio))
             } else {
                 lines.append("LLM: \(llm.status): \(llm.error ?? "")")
+            }
+        }
+        if let gateway {
+            if gateway.status == "ok", let seconds = gateway.gatewaySeconds, let cli = gateway.cliSeconds, let overhead = gateway.overhead {
+                lines.append(String(format: "gateway: a %d-line Batch file against the stub: %.2f s through the HTTP gateway (upload, create, "
+                                    + "poll, download), %.2f s with fanout submit --watch and fanout results; overhead %+.0f%% (target < %.0f%%)",
+                                    gateway.lines, seconds, cli, overhead * 100, gateway.targetOverhead * 100))
+            } else {
+                lines.append("gateway: \(gateway.status): \(gateway.error ?? "")")
             }
         }
         for result in results {
