@@ -30,26 +30,18 @@ enum GatewayRun {
         var result = GatewayResult(lines: lines)
         do {
             let folder = try Daemon.makeTemporaryDirectory()
-            var stubPID: pid_t?
-            defer {
-                if let stubPID {
-                    kill(stubPID, SIGTERM)
-                    var status: Int32 = 0
-                    waitpid(stubPID, &status, 0)
-                }
-                removeTree(folder)
-            }
-            stubPID = try Daemon.spawn([stub, "--port", "0", "--delay-ms", String(stubDelayMs)], output: folder + "/stub.out")
-            let port = try await LLMRun.waitForPort(folder + "/stub.out")
+            defer { removeTree(folder) }
+            let server = try await StubProcess.start(stub, delayMs: stubDelayMs, folder: folder)
+            defer { server.stop() }
             let token = "bench-\(UInt64.random(in: 1...UInt64.max))"
-            FileManager.default.createFile(atPath: folder + "/token", contents: Data(token.utf8), attributes: [.posixPermissions: 0o600])
+            _ = FileManager.default.createFile(atPath: folder + "/token", contents: Data(token.utf8), attributes: [.posixPermissions: 0o600])
             let file = folder + "/batch.jsonl"
             let text = (0..<lines).map { index in
                 #"{"custom_id": "r\#(index)", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "bench", "messages": [{"role": "user", "content": "Say hello \#(index)"}]}}"#
             }.joined(separator: "\n") + "\n"
             try Data(text.utf8).write(to: URL(fileURLWithPath: file))
 
-            let agent = #"{"name":"llm","runner":"openai","base_url":"http://127.0.0.1:\#(port)/v1","concurrency":\#(concurrency)}"#
+            let agent = #"{"name":"llm","runner":"openai","base_url":"\#(server.baseURL)","concurrency":\#(concurrency)}"#
             let daemon = try await Daemon.start(executable: fanoutd, concurrency: max(concurrency, 64), maxTasksPerBatch: max(lines, 1),
                                                 extraAgents: [agent],
                                                 extraArguments: ["--http", "127.0.0.1:0", "--http-token-file", folder + "/token"])

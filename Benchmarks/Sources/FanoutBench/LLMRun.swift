@@ -40,22 +40,14 @@ enum LLMRun {
             result.error = "\(error)"
             return result
         }
-        var stubPID: pid_t?
+        var server: StubProcess?
         defer {
-            if let stubPID {
-                kill(stubPID, SIGTERM)
-                var status: Int32 = 0
-                waitpid(stubPID, &status, 0)
-            }
+            server?.stop()
             removeTree(folder)
         }
         do {
-            guard access(stub, X_OK) == 0 else {
-                throw BenchError("\(stub) not found; it is built with the main package (swift build -c release)")
-            }
-            stubPID = try Daemon.spawn([stub, "--port", "0", "--delay-ms", String(stubDelayMs)], output: folder + "/stub.out")
-            let port = try await waitForPort(folder + "/stub.out")
-            let baseURL = "http://127.0.0.1:\(port)/v1"
+            server = try await StubProcess.start(stub, delayMs: stubDelayMs, folder: folder)
+            let baseURL = server!.baseURL
             let body = #"{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}"#
 
             // Warm up, then the ceiling: the requests alone, `concurrency` connections at a time.
@@ -128,17 +120,5 @@ enum LLMRun {
             try await group.waitForAll()
         }
         return (clock.now - start).seconds
-    }
-
-    static func waitForPort(_ path: String) async throws -> Int {
-        for _ in 0..<400 {
-            if let text = try? String(contentsOfFile: path, encoding: .utf8),
-               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listening on ") }),
-               let port = Int(line.dropFirst("listening on ".count)) {
-                return port
-            }
-            await uncancellableSleep(milliseconds: 50)
-        }
-        throw BenchError("the OpenAI stub did not start: \((try? String(contentsOfFile: path, encoding: .utf8)) ?? "")")
     }
 }
