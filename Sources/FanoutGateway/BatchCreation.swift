@@ -37,7 +37,7 @@ struct BatchCreation {
             throw GatewayError.invalidRequest("completion_window must be a duration such as \"24h\"", param: "completion_window")
         }
         let now = Milliseconds((Date().timeIntervalSince1970 * 1000).rounded())
-        let header = NewBatch(ownerID: configuration.ownerID, agent: configuration.routes.defaultAgent ?? "", metadata: request.metadata,
+        let header = NewBatch(ownerID: configuration.ownerID(uid: caller.uid), agent: configuration.routes.defaultAgent ?? "", metadata: request.metadata,
                               deadlineAt: now + windowMs, completionWindowMs: windowMs, creatorUID: caller.uid, tasks: [])
         var staged: StagedBatch
         do {
@@ -75,14 +75,20 @@ struct BatchCreation {
                     try await BlockingQueue.shared.run { try store.addRejectedLines(lines, batchID: batchID) }
                 }
             }
+            // A file deleted meanwhile has lost its chunks: what was read is not the whole file.
+            guard lineNumber == file.lines else {
+                throw GatewayError.notFound("No such File object: \(fileID) (it was deleted while the batch was being created)")
+            }
             guard taskCount > 0 else {
                 let reasons = firstRejects.map { "line \($0.line): \($0.message)" }.joined(separator: "; ")
                 throw GatewayError.invalidRequest("no request of the file can run: \(reasons)", code: "invalid_file", param: "input_file_id")
             }
             let gateway = GatewayBatch(batchID: staged.id, inputFileID: fileID, endpoint: request.endpoint,
                                        completionWindow: request.completionWindow)
-            try await BlockingQueue.shared.run { try store.insertGatewayBatch(gateway) }
             let batch = try await scheduler.publishStagedBatch(staged)
+            // After publishing: a gateway row never points at a staged batch. A crash in between leaves
+            // an ordinary batch the gateway does not list, which the binary protocol still shows.
+            try await BlockingQueue.shared.run { try store.insertGatewayBatch(gateway) }
             return batch.id
         } catch {
             await scheduler.discardStagedBatch(staged)
@@ -105,7 +111,13 @@ struct BatchCreation {
                                              message: "no agent serves model \"\((request.model ?? "").prefix(200))\"; "
                                                  + "add it to the gateway's routes in fanoutd's config file")))
             }
-            return .success(NewTask(customID: request.customID, agent: agent, payload: request.body, url: request.url))
+            let task = NewTask(customID: request.customID, agent: agent, payload: request.body, url: request.url)
+            // Whatever the scheduler would refuse (limits, the runner's rules) fails this line, not the batch.
+            if let problem = scheduler.problem(with: task) {
+                return .failure(Rejection(line: RejectedLine(line: lineNumber, customID: request.customID, code: "invalid_request",
+                                                             message: problem)))
+            }
+            return .success(task)
         }
     }
 

@@ -69,9 +69,10 @@ struct OutputFile {
     }
 
     init?(id: String) {
-        guard id.hasPrefix("file-batch"), let dash = id.lastIndex(of: "-"),
-              let batchID = BatchID(id[id.index(id.startIndex, offsetBy: "file-batch".count)..<dash]),
-              let kind = Kind(rawValue: String(id[id.index(after: dash)...])) else { return nil }
+        guard id.hasPrefix("file-batch") else { return nil }
+        let rest = id.dropFirst("file-batch".count)
+        let pieces = rest.split(separator: "-", omittingEmptySubsequences: false)
+        guard pieces.count == 2, let batchID = BatchID(pieces[0]), batchID > 0, let kind = Kind(rawValue: String(pieces[1])) else { return nil }
         self.init(batchID: batchID, kind: kind)
     }
 

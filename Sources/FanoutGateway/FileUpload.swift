@@ -3,7 +3,6 @@ import FanoutScheduler
 import FanoutStore
 import Foundation
 import Hummingbird
-import MultipartKit
 import NIOCore
 import OpenAIBatchFormat
 
@@ -24,13 +23,14 @@ struct FileUpload {
               let boundary = Self.boundary(of: contentType) else {
             throw GatewayError.invalidRequest("expected a multipart/form-data body with a boundary (fields \"purpose\" and \"file\")")
         }
+        var stream: MultipartStream
+        do {
+            stream = try MultipartStream(boundary: boundary)
+        } catch {
+            throw GatewayError.invalidRequest("\(error)")
+        }
         let id = "file-" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24)
         let parts = Parts(configuration: configuration)
-        let parser = MultipartParser(boundary: boundary)
-        parser.onHeader = { name, value in parts.header(name, value) }
-        parser.onBody = { buffer in parts.body(&buffer) }
-        parser.onPartComplete = { parts.partComplete() }
-
         let now = Milliseconds((Date().timeIntervalSince1970 * 1000).rounded())
         var file = StoredFile(id: String(id), ownerUID: ownerUID, purpose: "batch", filename: "upload.jsonl", createdAt: now)
         let store = self.store
@@ -38,14 +38,17 @@ struct FileUpload {
         try await BlockingQueue.shared.run { try store.createFile(created) }
         do {
             var chunkIndex = 0
+            var received = 0
             for try await buffer in body {
-                do {
-                    try parser.execute(buffer)
-                } catch {
-                    throw GatewayError.invalidRequest("the multipart body cannot be read: \(error)")
+                // Everything counts, headers and padding too: the limit bounds what a client can make us read.
+                received += buffer.readableBytes
+                if received > configuration.maxFileBytes + MultipartStream.maxHeaderBytes * 4 {
+                    throw GatewayError.tooLarge("the upload is larger than \(configuration.maxFileBytes) bytes")
                 }
-                if parts.receivedBytes > configuration.maxFileBytes {
-                    throw GatewayError.tooLarge("the file is larger than \(configuration.maxFileBytes) bytes")
+                do {
+                    try stream.feed(buffer.readableBytesView) { parts.handle($0) }
+                } catch let malformed as MultipartStream.Malformed {
+                    throw GatewayError.invalidRequest("the multipart body cannot be read: \(malformed)")
                 }
                 // Store full chunks as they fill; only the last, partial one stays in memory.
                 while let chunk = parts.takeChunk(minimumBytes: configuration.chunkBytes) {
@@ -54,9 +57,12 @@ struct FileUpload {
                     chunkIndex += 1
                 }
             }
+            guard stream.isFinished, parts.fileEnded else {
+                throw GatewayError.invalidRequest("the upload ended before its closing multipart boundary; was it cut off?")
+            }
             guard parts.sawFile else { throw GatewayError.invalidRequest("the form has no \"file\" field", param: "file") }
             guard parts.purpose == "batch" else {
-                throw GatewayError.invalidRequest("purpose must be \"batch\", not \"\(parts.purpose ?? "")\"", param: "purpose")
+                throw GatewayError.invalidRequest("purpose must be \"batch\", not \"\((parts.purpose ?? "").prefix(100))\"", param: "purpose")
             }
             if !parts.problems.isEmpty {
                 let more = parts.problemCount > parts.problems.count ? " (and \(parts.problemCount - parts.problems.count) more)" : ""
@@ -97,6 +103,7 @@ private final class Parts {
     var purpose: String?
     var filename: String?
     var sawFile = false
+    var fileEnded = false
     var receivedBytes = 0
     var fileBytes = 0
     var lines = 0
@@ -108,7 +115,8 @@ private final class Parts {
     private var purposeBytes: [UInt8] = []
     private var splitter: LineSplitter
     private var lineNumber = 0
-    private var customIDs = Set<String>()
+    /// 128-bit digests of the custom ids so far: their uniqueness is checked without keeping them.
+    private var customIDs = Set<IDDigest>()
     /// Whole lines waiting to be stored.
     private var pending: [UInt8] = []
 
@@ -117,40 +125,38 @@ private final class Parts {
         splitter = LineSplitter(maxLineBytes: configuration.maxLineBytes)
     }
 
-    func header(_ name: String, _ value: String) {
-        guard name.lowercased() == "content-disposition" else { return }
-        let parameters = Self.parameters(value)
-        switch parameters["name"] {
-        case "purpose": field = .purpose
-        case "file":
-            field = .file
-            sawFile = true
-            filename = parameters["filename"].map { String($0.prefix(255)) }
-        default: field = .other
+    func handle(_ event: MultipartStream.Event) {
+        switch event {
+        case .partStarted(let headers):
+            let parameters = Self.parameters(headers["content-disposition"] ?? "")
+            switch parameters["name"] {
+            case "purpose": field = .purpose
+            case "file":
+                field = .file
+                sawFile = true
+                filename = parameters["filename"].map { String($0.prefix(255)) }
+            default: field = .other
+            }
+        case .bytes(let bytes):
+            switch field {
+            case .purpose:
+                if purposeBytes.count < 256 { purposeBytes += bytes.prefix(256 - purposeBytes.count) }
+            case .file:
+                fileBytes += bytes.count
+                splitter.feed(bytes) { handle($0) }
+            case .other:
+                break
+            }
+        case .partEnded:
+            switch field {
+            case .purpose: purpose = String(decoding: purposeBytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            case .file:
+                splitter.finish { handle($0) }
+                fileEnded = true
+            case .other: break
+            }
+            field = .other
         }
-    }
-
-    func body(_ buffer: inout ByteBuffer) {
-        receivedBytes += buffer.readableBytes
-        switch field {
-        case .purpose:
-            if purposeBytes.count < 256 { purposeBytes += buffer.readableBytesView.prefix(256) }
-        case .file:
-            fileBytes += buffer.readableBytes
-            splitter.feed(buffer.readableBytesView) { handle($0) }
-        case .other:
-            break
-        }
-        buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-    }
-
-    func partComplete() {
-        switch field {
-        case .purpose: purpose = String(decoding: purposeBytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        case .file: splitter.finish { handle($0) }
-        case .other: break
-        }
-        field = .other
     }
 
     /// Stored lines in one piece once `minimumBytes` have gathered.
@@ -173,7 +179,15 @@ private final class Parts {
             case .failure(let failure):
                 problem("line \(lineNumber): \(failure.message)")
             case .success(let request):
-                guard customIDs.insert(request.customID).inserted else {
+                if request.customID.utf8.count > configuration.maxCustomIDBytes {
+                    problem("line \(lineNumber): custom_id is \(request.customID.utf8.count) bytes; the limit is \(configuration.maxCustomIDBytes)")
+                    return
+                }
+                if request.body.count > configuration.maxPayloadBytes {
+                    problem("line \(lineNumber): body is \(request.body.count) bytes; the limit is \(configuration.maxPayloadBytes)")
+                    return
+                }
+                guard customIDs.insert(IDDigest(request.customID)).inserted else {
                     problem("line \(lineNumber): custom_id \"\(request.customID.prefix(100))\" appears more than once")
                     return
                 }
@@ -182,6 +196,8 @@ private final class Parts {
                     problem("line \(lineNumber): the file has more than \(configuration.maxLinesPerFile) requests (max_tasks_per_batch)")
                     return
                 }
+                // Once the file is refused, nothing more is stored.
+                guard problems.isEmpty else { return }
                 // Stored as written, one request per line; the line number is kept by order.
                 pending.append(contentsOf: bytes)
                 pending.append(UInt8(ascii: "\n"))
@@ -204,5 +220,24 @@ private final class Parts {
             result[pair[0].lowercased()] = pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\""))
         }
         return result
+    }
+}
+
+/// Two independent 64-bit hashes of a custom id: a collision of both is not a practical concern.
+private struct IDDigest: Hashable {
+    var first: Int
+    var second: UInt64
+
+    init(_ text: String) {
+        var hasher = Hasher()
+        hasher.combine(text)
+        first = hasher.finalize()
+        // FNV-1a, unrelated to Hasher's SipHash.
+        var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            fnv ^= UInt64(byte)
+            fnv &*= 0x100_0000_01b3
+        }
+        second = fnv
     }
 }

@@ -22,7 +22,8 @@ struct GatewayAuthentication: RouterMiddleware {
                   Self.constantTimeEqual(Array(header.utf8.dropFirst("Bearer ".utf8.count)), Array(token.utf8)) else {
                 throw GatewayError.unauthenticated("Incorrect API key provided. Send the token of fanoutd's --http-token-file as the API key.")
             }
-            context.caller = Caller(uid: uid, isAdmin: PeerCredentials(pid: 0, uid: uid, gid: 0).isAdmin)
+            // Never an admin: whoever holds the token sees the token owner's files and batches, not everyone's.
+            context.caller = Caller(uid: uid, isAdmin: false)
         case .peerCredentials:
             let peer = try await PeerCredentials.of(context.channel).get()
             guard peer.uid != UInt32.max else { throw GatewayError.unauthenticated("the caller's uid is unknown") }

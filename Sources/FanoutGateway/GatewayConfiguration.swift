@@ -11,13 +11,16 @@ public struct GatewayConfiguration: Sendable {
     public var token: String?
     /// Batches made with the token belong to this uid (the token file's owner).
     public var tokenUID: UInt32
-    /// The owner id batches made through the gateway get.
-    public var ownerID = "openai"
+    /// The owner id of batches made through the gateway by `uid`: each user is an owner of its own for fairness.
+    public func ownerID(uid: UInt32) -> String { "uid:\(uid)" }
     public var routes: GatewayRoutes
     /// The largest file accepted by `POST /v1/files` (OpenAI's limit is 200 MB).
     public var maxFileBytes = 200 << 20
     /// A line longer than this is refused (it could never be a task).
     public var maxLineBytes: Int
+    /// A request's body and custom_id, as the daemon's limits allow them.
+    public var maxPayloadBytes: Int
+    public var maxCustomIDBytes: Int
     /// Lines per file: at most a batch's tasks.
     public var maxLinesPerFile: Int
     /// Lines stored together in one chunk of a file, about this many bytes.
@@ -31,6 +34,8 @@ public struct GatewayConfiguration: Sendable {
         self.tokenUID = tokenUID
         self.routes = routes
         maxLineBytes = limits.maxPayloadBytes + 64 * 1024
+        maxPayloadBytes = limits.maxPayloadBytes
+        maxCustomIDBytes = limits.maxCustomIDBytes
         maxLinesPerFile = limits.maxTasksPerBatch
     }
 }

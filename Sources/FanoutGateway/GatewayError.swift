@@ -38,7 +38,8 @@ struct GatewayError: HTTPResponseError {
         case .permissionDenied:
             self.init(status: .forbidden, type: "invalid_request_error", message: error.message, code: "permission_denied", param: nil)
         case .resourceExhausted:
-            self.init(status: .tooManyRequests, type: "rate_limit_error", message: error.message, code: nil, param: nil)
+            // The daemon's limits on input (sizes, counts): a request to change, not one to retry.
+            self.init(status: .badRequest, type: "invalid_request_error", message: error.message, code: "limit_exceeded", param: nil)
         case .alreadyExists:
             self.init(status: .conflict, type: "invalid_request_error", message: error.message, code: nil, param: nil)
         case .unavailable:

@@ -73,7 +73,7 @@ struct GatewayRouter {
         let caller = try context.requireCaller()
         let file = try await ownedFile(try context.parameters.require("id"), caller: caller)
         let store = self.store
-        try await run { try store.deleteFile(id: file.id) }
+        _ = try await run { try store.deleteFile(id: file.id) }
         return JSONResponse.make(["id": file.id, "object": "file", "deleted": true])
     }
 

@@ -12,7 +12,8 @@ import OpenAIBatchFormat
 struct OutputFileWriter {
     let store: any GatewayStore
     let file: OutputFile
-    static let pageSize = 500
+    /// Results read at a time: a result may be up to half a frame, so a page stays within tens of MiB.
+    static let pageSize = 32
 
     func body() -> ResponseBody {
         let store = self.store

@@ -19,6 +19,21 @@ public struct StagedBatch: Sendable {
 extension Scheduler {
     var knownAgents: Set<String> { Set(runners.keys).intersection(configuration.agents.map(\.name)) }
 
+    /// Why one task would be refused at enqueue (limits, unknown agent, its runner's rules), or nil.
+    /// Uniqueness within a batch is the caller's to check. Lets a front end drop a bad line
+    /// from a batch, with its reason, instead of refusing the whole batch.
+    public func problem(with task: NewTask) -> String? {
+        var tasks = [task]
+        applyAgentDefaults(&tasks, batchAgent: task.agent)
+        var seen = Set<String>()
+        do {
+            try BatchValidation.validateTasks(tasks, startingAt: 0, seen: &seen, limits: limits, knownAgents: knownAgents)
+        } catch {
+            return error.message
+        }
+        return runners[task.agent]?.problem(with: tasks[0])
+    }
+
     /// Asks each task's runner whether it can run it; `offset` numbers the tasks within their batch.
     func checkRunnersAccept(_ tasks: [NewTask], startingAt offset: Int) throws(FanoutError) {
         for (position, task) in tasks.enumerated() {

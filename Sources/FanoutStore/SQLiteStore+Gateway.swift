@@ -51,9 +51,11 @@ extension SQLiteStore: GatewayStore {
                 clauses.append("purpose = ?")
                 arguments += [purpose]
             }
-            if let afterID, let cursor = try Row.fetchOne(db, sql: "SELECT rowid, created_at FROM files WHERE id = ?", arguments: [afterID]) {
+            if let afterID {
+                // An unknown cursor ends the listing rather than starting it again (a client paging would loop).
+                guard let cursor = try Int64.fetchOne(db, sql: "SELECT rowid FROM files WHERE id = ?", arguments: [afterID]) else { return [] }
                 clauses.append("rowid < ?")
-                arguments += [cursor["rowid"] as Int64]
+                arguments += [cursor]
             }
             arguments += [limit]
             return try Row.fetchAll(db, sql: """
@@ -84,7 +86,7 @@ extension SQLiteStore: GatewayStore {
 
     public func gatewayBatches(creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [GatewayBatch] {
         try read { db in
-            var clauses: [String] = []
+            var clauses = ["b.state != 'staging'"]
             var arguments: StatementArguments = []
             if let creatorUID {
                 clauses.append("b.creator_uid = ?")
@@ -95,7 +97,7 @@ extension SQLiteStore: GatewayStore {
                 arguments += [beforeID]
             }
             arguments += [limit]
-            let filter = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+            let filter = "WHERE " + clauses.joined(separator: " AND ")
             return try Row.fetchAll(db, sql: """
                 SELECT g.* FROM gateway_batches g JOIN batches b ON b.id = g.batch_id \(filter) ORDER BY g.batch_id DESC LIMIT ?
                 """, arguments: arguments).map(Self.gatewayBatch)

@@ -27,7 +27,7 @@ public struct OpenAIBatchLine: Sendable, Hashable {
         func problem(_ message: String) -> Result<OpenAIBatchLine, Problem> { .failure(Problem(message: message)) }
         // JSON parsers disagree on which of two equal keys wins; refuse the ambiguity.
         if let key = RawJSON.duplicateKey(inObject: bytes) {
-            return problem("\"\(key)\" appears twice")
+            return problem("\"\(key.prefix(100))\" appears twice")
         }
         guard let customID = object["custom_id"] as? String, !customID.isEmpty else {
             return problem("custom_id is missing or not a non-empty string")

@@ -102,6 +102,11 @@ import Testing
                     #expect(try await curl(["http://fanout/v1/batches/\(rootBatch)"]).status == 404)
                     #expect(try await curl(["-X", "POST", "http://fanout/v1/batches/\(rootBatch)/cancel"]).status == 404)
                     #expect(try await curl(["http://fanout/v1/files/\(rootFile)/content"]).status == 404)
+                    let rootOutput = try #require(try await OpenAISDK.run("run", ["--socket", socket, "--count", "1", "--prefix", "again-"])["batch_id"] as? String)
+                    let outputID = "file-batch\(rootOutput.dropFirst("batch_".count))-output"
+                    #expect(try await curl(["http://fanout/v1/files/\(outputID)/content"]).status == 404, "another uid's output file")
+                    #expect(try await curl(["http://fanout/v1/files/\(outputID)"]).status == 404)
+                    #expect(try await curl(["-X", "DELETE", "http://fanout/v1/files/\(rootFile)"]).status == 404)
                     let files = try await curl(["http://fanout/v1/files"])
                     #expect((files.body["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String } == [fileID])
                 }
