@@ -14,6 +14,7 @@ struct GatewayRouter {
 
     func router(authentication: GatewayAuthentication.Mode) -> Router<GatewayContext> {
         let router = Router(context: GatewayContext.self)
+        router.add(middleware: OpenAIErrorMiddleware())
         router.add(middleware: GatewayAuthentication(mode: authentication))
         router.post("/v1/files") { request, context in try await uploadFile(request, context) }
         router.get("/v1/files") { request, context in try await listFiles(request, context) }

@@ -192,6 +192,9 @@ import Testing
     @Test func requestsWithoutTheTokenAreRefused() async throws {
         try await withDeadline(.seconds(30)) {
             try await Self.withGateway { client in
+                let unknown = try await client.execute(uri: "/v1/nothing", method: .get, headers: Self.auth)
+                #expect(unknown.status == .notFound)
+                #expect((try Self.json(unknown)["error"] as? [String: Any])?["code"] as? String == "unknown_url")
                 for headers: HTTPFields in [[:], [.authorization: "Bearer wrong"], [.authorization: "Basic \(Self.token)"]] {
                     let response = try await client.execute(uri: "/v1/batches", method: .get, headers: headers)
                     #expect(response.status == .unauthorized)
