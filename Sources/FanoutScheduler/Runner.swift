@@ -31,14 +31,18 @@ public struct RunContext: Sendable {
     public var url: String?
     /// The attempt's timeout, which the scheduler enforces; nil: none. A runner may bound its own waits by it.
     public var timeoutMs: Int64?
+    /// The uid that submitted the task's batch: who may see its payload.
+    public var creatorUID: UInt32 = 0
     /// Reports that one more turn completed (drives `max_turns` progress).
     /// It returns once the daemon has room for more: a runner reporting
     /// faster than the store can record is slowed down, not buffered.
     public var reportTurn: @Sendable () async -> Void
 
     public init(taskID: TaskID, batchID: BatchID, customID: String, agent: String, attempt: Int, maxTurns: Int,
-                payload: [UInt8], url: String? = nil, timeoutMs: Int64? = nil, reportTurn: @escaping @Sendable () async -> Void) {
+                payload: [UInt8], url: String? = nil, timeoutMs: Int64? = nil, creatorUID: UInt32 = 0,
+                reportTurn: @escaping @Sendable () async -> Void) {
         self.url = url
+        self.creatorUID = creatorUID
         self.timeoutMs = timeoutMs
         self.taskID = taskID
         self.batchID = batchID

@@ -364,6 +364,7 @@ public final class Scheduler: Service, Sendable {
                 taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
                 attempt: order.attempt, maxTurns: order.maxTurns, payload: payload, url: task.url,
                 timeoutMs: order.timeoutMs > 0 ? order.timeoutMs : nil,
+                creatorUID: order.creatorUID,
                 reportTurn: { [weak self] in
                     guard let self else { return }
                     self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: WallClock.now, effects: &effects) }

@@ -22,6 +22,8 @@ struct StartOrder: Sendable {
     var timeoutMs: Int64
     /// The task's own turn budget (0: none), which the runner is told.
     var maxTurns: Int
+    /// Who submitted the task's batch.
+    var creatorUID: UInt32
 }
 
 /// A window of pending tasks to read from the store.
@@ -308,7 +310,7 @@ struct SchedulerState {
         let agentTimeout = agents[task.agent]?.configuration.timeoutMs ?? 0
         effects.starts.append(StartOrder(task: task, attempt: task.attempt,
                                          timeoutMs: task.timeoutMs > 0 ? task.timeoutMs : agentTimeout,
-                                         maxTurns: task.maxTurns))
+                                         maxTurns: task.maxTurns, creatorUID: batch.record.creatorUID))
     }
 
     // MARK: Running tasks

@@ -1,0 +1,171 @@
+import FanoutCore
+
+/// The worker pool's bookkeeping, behind its lock: workers and their
+/// slots, attempts waiting for a slot, and the leases of assigned tasks.
+/// Nothing here awaits; continuations are handed back to be resumed outside.
+struct PoolState {
+    typealias AttemptResult = Result<RunOutput, any Error>
+
+    struct Worker {
+        var name: String
+        var uid: UInt32
+        /// Agent → slots.
+        var slots: [String: Int]
+        var send: @Sendable (WorkerPool.Command) -> Void
+        /// Agent → tasks running there now.
+        var running: [String: Int] = [:]
+
+        func hasFreeSlot(for agent: String) -> Bool { (running[agent] ?? 0) < (slots[agent] ?? 0) }
+    }
+
+    struct Lease {
+        var worker: WorkerPool.WorkerID
+        var agent: String
+        var deadline: ContinuousClock.Instant
+        /// Set once the attempt awaits its outcome.
+        var continuation: CheckedContinuation<AttemptResult, Never>?
+        var reportTurn: (@Sendable () async -> Void)?
+        var sent = false
+        var cancelling = false
+    }
+
+    struct Waiter {
+        var id: Int
+        var agent: String
+        var taskID: TaskID
+        var deadline: ContinuousClock.Instant
+        var continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>
+    }
+
+    /// Attempts given a slot by a change, to be resumed outside the lock.
+    struct Wakeups {
+        var workerID: WorkerPool.WorkerID = 0
+        var granted: [(CheckedContinuation<WorkerPool.WorkerID?, Never>, WorkerPool.WorkerID)] = []
+
+        func resume() {
+            for (continuation, worker) in granted { continuation.resume(returning: worker) }
+        }
+    }
+
+    var workers: [WorkerPool.WorkerID: Worker] = [:]
+    var leases: [TaskID: Lease] = [:]
+    /// Waiting attempts, oldest first.
+    var waiters: [Waiter] = []
+    var shuttingDown = false
+    var sleeper: Task<Void, Never>?
+    private var lastWorkerID: WorkerPool.WorkerID = 0
+    private var lastWaiterID = 0
+
+    mutating func nextWaiterID() -> Int {
+        lastWaiterID += 1
+        return lastWaiterID
+    }
+
+    mutating func addWorker(_ worker: Worker) -> Wakeups {
+        lastWorkerID += 1
+        workers[lastWorkerID] = worker
+        var wakeups = grantWaiters()
+        wakeups.workerID = lastWorkerID
+        return wakeups
+    }
+
+    /// Removes a worker; returns the attempts it held that await an outcome.
+    mutating func removeWorker(_ id: WorkerPool.WorkerID) -> [(CheckedContinuation<AttemptResult, Never>, TaskID)] {
+        workers[id] = nil
+        var ended: [(CheckedContinuation<AttemptResult, Never>, TaskID)] = []
+        for (taskID, lease) in leases where lease.worker == id {
+            leases[taskID] = nil
+            if let continuation = lease.continuation { ended.append((continuation, taskID)) }
+        }
+        return ended
+    }
+
+    /// A slot for `taskID` now, or nil after queueing the waiter.
+    mutating func takeSlot(agent: String, taskID: TaskID, deadline: ContinuousClock.Instant, waiter: Int,
+                           continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>) -> WorkerPool.WorkerID? {
+        if let worker = freeWorker(for: agent) {
+            assign(taskID, agent: agent, to: worker, deadline: deadline)
+            return worker
+        }
+        waiters.append(Waiter(id: waiter, agent: agent, taskID: taskID, deadline: deadline, continuation: continuation))
+        return nil
+    }
+
+    mutating func removeWaiter(_ id: Int) -> CheckedContinuation<WorkerPool.WorkerID?, Never>? {
+        guard let index = waiters.firstIndex(where: { $0.id == id }) else { return nil }
+        return waiters.remove(at: index).continuation
+    }
+
+    /// How a report from `worker` about `taskID` is received.
+    func status(of taskID: TaskID, for worker: WorkerPool.WorkerID) -> WorkerPool.ReportStatus {
+        guard let lease = leases[taskID] else { return .unknownTask }
+        guard lease.worker == worker else { return .leaseLost }
+        return lease.cancelling ? .cancelled : .accepted
+    }
+
+    /// Ends a lease and frees its slot for the next waiter.
+    mutating func endLease(_ taskID: TaskID) -> (CheckedContinuation<AttemptResult, Never>?, Wakeups) {
+        guard let lease = leases.removeValue(forKey: taskID) else { return (nil, Wakeups()) }
+        workers[lease.worker]?.running[lease.agent, default: 1] -= 1
+        return (lease.continuation, grantWaiters())
+    }
+
+    var earliestDeadline: ContinuousClock.Instant? {
+        leases.values.filter { $0.continuation != nil }.map(\.deadline).min()
+    }
+
+    /// Ends the leases past their deadline; says whether each was being cancelled.
+    mutating func expire(now: ContinuousClock.Instant)
+        -> ([(CheckedContinuation<AttemptResult, Never>?, TaskID, Bool)], Wakeups) {
+        var expired: [(CheckedContinuation<AttemptResult, Never>?, TaskID, Bool)] = []
+        var wakeups = Wakeups()
+        for (taskID, lease) in leases where lease.continuation != nil && lease.deadline <= now {
+            let (continuation, granted) = endLease(taskID)
+            expired.append((continuation, taskID, lease.cancelling))
+            wakeups.granted += granted.granted
+        }
+        return (expired, wakeups)
+    }
+
+    func workerInfos() -> [WorkerInfo] {
+        workers.sorted { $0.key < $1.key }.map { id, worker in
+            WorkerInfo(id: id, name: worker.name, uid: worker.uid, slots: worker.slots,
+                       freeSlots: worker.slots.mapValues { $0 }.merging(worker.running) { slots, running in slots - running },
+                       runningTasks: leases.filter { $0.value.worker == id }.map(\.key).sorted())
+        }
+    }
+
+    // MARK: Private
+
+    /// The worker with the most free slots for `agent` (spreading work), if any has one.
+    private func freeWorker(for agent: String) -> WorkerPool.WorkerID? {
+        workers.filter { $0.value.hasFreeSlot(for: agent) }
+            .max { a, b in
+                let freeA = (a.value.slots[agent] ?? 0) - (a.value.running[agent] ?? 0)
+                let freeB = (b.value.slots[agent] ?? 0) - (b.value.running[agent] ?? 0)
+                return freeA == freeB ? a.key > b.key : freeA < freeB
+            }?.key
+    }
+
+    private mutating func assign(_ taskID: TaskID, agent: String, to worker: WorkerPool.WorkerID, deadline: ContinuousClock.Instant) {
+        workers[worker]?.running[agent, default: 0] += 1
+        leases[taskID] = Lease(worker: worker, agent: agent, deadline: deadline)
+    }
+
+    /// Gives free slots to waiting attempts, oldest first.
+    private mutating func grantWaiters() -> Wakeups {
+        var wakeups = Wakeups()
+        var index = 0
+        while index < waiters.count {
+            let waiter = waiters[index]
+            if let worker = freeWorker(for: waiter.agent) {
+                waiters.remove(at: index)
+                assign(waiter.taskID, agent: waiter.agent, to: worker, deadline: waiter.deadline)
+                wakeups.granted.append((waiter.continuation, worker))
+            } else {
+                index += 1
+            }
+        }
+        return wakeups
+    }
+}
