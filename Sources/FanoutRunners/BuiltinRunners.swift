@@ -4,7 +4,7 @@ import FanoutScheduler
 
 /// The built-in runners, by the name an agent's `runner` setting uses.
 public enum BuiltinRunners {
-    public static let names = ["echo", "exec", "openai"]
+    public static let names = ["echo", "exec", "openai", "worker"]
 
     /// What building a runner may need besides its settings.
     public struct Resources: Sendable {
@@ -14,11 +14,15 @@ public enum BuiltinRunners {
         public var environment: [String: String]
         /// The largest result a runner may keep: it must fit in one protocol frame with room to spare.
         public var maxResultBytes: Int
+        /// Runs the tasks of agents whose runner is `worker`.
+        public var workerPool: WorkerPool?
 
-        public init(httpClient: HTTPClient, environment: [String: String], maxResultBytes: Int = (2 << 20) - 4_096) {
+        public init(httpClient: HTTPClient, environment: [String: String], maxResultBytes: Int = (2 << 20) - 4_096,
+                    workerPool: WorkerPool? = nil) {
             self.httpClient = httpClient
             self.environment = environment
             self.maxResultBytes = maxResultBytes
+            self.workerPool = workerPool
         }
 
         /// For a daemon whose frames may be `maxFrameBytes` long (a results page uses at most half).
@@ -33,6 +37,12 @@ public enum BuiltinRunners {
         case "echo":
             try RunnerSettingsReader(agent: agent.name, object: settings).requireOnly([], runner: "echo")
             return EchoRunner()
+        case "worker":
+            try RunnerSettingsReader(agent: agent.name, object: settings).requireOnly(WorkerAgentSettings.keys, runner: "worker")
+            guard let pool = resources.workerPool else {
+                throw FanoutError.failedPrecondition("agent \"\(agent.name)\": no worker pool to run it")
+            }
+            return pool.runner(for: agent.name)
         case "exec":
             var exec = try ExecSettings.decode(settings, agent: agent.name)
             exec.maxOutputBytes = try fitting(exec.maxOutputBytes, key: "max_output_bytes", given: settings, agent: agent, resources)

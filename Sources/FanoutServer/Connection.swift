@@ -15,6 +15,8 @@ final class Connection: Sendable {
         var task: Task<Void, Never>?
         /// Where the chunks of a chunked EnqueueBatch go.
         var chunks: ChunkPipe?
+        /// Where a worker session's messages go.
+        var workerMessages: StreamPipe<WorkerMessage>?
         /// Server streams are interrupted at shutdown; unary calls may finish.
         var interruptible: Bool
     }
@@ -87,12 +89,14 @@ final class Connection: Sendable {
     /// Asks the connection to end: server streams end with UNAVAILABLE, unary
     /// calls in flight get their answer, then the socket closes.
     func beginShutdown() {
-        let (interrupted, unfinishedEnqueues) = table.withLock { table in
+        let (interrupted, unfinishedEnqueues, workerSessions) = table.withLock { table in
             table.shuttingDown = true
             return (table.open.values.filter(\.interruptible).compactMap(\.task),
-                    table.open.values.compactMap(\.chunks))
+                    table.open.values.compactMap(\.chunks), table.open.values.compactMap(\.workerMessages))
         }
         for task in interrupted { task.cancel() }
+        // Worker sessions end: their tasks go back to pending for after the restart.
+        for messages in workerSessions { messages.close() }
         // An EnqueueBatch still waiting for chunks has nothing committed: it
         // ends now with UNAVAILABLE instead of holding shutdown up.
         for chunks in unfinishedEnqueues { chunks.close() }
@@ -134,13 +138,20 @@ final class Connection: Sendable {
             // Waits while the stream is storing earlier chunks: that is the backpressure.
             let pipe = table.withLock { $0.open[frame.streamID]?.chunks }
             await pipe?.send(chunk)
+        case .message(.worker(let message)):
+            // Waits while the session handles earlier reports.
+            let pipe = table.withLock { $0.open[frame.streamID]?.workerMessages }
+            await pipe?.send(message)
         case .message, .unknown:
-            // Other messages belong to the worker session (not served yet); unknown kinds
-            // come from newer clients. Both are ignored (PROTOCOL.md §12).
+            // Messages for another kind of stream, and unknown kinds from newer clients,
+            // are ignored (PROTOCOL.md §12).
             break
         case .cancel, .end:
-            let (task, pipe) = table.withLock { ($0.open[frame.streamID]?.task, $0.open[frame.streamID]?.chunks) }
+            let (task, pipe, messages) = table.withLock {
+                ($0.open[frame.streamID]?.task, $0.open[frame.streamID]?.chunks, $0.open[frame.streamID]?.workerMessages)
+            }
             pipe?.close()
+            messages?.close()
             task?.cancel()
         case .response:
             return await refuse(frame.streamID, WireStatus(code: .invalidArgument, message: "clients do not send responses"),
@@ -191,8 +202,12 @@ final class Connection: Sendable {
     private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) async -> Bool {
         let interruptible: Bool
         var chunks: ChunkPipe?
+        var workerMessages: StreamPipe<WorkerMessage>?
         switch request {
         case .subscribe, .getResults: interruptible = true
+        case .workerSession:
+            interruptible = true
+            workerMessages = StreamPipe(capacity: 64)
         case .enqueueBatch(let batch) where batch.more:
             interruptible = false
             chunks = ChunkPipe()
@@ -215,7 +230,7 @@ final class Connection: Sendable {
                 return .refused(WireStatus(code: .resourceExhausted,
                                            message: "\(table.open.count) streams are open; the limit is \(configuration.maxStreamsPerConnection) per connection (max_streams_per_connection)"))
             }
-            table.open[id] = OpenStream(task: nil, chunks: chunks, interruptible: interruptible)
+            table.open[id] = OpenStream(task: nil, chunks: chunks, workerMessages: workerMessages, interruptible: interruptible)
             return .admitted
         }
         switch admission {
@@ -231,7 +246,7 @@ final class Connection: Sendable {
             return false
         }
         let task = Task {
-            let status = await self.serve(id, request, chunks: chunks, writer: writer)
+            let status = await self.serve(id, request, chunks: chunks, workerMessages: workerMessages, writer: writer)
             if let status {
                 // This task may be cancelled (a Cancel frame, shutdown), and NIO's async
                 // writer refuses writes from a cancelled task: send the final frame from
@@ -256,7 +271,8 @@ final class Connection: Sendable {
 
     /// Serves one stream. Returns the status that ends it, or nil when a
     /// response frame already ended it.
-    private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, writer: FrameWriter) async -> WireStatus? {
+    private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, workerMessages: StreamPipe<WorkerMessage>?,
+                       writer: FrameWriter) async -> WireStatus? {
         do {
             switch request {
             case .hello:
@@ -287,8 +303,12 @@ final class Connection: Sendable {
                 return try await streamEvents(id, subscribe, writer: writer)
             case .retryFailed(let retry):
                 return await reply(id, .retryFailed(try await service.retryFailed(retry, peer: peer)), writer)
-            case .workerSession:
-                return WireStatus(code: .unimplemented, message: "worker sessions are not available in this version of fanoutd")
+            case .workerSession(let register):
+                guard let pool = service.workerPool, let workerMessages else {
+                    return WireStatus(code: .unimplemented, message: "no agent of this daemon is served by workers (runner \"worker\")")
+                }
+                let session = WorkerSessionServer(pool: pool, peer: peer, streamID: id, writer: writer)
+                return try await session.serve(register, inbox: workerMessages)
             case .unknown:
                 return WireStatus(code: .unimplemented, message: "this call is not known to fanoutd \(configuration.serverVersion)")
             }
@@ -386,7 +406,11 @@ final class Connection: Sendable {
 
     private func closeStreams() async {
         let tasks = table.withLock { table -> [Task<Void, Never>] in
-            for stream in table.open.values { stream.chunks?.close() }
+            for stream in table.open.values {
+                stream.chunks?.close()
+                // A worker session waits on its messages, not on cancellation: closing ends it.
+                stream.workerMessages?.close()
+            }
             return table.open.values.compactMap(\.task)
         }
         for task in tasks { task.cancel() }

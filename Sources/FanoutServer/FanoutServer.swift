@@ -22,11 +22,11 @@ public final class FanoutServer: Service, Sendable {
     /// Accepted connections not yet handed to `serve`.
     private let accepted = AcceptedConnections()
 
-    public init(configuration: ServerConfiguration, scheduler: Scheduler,
+    public init(configuration: ServerConfiguration, scheduler: Scheduler, workerPool: WorkerPool? = nil,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "fanout.server")) {
         self.configuration = configuration
-        self.service = FanoutService(scheduler: scheduler, configuration: configuration)
+        self.service = FanoutService(scheduler: scheduler, configuration: configuration, workerPool: workerPool)
         self.group = group
         self.logger = logger
     }

@@ -14,7 +14,11 @@ final class FanoutService: Sendable {
     let connections = Atomic<Int>(0)
     private var store: any Store { scheduler.store }
 
-    init(scheduler: Scheduler, configuration: ServerConfiguration) {
+    /// Runs the tasks of worker-served agents; nil when the daemon has none.
+    let workerPool: WorkerPool?
+
+    init(scheduler: Scheduler, configuration: ServerConfiguration, workerPool: WorkerPool? = nil) {
+        self.workerPool = workerPool
         self.scheduler = scheduler
         self.configuration = configuration
     }

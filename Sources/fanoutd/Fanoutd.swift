@@ -127,13 +127,24 @@ struct Daemon {
 
     private func run(logger: Logger, httpClient: HTTPClient) async throws {
         // Runners first: a config mistake is reported before anything else happens.
+        func runnerSettings(_ agent: AgentConfiguration) -> [String: Any] {
+            settings.runnerSettings[agent.name].flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
+        }
+        // Agents with runner "worker" are run by connected worker sessions, through one pool.
+        let workerAgents = settings.scheduler.agents.filter { $0.runner == "worker" }
+        var workerPool: WorkerPool?
+        if !workerAgents.isEmpty {
+            var allowed: [String: Set<UInt32>] = [:]
+            for agent in workerAgents { allowed[agent.name] = try WorkerAgentSettings.allowedUIDs(runnerSettings(agent), agent: agent.name) }
+            workerPool = WorkerPool(allowedUIDs: allowed)
+        }
         let resources = BuiltinRunners.Resources(
             httpClient: httpClient, environment: ProcessInfo.processInfo.environment,
-            maxResultBytes: BuiltinRunners.Resources.maxResultBytes(forFrameBytes: settings.server.maxFrameBytes))
+            maxResultBytes: BuiltinRunners.Resources.maxResultBytes(forFrameBytes: settings.server.maxFrameBytes),
+            workerPool: workerPool)
         var runners: [String: any Runner] = [:]
         for agent in settings.scheduler.agents {
-            let object = (settings.runnerSettings[agent.name]).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
-            runners[agent.name] = try BuiltinRunners.make(agent, settings: object, resources: resources)
+            runners[agent.name] = try BuiltinRunners.make(agent, settings: runnerSettings(agent), resources: resources)
         }
         // The runners hold their keys now; exec commands, which inherit this environment, must not.
         for case let runner as OpenAIRunner in runners.values {
@@ -151,7 +162,8 @@ struct Daemon {
         let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners,
                                       limits: settings.limits, logger: Logger(label: "fanout.scheduler"))
         try scheduler.start()
-        let server = FanoutServer(configuration: settings.server, scheduler: scheduler, logger: Logger(label: "fanout.server"))
+        let server = FanoutServer(configuration: settings.server, scheduler: scheduler, workerPool: workerPool,
+                                  logger: Logger(label: "fanout.server"))
         var gatewayServices: [any Service] = []
         if let gateway = settings.gateway {
             if let path = gateway.socketPath {
@@ -170,7 +182,8 @@ struct Daemon {
         // Shut down in reverse order: the server stops taking work first, then the scheduler puts
         // interrupted tasks back to pending and finishes its commits.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: scheduler), .init(service: server)] + gatewayServices.map { .init(service: $0) },
+            services: [.init(service: scheduler)] + (workerPool.map { [.init(service: $0)] } ?? []) + [.init(service: server)]
+                + gatewayServices.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {

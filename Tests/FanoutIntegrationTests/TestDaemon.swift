@@ -23,6 +23,7 @@ final class TestDaemon: Sendable {
         agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)],
         globalConcurrency: Int = 64,
         runners explicitRunners: [String: any Runner] = [:],
+        workerPool: WorkerPool? = nil,
         directory existing: String? = nil,
         configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws {
@@ -39,7 +40,7 @@ final class TestDaemon: Sendable {
         try scheduler.start()
         var configuration = ServerConfiguration(socketPath: socketPath)
         configure(&configuration)
-        server = FanoutServer(configuration: configuration, scheduler: scheduler)
+        server = FanoutServer(configuration: configuration, scheduler: scheduler, workerPool: workerPool)
         let server = server
         runTask = Task { try await server.run() }
         await server.waitUntilListening()

@@ -2,15 +2,18 @@ import DequeModule
 import FanoutWire
 import Synchronization
 
-/// Hands the chunks of an EnqueueBatch from the connection's read loop to
-/// the stream storing them, at most `capacity` ahead: when the store is
-/// slower than the client, the read loop waits, the socket stops being
-/// read, and the client is slowed down instead of the daemon buffering the
-/// batch in memory.
-final class ChunkPipe: Sendable {
+/// The chunks of a chunked EnqueueBatch, on their way to the stream storing them.
+typealias ChunkPipe = StreamPipe<BatchChunk>
+
+/// Hands a stream's messages from the connection's read loop to the task
+/// serving the stream, at most `capacity` ahead: when the stream is slower
+/// than the client (the store, say), the read loop waits, the socket stops
+/// being read, and the client is slowed down instead of the daemon
+/// buffering what it sends.
+final class StreamPipe<Element: Sendable>: Sendable {
     private struct State {
-        var queue: Deque<BatchChunk> = []
-        var consumer: CheckedContinuation<BatchChunk?, Never>?
+        var queue: Deque<Element> = []
+        var consumer: CheckedContinuation<Element?, Never>?
         var producers: [CheckedContinuation<Void, Never>] = []
         var closed = false
         /// Why the pipe was closed, when a chunk broke a rule.
@@ -24,21 +27,21 @@ final class ChunkPipe: Sendable {
         self.capacity = capacity
     }
 
-    /// Queues a chunk; waits while `capacity` chunks are already queued. A
-    /// closed pipe drops the chunk at once (its stream has ended).
-    func send(_ chunk: BatchChunk) async {
-        enum Step { case done, wait }
-        let step = state.withLock { state -> Step in
-            guard !state.closed else { return .done }
+    /// Queues a message; waits while `capacity` are already queued. A
+    /// closed pipe drops it at once (its stream has ended).
+    func send(_ chunk: Element) async {
+        // True when the sender must wait for room.
+        let mustWait = state.withLock { state -> Bool in
+            guard !state.closed else { return false }
             if let consumer = state.consumer {
                 state.consumer = nil
                 consumer.resume(returning: chunk)
-                return .done
+                return false
             }
             state.queue.append(chunk)
-            return state.queue.count >= capacity ? .wait : .done
+            return state.queue.count >= capacity
         }
-        guard case .wait = step else { return }
+        guard mustWait else { return }
         await withCheckedContinuation { (producer: CheckedContinuation<Void, Never>) in
             let resumeNow = state.withLock { state -> Bool in
                 guard !state.closed, state.queue.count >= capacity else { return true }
@@ -49,10 +52,10 @@ final class ChunkPipe: Sendable {
         }
     }
 
-    /// The next chunk, or nil once the pipe is closed and empty.
-    func receive() async -> BatchChunk? {
-        await withCheckedContinuation { (consumer: CheckedContinuation<BatchChunk?, Never>) in
-            let (chunk, ready, producers) = state.withLock { state -> (BatchChunk?, Bool, [CheckedContinuation<Void, Never>]) in
+    /// The next message, or nil once the pipe is closed and empty.
+    func receive() async -> Element? {
+        await withCheckedContinuation { (consumer: CheckedContinuation<Element?, Never>) in
+            let (chunk, ready, producers) = state.withLock { state -> (Element?, Bool, [CheckedContinuation<Void, Never>]) in
                 if let chunk = state.queue.popFirst() {
                     defer { state.producers = [] }
                     return (chunk, true, state.producers)
@@ -66,10 +69,10 @@ final class ChunkPipe: Sendable {
         }
     }
 
-    /// Why the stream must end, if a chunk was refused (read after `receive` returned nil).
+    /// Why the stream must end, if a message was refused (read after `receive` returned nil).
     var failure: WireStatus? { state.withLock { $0.failure } }
 
-    /// Ends the pipe because a chunk broke a rule: the stream ends with `status`, the connection goes on.
+    /// Ends the pipe because a message broke a rule: the stream ends with `status`, the connection goes on.
     func fail(_ status: WireStatus) {
         state.withLock { if $0.failure == nil { $0.failure = status } }
         close()

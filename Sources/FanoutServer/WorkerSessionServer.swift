@@ -1,0 +1,110 @@
+import FanoutCore
+import FanoutScheduler
+import FanoutWire
+
+/// Serves one worker session stream: registers the worker with the pool,
+/// sends it assignments and cancels, and hands its reports to the pool,
+/// answering each result or failure with an acknowledgement. When the
+/// stream ends, however it ends, the worker leaves the pool and the tasks
+/// it held run again elsewhere.
+struct WorkerSessionServer {
+    let pool: WorkerPool
+    let peer: PeerCredentials
+    let streamID: UInt32
+    let writer: FrameWriter
+
+    func serve(_ register: WorkerRegister, inbox: StreamPipe<WorkerMessage>) async throws -> WireStatus {
+        guard !register.agents.isEmpty else {
+            return WireStatus(code: .invalidArgument, message: "a worker registers at least one agent")
+        }
+        var agents: [String: Int] = [:]
+        for agent in register.agents {
+            guard agents[agent.name] == nil else {
+                return WireStatus(code: .invalidArgument, message: "agent \"\(agent.name.prefix(100))\" is registered twice")
+            }
+            agents[agent.name] = Int(agent.concurrency)
+        }
+        let (commands, outbound) = AsyncStream.makeStream(of: WorkerPool.Command.self)
+        let worker = try pool.register(name: register.workerName, uid: peer.uid, isAdmin: peer.isAdmin, agents: agents,
+                                       send: { outbound.yield($0) })
+        defer {
+            pool.unregister(worker)
+            outbound.finish()
+        }
+        // Registered: the worker may now expect assignments.
+        try await send(.ack(taskID: 0, status: .ok))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await command in commands {
+                    try await send(Self.message(for: command))
+                }
+            }
+            // The session lasts as long as the worker's side of the stream.
+            while let message = await inbox.receive() {
+                try await handle(message, from: worker)
+            }
+            group.cancelAll()
+        }
+        return inbox.failure ?? .ok
+    }
+
+    private func handle(_ message: WorkerMessage, from worker: WorkerPool.WorkerID) async throws {
+        switch message {
+        case .heartbeat(let taskIDs):
+            pool.heartbeat(worker, taskIDs: taskIDs.map { TaskID(clamping: $0) })
+        case .turn(let taskID, let turns):
+            let status = await pool.turn(worker, taskID: TaskID(clamping: taskID), turns: Int(turns))
+            if status != .accepted { try await send(.ack(taskID: taskID, status: Self.status(status, taskID))) }
+        case .result(let taskID, let result, let usage):
+            let details = ResponseDetails(usage: usage.map {
+                FanoutCore.TokenUsage(promptTokens: Int64(clamping: $0.promptTokens), completionTokens: Int64(clamping: $0.completionTokens),
+                                      totalTokens: Int64(clamping: $0.totalTokens == 0 ? $0.promptTokens + $0.completionTokens : $0.totalTokens))
+            })
+            let status = pool.complete(worker, taskID: TaskID(clamping: taskID), output: RunOutput(result: result, details: details))
+            try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
+        case .failure(let taskID, let error, let retryAfterMs):
+            let failure = RunnerFailure(error.message, code: error.code, retryable: error.retryable,
+                                        retryAfterMs: retryAfterMs == 0 ? nil : Int64(clamping: retryAfterMs))
+            let status = pool.fail(worker, taskID: TaskID(clamping: taskID), failure: failure)
+            try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
+        case .spawn(let taskID, _):
+            try await send(.ack(taskID: taskID, status: WireStatus(code: .unimplemented,
+                                                                   message: "spawning children is not available in this version of fanoutd")))
+        }
+    }
+
+    /// A result's or failure's acknowledgement: OK, or why it was not taken.
+    static func status(_ status: WorkerPool.ReportStatus, _ taskID: UInt64) -> WireStatus {
+        switch status {
+        case .accepted: .ok
+        case .unknownTask: WireStatus(code: .notFound, message: "this worker does not hold task \(taskID)")
+        case .leaseLost: WireStatus(code: .failedPrecondition,
+                                    message: "task \(taskID)'s lease was lost (no heartbeat in time); another attempt runs it")
+        case .cancelled: WireStatus(code: .cancelled, message: "task \(taskID) was cancelled; its outcome is kept as cancelled")
+        }
+    }
+
+    static func message(for command: WorkerPool.Command) -> ServerToWorker {
+        switch command {
+        case .assign(let context, let leaseMs):
+            var task = TaskInfo()
+            task.id = UInt64(context.taskID)
+            task.batchID = UInt64(context.batchID)
+            task.customID = context.customID
+            task.agent = context.agent
+            task.status = .running
+            task.attempt = UInt32(clamping: context.attempt)
+            task.maxTurns = UInt32(clamping: context.maxTurns)
+            task.timeoutMs = UInt64(clamping: context.timeoutMs ?? 0)
+            task.payload = context.payload
+            task.url = context.url ?? ""
+            return .assignment(task: task, leaseMs: UInt64(clamping: leaseMs))
+        case .cancel(let taskID):
+            return .cancel(taskID: UInt64(taskID))
+        }
+    }
+
+    private func send(_ message: ServerToWorker) async throws {
+        try await writer.write(Frame(streamID: streamID, kind: .message(.toWorker(message))))
+    }
+}

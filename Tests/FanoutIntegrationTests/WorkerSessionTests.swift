@@ -1,0 +1,121 @@
+import FanoutClient
+import FanoutScheduler
+import FanoutTestSupport
+import FanoutWire
+import Foundation
+import Testing
+
+/// A worker written against the wire protocol alone (raw frames on the
+/// socket), serving an agent whose runner is `worker`.
+@Suite struct WorkerSessionTests {
+    /// A daemon whose agent `work` is served by workers, with the pool's lease timer running.
+    static func withWorkerDaemon<T: Sendable>(leaseMs: Int64 = 5_000, _ body: (TestDaemon) async throws -> T) async throws -> T {
+        let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
+        let timer = Task { try await pool.run() }
+        defer { timer.cancel() }
+        let daemon = try await TestDaemon(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 8, maxAttempts: 3)],
+                                          runners: ["work": pool.runner(for: "work")], workerPool: pool)
+        do {
+            let value = try await body(daemon)
+            await daemon.stop()
+            return value
+        } catch {
+            await daemon.stop()
+            throw error
+        }
+    }
+
+    static func register(_ session: inout RawSession, slots: UInt32) async throws {
+        try await session.handshake()
+        try await session.send(Frame(streamID: 1, kind: .request(.workerSession(WorkerRegister(
+            workerName: "raw-worker", agents: [AgentRegistration(name: "work", concurrency: slots)])))))
+        let registered = try #require(try await session.readFrame()).frame
+        guard case .message(.toWorker(.ack(taskID: 0, status: let status))) = registered.kind else {
+            Issue.record("expected the registration ack, got \(registered)")
+            throw CancellationError()
+        }
+        #expect(status.code == .ok)
+    }
+
+    /// The next server-to-worker message on stream 1.
+    static func next(_ session: inout RawSession) async throws -> ServerToWorker {
+        while let (frame, _) = try await session.readFrame() {
+            if frame.streamID == 1, case .message(.toWorker(let message)) = frame.kind { return message }
+            if frame.streamID == 1, case .end(let status) = frame.kind { throw RawSessionError.unexpected("session ended: \(status)") }
+        }
+        throw RawSessionError.unexpected("the connection closed")
+    }
+
+    @Test func aRawWorkerRunsTasksAndItsResultsReachClients() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                let client = try await daemon.client()
+                let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work",
+                                                          tasks: (0..<6).map { TaskSpec(customID: "t\($0)", payload: Array("hello \($0)".utf8)) })
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 2)
+                    // Assignments and acknowledgements interleave: answer each assignment, check each ack.
+                    var accepted = 0
+                    var duplicateRefused = false
+                    var resent: UInt64?
+                    while accepted < 6 || !duplicateRefused {
+                        switch try await Self.next(&session) {
+                        case .assignment(let task, let leaseMs):
+                            #expect(leaseMs == 5_000)
+                            #expect(task.agent == "work")
+                            let answer = Array(String(decoding: task.payload, as: UTF8.self).uppercased().utf8)
+                            try await session.send(Frame(streamID: 1, kind: .message(.worker(.turn(taskID: task.id, turns: 1)))))
+                            try await session.send(Frame(streamID: 1, kind: .message(.worker(.result(
+                                taskID: task.id, result: answer, usage: TokenUsage(promptTokens: 2, completionTokens: 3))))))
+                        case .ack(let taskID, let status) where taskID == resent:
+                            // The same result again is refused: the task is no longer this worker's.
+                            #expect(status.code == .notFound)
+                            duplicateRefused = true
+                        case .ack(let taskID, let status):
+                            #expect(status.code == .ok, "\(status)")
+                            accepted += 1
+                            if resent == nil {
+                                resent = taskID
+                                try await session.send(Frame(streamID: 1, kind: .message(.worker(.result(taskID: taskID, result: [], usage: nil)))))
+                            }
+                        default:
+                            break
+                        }
+                    }
+                }
+                _ = try await events(of: batch.id, owner: "alice", on: client)
+                var results: [String: String] = [:]
+                for try await result in client.results(batchID: batch.id) { results[result.customID] = String(decoding: result.result, as: UTF8.self) }
+                #expect(results == Dictionary(uniqueKeysWithValues: (0..<6).map { ("t\($0)", "HELLO \($0)") }))
+                #expect(try await client.batch(batch.id).usage.totalTokens == 30)
+                await client.close()
+            }
+        }
+    }
+
+    @Test func aWorkerThatDisconnectsHandsItsTasksBack() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                let client = try await daemon.client()
+                let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: [TaskSpec(customID: "only", payload: [1])])
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 1)
+                    guard case .assignment(let task, _) = try await Self.next(&session) else { throw CancellationError() }
+                    #expect(task.attempt == 1)
+                }
+                // The first worker's connection is closed: a second one gets the task as attempt 2.
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 1)
+                    guard case .assignment(let task, _) = try await Self.next(&session) else { throw CancellationError() }
+                    #expect(task.attempt == 2)
+                    try await session.send(Frame(streamID: 1, kind: .message(.worker(.result(taskID: task.id, result: [7], usage: nil)))))
+                    _ = try await Self.next(&session)
+                }
+                let seen = try await events(of: batch.id, owner: "alice", on: client)
+                #expect(seen.contains { $0.type == .taskRetrying && $0.error?.code == "worker_lost" })
+                #expect(seen.last?.type == .batchCompleted)
+                await client.close()
+            }
+        }
+    }
+}
