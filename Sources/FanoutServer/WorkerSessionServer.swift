@@ -61,11 +61,14 @@ struct WorkerSessionServer {
                                       totalTokens: Int64(clamping: $0.totalTokens == 0 ? $0.promptTokens + $0.completionTokens : $0.totalTokens))
             })
             let status = pool.complete(worker, taskID: TaskID(clamping: taskID), output: RunOutput(result: result, details: details))
+            // Any answer about a cancelled task acknowledges the cancel: its slot is free.
+            if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
             try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
         case .failure(let taskID, let error, let retryAfterMs):
             let failure = RunnerFailure(error.message, code: error.code, retryable: error.retryable,
                                         retryAfterMs: retryAfterMs == 0 ? nil : Int64(clamping: retryAfterMs))
             let status = pool.fail(worker, taskID: TaskID(clamping: taskID), failure: failure)
+            if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
             try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
         case .spawn(let taskID, _):
             try await send(.ack(taskID: taskID, status: WireStatus(code: .unimplemented,

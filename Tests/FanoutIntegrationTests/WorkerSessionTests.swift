@@ -119,3 +119,27 @@ import Testing
         }
     }
 }
+
+extension WorkerSessionTests {
+    @Test func aCancelledTaskIsCancelledOnItsWorker() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                let client = try await daemon.client()
+                _ = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: [TaskSpec(customID: "c", payload: [1])])
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 1)
+                    guard case .assignment(let task, _) = try await Self.next(&session) else { throw CancellationError() }
+                    async let cancelled = client.cancelTask(task.id)
+                    guard case .cancel(let taskID) = try await Self.next(&session) else { throw CancellationError() }
+                    #expect(taskID == task.id)
+                    try await session.send(Frame(streamID: 1, kind: .message(.worker(.failure(
+                        taskID: taskID, error: TaskError(message: "stopped", code: "cancelled"), retryAfterMs: 0)))))
+                    guard case .ack(_, let status) = try await Self.next(&session) else { throw CancellationError() }
+                    #expect(status.code == .cancelled)
+                    #expect(try await cancelled.status == .cancelled)
+                }
+                await client.close()
+            }
+        }
+    }
+}
