@@ -27,10 +27,13 @@ import Testing
 func withTestDaemon<T: Sendable>(
     agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)],
     globalConcurrency: Int = 64,
+    runners: [String: any Runner] = [:],
+    workerPool: WorkerPool? = nil,
     configure: (inout ServerConfiguration) -> Void = { _ in },
     _ body: (TestDaemon) async throws -> T
 ) async throws -> T {
-    let daemon = try await TestDaemon(agents: agents, globalConcurrency: globalConcurrency, configure: configure)
+    let daemon = try await TestDaemon(agents: agents, globalConcurrency: globalConcurrency, runners: runners, workerPool: workerPool,
+                                      configure: configure)
     do {
         let value = try await body(daemon)
         await daemon.stop()

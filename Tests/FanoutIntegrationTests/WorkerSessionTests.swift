@@ -13,16 +13,8 @@ import Testing
         let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
-        let daemon = try await TestDaemon(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 8, maxAttempts: 3)],
-                                          runners: ["work": pool.runner(for: "work")], workerPool: pool)
-        do {
-            let value = try await body(daemon)
-            await daemon.stop()
-            return value
-        } catch {
-            await daemon.stop()
-            throw error
-        }
+        return try await withTestDaemon(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 8, maxAttempts: 3)],
+                                        runners: ["work": pool.runner(for: "work")], workerPool: pool, body)
     }
 
     static func register(_ session: inout RawSession, slots: UInt32) async throws {
