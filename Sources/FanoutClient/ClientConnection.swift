@@ -163,7 +163,7 @@ final class ClientConnection: Sendable {
     func close() async {
         try? await channel.close()
         let task = reader.withLock { $0 }
-        await task?.value
+        _ = await task?.value
     }
 
     /// Routes what one read from the socket decoded: each stream gets its

@@ -184,10 +184,21 @@ final class FanoutService: Sendable {
         info.retryWaitTasks = UInt64(stats.retryWait)
         info.connections = UInt32(clamping: connections.load(ordering: .relaxed))
         info.limits = limits
+        let workers = workerPool?.workers ?? []
+        info.workers = UInt32(clamping: workers.count)
+        info.workerList = workers.map { worker in
+            ConnectedWorker(id: worker.id, name: worker.name, uid: worker.uid,
+                            agents: worker.slots.keys.sorted().map { agent in
+                                ConnectedWorker.Slots(agent: agent, slots: UInt32(clamping: worker.slots[agent] ?? 0),
+                                                      freeSlots: UInt32(clamping: max(0, worker.freeSlots[agent] ?? 0)))
+                            },
+                            runningTaskIDs: worker.runningTasks.map { UInt64($0) })
+        }
         info.agents = scheduler.configuration.agents.map { agent in
             AgentInfo(name: agent.name, runner: agent.runner, concurrency: UInt32(clamping: agent.concurrency),
                       maxTurns: UInt32(clamping: agent.maxTurns), maxAttempts: UInt32(clamping: agent.maxAttempts),
-                      running: UInt32(clamping: stats.runningByAgent[agent.name] ?? 0), workers: 0)
+                      running: UInt32(clamping: stats.runningByAgent[agent.name] ?? 0),
+                      workers: UInt32(clamping: workers.filter { $0.slots[agent.name] != nil }.count))
         }
         info.lastSequence = UInt64(try await BlockingQueue.shared.run { [store] in try store.lastEventSequence() })
         return info

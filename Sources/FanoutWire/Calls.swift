@@ -166,6 +166,37 @@ public struct ServerInfo: Sendable, Hashable {
     public var limits = Limits()
     public var agents: [AgentInfo] = []
     public var lastSequence: UInt64 = 0
+    /// Every worker session, oldest first.
+    public var workerList: [ConnectedWorker] = []
 
     public init() {}
+}
+
+/// A worker session as ServerInfo lists it.
+public struct ConnectedWorker: Sendable, Hashable {
+    public struct Slots: Sendable, Hashable {
+        public var agent: String
+        public var slots: UInt32
+        public var freeSlots: UInt32
+
+        public init(agent: String, slots: UInt32, freeSlots: UInt32) {
+            self.agent = agent
+            self.slots = slots
+            self.freeSlots = freeSlots
+        }
+    }
+
+    public var id: UInt64
+    public var name: String
+    public var uid: UInt32
+    public var agents: [Slots]
+    public var runningTaskIDs: [UInt64]
+
+    public init(id: UInt64, name: String, uid: UInt32, agents: [Slots], runningTaskIDs: [UInt64]) {
+        self.id = id
+        self.name = name
+        self.uid = uid
+        self.agents = agents
+        self.runningTaskIDs = runningTaskIDs
+    }
 }

@@ -373,6 +373,19 @@ enum ProtoDecoder {
         value.limits = m.limits.map(limits) ?? Limits()
         value.agents = try repeated(m.n_agents, m.agents, "ServerInfoResponse.agents", agentInfo)
         value.lastSequence = m.last_sequence
+        value.workerList = try repeated(m.n_worker_list, m.worker_list, "ServerInfoResponse.worker_list") {
+            (w: Pointer<Fanout__V1__ConnectedWorker>) throws(WireError) -> ConnectedWorker in
+            let worker = w.pointee
+            let agents = try repeated(worker.n_agents, worker.agents, "ConnectedWorker.agents") {
+                (s: Pointer<Fanout__V1__WorkerSlots>) throws(WireError) -> ConnectedWorker.Slots in
+                ConnectedWorker.Slots(agent: try string(s.pointee.agent, "WorkerSlots.agent"), slots: s.pointee.slots,
+                                      freeSlots: s.pointee.free_slots)
+            }
+            let ids = worker.n_running_task_ids > 0 && worker.running_task_ids != nil
+                ? Array(UnsafeBufferPointer(start: worker.running_task_ids, count: worker.n_running_task_ids)) : []
+            return ConnectedWorker(id: worker.id, name: try string(worker.name, "ConnectedWorker.name"), uid: worker.uid,
+                                   agents: agents, runningTaskIDs: ids)
+        }
         return value
     }
 

@@ -422,6 +422,28 @@ struct ProtoEncoder {
         m.pointee.limits = try one(value.limits, limits)
         (m.pointee.n_agents, m.pointee.agents) = try repeated(value.agents, agentInfo)
         m.pointee.last_sequence = value.lastSequence
+        (m.pointee.n_worker_list, m.pointee.worker_list) = try repeated(value.workerList, connectedWorker)
+    }
+
+    func connectedWorker(_ value: ConnectedWorker, _ m: UnsafeMutablePointer<Fanout__V1__ConnectedWorker>) throws(WireError) {
+        fanout__v1__connected_worker__init(m)
+        m.pointee.id = value.id
+        try string(&m.pointee.name, value.name, "ConnectedWorker.name")
+        m.pointee.uid = value.uid
+        (m.pointee.n_agents, m.pointee.agents) = try repeated(value.agents) { (slots: ConnectedWorker.Slots, s: UnsafeMutablePointer<Fanout__V1__WorkerSlots>) throws(WireError) in
+            fanout__v1__worker_slots__init(s)
+            try string(&s.pointee.agent, slots.agent, "WorkerSlots.agent")
+            s.pointee.slots = slots.slots
+            s.pointee.free_slots = slots.freeSlots
+        }
+        if !value.runningTaskIDs.isEmpty {
+            let ids = arena.make(UInt64.self, count: value.runningTaskIDs.count)
+            value.runningTaskIDs.withUnsafeBufferPointer { source in
+                _ = UnsafeMutableBufferPointer(start: ids, count: value.runningTaskIDs.count).initialize(from: source)
+            }
+            m.pointee.n_running_task_ids = value.runningTaskIDs.count
+            m.pointee.running_task_ids = ids
+        }
     }
 
     // MARK: Worker session

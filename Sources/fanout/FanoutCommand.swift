@@ -10,7 +10,8 @@ struct FanoutCommand: AsyncParsableCommand {
         discussion: "Talks to fanoutd on --socket (default: $FANOUT_SOCKET, else the daemon's default path).",
         version: "0.1.0",
         subcommands: [
-            Serve.self, Submit.self, Status.self, Results.self, Cancel.self, Retry.self, Events.self, List.self, Demo.self,
+            Serve.self, Submit.self, Status.self, Results.self, Cancel.self, Retry.self, Events.self, List.self, Workers.self,
+            Demo.self,
         ])
 }
 

@@ -135,3 +135,37 @@ extension WorkerSessionTests {
         }
     }
 }
+
+extension WorkerSessionTests {
+    @Test func serverInfoAndFanoutWorkersListConnectedWorkers() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                let client = try await daemon.client()
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 3)
+                    let info = try await client.serverInfo()
+                    #expect(info.workers == 1)
+                    let worker = try #require(info.workerList.first)
+                    #expect(worker.name == "raw-worker")
+                    #expect(worker.agents == [ConnectedWorker.Slots(agent: "work", slots: 3, freeSlots: 3)])
+                    #expect(info.agents.first { $0.name == "work" }?.workers == 1)
+                    let listed = try await FanoutCLI.run(["workers", "--json", "--socket", daemon.socketPath])
+                    #expect(listed.status == 0, "\(listed.err)")
+                    let object = try #require(try JSONSerialization.jsonObject(with: Data(listed.out.utf8)) as? [String: Any])
+                    let workers = try #require(object["workers"] as? [[String: Any]])
+                    #expect(workers.first?["name"] as? String == "raw-worker")
+                    let table = try await FanoutCLI.run(["workers", "--socket", daemon.socketPath])
+                    #expect(table.out.contains("work 3/3"), "\(table.out)")
+                }
+                // Gone once its connection closes.
+                try await waitUntil { try await client.serverInfo().workerList.isEmpty }
+                await client.close()
+            }
+        }
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds (bounded by the test's deadline).
+private func waitUntil(_ condition: () async throws -> Bool) async throws {
+    while try await !condition() { try await Task.sleep(for: .milliseconds(10)) }
+}

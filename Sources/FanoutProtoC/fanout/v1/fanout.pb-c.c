@@ -1897,6 +1897,96 @@ void   fanout__v1__server_info_response__free_unpacked
   assert(message->base.descriptor == &fanout__v1__server_info_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   fanout__v1__worker_slots__init
+                     (Fanout__V1__WorkerSlots         *message)
+{
+  static const Fanout__V1__WorkerSlots init_value = FANOUT__V1__WORKER_SLOTS__INIT;
+  *message = init_value;
+}
+size_t fanout__v1__worker_slots__get_packed_size
+                     (const Fanout__V1__WorkerSlots *message)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_slots__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t fanout__v1__worker_slots__pack
+                     (const Fanout__V1__WorkerSlots *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_slots__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t fanout__v1__worker_slots__pack_to_buffer
+                     (const Fanout__V1__WorkerSlots *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_slots__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Fanout__V1__WorkerSlots *
+       fanout__v1__worker_slots__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Fanout__V1__WorkerSlots *)
+     protobuf_c_message_unpack (&fanout__v1__worker_slots__descriptor,
+                                allocator, len, data);
+}
+void   fanout__v1__worker_slots__free_unpacked
+                     (Fanout__V1__WorkerSlots *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &fanout__v1__worker_slots__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   fanout__v1__connected_worker__init
+                     (Fanout__V1__ConnectedWorker         *message)
+{
+  static const Fanout__V1__ConnectedWorker init_value = FANOUT__V1__CONNECTED_WORKER__INIT;
+  *message = init_value;
+}
+size_t fanout__v1__connected_worker__get_packed_size
+                     (const Fanout__V1__ConnectedWorker *message)
+{
+  assert(message->base.descriptor == &fanout__v1__connected_worker__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t fanout__v1__connected_worker__pack
+                     (const Fanout__V1__ConnectedWorker *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &fanout__v1__connected_worker__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t fanout__v1__connected_worker__pack_to_buffer
+                     (const Fanout__V1__ConnectedWorker *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &fanout__v1__connected_worker__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Fanout__V1__ConnectedWorker *
+       fanout__v1__connected_worker__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Fanout__V1__ConnectedWorker *)
+     protobuf_c_message_unpack (&fanout__v1__connected_worker__descriptor,
+                                allocator, len, data);
+}
+void   fanout__v1__connected_worker__free_unpacked
+                     (Fanout__V1__ConnectedWorker *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &fanout__v1__connected_worker__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   fanout__v1__agent_registration__init
                      (Fanout__V1__AgentRegistration         *message)
 {
@@ -5965,7 +6055,7 @@ const ProtobufCMessageDescriptor fanout__v1__agent_info__descriptor =
   (ProtobufCMessageInit) fanout__v1__agent_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__server_info_response__field_descriptors[11] =
+static const ProtobufCFieldDescriptor fanout__v1__server_info_response__field_descriptors[12] =
 {
   {
     "server_version",
@@ -6099,6 +6189,18 @@ static const ProtobufCFieldDescriptor fanout__v1__server_info_response__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "worker_list",
+    12,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Fanout__V1__ServerInfoResponse, n_worker_list),
+    offsetof(Fanout__V1__ServerInfoResponse, worker_list),
+    &fanout__v1__connected_worker__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__server_info_response__field_indices_by_name[] = {
   9,   /* field[9] = agents */
@@ -6111,12 +6213,13 @@ static const unsigned fanout__v1__server_info_response__field_indices_by_name[] 
   4,   /* field[4] = running_tasks */
   0,   /* field[0] = server_version */
   2,   /* field[2] = started_at_ms */
+  11,   /* field[11] = worker_list */
   7,   /* field[7] = workers */
 };
 static const ProtobufCIntRange fanout__v1__server_info_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor fanout__v1__server_info_response__descriptor =
 {
@@ -6126,11 +6229,165 @@ const ProtobufCMessageDescriptor fanout__v1__server_info_response__descriptor =
   "Fanout__V1__ServerInfoResponse",
   "fanout.v1",
   sizeof(Fanout__V1__ServerInfoResponse),
-  11,
+  12,
   fanout__v1__server_info_response__field_descriptors,
   fanout__v1__server_info_response__field_indices_by_name,
   1,  fanout__v1__server_info_response__number_ranges,
   (ProtobufCMessageInit) fanout__v1__server_info_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor fanout__v1__worker_slots__field_descriptors[3] =
+{
+  {
+    "agent",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerSlots, agent),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "slots",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerSlots, slots),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "free_slots",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerSlots, free_slots),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned fanout__v1__worker_slots__field_indices_by_name[] = {
+  0,   /* field[0] = agent */
+  2,   /* field[2] = free_slots */
+  1,   /* field[1] = slots */
+};
+static const ProtobufCIntRange fanout__v1__worker_slots__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor fanout__v1__worker_slots__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "fanout.v1.WorkerSlots",
+  "WorkerSlots",
+  "Fanout__V1__WorkerSlots",
+  "fanout.v1",
+  sizeof(Fanout__V1__WorkerSlots),
+  3,
+  fanout__v1__worker_slots__field_descriptors,
+  fanout__v1__worker_slots__field_indices_by_name,
+  1,  fanout__v1__worker_slots__number_ranges,
+  (ProtobufCMessageInit) fanout__v1__worker_slots__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor fanout__v1__connected_worker__field_descriptors[5] =
+{
+  {
+    "id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__ConnectedWorker, id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__ConnectedWorker, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "uid",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__ConnectedWorker, uid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "agents",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Fanout__V1__ConnectedWorker, n_agents),
+    offsetof(Fanout__V1__ConnectedWorker, agents),
+    &fanout__v1__worker_slots__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "running_task_ids",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Fanout__V1__ConnectedWorker, n_running_task_ids),
+    offsetof(Fanout__V1__ConnectedWorker, running_task_ids),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned fanout__v1__connected_worker__field_indices_by_name[] = {
+  3,   /* field[3] = agents */
+  0,   /* field[0] = id */
+  1,   /* field[1] = name */
+  4,   /* field[4] = running_task_ids */
+  2,   /* field[2] = uid */
+};
+static const ProtobufCIntRange fanout__v1__connected_worker__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor fanout__v1__connected_worker__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "fanout.v1.ConnectedWorker",
+  "ConnectedWorker",
+  "Fanout__V1__ConnectedWorker",
+  "fanout.v1",
+  sizeof(Fanout__V1__ConnectedWorker),
+  5,
+  fanout__v1__connected_worker__field_descriptors,
+  fanout__v1__connected_worker__field_indices_by_name,
+  1,  fanout__v1__connected_worker__number_ranges,
+  (ProtobufCMessageInit) fanout__v1__connected_worker__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor fanout__v1__agent_registration__field_descriptors[3] =

@@ -57,6 +57,8 @@ typedef struct Fanout__V1__SubscribeRequest Fanout__V1__SubscribeRequest;
 typedef struct Fanout__V1__ServerInfoRequest Fanout__V1__ServerInfoRequest;
 typedef struct Fanout__V1__AgentInfo Fanout__V1__AgentInfo;
 typedef struct Fanout__V1__ServerInfoResponse Fanout__V1__ServerInfoResponse;
+typedef struct Fanout__V1__WorkerSlots Fanout__V1__WorkerSlots;
+typedef struct Fanout__V1__ConnectedWorker Fanout__V1__ConnectedWorker;
 typedef struct Fanout__V1__AgentRegistration Fanout__V1__AgentRegistration;
 typedef struct Fanout__V1__WorkerRegister Fanout__V1__WorkerRegister;
 typedef struct Fanout__V1__WorkerMessage Fanout__V1__WorkerMessage;
@@ -965,10 +967,46 @@ struct  Fanout__V1__ServerInfoResponse
   size_t n_agents;
   Fanout__V1__AgentInfo **agents;
   uint64_t last_sequence;
+  /*
+   * every worker session, oldest first
+   */
+  size_t n_worker_list;
+  Fanout__V1__ConnectedWorker **worker_list;
 };
 #define FANOUT__V1__SERVER_INFO_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__server_info_response__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, 0 }
+    , (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL, 0, 0,NULL }
+
+
+struct  Fanout__V1__WorkerSlots
+{
+  ProtobufCMessage base;
+  char *agent;
+  /*
+   * the concurrency the worker registered
+   */
+  uint32_t slots;
+  uint32_t free_slots;
+};
+#define FANOUT__V1__WORKER_SLOTS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_slots__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, 0 }
+
+
+struct  Fanout__V1__ConnectedWorker
+{
+  ProtobufCMessage base;
+  uint64_t id;
+  char *name;
+  uint32_t uid;
+  size_t n_agents;
+  Fanout__V1__WorkerSlots **agents;
+  size_t n_running_task_ids;
+  uint64_t *running_task_ids;
+};
+#define FANOUT__V1__CONNECTED_WORKER__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__connected_worker__descriptor) \
+    , 0, (char *)protobuf_c_empty_string, 0, 0,NULL, 0,NULL }
 
 
 struct  Fanout__V1__AgentRegistration
@@ -1953,6 +1991,44 @@ Fanout__V1__ServerInfoResponse *
 void   fanout__v1__server_info_response__free_unpacked
                      (Fanout__V1__ServerInfoResponse *message,
                       ProtobufCAllocator *allocator);
+/* Fanout__V1__WorkerSlots methods */
+void   fanout__v1__worker_slots__init
+                     (Fanout__V1__WorkerSlots         *message);
+size_t fanout__v1__worker_slots__get_packed_size
+                     (const Fanout__V1__WorkerSlots   *message);
+size_t fanout__v1__worker_slots__pack
+                     (const Fanout__V1__WorkerSlots   *message,
+                      uint8_t             *out);
+size_t fanout__v1__worker_slots__pack_to_buffer
+                     (const Fanout__V1__WorkerSlots   *message,
+                      ProtobufCBuffer     *buffer);
+Fanout__V1__WorkerSlots *
+       fanout__v1__worker_slots__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   fanout__v1__worker_slots__free_unpacked
+                     (Fanout__V1__WorkerSlots *message,
+                      ProtobufCAllocator *allocator);
+/* Fanout__V1__ConnectedWorker methods */
+void   fanout__v1__connected_worker__init
+                     (Fanout__V1__ConnectedWorker         *message);
+size_t fanout__v1__connected_worker__get_packed_size
+                     (const Fanout__V1__ConnectedWorker   *message);
+size_t fanout__v1__connected_worker__pack
+                     (const Fanout__V1__ConnectedWorker   *message,
+                      uint8_t             *out);
+size_t fanout__v1__connected_worker__pack_to_buffer
+                     (const Fanout__V1__ConnectedWorker   *message,
+                      ProtobufCBuffer     *buffer);
+Fanout__V1__ConnectedWorker *
+       fanout__v1__connected_worker__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   fanout__v1__connected_worker__free_unpacked
+                     (Fanout__V1__ConnectedWorker *message,
+                      ProtobufCAllocator *allocator);
 /* Fanout__V1__AgentRegistration methods */
 void   fanout__v1__agent_registration__init
                      (Fanout__V1__AgentRegistration         *message);
@@ -2328,6 +2404,12 @@ typedef void (*Fanout__V1__AgentInfo_Closure)
 typedef void (*Fanout__V1__ServerInfoResponse_Closure)
                  (const Fanout__V1__ServerInfoResponse *message,
                   void *closure_data);
+typedef void (*Fanout__V1__WorkerSlots_Closure)
+                 (const Fanout__V1__WorkerSlots *message,
+                  void *closure_data);
+typedef void (*Fanout__V1__ConnectedWorker_Closure)
+                 (const Fanout__V1__ConnectedWorker *message,
+                  void *closure_data);
 typedef void (*Fanout__V1__AgentRegistration_Closure)
                  (const Fanout__V1__AgentRegistration *message,
                   void *closure_data);
@@ -2419,6 +2501,8 @@ extern const ProtobufCMessageDescriptor fanout__v1__subscribe_request__descripto
 extern const ProtobufCMessageDescriptor fanout__v1__server_info_request__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__agent_info__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__server_info_response__descriptor;
+extern const ProtobufCMessageDescriptor fanout__v1__worker_slots__descriptor;
+extern const ProtobufCMessageDescriptor fanout__v1__connected_worker__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__agent_registration__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_register__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_message__descriptor;
