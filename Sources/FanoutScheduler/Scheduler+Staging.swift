@@ -17,7 +17,6 @@ public struct StagedBatch: Sendable {
 }
 
 extension Scheduler {
-    var knownAgents: Set<String> { Set(runners.keys).intersection(configuration.agents.map(\.name)) }
 
     /// Why one task would be refused at enqueue (limits, unknown agent, its runner's rules), or nil.
     /// Uniqueness within a batch is the caller's to check. Lets a front end drop a bad line
@@ -44,10 +43,9 @@ extension Scheduler {
 
     /// Gives tasks their batch's agent when they name none, and their agent's defaults.
     func applyAgentDefaults(_ tasks: inout [NewTask], batchAgent: String) {
-        let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for index in tasks.indices {
             if tasks[index].agent.isEmpty { tasks[index].agent = batchAgent }
-            guard let agent = agents[tasks[index].agent] else { continue }
+            guard let agent = agentsByName[tasks[index].agent] else { continue }
             if tasks[index].maxAttempts <= 0 { tasks[index].maxAttempts = agent.maxAttempts }
             tasks[index].maxTurns = agent.maxTurns
         }
@@ -65,7 +63,7 @@ extension Scheduler {
         var row = header
         row.tasks = []
         let firstAgent = tasks.first?.agent ?? header.agent
-        row.maxTurns = configuration.agents.first { $0.name == (header.agent.isEmpty ? firstAgent : header.agent) }?.maxTurns ?? 0
+        row.maxTurns = agentsByName[header.agent.isEmpty ? firstAgent : header.agent]?.maxTurns ?? 0
         let stagedRow = row
         let id = try await offload { [store] in try store.createStagedBatch(stagedRow, now: WallClock.now) }
         var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent, seen: seen)

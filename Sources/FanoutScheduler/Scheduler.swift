@@ -16,6 +16,10 @@ public final class Scheduler: Service, Sendable {
     public let limits: EnqueueLimits
     public let store: any Store
     let runners: [String: any Runner]
+    /// The configured agents by name (the first of a name wins), computed once: enqueues look them up per task.
+    let agentsByName: [String: AgentConfiguration]
+    /// Agents that are configured and have a runner: the ones a task may name.
+    let knownAgents: Set<String>
     private let logger: Logger
     private let state: Mutex<SchedulerState>
     private let hub: EventHub
@@ -32,6 +36,8 @@ public final class Scheduler: Service, Sendable {
         self.store = store
         self.configuration = configuration
         self.runners = runners
+        agentsByName = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        knownAgents = Set(runners.keys).intersection(configuration.agents.map(\.name))
         self.limits = limits
         self.logger = logger
         state = Mutex(SchedulerState(configuration: configuration, now: WallClock.now))
@@ -147,7 +153,7 @@ public final class Scheduler: Service, Sendable {
         applyAgentDefaults(&batch.tasks, batchAgent: batch.agent)
         try BatchValidation.validate(batch, limits: limits, knownAgents: knownAgents)
         try checkRunnersAccept(batch.tasks, startingAt: 0)
-        let agents = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let agents = agentsByName
         batch.maxTurns = agents[batch.agent]?.maxTurns ?? batch.tasks.first.flatMap { agents[$0.agent]?.maxTurns } ?? 0
         let admitted = batch
         let inserted = try await offload { [self] in
