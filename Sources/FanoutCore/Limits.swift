@@ -85,4 +85,21 @@ public enum BatchValidation {
             }
         }
     }
+
+    /// The longest agent name a worker may declare.
+    public static let maxAgentNameBytes = 128
+
+    /// Why a worker may not declare an agent of this name, or nil: names are short
+    /// and printable, so they list cleanly in `fanout workers` and logs.
+    public static func agentNameProblem(_ name: String) -> String? {
+        let shown = name.count > 100 ? name.prefix(100) + "…" : Substring(name)
+        if name.isEmpty { return "an agent registers with a name" }
+        if name.utf8.count > maxAgentNameBytes {
+            return "agent \"\(shown)\": the name is \(name.utf8.count) bytes; the limit is \(maxAgentNameBytes)"
+        }
+        if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0 == " " }) {
+            return "agent \"\(shown.unicodeScalars.filter { $0.value >= 0x20 && $0 != " " }.map(String.init).joined())\": names have no spaces or control characters"
+        }
+        return nil
+    }
 }

@@ -17,6 +17,10 @@ public struct AgentConfiguration: Sendable, Hashable {
     public var requestsPerMinute: Int
     /// LLM tokens per minute, as the runner reports them; 0: no limit.
     public var tokensPerMinute: Int
+    /// How long one of its tasks may wait for its children before the rest are cancelled; 0: no limit.
+    public var childrenTimeoutMs: Int64 = AgentConfiguration.defaultChildrenTimeoutMs
+
+    public static let defaultChildrenTimeoutMs: Int64 = 3_600_000
 
     public init(name: String, runner: String, concurrency: Int = 16, maxTurns: Int = 0, maxAttempts: Int = 3,
                 timeoutMs: Int64 = 0, requestsPerMinute: Int = 0, tokensPerMinute: Int = 0) {
@@ -51,6 +55,11 @@ public struct SchedulerConfiguration: Sendable {
     public var storeRetry = Backoff(baseMs: 50, maxMs: 2_000)
     /// How much of the event log is kept for subscribers to replay.
     public var eventRetention = EventRetention()
+    /// Child batches nest at most this deep under a top-level batch.
+    public var maxSpawnDepth: Int = 8
+    /// One task spawns at most this many child tasks, over all its spawns.
+    public var maxChildrenPerTask: Int = 10_000
+
 
     public init(globalConcurrency: Int = 64, agents: [AgentConfiguration]) {
         self.globalConcurrency = globalConcurrency

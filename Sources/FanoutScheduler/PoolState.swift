@@ -11,11 +11,23 @@ struct PoolState {
         var uid: UInt32
         /// Agent → slots.
         var slots: [String: Int]
+        /// Agent → `max_turns`, for agents the worker declares.
+        var maxTurns: [String: Int] = [:]
         var send: @Sendable (WorkerPool.Command) -> Void
         /// Agent → tasks running there now.
         var running: [String: Int] = [:]
+        /// Takes no new tasks.
+        var draining = false
 
-        func hasFreeSlot(for agent: String) -> Bool { (running[agent] ?? 0) < (slots[agent] ?? 0) }
+        func hasFreeSlot(for agent: String) -> Bool { !draining && (running[agent] ?? 0) < (slots[agent] ?? 0) }
+    }
+
+    /// Who a slot may be given to.
+    struct SlotRequirement {
+        /// Only a worker of this uid (agents declared by a worker run only their uid's tasks).
+        var uid: UInt32?
+        /// This worker while it is connected (a parent resuming where its handler waits).
+        var worker: WorkerPool.WorkerID?
     }
 
     struct Lease {
@@ -25,6 +37,7 @@ struct PoolState {
         /// Set once the attempt awaits its outcome.
         var continuation: CheckedContinuation<AttemptResult, Never>?
         var reportTurn: (@Sendable () async -> Void)?
+        var children: (any ChildTasks)?
         var sent = false
         var cancelling = false
     }
@@ -33,6 +46,7 @@ struct PoolState {
         var id: Int
         var agent: String
         var taskID: TaskID
+        var requirement: SlotRequirement
         var deadline: ContinuousClock.Instant
         var continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>
     }
@@ -72,6 +86,8 @@ struct PoolState {
     /// Removes a worker; returns the attempts it held that await an outcome.
     mutating func removeWorker(_ id: WorkerPool.WorkerID) -> [(CheckedContinuation<AttemptResult, Never>, TaskID)] {
         workers[id] = nil
+        // Parents that were to resume on it resume on any worker.
+        for index in waiters.indices where waiters[index].requirement.worker == id { waiters[index].requirement.worker = nil }
         var ended: [(CheckedContinuation<AttemptResult, Never>, TaskID)] = []
         for (taskID, lease) in leases where lease.worker == id {
             leases[taskID] = nil
@@ -81,14 +97,29 @@ struct PoolState {
     }
 
     /// A slot for `taskID` now, or nil after queueing the waiter.
-    mutating func takeSlot(agent: String, taskID: TaskID, deadline: ContinuousClock.Instant, waiter: Int,
-                           continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>) -> WorkerPool.WorkerID? {
-        if let worker = freeWorker(for: agent) {
+    mutating func takeSlot(agent: String, taskID: TaskID, requirement: SlotRequirement, deadline: ContinuousClock.Instant,
+                           waiter: Int, continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>) -> WorkerPool.WorkerID? {
+        var requirement = requirement
+        if let only = requirement.worker, workers[only] == nil { requirement.worker = nil }
+        if let worker = freeWorker(for: agent, requirement) {
             assign(taskID, agent: agent, to: worker, deadline: deadline)
             return worker
         }
-        waiters.append(Waiter(id: waiter, agent: agent, taskID: taskID, deadline: deadline, continuation: continuation))
+        waiters.append(Waiter(id: waiter, agent: agent, taskID: taskID, requirement: requirement, deadline: deadline,
+                              continuation: continuation))
         return nil
+    }
+
+    /// The slots the workers that take tasks offer for `agent`.
+    func offeredSlots(for agent: String) -> Int {
+        workers.values.reduce(0) { $0 + ($1.draining ? 0 : $1.slots[agent] ?? 0) }
+    }
+
+    /// Who declared `agent` (not in the configuration) and its `max_turns`: its first connected worker.
+    func declaration(of agent: String) -> WorkerPool.AgentDeclaration? {
+        workers.sorted { $0.key < $1.key }.first { $0.value.slots[agent] != nil }.map {
+            WorkerPool.AgentDeclaration(uid: $0.value.uid, maxTurns: $0.value.maxTurns[agent] ?? 0)
+        }
     }
 
     mutating func removeWaiter(_ id: Int) -> CheckedContinuation<WorkerPool.WorkerID?, Never>? {
@@ -137,9 +168,12 @@ struct PoolState {
 
     // MARK: Private
 
-    /// The worker with the most free slots for `agent` (spreading work), if any has one.
-    private func freeWorker(for agent: String) -> WorkerPool.WorkerID? {
-        workers.filter { $0.value.hasFreeSlot(for: agent) }
+    /// The worker with the most free slots for `agent` (spreading work) that `requirement` allows, if any has one.
+    private func freeWorker(for agent: String, _ requirement: SlotRequirement) -> WorkerPool.WorkerID? {
+        if let only = requirement.worker { return workers[only]?.hasFreeSlot(for: agent) == true ? only : nil }
+        return workers.filter { entry in
+            entry.value.hasFreeSlot(for: agent) && (requirement.uid.map { $0 == entry.value.uid } ?? true)
+        }
             .max { a, b in
                 let freeA = (a.value.slots[agent] ?? 0) - (a.value.running[agent] ?? 0)
                 let freeB = (b.value.slots[agent] ?? 0) - (b.value.running[agent] ?? 0)
@@ -158,7 +192,8 @@ struct PoolState {
         var index = 0
         while index < waiters.count {
             let waiter = waiters[index]
-            if let worker = freeWorker(for: waiter.agent) {
+            if let worker = freeWorker(for: waiter.agent, waiter.requirement) {
+
                 waiters.remove(at: index)
                 assign(waiter.taskID, agent: waiter.agent, to: worker, deadline: waiter.deadline)
                 wakeups.granted.append((waiter.continuation, worker))

@@ -33,7 +33,14 @@ public struct RunContext: Sendable {
     public var timeoutMs: Int64?
     /// The uid that submitted the task's batch: who may see its payload.
     public var creatorUID: UInt32 = 0
+    /// The attempt waited for its children and runs again from the start (its
+    /// earlier run stopped meanwhile, say across a restart of fanoutd): what the
+    /// children produced is in `children`, and should not be spawned again.
+    public var resumed = false
+    /// Spawning and waiting for child tasks; nil where no scheduler runs the task.
+    public var children: (any ChildTasks)?
     /// Reports that one more turn completed (drives `max_turns` progress).
+
     /// It returns once the daemon has room for more: a runner reporting
     /// faster than the store can record is slowed down, not buffered.
     public var reportTurn: @Sendable () async -> Void

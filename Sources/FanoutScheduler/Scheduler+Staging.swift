@@ -10,6 +10,7 @@ public struct StagedBatch: Sendable {
     let maxTurns: Int
     let parentTaskID: TaskID?
     let batchAgent: String
+    let creatorUID: UInt32
     /// Custom ids so far: uniqueness holds across chunks.
     var seen: Set<String> = []
     var count = 0
@@ -45,7 +46,7 @@ extension Scheduler {
     func applyAgentDefaults(_ tasks: inout [NewTask], batchAgent: String) {
         for index in tasks.indices {
             if tasks[index].agent.isEmpty { tasks[index].agent = batchAgent }
-            guard let agent = agentsByName[tasks[index].agent] else { continue }
+            guard let agent = agent(named: tasks[index].agent) else { continue }
             if tasks[index].maxAttempts <= 0 { tasks[index].maxAttempts = agent.maxAttempts }
             tasks[index].maxTurns = agent.maxTurns
         }
@@ -60,13 +61,15 @@ extension Scheduler {
         var seen = Set<String>()
         try BatchValidation.validateTasks(tasks, startingAt: 0, seen: &seen, limits: limits, knownAgents: knownAgents)
         try checkRunnersAccept(tasks, startingAt: 0)
+        try checkDeclaredAgents(tasks, creatorUID: header.creatorUID, startingAt: 0)
         var row = header
         row.tasks = []
         let firstAgent = tasks.first?.agent ?? header.agent
-        row.maxTurns = agentsByName[header.agent.isEmpty ? firstAgent : header.agent]?.maxTurns ?? 0
+        row.maxTurns = agent(named: header.agent.isEmpty ? firstAgent : header.agent)?.maxTurns ?? 0
         let stagedRow = row
         let id = try await offload { [store] in try store.createStagedBatch(stagedRow, now: WallClock.now) }
-        var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent, seen: seen)
+        var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent,
+                                 creatorUID: header.creatorUID, seen: seen)
         do {
             try await store(tasks, into: &staged)
         } catch {
@@ -82,7 +85,9 @@ extension Scheduler {
         applyAgentDefaults(&tasks, batchAgent: staged.batchAgent)
         try BatchValidation.validateTasks(tasks, startingAt: staged.count, seen: &staged.seen, limits: limits, knownAgents: knownAgents)
         try checkRunnersAccept(tasks, startingAt: staged.count)
+        try checkDeclaredAgents(tasks, creatorUID: staged.creatorUID, startingAt: staged.count)
         try await store(tasks, into: &staged)
+
     }
 
     private func store(_ tasks: [NewTask], into staged: inout StagedBatch) async throws {

@@ -18,8 +18,12 @@ public final class Scheduler: Service, Sendable {
     let runners: [String: any Runner]
     /// The configured agents by name (the first of a name wins), computed once: enqueues look them up per task.
     let agentsByName: [String: AgentConfiguration]
-    /// Agents that are configured and have a runner: the ones a task may name.
-    let knownAgents: Set<String>
+    /// Agents that are configured and have a runner.
+    let configuredAgents: Set<String>
+    /// Runs worker-served agents, configured or declared by workers.
+    let workerPool: WorkerPool?
+    /// Agents workers declare (not in the configuration), while one of them is connected.
+    private let declaredAgents = Mutex<[String: DeclaredAgent]>([:])
     private let logger: Logger
     private let state: Mutex<SchedulerState>
     private let hub: EventHub
@@ -30,20 +34,79 @@ public final class Scheduler: Service, Sendable {
     /// The earliest pending wake-up timer, so limited agents do not arm one timer per decision.
     private let nextWake = Mutex<Milliseconds?>(nil)
 
-    /// - Parameter runners: the runner for each agent, by agent name.
+    /// - Parameters:
+    ///   - runners: the runner for each agent, by agent name.
+    ///   - workerPool: the pool whose workers run agents with runner `worker` and agents workers declare.
     public init(store: any Store, configuration: SchedulerConfiguration, runners: [String: any Runner],
+                workerPool: WorkerPool? = nil,
                 limits: EnqueueLimits = EnqueueLimits(), logger: Logger = Logger(label: "fanout.scheduler")) throws {
         self.store = store
         self.configuration = configuration
         self.runners = runners
+        self.workerPool = workerPool
         agentsByName = Dictionary(configuration.agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-        knownAgents = Set(runners.keys).intersection(configuration.agents.map(\.name))
+        configuredAgents = Set(runners.keys).intersection(configuration.agents.map(\.name))
         self.limits = limits
         self.logger = logger
         state = Mutex(SchedulerState(configuration: configuration, now: WallClock.now))
         hub = EventHub(lastSequence: try store.lastEventSequence())
         commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention,
                               maxQueuedChanges: configuration.maxChangesPerCommit, retryBackoff: configuration.storeRetry)
+        if let workerPool {
+            // Worker-served agents run only as many tasks as connected workers have slots: none until one registers.
+            state.withLock { state in
+                state.agentsMayAppear = true
+                for agent in configuration.agents where agent.runner == "worker" { state.agents[agent.name]?.capacity = 0 }
+            }
+            workerPool.attach(self)
+        }
+    }
+
+    // MARK: Agents
+
+    /// An agent a worker declared, and the uid whose tasks it runs.
+    struct DeclaredAgent: Sendable {
+        var configuration: AgentConfiguration
+        var uid: UInt32
+    }
+
+    /// The agents a task may name now: configured ones, and those connected workers declare.
+    var knownAgents: Set<String> {
+        let declared = declaredAgents.withLock { $0.keys }
+        return declared.isEmpty ? configuredAgents : configuredAgents.union(declared)
+    }
+
+    /// An agent's configuration: from the configuration file, or as a worker declared it.
+    func agent(named name: String) -> AgentConfiguration? {
+        agentsByName[name] ?? declaredAgents.withLock { $0[name]?.configuration }
+    }
+
+    /// The slots connected workers offer for `agent` changed. `declaration` is set for
+    /// an agent the configuration does not know: a worker declared it. With no slot
+    /// left its tasks wait; new ones are refused once no worker declares it.
+    func setWorkerCapacity(agent: String, slots: Int, declaration: WorkerPool.AgentDeclaration?) {
+        var configuration = agentsByName[agent]
+        if configuration == nil {
+            let declared = AgentConfiguration(name: agent, runner: "worker", concurrency: Int(Int32.max),
+                                              maxTurns: declaration?.maxTurns ?? 0, maxAttempts: 3)
+            declaredAgents.withLock { agents in
+                agents[agent] = declaration.map { DeclaredAgent(configuration: declared, uid: $0.uid) }
+            }
+            configuration = declared
+        }
+        guard let configuration else { return }
+        mutate { state, effects in state.setCapacity(configuration, slots: slots, now: WallClock.now, effects: &effects) }
+    }
+
+    /// Refuses tasks for an agent a worker declared unless they come from that worker's uid.
+    func checkDeclaredAgents(_ tasks: [NewTask], creatorUID: UInt32, startingAt offset: Int) throws(FanoutError) {
+        let declared = declaredAgents.withLock { $0 }
+        guard !declared.isEmpty else { return }
+        for (position, task) in tasks.enumerated() {
+            guard let agent = declared[task.agent], agent.uid != creatorUID else { continue }
+            throw .permissionDenied("task \(offset + position) (custom_id \"\(task.customID)\"): agent \"\(task.agent)\" is "
+                + "declared by a worker of uid \(agent.uid) and runs only that uid's tasks")
+        }
     }
 
     // MARK: Life cycle
@@ -89,9 +152,11 @@ public final class Scheduler: Service, Sendable {
         background.withLock { $0 = [commitLoop, health, ticker] }
         mutate { state, effects in
             let now = WallClock.now
+            state.recovering = true
             for batch in recovered.activeBatches {
                 state.admit(batch, agents: recovered.pendingAgents[batch.id] ?? [], now: now, effects: &effects)
             }
+            state.recoverWaiting(recovered.waitingTasks, now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
         }
     }
@@ -153,8 +218,8 @@ public final class Scheduler: Service, Sendable {
         applyAgentDefaults(&batch.tasks, batchAgent: batch.agent)
         try BatchValidation.validate(batch, limits: limits, knownAgents: knownAgents)
         try checkRunnersAccept(batch.tasks, startingAt: 0)
-        let agents = agentsByName
-        batch.maxTurns = agents[batch.agent]?.maxTurns ?? batch.tasks.first.flatMap { agents[$0.agent]?.maxTurns } ?? 0
+        try checkDeclaredAgents(batch.tasks, creatorUID: batch.creatorUID, startingAt: 0)
+        batch.maxTurns = agent(named: batch.agent)?.maxTurns ?? batch.tasks.first.flatMap { agent(named: $0.agent)?.maxTurns } ?? 0
         let admitted = batch
         let inserted = try await offload { [self] in
             let inserted = try store.insertBatch(admitted, now: WallClock.now)
@@ -232,7 +297,43 @@ public final class Scheduler: Service, Sendable {
         return batch
     }
 
+    // MARK: Children
+
+    /// Enqueues `request` as children of a running attempt: the child batch
+    /// belongs to the task's owner and creator, and the task is its parent.
+    func spawnChildren(of parent: TaskID, attempt: Int, _ request: NewBatch) async throws -> BatchRecord {
+        let count = request.tasks.count
+        let owner = try state.withLock { state throws(FanoutError) in try state.reserveSpawn(parent, attempt: attempt, count: count) }
+        var batch = request
+        batch.ownerID = owner.ownerID
+        batch.creatorUID = owner.creatorUID
+        batch.parentTaskID = parent
+        do {
+            return try await enqueue(batch).batch
+        } catch {
+            state.withLock { $0.unreserveSpawn(parent, attempt: attempt, count: count) }
+            throw error
+        }
+    }
+
+    /// Suspends a running attempt until its task's children have ended (see `ChildTasks.wait`).
+    func waitForChildren(of id: TaskID, attempt: Int, timeoutMs: Int64?) async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let answer = mutate { state, effects in
+                    // Read under the lock: a cancel from now on finds the continuation stored.
+                    state.wait(id, attempt: attempt, timeoutMs: timeoutMs, cancelled: Task.isCancelled, continuation: continuation,
+                               now: WallClock.now, effects: &effects)
+                }
+                if let answer { continuation.resume(with: answer) }
+            }
+        } onCancel: {
+            state.withLock { $0.abandonWait(id, attempt: attempt) }?.resume(throwing: CancellationError())
+        }
+    }
+
     /// Events after `since`, then live ones if `follow`.
+
     public func subscribe(_ filter: EventFilter, since: EventSequence, follow: Bool, bufferSize: Int) -> EventStream {
         EventStream(store: store, hub: hub, filter: filter, since: since, follow: follow, bufferSize: bufferSize)
     }
@@ -286,6 +387,8 @@ public final class Scheduler: Service, Sendable {
             return (value, effects)
         }
         for handle in effects.cancellations { handle.cancel() }
+        for waiter in effects.resumes { waiter.resume() }
+        for waiter in effects.abandonedWaits { waiter.resume(throwing: CancellationError()) }
         for order in effects.starts { launch(order) }
         for retry in effects.retries { scheduleRetry(retry.id, attempt: retry.attempt, afterMs: retry.delayMs) }
         for refill in effects.refills { load(refill) }
@@ -306,12 +409,12 @@ public final class Scheduler: Service, Sendable {
         let handle = Task {
             let outcome = await self.execute(order)
             self.mutate { state, effects in
-                state.finish(order.task.id, attempt: order.attempt, outcome: outcome, jitter: Double.random(in: 0...1),
-                             now: WallClock.now, effects: &effects)
+                state.finish(order.task.id, attempt: order.attempt, run: order.run, outcome: outcome,
+                             jitter: Double.random(in: 0...1), now: WallClock.now, effects: &effects)
             }
             self.inFlight.remove(1)
         }
-        let keep = state.withLock { $0.attach(handle, to: order.task.id, attempt: order.attempt) }
+        let keep = state.withLock { $0.attach(handle, to: order.task.id, attempt: order.attempt, run: order.run) }
         if !keep { handle.cancel() }
     }
 
@@ -358,7 +461,8 @@ public final class Scheduler: Service, Sendable {
 
     private func execute(_ order: StartOrder) async -> AttemptOutcome {
         let task = order.task
-        guard let runner = runners[task.agent] else {
+        guard let runner = runners[task.agent] ?? workerPool?.runner(for: task.agent) else {
+
             return .failed(RunnerFailure("no runner for agent \"\(task.agent)\"", code: "no_runner", retryable: false))
         }
         do {
@@ -366,7 +470,7 @@ public final class Scheduler: Service, Sendable {
             if task.payload == nil {
                 payload = try await offload { [store] in try store.payload(of: task.id) }
             }
-            let context = RunContext(
+            var context = RunContext(
                 taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
                 attempt: order.attempt, maxTurns: order.maxTurns, payload: payload, url: task.url,
                 timeoutMs: order.timeoutMs > 0 ? order.timeoutMs : nil,
@@ -378,7 +482,10 @@ public final class Scheduler: Service, Sendable {
                     // and one reporting in a tight loop gives others the thread at each turn.
                     if !(await self.commits.waitForRoom()) { await Task.yield() }
                 })
-            let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
+            context.resumed = order.resumed
+            context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt)
+            let runContext = context
+            let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(runContext) }
             return .succeeded(output)
         } catch let failure as RunnerFailure {
             return Task.isCancelled ? .interrupted : .failed(failure)

@@ -13,6 +13,10 @@ struct Effects: Sendable {
     var wakeAt: Milliseconds?
     /// Run once `changes` is committed.
     var afterCommit: [@Sendable () -> Void] = []
+    /// Live attempts waiting for their children, to be resumed: the children ended and a slot is theirs.
+    var resumes: [CheckedContinuation<Void, any Error>] = []
+    /// Live attempts waiting for their children whose task ended meanwhile: they stop.
+    var abandonedWaits: [CheckedContinuation<Void, any Error>] = []
 }
 
 /// A task the scheduler decided to start.
@@ -24,6 +28,11 @@ struct StartOrder: Sendable {
     var maxTurns: Int
     /// Who submitted the task's batch.
     var creatorUID: UInt32
+    /// The task waited for its children and its attempt is run again from the start
+    /// (its runner stopped meanwhile, say across a restart); the children's results are in the store.
+    var resumed = false
+    /// Which run of the attempt this is (see `TaskSlot.run`).
+    var run = 0
 }
 
 /// A window of pending tasks to read from the store.
@@ -57,6 +66,13 @@ struct TaskSlot {
     /// out, and whether turns were counted since.
     var lastTurnEventAt: Milliseconds?
     var turnEventPending = false
+    /// While `waiting_children`: resumes the live attempt. Nil when no attempt is
+    /// waiting (after a restart): the task then runs again with its children's results.
+    var resumer: CheckedContinuation<Void, any Error>?
+    /// Child tasks spawned by this task so far.
+    var spawnedChildren = 0
+    /// Counts the runs of the attempt (a resumed task may run it again): an outcome from an earlier run is stale.
+    var run = 0
 }
 
 struct ActiveBatch {
@@ -82,6 +98,8 @@ struct ActiveBatch {
 struct AgentRuntime {
     let configuration: AgentConfiguration
     var running = 0
+    /// Slots the connected workers offer, for worker-served agents; nil: the configuration's concurrency alone.
+    var capacity: Int?
     var requests: RateLimit?
     var tokens: RateLimit?
     /// A runner asked to wait (Retry-After) until then.
@@ -95,7 +113,7 @@ struct AgentRuntime {
 
     /// Whether a task may start now; if not only for lack of time, when it may.
     mutating func readiness(now: Milliseconds) -> (ready: Bool, retryAt: Milliseconds?) {
-        guard running < configuration.concurrency else { return (false, nil) }
+        guard running < min(configuration.concurrency, capacity ?? .max) else { return (false, nil) }
         var at: Milliseconds?
         if now < pausedUntil { at = pausedUntil }
         if var requests {
@@ -118,7 +136,7 @@ struct SchedulerState {
     var agents: [String: AgentRuntime] = [:]
     /// Agent names in a fixed order; dispatch starts from a rotating point so
     /// agents at the same priority take turns.
-    private let agentOrder: [String]
+    private var agentOrder: [String]
     private var agentRotation = 0
     var batches: [BatchID: ActiveBatch] = [:]
     var slots: [TaskID: TaskSlot] = [:]
@@ -134,6 +152,10 @@ struct SchedulerState {
     var stopping = false
     /// Batches committed (an enqueue, a RetryFailed) and about to be admitted.
     var admitting: Set<BatchID> = []
+    /// Workers may declare agents the configuration does not know: tasks of an unknown agent wait for one.
+    var agentsMayAppear = false
+    /// Set while recovery admits what the store holds: a child batch may come before its waiting parent's slot.
+    var recovering = false
     /// Cancels of batches in `admitting`: admitting them closes them at once.
     var cancelsAwaitingAdmission: [BatchID: [@Sendable () -> Void]] = [:]
     /// False while the store refuses commits: nothing new starts, so results do not pile up in memory.
@@ -142,6 +164,12 @@ struct SchedulerState {
     var pendingTurnEvents: Set<TaskID> = []
     /// Numbers sources, so a window read answered after its source was replaced is recognised.
     private var sourceGenerations = 0
+    /// The unfinished child batches of each task that spawned some.
+    var childBatches: [TaskID: Set<BatchID>] = [:]
+    /// Waiting tasks whose children all ended, per agent, in the order they did: they take the agent's next slots.
+    var resumable: [String: Deque<TaskID>] = [:]
+    /// When each waiting task's wait ends (`children_timeout_ms`) and its remaining children are cancelled.
+    var waitDeadlines: [TaskID: Milliseconds] = [:]
 
     init(configuration: SchedulerConfiguration, now: Milliseconds) {
         self.configuration = configuration
@@ -151,6 +179,16 @@ struct SchedulerState {
         }
         self.agents = agents
         agentOrder = configuration.agents.map(\.name).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+    }
+
+    /// Adds an agent that is not configured (a worker declared it), or changes the slots its workers offer.
+    mutating func setCapacity(_ configuration: AgentConfiguration, slots: Int, now: Milliseconds, effects: inout Effects) {
+        if agents[configuration.name] == nil {
+            agents[configuration.name] = AgentRuntime(configuration, now: now)
+            agentOrder.append(configuration.name)
+        }
+        agents[configuration.name]?.capacity = slots
+        dispatch(now: now, effects: &effects)
     }
 
     // MARK: Admission
@@ -167,6 +205,14 @@ struct SchedulerState {
         pendingCount += batch.counters.pending
         batches[batch.id] = active
         admitting.remove(batch.id)
+        if let parent = batch.parentTaskID {
+            childBatches[parent, default: []].insert(batch.id)
+            // Its parent ended before the children were admitted (or while the daemon was down): they go too.
+            if slots[parent] == nil && !recovering {
+                closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
+                return
+            }
+        }
         if let waiters = cancelsAwaitingAdmission.removeValue(forKey: batch.id) {
             batches[batch.id]!.finishWaiters.append(contentsOf: waiters)
             closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
@@ -202,13 +248,15 @@ struct SchedulerState {
             drain(key, as: closing, now: now, effects: &effects)
             return
         }
-        if agents[key.agent] == nil {
+        if agents[key.agent] == nil && !agentsMayAppear {
             // Tasks of an agent this daemon no longer runs (a retried batch, a changed
             // configuration) fail rather than wait forever.
             drain(key, as: .failed, failure: TaskFailure(message: "agent \"\(key.agent)\" is not configured on this daemon",
                                                         code: "no_runner"), now: now, effects: &effects)
             return
         }
+        // With workers, an agent no runner serves now may be declared by a worker that connects
+        // later: its tasks wait, listed but not dispatched, until then (or the batch's deadline).
         // A page whose tasks were all filtered out (cancelled meanwhile) leaves the
         // window empty: read on, or the source would wait for a refill nobody asks for.
         if sources[key]!.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
@@ -256,6 +304,11 @@ struct SchedulerState {
     mutating func dispatch(now: Milliseconds, effects: inout Effects) {
         guard !stopping, storeHealthy else { return }
         while running < configuration.globalConcurrency, let agent = nextAgent(now: now, effects: &effects) {
+            if let waiting = resumable[agent]?.popFirst() {
+                if resumable[agent]?.isEmpty == true { resumable[agent] = nil }
+                resume(waiting, now: now, effects: &effects)
+                continue
+            }
             // Popped in place: a copy of the source would copy its whole window for every task.
             guard let key = queues[agent]?.next(), var task = sources[key]?.window.popFirst() else {
                 // A listed source always has a window; repair rather than spin.
@@ -276,7 +329,9 @@ struct SchedulerState {
         var best: (agent: String, priority: Int32)?
         for offset in agentOrder.indices {
             let agent = agentOrder[(agentRotation + offset) % agentOrder.count]
-            guard let priority = queues[agent]?.topPriority, var runtime = agents[agent] else { continue }
+            // A resumed parent goes first: it holds its children's work, and its batch cannot end without it.
+            let resuming = resumable[agent]?.isEmpty == false
+            guard let priority = resuming ? Int32.max : queues[agent]?.topPriority, var runtime = agents[agent] else { continue }
             let (ready, retryAt) = runtime.readiness(now: now)
             agents[agent] = runtime
             if let retryAt { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
@@ -317,8 +372,8 @@ struct SchedulerState {
 
     /// Records the Swift task running an attempt. Returns false when it must
     /// be cancelled at once (cancel requested, or the scheduler is stopping).
-    mutating func attach(_ handle: Task<Void, Never>, to id: TaskID, attempt: Int) -> Bool {
-        guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt else { return false }
+    mutating func attach(_ handle: Task<Void, Never>, to id: TaskID, attempt: Int, run: Int) -> Bool {
+        guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt, slot.run == run else { return false }
         slot.handle = handle
         slots[id] = slot
         return slot.interruptAs == nil && !stopping
@@ -361,7 +416,16 @@ struct SchedulerState {
         effects.changes.events.append(event)
     }
 
-    mutating func finish(_ id: TaskID, attempt: Int, outcome: AttemptOutcome, jitter: Double, now: Milliseconds, effects: inout Effects) {
+    mutating func finish(_ id: TaskID, attempt: Int, run: Int = 0, outcome: AttemptOutcome, jitter: Double, now: Milliseconds,
+                         effects: inout Effects) {
+        guard slots[id]?.run == run else { return }
+        if slots[id]?.state == .waitingChildren, slots[id]?.task.attempt == attempt {
+
+            // The runner stopped while its task waits (shutdown, its timeout): the wait stands, and
+            // the task runs again from the start with its children's results when they end.
+            slots[id]?.handle = nil
+            return
+        }
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt else { return }
         let agent = slot.task.agent
         running -= 1
@@ -383,7 +447,7 @@ struct SchedulerState {
             } else {
                 // Graceful shutdown: the task runs again when the daemon comes back, and the
                 // attempt it was on is given back (a crash instead counts it, see recovery).
-                requeue(&slot, failure: nil, releasing: true, effects: &effects)
+                requeue(&slot, failure: nil, releasing: true, now: now, effects: &effects)
             }
         case .failed(let failure):
             if let retryAfter = failure.retryAfterMs, retryAfter > 0 {
@@ -396,7 +460,7 @@ struct SchedulerState {
                 close(&slot, as: state, result: nil, failure: failure.failure, now: now, effects: &effects)
             } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts, stopping {
                 // No backoff timer can fire during shutdown: it waits as pending, and runs after a restart.
-                requeue(&slot, failure: failure.failure, effects: &effects)
+                requeue(&slot, failure: failure.failure, now: now, effects: &effects)
             } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts {
                 let delay = configuration.backoff.delay(beforeAttempt: slot.task.attempt + 1, jitter: jitter,
                                                         retryAfterMs: failure.retryAfterMs)
@@ -411,6 +475,9 @@ struct SchedulerState {
 
     private mutating func waitToRetry(_ slot: inout TaskSlot, failure: TaskFailure, delayMs: Int64, now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
+        // The next attempt starts afresh: the children of this one are not its own.
+        cancelChildren(of: slot.task.id, now: now, effects: &effects)
+        slot.spawnedChildren = 0
         batch.record.counters.move(from: .running, to: .retryWait)
         batches[batch.record.id] = batch
         retryWaitCount += 1
@@ -430,12 +497,13 @@ struct SchedulerState {
     /// A task in retry_wait whose backoff has passed becomes ready again.
     mutating func retryDue(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
         guard var slot = slots[id], slot.state == .retryWait, slot.task.attempt == attempt else { return }
-        requeue(&slot, failure: nil, effects: &effects)
+        requeue(&slot, failure: nil, now: now, effects: &effects)
         dispatch(now: now, effects: &effects)
     }
 
     /// Back to pending, at the front of its source's window.
-    private mutating func requeue(_ slot: inout TaskSlot, failure: TaskFailure?, releasing: Bool = false, effects: inout Effects) {
+    private mutating func requeue(_ slot: inout TaskSlot, failure: TaskFailure?, releasing: Bool = false, now: Milliseconds,
+                                  effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
         if slot.turnEventPending {
             // No clock here: the count is kept with the task; its event is simply not sent.
@@ -454,6 +522,7 @@ struct SchedulerState {
             effects.changes.tasks.append(.released(slot.task.id))
         } else {
             effects.changes.tasks.append(.requeued(slot.task.id, state: .pending, failure: failure))
+            cancelChildren(of: slot.task.id, now: now, effects: &effects)
         }
         effects.changes.batches[batch.record.id] = batch.snapshot
 
@@ -473,12 +542,14 @@ struct SchedulerState {
     }
 
     /// Moves a running or retry-waiting task to a terminal state and settles its batch.
-    private mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
+    mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
                                 details: ResponseDetails = ResponseDetails(), now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[slot.task.batchID] else { return }
         // The last count of coalesced turns goes out before the task's terminal event.
         if slot.turnEventPending { emitTurn(&slot, now: now, effects: &effects) }
         if slot.state == .retryWait { retryWaitCount -= 1 }
+        if let resumer = slot.resumer { effects.abandonedWaits.append(resumer) }
+        waitDeadlines[slot.task.id] = nil
         batch.record.counters.move(from: slot.state, to: state)
         batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
         if let usage = details.usage { batch.record.usage = batch.record.usage + usage }
@@ -495,6 +566,8 @@ struct SchedulerState {
         if !finishIfDone(batch.record.id, now: now, effects: &effects) {
             noteProgress(batch.record.id, now: now, effects: &effects)
         }
+        // A task that ended leaves no children behind.
+        cancelChildren(of: slot.task.id, now: now, effects: &effects)
     }
 
     static func eventKind(for state: TaskState) -> EventKind {
@@ -519,7 +592,7 @@ struct SchedulerState {
                 // A cancel (or a deadline) was asked for: it stands, the runner's silence notwithstanding.
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
             } else {
-                requeue(&slot, failure: nil, releasing: true, effects: &effects)
+                requeue(&slot, failure: nil, releasing: true, now: now, effects: &effects)
             }
         }
         return stuck.count
@@ -535,7 +608,9 @@ struct SchedulerState {
         guard var batch = batches[task.batchID] else { return false }
         if var slot = slots[task.id] {
             switch slot.state {
-            case .retryWait:
+            case .retryWait, .waitingChildren:
+                // A waiting task holds no slot: it ends now, and its runner (if one waits) is stopped.
+                if let handle = slot.handle { effects.cancellations.append(handle) }
                 close(&slot, as: .cancelled, result: nil, failure: nil, now: now, effects: &effects)
                 if let onStopped { effects.afterCommit.append(onStopped) }
             default:
@@ -543,6 +618,7 @@ struct SchedulerState {
                 if let handle = slot.handle { effects.cancellations.append(handle) }
                 if let onStopped { slot.stopWaiters.append(onStopped) }
                 slots[task.id] = slot
+                cancelChildren(of: task.id, now: now, effects: &effects)
             }
             return true
         }
@@ -606,12 +682,18 @@ struct SchedulerState {
             batch.closing == nil && (batch.record.deadlineAt.map { $0 <= now } ?? false)
         }.map(\.record.id)
         for id in overdue { closeBatch(id, as: .expired, now: now, effects: &effects) }
+        for (id, deadline) in waitDeadlines where deadline <= now {
+            // The wait is over: the children still running are cancelled, and the parent resumes with what finished.
+            waitDeadlines[id] = nil
+            cancelChildren(of: id, now: now, effects: &effects)
+        }
     }
+
 
     /// Ends a batch early: every task not yet running becomes `state` (each
     /// with its event, read from the store page by page), running ones are
     /// interrupted and become `state` when they stop.
-    private mutating func closeBatch(_ id: BatchID, as state: TaskState, now: Milliseconds, effects: inout Effects) {
+    mutating func closeBatch(_ id: BatchID, as state: TaskState, now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[id], batch.closing == nil else { return }
         batch.closing = state
         batches[id] = batch
@@ -619,12 +701,14 @@ struct SchedulerState {
         effects.changes.batches[id] = batch.snapshot
         for slotID in (openSlots[id] ?? []).sorted() {
             guard var slot = slots[slotID] else { continue }
-            if slot.state == .retryWait {
+            if slot.state == .retryWait || slot.state == .waitingChildren {
+                if let handle = slot.handle { effects.cancellations.append(handle) }
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
             } else {
                 slot.interruptAs = state
                 if let handle = slot.handle { effects.cancellations.append(handle) }
                 slots[slotID] = slot
+                cancelChildren(of: slotID, now: now, effects: &effects)
             }
         }
         for agent in batch.agents.sorted() {
@@ -688,6 +772,7 @@ struct SchedulerState {
         }
         batches[id] = nil
         openSlots[id] = nil
+        childFinished(batch.record, now: now, effects: &effects)
         effects.changes.batches[id] = batch.snapshot
         // Always one progress event at 100 %, then exactly one terminal event.
         effects.changes.events.append(batchEvent(.batchProgress, batch.record, now: now))

@@ -31,8 +31,20 @@ public final class WorkerPool: Service, Sendable {
 
     /// What the pool asks of a worker.
     public enum Command: Sendable {
-        case assign(RunContext, leaseMs: Int64)
+        /// Run this task. `resumed`: it waited for its children, which have ended; their results follow.
+        case assign(RunContext, leaseMs: Int64, resumed: Bool)
         case cancel(TaskID)
+    }
+
+    /// An agent a worker declares (the configuration does not know it): the uid whose tasks it runs.
+    public struct AgentDeclaration: Sendable, Hashable {
+        public var uid: UInt32
+        public var maxTurns: Int
+    }
+
+    /// A worker asked for its task to wait for its children.
+    struct ChildrenWait: Error {
+        var timeoutMs: Int64?
     }
 
     /// The answer to a worker's report about a task.
@@ -52,6 +64,8 @@ public final class WorkerPool: Service, Sendable {
     /// Who may serve each agent; an agent not listed may be served by admins only.
     let allowedUIDs: [String: Set<UInt32>]
     private let state = Mutex(PoolState())
+    /// The scheduler whose worker-served agents this pool runs: told the slots workers offer per agent.
+    private let scheduler = Mutex<Scheduler?>(nil)
 
     public init(settings: Settings = Settings(), allowedUIDs: [String: Set<UInt32>] = [:]) {
         self.settings = settings
@@ -61,28 +75,83 @@ public final class WorkerPool: Service, Sendable {
     /// The runner the scheduler uses for `agent`.
     public func runner(for agent: String) -> any Runner { PoolRunner(pool: self, agent: agent) }
 
+    /// Called by the scheduler this pool serves.
+    func attach(_ scheduler: Scheduler) {
+        self.scheduler.withLock { $0 = scheduler }
+    }
+
+    /// Tells the scheduler how many slots the workers offer for each of `agents`,
+    /// and of agents workers declare. Called under the pool's lock, so the
+    /// scheduler hears of registrations in the order they happened.
+    private func reportCapacity(of agents: some Sequence<String>, in state: PoolState) {
+        guard let scheduler = scheduler.withLock({ $0 }) else { return }
+        for agent in Set(agents).sorted() {
+            let declaration = scheduler.agentsByName[agent] == nil ? state.declaration(of: agent) : nil
+            scheduler.setWorkerCapacity(agent: agent, slots: state.offeredSlots(for: agent), declaration: declaration)
+        }
+    }
+
+    /// Why `uid` may not serve `agent`, or nil. A configured agent is served by the
+    /// uids its `worker_uids` list (admins always); an agent the configuration does
+    /// not know is declared by its first worker, and only that uid may serve it.
+    private func refusal(agent: String, uid: UInt32, isAdmin: Bool, in state: PoolState) -> FanoutError? {
+        let configured = scheduler.withLock { $0 }?.agentsByName[agent]
+        if let configured {
+            guard configured.runner == "worker" else {
+                return .failedPrecondition("agent \"\(agent)\" is run by fanoutd's \(configured.runner) runner, not by workers")
+            }
+            guard isAdmin || allowedUIDs[agent]?.contains(uid) == true else {
+                return .permissionDenied("uid \(uid) may not serve agent \"\(agent)\"; its worker_uids do not list it")
+            }
+            return nil
+        }
+        if let owner = state.declaration(of: agent)?.uid, owner != uid {
+            return .permissionDenied("agent \"\(agent)\" is declared by a worker of another user (uid \(owner)); pick another name")
+        }
+        return nil
+    }
+
     // MARK: Sessions
 
     /// Adds a worker serving `agents` (name → concurrency). Refuses an agent
     /// this uid may not serve, naming it.
-    public func register(name: String, uid: UInt32, isAdmin: Bool, agents: [String: Int],
+    /// Adds a worker serving `agents` (name → concurrency, and the `max_turns`
+    /// of agents it declares). Refuses an agent this uid may not serve, naming it.
+    public func register(name: String, uid: UInt32, isAdmin: Bool, agents: [String: Int], maxTurns: [String: Int] = [:],
                          send: @escaping @Sendable (Command) -> Void) throws(FanoutError) -> WorkerID {
-        for agent in agents.keys.sorted() where !(isAdmin || allowedUIDs[agent]?.contains(uid) == true) {
-            throw .permissionDenied("uid \(uid) may not serve agent \"\(agent)\"; its worker_uids do not list it")
-        }
         if let (agent, slots) = agents.first(where: { $0.value < 1 }) {
             throw .invalidArgument("agent \"\(agent)\": concurrency must be at least 1, not \(slots)")
         }
-        let wakeups = state.withLock { state in
-            state.addWorker(PoolState.Worker(name: name, uid: uid, slots: agents, send: send))
+        let result = state.withLock { state -> Result<PoolState.Wakeups, FanoutError> in
+            for agent in agents.keys.sorted() {
+                if let refusal = refusal(agent: agent, uid: uid, isAdmin: isAdmin, in: state) { return .failure(refusal) }
+            }
+            let wakeups = state.addWorker(PoolState.Worker(name: name, uid: uid, slots: agents, maxTurns: maxTurns, send: send))
+            reportCapacity(of: agents.keys, in: state)
+            return .success(wakeups)
         }
+        let wakeups = try result.get()
         wakeups.resume()
         return wakeups.workerID
     }
 
+    /// The worker takes no new tasks; those it holds stay with it until it reports them.
+    public func drain(_ worker: WorkerID) {
+        state.withLock { state in
+            state.workers[worker]?.draining = true
+            if let agents = state.workers[worker]?.slots.keys { reportCapacity(of: agents, in: state) }
+        }
+    }
+
     /// The worker is gone: the attempts it held fail as `worker_lost` and run again.
     public func unregister(_ worker: WorkerID) {
-        let ended = state.withLock { $0.removeWorker(worker) }
+        let ended = state.withLock { state in
+            let agents = state.workers[worker]?.slots.keys.map { $0 } ?? []
+            let ended = state.removeWorker(worker)
+            reportCapacity(of: agents, in: state)
+            return ended
+        }
+
         for (continuation, taskID) in ended {
             continuation.resume(returning: .failure(RunnerFailure(
                 "the worker running task \(taskID) disconnected", code: "worker_lost", retryable: true)))
@@ -119,6 +188,22 @@ public final class WorkerPool: Service, Sendable {
         finish(worker, taskID: taskID, with: .failure(failure))
     }
 
+    /// The worker's task waits for its children: its slot on the worker is free, and
+    /// it comes back (to this worker while it is connected) when they have ended.
+    public func waitForChildren(_ worker: WorkerID, taskID: TaskID, timeoutMs: Int64?) -> ReportStatus {
+        finish(worker, taskID: taskID, with: .failure(ChildrenWait(timeoutMs: timeoutMs)))
+    }
+
+    /// Spawns children of a task the worker holds; the status says why not when it does not.
+    public func spawn(_ worker: WorkerID, taskID: TaskID, children: NewBatch) async throws -> (ReportStatus, BatchRecord?) {
+        let (status, spawner) = state.withLock { state in
+            let status = state.status(of: taskID, for: worker)
+            return (status, status == .accepted ? state.leases[taskID]?.children : nil)
+        }
+        guard let spawner else { return (status == .accepted ? .unknownTask : status, nil) }
+        return (.accepted, try await spawner.spawn(children))
+    }
+
     /// The worker stopped a cancelled task: its slot is free.
     public func cancelAcknowledged(_ worker: WorkerID, taskID: TaskID) {
         let (continuation, wakeups) = state.withLock { state in
@@ -150,10 +235,37 @@ public final class WorkerPool: Service, Sendable {
 
     typealias AttemptResult = Result<RunOutput, any Error>
 
-    /// One attempt on a worker: wait for a slot, send, wait for the outcome.
+    /// One attempt on workers: wait for a slot, send, wait for the outcome. When
+    /// the worker has the task wait for its children, the slot is freed until they
+    /// ended, and the task goes back with their results: to the same worker while
+    /// it is connected (its handler waits there), otherwise to any.
     func run(agent: String, context: RunContext) async throws -> RunOutput {
+        // Tasks of an agent a worker declared reach only workers of the uid that submitted them.
+        let ownUID = scheduler.withLock { $0 }?.agentsByName[agent] == nil ? context.creatorUID : nil
+        var requirement = PoolState.SlotRequirement(uid: ownUID)
+        var resumed = context.resumed
+        while true {
+            let worker = try await acquireSlot(agent: agent, taskID: context.taskID, requirement: requirement)
+            do {
+                return try await runOnce(on: worker, context: context, resumed: resumed)
+            } catch let wait as ChildrenWait {
+                do {
+                    guard let children = context.children else { throw CancellationError() }
+                    try await children.wait(timeoutMs: wait.timeoutMs)
+                } catch {
+                    // The handler waiting on that worker will not be resumed: it stops.
+                    let send = state.withLock { $0.workers[worker]?.send }
+                    send?(.cancel(context.taskID))
+                    throw error
+                }
+                requirement.worker = worker
+                resumed = true
+            }
+        }
+    }
+
+    private func runOnce(on worker: WorkerID, context: RunContext, resumed: Bool) async throws -> RunOutput {
         let taskID = context.taskID
-        let worker = try await acquireSlot(agent: agent, taskID: taskID)
         let result: AttemptResult = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 enum Next { case send(@Sendable (Command) -> Void), lost, cancelled(PoolState.Wakeups) }
@@ -165,6 +277,7 @@ public final class WorkerPool: Service, Sendable {
                     }
                     state.leases[taskID]?.continuation = continuation
                     state.leases[taskID]?.reportTurn = context.reportTurn
+                    state.leases[taskID]?.children = context.children
                     state.leases[taskID]?.sent = true
                     // The lease runs from the moment the worker is sent the task.
                     state.leases[taskID]?.deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
@@ -180,7 +293,7 @@ public final class WorkerPool: Service, Sendable {
                     continuation.resume(returning: .failure(RunnerFailure("the worker went away before task \(taskID) reached it",
                                                                           code: "worker_lost", retryable: true)))
                 case .send(let send):
-                    send(.assign(context, leaseMs: settings.leaseMs))
+                    send(.assign(context, leaseMs: settings.leaseMs, resumed: resumed))
                     kickSweeper()
                 }
             }
@@ -191,13 +304,15 @@ public final class WorkerPool: Service, Sendable {
     }
 
     /// Waits until a worker allowed to serve `agent` has a free slot, and takes it for `taskID`.
-    private func acquireSlot(agent: String, taskID: TaskID) async throws -> WorkerID {
+    private func acquireSlot(agent: String, taskID: TaskID, requirement: PoolState.SlotRequirement) async throws -> WorkerID {
         let waiterID = state.withLock { $0.nextWaiterID() }
         let worker: WorkerID? = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let taken = state.withLock { state in
-                    state.takeSlot(agent: agent, taskID: taskID, deadline: ContinuousClock.now + .milliseconds(settings.leaseMs),
+                    state.takeSlot(agent: agent, taskID: taskID, requirement: requirement,
+                                   deadline: ContinuousClock.now + .milliseconds(settings.leaseMs),
                                    waiter: waiterID, continuation: continuation)
+
                 }
                 if let taken { continuation.resume(returning: taken) }
             }

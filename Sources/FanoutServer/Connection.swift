@@ -307,7 +307,7 @@ final class Connection: Sendable {
                 guard let pool = service.workerPool, let workerMessages else {
                     return WireStatus(code: .unimplemented, message: "no agent of this daemon is served by workers (runner \"worker\")")
                 }
-                let session = WorkerSessionServer(pool: pool, peer: peer, streamID: id, writer: writer)
+                let session = WorkerSessionServer(pool: pool, service: service, peer: peer, streamID: id, writer: writer)
                 return try await session.serve(register, inbox: workerMessages)
             case .unknown:
                 return WireStatus(code: .unimplemented, message: "this call is not known to fanoutd \(configuration.serverVersion)")

@@ -53,12 +53,17 @@ final class FanoutService: Sendable {
         BatchInfo(try await scheduler.enqueue(newBatch(request, tasks: tasks, peer: peer)).batch)
     }
 
-    private func newBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) -> NewBatch {
+    private func newBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) throws(FanoutError) -> NewBatch {
+        // Only a running task makes child batches (a worker's WorkerSpawn, a runner's RunContext.children):
+        // a parent named by a client would be unchecked.
+        guard request.parentTaskID == 0 else {
+            throw .invalidArgument("parent_task_id is set by fanoutd when a running task spawns children; "
+                + "a client's batch cannot name one")
+        }
         // The window is checked against max_completion_window_ms by validation; the deadline saturates meanwhile.
         let window = request.completionWindowMs == 0 ? nil : Int64(clamping: request.completionWindowMs)
         return NewBatch(
             ownerID: request.ownerID, agent: request.agent, metadata: request.metadata,
-            parentTaskID: request.parentTaskID == 0 ? nil : TaskID(clamping: request.parentTaskID),
             deadlineAt: window.map { Self.nowMs.addingReportingOverflow($0) }.map { $0.overflow ? .max : $0.partialValue },
             completionWindowMs: window,
             creatorUID: peer.uid,

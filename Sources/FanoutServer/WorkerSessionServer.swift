@@ -9,6 +9,7 @@ import FanoutWire
 /// it held run again elsewhere.
 struct WorkerSessionServer {
     let pool: WorkerPool
+    let service: FanoutService
     let peer: PeerCredentials
     let streamID: UInt32
     let writer: FrameWriter
@@ -18,15 +19,20 @@ struct WorkerSessionServer {
             return WireStatus(code: .invalidArgument, message: "a worker registers at least one agent")
         }
         var agents: [String: Int] = [:]
+        var maxTurns: [String: Int] = [:]
         for agent in register.agents {
             guard agents[agent.name] == nil else {
                 return WireStatus(code: .invalidArgument, message: "agent \"\(agent.name.prefix(100))\" is registered twice")
             }
+            if let problem = BatchValidation.agentNameProblem(agent.name) {
+                return WireStatus(code: .invalidArgument, message: problem)
+            }
             agents[agent.name] = Int(agent.concurrency)
+            maxTurns[agent.name] = Int(agent.maxTurns)
         }
         let (commands, outbound) = AsyncStream.makeStream(of: WorkerPool.Command.self)
         let worker = try pool.register(name: register.workerName, uid: peer.uid, isAdmin: peer.isAdmin, agents: agents,
-                                       send: { outbound.yield($0) })
+                                       maxTurns: maxTurns, send: { outbound.yield($0) })
         defer {
             pool.unregister(worker)
             outbound.finish()
@@ -37,6 +43,7 @@ struct WorkerSessionServer {
             group.addTask {
                 for await command in commands {
                     try await send(Self.message(for: command))
+                    if case .assign(let context, _, resumed: true) = command { try await sendChildren(of: context) }
                 }
             }
             // The session lasts as long as the worker's side of the stream.
@@ -70,10 +77,54 @@ struct WorkerSessionServer {
             let status = pool.fail(worker, taskID: TaskID(clamping: taskID), failure: failure)
             if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
             try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
-        case .spawn(let taskID, _):
-            try await send(.ack(taskID: taskID, status: WireStatus(code: .unimplemented,
-                                                                   message: "spawning children is not available in this version of fanoutd")))
+        case .spawn(let taskID, let children):
+            try await send(await spawn(taskID, children, from: worker))
+        case .waitChildren(let taskID, let timeoutMs):
+            let status = pool.waitForChildren(worker, taskID: TaskID(clamping: taskID),
+                                              timeoutMs: timeoutMs == 0 ? nil : Int64(clamping: timeoutMs))
+            // Accepted: the answer is the resumed assignment, once the children have ended.
+            if status != .accepted { try await send(.ack(taskID: taskID, status: Self.status(status, taskID))) }
+        case .drain:
+            pool.drain(worker)
         }
+    }
+
+    private func spawn(_ taskID: UInt64, _ request: EnqueueBatchRequest, from worker: WorkerPool.WorkerID) async -> ServerToWorker {
+        let window = request.completionWindowMs == 0 ? nil : Int64(clamping: request.completionWindowMs)
+        let children = NewBatch(ownerID: "", agent: request.agent, metadata: request.metadata,
+                                deadlineAt: window.map { FanoutService.nowMs.addingReportingOverflow($0) }
+                                    .map { $0.overflow ? .max : $0.partialValue },
+                                completionWindowMs: window,
+                                tasks: request.tasks.map { NewTask($0, batchPriority: request.priority) })
+        do {
+            let (status, batch) = try await pool.spawn(worker, taskID: TaskID(clamping: taskID), children: children)
+            guard let batch else { return .spawned(taskID: taskID, childBatchID: 0, status: Self.status(status, taskID)) }
+            return .spawned(taskID: taskID, childBatchID: UInt64(batch.id), status: .ok)
+        } catch {
+            let status = (error as? FanoutError).map(WireStatus.init) ?? WireStatus(code: .internal, message: "\(error)")
+            return .spawned(taskID: taskID, childBatchID: 0, status: status)
+        }
+    }
+
+    /// A resumed task's children's results: every child batch, oldest first, in pages that fit a frame.
+    private func sendChildren(of context: RunContext) async throws {
+        let taskID = UInt64(context.taskID)
+        // Each page is held back until the next is read, so the last one goes out marked as such.
+        var held: (batch: UInt64, results: [TaskResult])?
+        for batch in try await context.children?.batches() ?? [] {
+            var after: UInt64 = 0
+            while true {
+                let page = try await service.resultsPage(batchID: UInt64(batch.id), afterTaskID: after, pageSize: 1_000)
+                guard let last = page.last else { break }
+                if let previous = held {
+                    try await send(.childrenDone(taskID: taskID, childBatchID: previous.batch, results: previous.results, last: false))
+                }
+                held = (UInt64(batch.id), page)
+                after = last.taskID
+            }
+        }
+        let final = held ?? (batch: 0, results: [])
+        try await send(.childrenDone(taskID: taskID, childBatchID: final.batch, results: final.results, last: true))
     }
 
     /// A result's or failure's acknowledgement: OK, or why it was not taken.
@@ -89,7 +140,7 @@ struct WorkerSessionServer {
 
     static func message(for command: WorkerPool.Command) -> ServerToWorker {
         switch command {
-        case .assign(let context, let leaseMs):
+        case .assign(let context, let leaseMs, let resumed):
             var task = TaskInfo()
             task.id = UInt64(context.taskID)
             task.batchID = UInt64(context.batchID)
@@ -101,7 +152,8 @@ struct WorkerSessionServer {
             task.timeoutMs = UInt64(clamping: context.timeoutMs ?? 0)
             task.payload = context.payload
             task.url = context.url ?? ""
-            return .assignment(task: task, leaseMs: UInt64(clamping: leaseMs))
+            task.parentTaskID = 0
+            return .assignment(task: task, leaseMs: UInt64(clamping: leaseMs), resumed: resumed)
         case .cancel(let taskID):
             return .cancel(taskID: UInt64(taskID))
         }

@@ -29,6 +29,11 @@ public enum TaskChange: Sendable, Hashable {
     case requeued(TaskID, state: TaskState, failure: TaskFailure?)
     /// Back to `pending` at a graceful shutdown, the attempt it was on given back.
     case released(TaskID)
+    /// A running task waits for its children (`waiting_children`), the attempt kept.
+    case waiting(TaskID)
+    /// A waiting task whose children ended runs again, on the same attempt.
+    case resumed(TaskID)
+
     case finished(TaskID, state: TaskState, result: [UInt8]?, failure: TaskFailure?, turnsCompleted: Int, at: Milliseconds,
                   details: ResponseDetails = ResponseDetails())
 }

@@ -142,6 +142,10 @@ enum Migrations {
                 ) WITHOUT ROWID;
                 """)
         }
+        migrator.registerMigration("v7: a task's child batches, found by their parent") { db in
+            try db.execute(sql: "CREATE INDEX batches_parent ON batches(parent_task_id) WHERE parent_task_id IS NOT NULL")
+        }
+
         return migrator
     }
 }

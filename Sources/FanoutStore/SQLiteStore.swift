@@ -146,7 +146,7 @@ public final class SQLiteStore: Store {
                         planned[start.index] = nil
                         startsFolded[index] = (start.attempt, start.at)
                     }
-                case let .turns(id, _), let .requeued(id, _, _), let .released(id):
+                case let .turns(id, _), let .requeued(id, _, _), let .released(id), let .waiting(id), let .resumed(id):
                     openStarts[id] = nil
                 }
             }
@@ -211,6 +211,10 @@ public final class SQLiteStore: Store {
         case let .turns(id, turns):
             try db.cachedStatement(sql: "UPDATE tasks SET turns_completed = ? WHERE id = ?")
                 .execute(arguments: [turns, id])
+        case let .waiting(id):
+            try db.cachedStatement(sql: "UPDATE tasks SET state = 'waiting_children' WHERE id = ?").execute(arguments: [id])
+        case let .resumed(id):
+            try db.cachedStatement(sql: "UPDATE tasks SET state = 'running' WHERE id = ?").execute(arguments: [id])
         case let .released(id):
             // A graceful stop is not the task's fault: the attempt it was on is given back.
             try db.cachedStatement(sql: "UPDATE tasks SET state = 'pending', attempt = max(attempt - 1, 0) WHERE id = ?")
@@ -289,6 +293,21 @@ public final class SQLiteStore: Store {
                 """)
             let batches = try Row.fetchAll(db, sql: "SELECT * FROM batches WHERE state IN ('pending', 'processing') ORDER BY id")
                 .map(Self.batchRecord)
+            // Parents waiting for their children stay waiting: the scheduler resumes them when the children end.
+            let waiting = try Row.fetchAll(db, sql: """
+                SELECT t.id, t.batch_id, t.custom_id, t.agent, t.priority, t.attempt, t.max_attempts, t.timeout_ms,
+                       t.turns_completed, t.max_turns, t.parent_task_id, t.url, b.owner_id
+                FROM tasks t JOIN batches b ON b.id = t.batch_id
+                WHERE b.state IN ('pending', 'processing') AND t.state = 'waiting_children' ORDER BY t.id
+                """).map { row in
+                var task = RunnableTask(
+                    id: row["id"], batchID: row["batch_id"], ownerID: row["owner_id"], customID: row["custom_id"],
+                    agent: row["agent"], priority: row["priority"], attempt: row["attempt"], maxAttempts: row["max_attempts"],
+                    timeoutMs: row["timeout_ms"], turnsCompleted: row["turns_completed"], maxTurns: row["max_turns"],
+                    parentTaskID: row["parent_task_id"])
+                task.url = row["url"]
+                return task
+            }
             var pendingAgents: [BatchID: [String]] = [:]
             for row in try Row.fetchAll(db, sql: """
                 SELECT DISTINCT t.batch_id, t.agent FROM tasks t JOIN batches b ON b.id = t.batch_id
@@ -297,7 +316,7 @@ public final class SQLiteStore: Store {
                 pendingAgents[row["batch_id"], default: []].append(row["agent"])
             }
             return RecoveredState(activeBatches: batches, pendingAgents: pendingAgents, requeued: requeued,
-                                  interruptedFailures: interrupted)
+                                  interruptedFailures: interrupted, waitingTasks: waiting)
         }
     }
 
@@ -332,7 +351,16 @@ public final class SQLiteStore: Store {
         }
     }
 
+    public func childBatches(of parent: TaskID) throws -> [BatchRecord] {
+        try read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT * FROM batches WHERE parent_task_id = ? AND state != 'staging' ORDER BY id
+                """, arguments: [parent]).map(Self.batchRecord)
+        }
+    }
+
     public func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? {
+
         try read { db in
             try Row.fetchOne(db, sql: """
                 SELECT t.*, b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = ?

@@ -29,6 +29,8 @@ public protocol Store: Sendable {
     func batch(_ id: BatchID) throws -> BatchRecord?
     func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord]
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord?
+    /// The batches a task spawned, oldest first: the order its spawns were made.
+    func childBatches(of parent: TaskID) throws -> [BatchRecord]
     /// Terminal tasks of a batch in id order, after `afterTaskID`.
     func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord]
     func payload(of task: TaskID) throws -> [UInt8]
@@ -100,6 +102,9 @@ public struct RecoveredState: Sendable {
     public var requeued: Int
     /// `task_failed` events, not yet stored, for tasks a crash cut short on their last attempt.
     public var interruptedFailures: [EventRecord] = []
+    /// Tasks of active batches that wait for their children (no payload).
+    public var waitingTasks: [RunnableTask] = []
+
 }
 
 public struct ReopenedBatch: Sendable {

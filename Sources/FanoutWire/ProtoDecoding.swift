@@ -435,6 +435,11 @@ enum ProtoDecoder {
                 error: try f.error.map(taskError) ?? TaskError(message: ""),
                 retryAfterMs: f.retry_after_ms
             )
+        case FANOUT__V1__WORKER_MESSAGE__KIND_WAIT_CHILDREN:
+            let w = try present(m.wait_children, "WorkerMessage.wait_children").pointee
+            return .waitChildren(taskID: w.task_id, timeoutMs: w.timeout_ms)
+        case FANOUT__V1__WORKER_MESSAGE__KIND_DRAIN:
+            return .drain
         default:
             throw .malformedFrame("worker message carries no kind")
         }
@@ -450,7 +455,7 @@ enum ProtoDecoder {
         switch m.kind_case {
         case FANOUT__V1__SERVER_TO_WORKER__KIND_ASSIGNMENT:
             let a = try present(m.assignment, "ServerToWorker.assignment").pointee
-            return .assignment(task: try taskOrDefault(a.task), leaseMs: a.lease_ms)
+            return .assignment(task: try taskOrDefault(a.task), leaseMs: a.lease_ms, resumed: a.resumed != 0)
         case FANOUT__V1__SERVER_TO_WORKER__KIND_CANCEL:
             return .cancel(taskID: try present(m.cancel, "ServerToWorker.cancel").pointee.task_id)
         case FANOUT__V1__SERVER_TO_WORKER__KIND_CHILDREN_DONE:
@@ -458,11 +463,15 @@ enum ProtoDecoder {
             return .childrenDone(
                 taskID: d.task_id,
                 childBatchID: d.child_batch_id,
-                results: try repeated(d.n_results, d.results, "WorkerChildrenDone.results", taskResult)
+                results: try repeated(d.n_results, d.results, "WorkerChildrenDone.results", taskResult),
+                last: d.last != 0
             )
         case FANOUT__V1__SERVER_TO_WORKER__KIND_ACK:
             let a = try present(m.ack, "ServerToWorker.ack").pointee
             return .ack(taskID: a.task_id, status: try a.status.map(status) ?? .ok)
+        case FANOUT__V1__SERVER_TO_WORKER__KIND_SPAWNED:
+            let s = try present(m.spawned, "ServerToWorker.spawned").pointee
+            return .spawned(taskID: s.task_id, childBatchID: s.child_batch_id, status: try s.status.map(status) ?? .ok)
         default:
             throw .malformedFrame("server-to-worker message carries no kind")
         }

@@ -514,18 +514,31 @@ struct ProtoEncoder {
             f.pointee.error = try one(error, taskError)
             f.pointee.retry_after_ms = retryAfterMs
             m.pointee.failure = f
+        case .waitChildren(let taskID, let timeoutMs):
+            m.pointee.kind_case = FANOUT__V1__WORKER_MESSAGE__KIND_WAIT_CHILDREN
+            let w = arena.make(Fanout__V1__WorkerWaitChildren.self)
+            fanout__v1__worker_wait_children__init(w)
+            w.pointee.task_id = taskID
+            w.pointee.timeout_ms = timeoutMs
+            m.pointee.wait_children = w
+        case .drain:
+            m.pointee.kind_case = FANOUT__V1__WORKER_MESSAGE__KIND_DRAIN
+            let d = arena.make(Fanout__V1__WorkerDrain.self)
+            fanout__v1__worker_drain__init(d)
+            m.pointee.drain = d
         }
     }
 
     func serverToWorker(_ value: ServerToWorker, _ m: UnsafeMutablePointer<Fanout__V1__ServerToWorker>) throws(WireError) {
         fanout__v1__server_to_worker__init(m)
         switch value {
-        case .assignment(let task, let leaseMs):
+        case .assignment(let task, let leaseMs, let resumed):
             m.pointee.kind_case = FANOUT__V1__SERVER_TO_WORKER__KIND_ASSIGNMENT
             let a = arena.make(Fanout__V1__WorkerAssignment.self)
             fanout__v1__worker_assignment__init(a)
             a.pointee.task = try one(task, self.task)
             a.pointee.lease_ms = leaseMs
+            a.pointee.resumed = resumed ? 1 : 0
             m.pointee.assignment = a
         case .cancel(let taskID):
             m.pointee.kind_case = FANOUT__V1__SERVER_TO_WORKER__KIND_CANCEL
@@ -533,13 +546,14 @@ struct ProtoEncoder {
             fanout__v1__worker_cancel__init(c)
             c.pointee.task_id = taskID
             m.pointee.cancel = c
-        case .childrenDone(let taskID, let childBatchID, let results):
+        case .childrenDone(let taskID, let childBatchID, let results, let last):
             m.pointee.kind_case = FANOUT__V1__SERVER_TO_WORKER__KIND_CHILDREN_DONE
             let d = arena.make(Fanout__V1__WorkerChildrenDone.self)
             fanout__v1__worker_children_done__init(d)
             d.pointee.task_id = taskID
             d.pointee.child_batch_id = childBatchID
             (d.pointee.n_results, d.pointee.results) = try repeated(results, taskResult)
+            d.pointee.last = last ? 1 : 0
             m.pointee.children_done = d
         case .ack(let taskID, let status):
             m.pointee.kind_case = FANOUT__V1__SERVER_TO_WORKER__KIND_ACK
@@ -548,6 +562,14 @@ struct ProtoEncoder {
             a.pointee.task_id = taskID
             a.pointee.status = try one(status, self.status)
             m.pointee.ack = a
+        case .spawned(let taskID, let childBatchID, let status):
+            m.pointee.kind_case = FANOUT__V1__SERVER_TO_WORKER__KIND_SPAWNED
+            let s = arena.make(Fanout__V1__WorkerSpawned.self)
+            fanout__v1__worker_spawned__init(s)
+            s.pointee.task_id = taskID
+            s.pointee.child_batch_id = childBatchID
+            s.pointee.status = try one(status, self.status)
+            m.pointee.spawned = s
         }
     }
 

@@ -1,5 +1,4 @@
-// Messages of the worker session (a later issue implements the daemon side);
-// defined now so the schema and its Swift mirror are complete.
+// Messages of the worker session (docs/PROTOCOL.md §5.12).
 
 public struct AgentRegistration: Sendable, Hashable {
     public var name: String
@@ -29,11 +28,17 @@ public enum WorkerMessage: Sendable, Hashable {
     case spawn(taskID: UInt64, children: EnqueueBatchRequest)
     case result(taskID: UInt64, result: [UInt8], usage: TokenUsage?)
     case failure(taskID: UInt64, error: TaskError, retryAfterMs: UInt64)
+    /// The task waits for its children (0: the agent's `children_timeout_ms`).
+    case waitChildren(taskID: UInt64, timeoutMs: UInt64)
+    /// The worker takes no new assignments.
+    case drain
 }
 
 public enum ServerToWorker: Sendable, Hashable {
-    case assignment(task: TaskInfo, leaseMs: UInt64)
+    /// `resumed`: the task waited for its children; `childrenDone` pages follow.
+    case assignment(task: TaskInfo, leaseMs: UInt64, resumed: Bool = false)
     case cancel(taskID: UInt64)
-    case childrenDone(taskID: UInt64, childBatchID: UInt64, results: [TaskResult])
+    case childrenDone(taskID: UInt64, childBatchID: UInt64, results: [TaskResult], last: Bool)
     case ack(taskID: UInt64, status: WireStatus)
+    case spawned(taskID: UInt64, childBatchID: UInt64, status: WireStatus)
 }

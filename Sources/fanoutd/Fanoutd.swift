@@ -130,14 +130,12 @@ struct Daemon {
         func runnerSettings(_ agent: AgentConfiguration) -> [String: Any] {
             settings.runnerSettings[agent.name].flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
         }
-        // Agents with runner "worker" are run by connected worker sessions, through one pool.
-        let workerAgents = settings.scheduler.agents.filter { $0.runner == "worker" }
-        var workerPool: WorkerPool?
-        if !workerAgents.isEmpty {
-            var allowed: [String: Set<UInt32>] = [:]
-            for agent in workerAgents { allowed[agent.name] = try WorkerAgentSettings.allowedUIDs(runnerSettings(agent), agent: agent.name) }
-            workerPool = WorkerPool(allowedUIDs: allowed)
+        // Agents with runner "worker", and agents workers declare, are run by worker sessions through one pool.
+        var allowed: [String: Set<UInt32>] = [:]
+        for agent in settings.scheduler.agents where agent.runner == "worker" {
+            allowed[agent.name] = try WorkerAgentSettings.allowedUIDs(runnerSettings(agent), agent: agent.name)
         }
+        let workerPool = WorkerPool(allowedUIDs: allowed)
         let resources = BuiltinRunners.Resources(
             httpClient: httpClient, environment: ProcessInfo.processInfo.environment,
             maxResultBytes: BuiltinRunners.Resources.maxResultBytes(forFrameBytes: settings.server.maxFrameBytes),
@@ -159,7 +157,7 @@ struct Daemon {
         defer { withExtendedLifetime(lock) {} }
         let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
 
-        let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners,
+        let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners, workerPool: workerPool,
                                       limits: settings.limits, logger: Logger(label: "fanout.scheduler"))
         try scheduler.start()
         let server = FanoutServer(configuration: settings.server, scheduler: scheduler, workerPool: workerPool,
@@ -182,7 +180,7 @@ struct Daemon {
         // Shut down in reverse order: the server stops taking work first, then the scheduler puts
         // interrupted tasks back to pending and finishes its commits.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: scheduler)] + (workerPool.map { [.init(service: $0)] } ?? []) + [.init(service: server)]
+            services: [.init(service: scheduler), .init(service: workerPool), .init(service: server)]
                 + gatewayServices.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))

@@ -68,6 +68,8 @@ struct ExtremeValueFuzzTests {
                 guard frame.streamID == id else { continue }
                 switch frame.kind {
                 case .response, .end: return true
+                // A worker session that registered stays open: its acknowledgement is the answer.
+                case .message(.toWorker(.ack(taskID: 0, _))): return true
                 default: continue
                 }
             }

@@ -36,7 +36,7 @@ final class TestDaemon: Sendable {
         var runners: [String: any Runner] = [:]
         for agent in agents where agent.runner == "echo" { runners[agent.name] = EchoRunner() }
         runners.merge(explicitRunners) { _, explicit in explicit }
-        scheduler = try Scheduler(store: store, configuration: schedulerConfiguration, runners: runners)
+        scheduler = try Scheduler(store: store, configuration: schedulerConfiguration, runners: runners, workerPool: workerPool)
         try scheduler.start()
         var configuration = ServerConfiguration(socketPath: socketPath)
         configure(&configuration)

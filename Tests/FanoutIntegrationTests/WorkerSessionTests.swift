@@ -52,7 +52,7 @@ import Testing
                     var resent: UInt64?
                     while accepted < 6 || !duplicateRefused {
                         switch try await Self.next(&session) {
-                        case .assignment(let task, let leaseMs):
+                        case .assignment(let task, let leaseMs, _):
                             #expect(leaseMs == 5_000)
                             #expect(task.agent == "work")
                             let answer = Array(String(decoding: task.payload, as: UTF8.self).uppercased().utf8)
@@ -92,13 +92,13 @@ import Testing
                 let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: [TaskSpec(customID: "only", payload: [1])])
                 try await withRawSession(daemon.socketPath) { session in
                     try await Self.register(&session, slots: 1)
-                    guard case .assignment(let task, _) = try await Self.next(&session) else { throw CancellationError() }
+                    guard case .assignment(let task, _, _) = try await Self.next(&session) else { throw CancellationError() }
                     #expect(task.attempt == 1)
                 }
                 // The first worker's connection is closed: a second one gets the task as attempt 2.
                 try await withRawSession(daemon.socketPath) { session in
                     try await Self.register(&session, slots: 1)
-                    guard case .assignment(let task, _) = try await Self.next(&session) else { throw CancellationError() }
+                    guard case .assignment(let task, _, _) = try await Self.next(&session) else { throw CancellationError() }
                     #expect(task.attempt == 2)
                     try await session.send(Frame(streamID: 1, kind: .message(.worker(.result(taskID: task.id, result: [7], usage: nil)))))
                     _ = try await Self.next(&session)
@@ -120,7 +120,7 @@ extension WorkerSessionTests {
                 _ = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: [TaskSpec(customID: "c", payload: [1])])
                 try await withRawSession(daemon.socketPath) { session in
                     try await Self.register(&session, slots: 1)
-                    guard case .assignment(let task, _) = try await Self.next(&session) else { throw CancellationError() }
+                    guard case .assignment(let task, _, _) = try await Self.next(&session) else { throw CancellationError() }
                     async let cancelled = client.cancelTask(task.id)
                     guard case .cancel(let taskID) = try await Self.next(&session) else { throw CancellationError() }
                     #expect(taskID == task.id)

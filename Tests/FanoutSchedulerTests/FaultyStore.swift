@@ -69,6 +69,7 @@ final class FaultyStore: Store {
         try base.batches(ownerID: ownerID, creatorUID: creatorUID, limit: limit, beforeID: beforeID)
     }
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? { try base.task(id, includePayload: includePayload) }
+    func childBatches(of parent: TaskID) throws -> [BatchRecord] { try base.childBatches(of: parent) }
     func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
         try base.results(batchID: batchID, afterTaskID: afterTaskID, limit: limit)
     }

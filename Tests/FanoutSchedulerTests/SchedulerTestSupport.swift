@@ -16,11 +16,12 @@ func withScheduler<T>(
     agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo")],
     globalConcurrency: Int = 64,
     runners: [String: any Runner]? = nil,
+    workerPool: WorkerPool? = nil,
     configure: (inout SchedulerConfiguration) -> Void = { _ in },
     _ body: (Scheduler, SQLiteStore) async throws -> T
 ) async throws -> T {
     try await withScheduler(over: { $0 }, agents: agents, globalConcurrency: globalConcurrency, runners: runners,
-                            configure: configure, body)
+                            workerPool: workerPool, configure: configure, body)
 }
 
 /// The same over a store built on the SQLite file (a fault-injecting wrapper, say).
@@ -30,6 +31,7 @@ func withScheduler<S: Store, T>(
     agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo")],
     globalConcurrency: Int = 64,
     runners: [String: any Runner]? = nil,
+    workerPool: WorkerPool? = nil,
     configure: (inout SchedulerConfiguration) -> Void = { _ in },
     _ body: (Scheduler, S) async throws -> T
 ) async throws -> T {
@@ -40,7 +42,7 @@ func withScheduler<S: Store, T>(
         configuration.storeRetry = Backoff(baseMs: 5, maxMs: 20)
         configure(&configuration)
         let runnerMap = runners ?? Dictionary(uniqueKeysWithValues: agents.map { ($0.name, EchoRunner() as any Runner) })
-        let scheduler = try Scheduler(store: store, configuration: configuration, runners: runnerMap)
+        let scheduler = try Scheduler(store: store, configuration: configuration, runners: runnerMap, workerPool: workerPool)
         try scheduler.start()
         do {
             let value = try await body(scheduler, store)

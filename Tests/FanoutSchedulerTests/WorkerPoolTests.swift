@@ -1,4 +1,5 @@
 import FanoutCore
+import FanoutRunners
 import FanoutStore
 import FanoutTestSupport
 import Foundation
@@ -23,7 +24,7 @@ final class FakeWorker: Sendable {
     private let holder: CommandHolder
 
     var assignments: [RunContext] {
-        holder.commands.compactMap { if case .assign(let context, _) = $0 { context } else { nil } }
+        holder.commands.compactMap { if case .assign(let context, _, _) = $0 { context } else { nil } }
     }
 
     var cancels: [TaskID] {
@@ -56,7 +57,7 @@ final class CommandHolder: Sendable {
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
         return try await withScheduler(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 16, maxAttempts: 3)],
-                                       runners: ["work": pool.runner(for: "work")]) { scheduler, _ in
+                                       runners: ["work": pool.runner(for: "work")], workerPool: pool) { scheduler, _ in
             try await body(scheduler, pool)
         }
     }
@@ -157,14 +158,27 @@ final class CommandHolder: Sendable {
 
     @Test func onlyAllowedUIDsMayServeAnAgent() async throws {
         let pool = WorkerPool(allowedUIDs: ["shared": [1001]])
-        #expect(throws: FanoutError.self) {
-            _ = try pool.register(name: "x", uid: 1002, isAdmin: false, agents: ["shared": 1], send: { _ in })
+        let agents = ["shared", "admin-only"].map { AgentConfiguration(name: $0, runner: "worker") }
+            + [AgentConfiguration(name: "echo", runner: "echo")]
+        try await withScheduler(agents: agents, runners: ["shared": pool.runner(for: "shared"), "admin-only": pool.runner(for: "admin-only"),
+                                                          "echo": EchoRunner()], workerPool: pool) { _, _ in
+            #expect(throws: FanoutError.self) {
+                _ = try pool.register(name: "x", uid: 1002, isAdmin: false, agents: ["shared": 1], send: { _ in })
+            }
+            #expect(throws: FanoutError.self) {
+                _ = try pool.register(name: "x", uid: 1001, isAdmin: false, agents: ["admin-only": 1], send: { _ in })
+            }
+            #expect(throws: FanoutError.self, "a built-in runner's agent is not the workers'") {
+                _ = try pool.register(name: "x", uid: 0, isAdmin: true, agents: ["echo": 1], send: { _ in })
+            }
+            _ = try pool.register(name: "x", uid: 1001, isAdmin: false, agents: ["shared": 1], send: { _ in })
+            _ = try pool.register(name: "root", uid: 0, isAdmin: true, agents: ["admin-only": 1], send: { _ in })
+            // An agent the configuration does not know belongs to the uid of the worker that declares it.
+            _ = try pool.register(name: "mine", uid: 1001, isAdmin: false, agents: ["private": 1], send: { _ in })
+            #expect(throws: FanoutError.self, "another uid cannot declare it too") {
+                _ = try pool.register(name: "theirs", uid: 1002, isAdmin: false, agents: ["private": 1], send: { _ in })
+            }
+            #expect(pool.workers.count == 3)
         }
-        #expect(throws: FanoutError.self) {
-            _ = try pool.register(name: "x", uid: 1001, isAdmin: false, agents: ["admin-only": 1], send: { _ in })
-        }
-        _ = try pool.register(name: "x", uid: 1001, isAdmin: false, agents: ["shared": 1], send: { _ in })
-        _ = try pool.register(name: "root", uid: 0, isAdmin: true, agents: ["admin-only": 1], send: { _ in })
-        #expect(pool.workers.count == 2)
     }
 }

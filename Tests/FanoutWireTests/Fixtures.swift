@@ -195,7 +195,11 @@ enum Fixtures {
             Frame(streamID: 21, kind: .message(.worker(.failure(taskID: 31, error: error, retryAfterMs: 30_000)))),
             Frame(streamID: 21, kind: .message(.toWorker(.assignment(task: task, leaseMs: 45_000)))),
             Frame(streamID: 21, kind: .message(.toWorker(.cancel(taskID: UInt64.max)))),
-            Frame(streamID: 21, kind: .message(.toWorker(.childrenDone(taskID: 31, childBatchID: 32, results: results)))),
+            Frame(streamID: 21, kind: .message(.toWorker(.childrenDone(taskID: 31, childBatchID: 32, results: results, last: false)))),
+            Frame(streamID: 21, kind: .message(.toWorker(.assignment(task: task, leaseMs: 45_000, resumed: true)))),
+            Frame(streamID: 21, kind: .message(.toWorker(.spawned(taskID: 31, childBatchID: 33, status: .ok)))),
+            Frame(streamID: 21, kind: .message(.worker(.waitChildren(taskID: 31, timeoutMs: 60_000)))),
+            Frame(streamID: 21, kind: .message(.worker(.drain))),
             Frame(streamID: 21, kind: .message(.toWorker(.ack(
                 taskID: 31, status: WireStatus(code: .failedPrecondition, message: "lease expired: \(unicode)")
             )))),
@@ -235,7 +239,9 @@ enum Fixtures {
             Frame(streamID: 0, kind: .message(.worker(.heartbeat(taskIDs: [])))),
             Frame(streamID: 0, kind: .message(.worker(.result(taskID: 0, result: [], usage: nil)))),
             Frame(streamID: 0, kind: .message(.worker(.result(taskID: 0, result: [], usage: TokenUsage(promptTokens: 0, completionTokens: 0))))),
-            Frame(streamID: 0, kind: .message(.toWorker(.childrenDone(taskID: 0, childBatchID: 0, results: [])))),
+            Frame(streamID: 0, kind: .message(.toWorker(.childrenDone(taskID: 0, childBatchID: 0, results: [], last: true)))),
+            Frame(streamID: 0, kind: .message(.toWorker(.spawned(taskID: 0, childBatchID: 0, status: .ok)))),
+            Frame(streamID: 0, kind: .message(.worker(.waitChildren(taskID: 0, timeoutMs: 0)))),
             Frame(streamID: 0, kind: .message(.toWorker(.ack(taskID: 0, status: .ok)))),
             Frame(streamID: 0, kind: .cancel),
             Frame(streamID: 0, kind: .end(.ok)),

@@ -40,8 +40,8 @@ struct RoundTripTests {
         #expect(requests.count == 13)
         #expect(responses.count == 10)
         #expect(messages.count == 5)
-        #expect(worker.count == 5)
-        #expect(toWorker.count == 4)
+        #expect(worker.count == 7)
+        #expect(toWorker.count == 5)
     }
 
     @Test("every StatusCode", arguments: StatusCode.allCases)

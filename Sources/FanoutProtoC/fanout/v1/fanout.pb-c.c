@@ -2257,6 +2257,96 @@ void   fanout__v1__worker_spawn__free_unpacked
   assert(message->base.descriptor == &fanout__v1__worker_spawn__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   fanout__v1__worker_wait_children__init
+                     (Fanout__V1__WorkerWaitChildren         *message)
+{
+  static const Fanout__V1__WorkerWaitChildren init_value = FANOUT__V1__WORKER_WAIT_CHILDREN__INIT;
+  *message = init_value;
+}
+size_t fanout__v1__worker_wait_children__get_packed_size
+                     (const Fanout__V1__WorkerWaitChildren *message)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_wait_children__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t fanout__v1__worker_wait_children__pack
+                     (const Fanout__V1__WorkerWaitChildren *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_wait_children__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t fanout__v1__worker_wait_children__pack_to_buffer
+                     (const Fanout__V1__WorkerWaitChildren *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_wait_children__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Fanout__V1__WorkerWaitChildren *
+       fanout__v1__worker_wait_children__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Fanout__V1__WorkerWaitChildren *)
+     protobuf_c_message_unpack (&fanout__v1__worker_wait_children__descriptor,
+                                allocator, len, data);
+}
+void   fanout__v1__worker_wait_children__free_unpacked
+                     (Fanout__V1__WorkerWaitChildren *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &fanout__v1__worker_wait_children__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   fanout__v1__worker_drain__init
+                     (Fanout__V1__WorkerDrain         *message)
+{
+  static const Fanout__V1__WorkerDrain init_value = FANOUT__V1__WORKER_DRAIN__INIT;
+  *message = init_value;
+}
+size_t fanout__v1__worker_drain__get_packed_size
+                     (const Fanout__V1__WorkerDrain *message)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_drain__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t fanout__v1__worker_drain__pack
+                     (const Fanout__V1__WorkerDrain *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_drain__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t fanout__v1__worker_drain__pack_to_buffer
+                     (const Fanout__V1__WorkerDrain *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_drain__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Fanout__V1__WorkerDrain *
+       fanout__v1__worker_drain__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Fanout__V1__WorkerDrain *)
+     protobuf_c_message_unpack (&fanout__v1__worker_drain__descriptor,
+                                allocator, len, data);
+}
+void   fanout__v1__worker_drain__free_unpacked
+                     (Fanout__V1__WorkerDrain *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &fanout__v1__worker_drain__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   fanout__v1__worker_result__init
                      (Fanout__V1__WorkerResult         *message)
 {
@@ -2525,6 +2615,51 @@ void   fanout__v1__worker_children_done__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &fanout__v1__worker_children_done__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   fanout__v1__worker_spawned__init
+                     (Fanout__V1__WorkerSpawned         *message)
+{
+  static const Fanout__V1__WorkerSpawned init_value = FANOUT__V1__WORKER_SPAWNED__INIT;
+  *message = init_value;
+}
+size_t fanout__v1__worker_spawned__get_packed_size
+                     (const Fanout__V1__WorkerSpawned *message)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_spawned__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t fanout__v1__worker_spawned__pack
+                     (const Fanout__V1__WorkerSpawned *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_spawned__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t fanout__v1__worker_spawned__pack_to_buffer
+                     (const Fanout__V1__WorkerSpawned *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &fanout__v1__worker_spawned__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Fanout__V1__WorkerSpawned *
+       fanout__v1__worker_spawned__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Fanout__V1__WorkerSpawned *)
+     protobuf_c_message_unpack (&fanout__v1__worker_spawned__descriptor,
+                                allocator, len, data);
+}
+void   fanout__v1__worker_spawned__free_unpacked
+                     (Fanout__V1__WorkerSpawned *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &fanout__v1__worker_spawned__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   fanout__v1__worker_ack__init
@@ -6505,7 +6640,7 @@ const ProtobufCMessageDescriptor fanout__v1__worker_register__descriptor =
   (ProtobufCMessageInit) fanout__v1__worker_register__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__worker_message__field_descriptors[5] =
+static const ProtobufCFieldDescriptor fanout__v1__worker_message__field_descriptors[7] =
 {
   {
     "turn",
@@ -6567,18 +6702,44 @@ static const ProtobufCFieldDescriptor fanout__v1__worker_message__field_descript
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "wait_children",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Fanout__V1__WorkerMessage, kind_case),
+    offsetof(Fanout__V1__WorkerMessage, wait_children),
+    &fanout__v1__worker_wait_children__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "drain",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Fanout__V1__WorkerMessage, kind_case),
+    offsetof(Fanout__V1__WorkerMessage, drain),
+    &fanout__v1__worker_drain__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__worker_message__field_indices_by_name[] = {
+  6,   /* field[6] = drain */
   4,   /* field[4] = failure */
   1,   /* field[1] = heartbeat */
   3,   /* field[3] = result */
   2,   /* field[2] = spawn */
   0,   /* field[0] = turn */
+  5,   /* field[5] = wait_children */
 };
 static const ProtobufCIntRange fanout__v1__worker_message__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor fanout__v1__worker_message__descriptor =
 {
@@ -6588,7 +6749,7 @@ const ProtobufCMessageDescriptor fanout__v1__worker_message__descriptor =
   "Fanout__V1__WorkerMessage",
   "fanout.v1",
   sizeof(Fanout__V1__WorkerMessage),
-  5,
+  7,
   fanout__v1__worker_message__field_descriptors,
   fanout__v1__worker_message__field_indices_by_name,
   1,  fanout__v1__worker_message__number_ranges,
@@ -6735,6 +6896,75 @@ const ProtobufCMessageDescriptor fanout__v1__worker_spawn__descriptor =
   (ProtobufCMessageInit) fanout__v1__worker_spawn__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor fanout__v1__worker_wait_children__field_descriptors[2] =
+{
+  {
+    "task_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerWaitChildren, task_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "timeout_ms",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerWaitChildren, timeout_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned fanout__v1__worker_wait_children__field_indices_by_name[] = {
+  0,   /* field[0] = task_id */
+  1,   /* field[1] = timeout_ms */
+};
+static const ProtobufCIntRange fanout__v1__worker_wait_children__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor fanout__v1__worker_wait_children__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "fanout.v1.WorkerWaitChildren",
+  "WorkerWaitChildren",
+  "Fanout__V1__WorkerWaitChildren",
+  "fanout.v1",
+  sizeof(Fanout__V1__WorkerWaitChildren),
+  2,
+  fanout__v1__worker_wait_children__field_descriptors,
+  fanout__v1__worker_wait_children__field_indices_by_name,
+  1,  fanout__v1__worker_wait_children__number_ranges,
+  (ProtobufCMessageInit) fanout__v1__worker_wait_children__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define fanout__v1__worker_drain__field_descriptors NULL
+#define fanout__v1__worker_drain__field_indices_by_name NULL
+#define fanout__v1__worker_drain__number_ranges NULL
+const ProtobufCMessageDescriptor fanout__v1__worker_drain__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "fanout.v1.WorkerDrain",
+  "WorkerDrain",
+  "Fanout__V1__WorkerDrain",
+  "fanout.v1",
+  sizeof(Fanout__V1__WorkerDrain),
+  0,
+  fanout__v1__worker_drain__field_descriptors,
+  fanout__v1__worker_drain__field_indices_by_name,
+  0,  fanout__v1__worker_drain__number_ranges,
+  (ProtobufCMessageInit) fanout__v1__worker_drain__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor fanout__v1__worker_result__field_descriptors[3] =
 {
   {
@@ -6863,7 +7093,7 @@ const ProtobufCMessageDescriptor fanout__v1__worker_failure__descriptor =
   (ProtobufCMessageInit) fanout__v1__worker_failure__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__server_to_worker__field_descriptors[4] =
+static const ProtobufCFieldDescriptor fanout__v1__server_to_worker__field_descriptors[5] =
 {
   {
     "assignment",
@@ -6913,17 +7143,30 @@ static const ProtobufCFieldDescriptor fanout__v1__server_to_worker__field_descri
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "spawned",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Fanout__V1__ServerToWorker, kind_case),
+    offsetof(Fanout__V1__ServerToWorker, spawned),
+    &fanout__v1__worker_spawned__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__server_to_worker__field_indices_by_name[] = {
   3,   /* field[3] = ack */
   0,   /* field[0] = assignment */
   1,   /* field[1] = cancel */
   2,   /* field[2] = children_done */
+  4,   /* field[4] = spawned */
 };
 static const ProtobufCIntRange fanout__v1__server_to_worker__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor fanout__v1__server_to_worker__descriptor =
 {
@@ -6933,14 +7176,14 @@ const ProtobufCMessageDescriptor fanout__v1__server_to_worker__descriptor =
   "Fanout__V1__ServerToWorker",
   "fanout.v1",
   sizeof(Fanout__V1__ServerToWorker),
-  4,
+  5,
   fanout__v1__server_to_worker__field_descriptors,
   fanout__v1__server_to_worker__field_indices_by_name,
   1,  fanout__v1__server_to_worker__number_ranges,
   (ProtobufCMessageInit) fanout__v1__server_to_worker__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__worker_assignment__field_descriptors[2] =
+static const ProtobufCFieldDescriptor fanout__v1__worker_assignment__field_descriptors[3] =
 {
   {
     "task",
@@ -6966,15 +7209,28 @@ static const ProtobufCFieldDescriptor fanout__v1__worker_assignment__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "resumed",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerAssignment, resumed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__worker_assignment__field_indices_by_name[] = {
   1,   /* field[1] = lease_ms */
+  2,   /* field[2] = resumed */
   0,   /* field[0] = task */
 };
 static const ProtobufCIntRange fanout__v1__worker_assignment__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor fanout__v1__worker_assignment__descriptor =
 {
@@ -6984,7 +7240,7 @@ const ProtobufCMessageDescriptor fanout__v1__worker_assignment__descriptor =
   "Fanout__V1__WorkerAssignment",
   "fanout.v1",
   sizeof(Fanout__V1__WorkerAssignment),
-  2,
+  3,
   fanout__v1__worker_assignment__field_descriptors,
   fanout__v1__worker_assignment__field_indices_by_name,
   1,  fanout__v1__worker_assignment__number_ranges,
@@ -7029,7 +7285,7 @@ const ProtobufCMessageDescriptor fanout__v1__worker_cancel__descriptor =
   (ProtobufCMessageInit) fanout__v1__worker_cancel__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__worker_children_done__field_descriptors[3] =
+static const ProtobufCFieldDescriptor fanout__v1__worker_children_done__field_descriptors[4] =
 {
   {
     "task_id",
@@ -7067,16 +7323,29 @@ static const ProtobufCFieldDescriptor fanout__v1__worker_children_done__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "last",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerChildrenDone, last),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__worker_children_done__field_indices_by_name[] = {
   1,   /* field[1] = child_batch_id */
+  3,   /* field[3] = last */
   2,   /* field[2] = results */
   0,   /* field[0] = task_id */
 };
 static const ProtobufCIntRange fanout__v1__worker_children_done__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor fanout__v1__worker_children_done__descriptor =
 {
@@ -7086,11 +7355,75 @@ const ProtobufCMessageDescriptor fanout__v1__worker_children_done__descriptor =
   "Fanout__V1__WorkerChildrenDone",
   "fanout.v1",
   sizeof(Fanout__V1__WorkerChildrenDone),
-  3,
+  4,
   fanout__v1__worker_children_done__field_descriptors,
   fanout__v1__worker_children_done__field_indices_by_name,
   1,  fanout__v1__worker_children_done__number_ranges,
   (ProtobufCMessageInit) fanout__v1__worker_children_done__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor fanout__v1__worker_spawned__field_descriptors[3] =
+{
+  {
+    "task_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerSpawned, task_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "child_batch_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerSpawned, child_batch_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "status",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__WorkerSpawned, status),
+    &fanout__v1__status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned fanout__v1__worker_spawned__field_indices_by_name[] = {
+  1,   /* field[1] = child_batch_id */
+  2,   /* field[2] = status */
+  0,   /* field[0] = task_id */
+};
+static const ProtobufCIntRange fanout__v1__worker_spawned__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor fanout__v1__worker_spawned__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "fanout.v1.WorkerSpawned",
+  "WorkerSpawned",
+  "Fanout__V1__WorkerSpawned",
+  "fanout.v1",
+  sizeof(Fanout__V1__WorkerSpawned),
+  3,
+  fanout__v1__worker_spawned__field_descriptors,
+  fanout__v1__worker_spawned__field_indices_by_name,
+  1,  fanout__v1__worker_spawned__number_ranges,
+  (ProtobufCMessageInit) fanout__v1__worker_spawned__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor fanout__v1__worker_ack__field_descriptors[2] =

@@ -65,12 +65,15 @@ typedef struct Fanout__V1__WorkerMessage Fanout__V1__WorkerMessage;
 typedef struct Fanout__V1__WorkerTurn Fanout__V1__WorkerTurn;
 typedef struct Fanout__V1__WorkerHeartbeat Fanout__V1__WorkerHeartbeat;
 typedef struct Fanout__V1__WorkerSpawn Fanout__V1__WorkerSpawn;
+typedef struct Fanout__V1__WorkerWaitChildren Fanout__V1__WorkerWaitChildren;
+typedef struct Fanout__V1__WorkerDrain Fanout__V1__WorkerDrain;
 typedef struct Fanout__V1__WorkerResult Fanout__V1__WorkerResult;
 typedef struct Fanout__V1__WorkerFailure Fanout__V1__WorkerFailure;
 typedef struct Fanout__V1__ServerToWorker Fanout__V1__ServerToWorker;
 typedef struct Fanout__V1__WorkerAssignment Fanout__V1__WorkerAssignment;
 typedef struct Fanout__V1__WorkerCancel Fanout__V1__WorkerCancel;
 typedef struct Fanout__V1__WorkerChildrenDone Fanout__V1__WorkerChildrenDone;
+typedef struct Fanout__V1__WorkerSpawned Fanout__V1__WorkerSpawned;
 typedef struct Fanout__V1__WorkerAck Fanout__V1__WorkerAck;
 
 
@@ -1039,7 +1042,9 @@ typedef enum {
   FANOUT__V1__WORKER_MESSAGE__KIND_HEARTBEAT = 2,
   FANOUT__V1__WORKER_MESSAGE__KIND_SPAWN = 3,
   FANOUT__V1__WORKER_MESSAGE__KIND_RESULT = 4,
-  FANOUT__V1__WORKER_MESSAGE__KIND_FAILURE = 5
+  FANOUT__V1__WORKER_MESSAGE__KIND_FAILURE = 5,
+  FANOUT__V1__WORKER_MESSAGE__KIND_WAIT_CHILDREN = 6,
+  FANOUT__V1__WORKER_MESSAGE__KIND_DRAIN = 7
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(FANOUT__V1__WORKER_MESSAGE__KIND__CASE)
 } Fanout__V1__WorkerMessage__KindCase;
 
@@ -1053,6 +1058,8 @@ struct  Fanout__V1__WorkerMessage
     Fanout__V1__WorkerSpawn *spawn;
     Fanout__V1__WorkerResult *result;
     Fanout__V1__WorkerFailure *failure;
+    Fanout__V1__WorkerWaitChildren *wait_children;
+    Fanout__V1__WorkerDrain *drain;
   };
 };
 #define FANOUT__V1__WORKER_MESSAGE__INIT \
@@ -1085,6 +1092,10 @@ struct  Fanout__V1__WorkerHeartbeat
     , 0,NULL }
 
 
+/*
+ * Enqueue `children` as a child batch of the running task `task_id`: the
+ * daemon sets its owner and parent. Answered by WorkerSpawned.
+ */
 struct  Fanout__V1__WorkerSpawn
 {
   ProtobufCMessage base;
@@ -1094,6 +1105,37 @@ struct  Fanout__V1__WorkerSpawn
 #define FANOUT__V1__WORKER_SPAWN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_spawn__descriptor) \
     , 0, NULL }
+
+
+/*
+ * The task waits until every child batch it spawned has ended; its slot on the
+ * worker is free meanwhile. It comes back as an assignment with resumed = true,
+ * followed by WorkerChildrenDone messages. A refusal comes as a WorkerAck.
+ */
+struct  Fanout__V1__WorkerWaitChildren
+{
+  ProtobufCMessage base;
+  uint64_t task_id;
+  /*
+   * 0: the agent's children_timeout_ms
+   */
+  uint64_t timeout_ms;
+};
+#define FANOUT__V1__WORKER_WAIT_CHILDREN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_wait_children__descriptor) \
+    , 0, 0 }
+
+
+/*
+ * The worker takes no new assignments; it goes on reporting the ones it holds.
+ */
+struct  Fanout__V1__WorkerDrain
+{
+  ProtobufCMessage base;
+};
+#define FANOUT__V1__WORKER_DRAIN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_drain__descriptor) \
+     }
 
 
 struct  Fanout__V1__WorkerResult
@@ -1125,7 +1167,8 @@ typedef enum {
   FANOUT__V1__SERVER_TO_WORKER__KIND_ASSIGNMENT = 1,
   FANOUT__V1__SERVER_TO_WORKER__KIND_CANCEL = 2,
   FANOUT__V1__SERVER_TO_WORKER__KIND_CHILDREN_DONE = 3,
-  FANOUT__V1__SERVER_TO_WORKER__KIND_ACK = 4
+  FANOUT__V1__SERVER_TO_WORKER__KIND_ACK = 4,
+  FANOUT__V1__SERVER_TO_WORKER__KIND_SPAWNED = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(FANOUT__V1__SERVER_TO_WORKER__KIND__CASE)
 } Fanout__V1__ServerToWorker__KindCase;
 
@@ -1138,6 +1181,7 @@ struct  Fanout__V1__ServerToWorker
     Fanout__V1__WorkerCancel *cancel;
     Fanout__V1__WorkerChildrenDone *children_done;
     Fanout__V1__WorkerAck *ack;
+    Fanout__V1__WorkerSpawned *spawned;
   };
 };
 #define FANOUT__V1__SERVER_TO_WORKER__INIT \
@@ -1153,10 +1197,15 @@ struct  Fanout__V1__WorkerAssignment
    */
   Fanout__V1__Task *task;
   uint64_t lease_ms;
+  /*
+   * The task waited for its children, which have ended: WorkerChildrenDone
+   * messages with their results follow, the last one with last = true.
+   */
+  protobuf_c_boolean resumed;
 };
 #define FANOUT__V1__WORKER_ASSIGNMENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_assignment__descriptor) \
-    , NULL, 0 }
+    , NULL, 0, 0 }
 
 
 struct  Fanout__V1__WorkerCancel
@@ -1169,17 +1218,43 @@ struct  Fanout__V1__WorkerCancel
     , 0 }
 
 
+/*
+ * One page of a resumed task's children's results: every child batch it
+ * spawned, oldest first, each in task id order.
+ */
 struct  Fanout__V1__WorkerChildrenDone
 {
   ProtobufCMessage base;
   uint64_t task_id;
+  /*
+   * 0 when the task spawned no batch
+   */
   uint64_t child_batch_id;
   size_t n_results;
   Fanout__V1__TaskResult **results;
+  /*
+   * no more pages for this resumption
+   */
+  protobuf_c_boolean last;
 };
 #define FANOUT__V1__WORKER_CHILDREN_DONE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_children_done__descriptor) \
-    , 0, 0, 0,NULL }
+    , 0, 0, 0,NULL, 0 }
+
+
+/*
+ * The answer to WorkerSpawn: the child batch, or why not.
+ */
+struct  Fanout__V1__WorkerSpawned
+{
+  ProtobufCMessage base;
+  uint64_t task_id;
+  uint64_t child_batch_id;
+  Fanout__V1__Status *status;
+};
+#define FANOUT__V1__WORKER_SPAWNED__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__worker_spawned__descriptor) \
+    , 0, 0, NULL }
 
 
 struct  Fanout__V1__WorkerAck
@@ -2143,6 +2218,44 @@ Fanout__V1__WorkerSpawn *
 void   fanout__v1__worker_spawn__free_unpacked
                      (Fanout__V1__WorkerSpawn *message,
                       ProtobufCAllocator *allocator);
+/* Fanout__V1__WorkerWaitChildren methods */
+void   fanout__v1__worker_wait_children__init
+                     (Fanout__V1__WorkerWaitChildren         *message);
+size_t fanout__v1__worker_wait_children__get_packed_size
+                     (const Fanout__V1__WorkerWaitChildren   *message);
+size_t fanout__v1__worker_wait_children__pack
+                     (const Fanout__V1__WorkerWaitChildren   *message,
+                      uint8_t             *out);
+size_t fanout__v1__worker_wait_children__pack_to_buffer
+                     (const Fanout__V1__WorkerWaitChildren   *message,
+                      ProtobufCBuffer     *buffer);
+Fanout__V1__WorkerWaitChildren *
+       fanout__v1__worker_wait_children__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   fanout__v1__worker_wait_children__free_unpacked
+                     (Fanout__V1__WorkerWaitChildren *message,
+                      ProtobufCAllocator *allocator);
+/* Fanout__V1__WorkerDrain methods */
+void   fanout__v1__worker_drain__init
+                     (Fanout__V1__WorkerDrain         *message);
+size_t fanout__v1__worker_drain__get_packed_size
+                     (const Fanout__V1__WorkerDrain   *message);
+size_t fanout__v1__worker_drain__pack
+                     (const Fanout__V1__WorkerDrain   *message,
+                      uint8_t             *out);
+size_t fanout__v1__worker_drain__pack_to_buffer
+                     (const Fanout__V1__WorkerDrain   *message,
+                      ProtobufCBuffer     *buffer);
+Fanout__V1__WorkerDrain *
+       fanout__v1__worker_drain__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   fanout__v1__worker_drain__free_unpacked
+                     (Fanout__V1__WorkerDrain *message,
+                      ProtobufCAllocator *allocator);
 /* Fanout__V1__WorkerResult methods */
 void   fanout__v1__worker_result__init
                      (Fanout__V1__WorkerResult         *message);
@@ -2256,6 +2369,25 @@ Fanout__V1__WorkerChildrenDone *
                       const uint8_t       *data);
 void   fanout__v1__worker_children_done__free_unpacked
                      (Fanout__V1__WorkerChildrenDone *message,
+                      ProtobufCAllocator *allocator);
+/* Fanout__V1__WorkerSpawned methods */
+void   fanout__v1__worker_spawned__init
+                     (Fanout__V1__WorkerSpawned         *message);
+size_t fanout__v1__worker_spawned__get_packed_size
+                     (const Fanout__V1__WorkerSpawned   *message);
+size_t fanout__v1__worker_spawned__pack
+                     (const Fanout__V1__WorkerSpawned   *message,
+                      uint8_t             *out);
+size_t fanout__v1__worker_spawned__pack_to_buffer
+                     (const Fanout__V1__WorkerSpawned   *message,
+                      ProtobufCBuffer     *buffer);
+Fanout__V1__WorkerSpawned *
+       fanout__v1__worker_spawned__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   fanout__v1__worker_spawned__free_unpacked
+                     (Fanout__V1__WorkerSpawned *message,
                       ProtobufCAllocator *allocator);
 /* Fanout__V1__WorkerAck methods */
 void   fanout__v1__worker_ack__init
@@ -2428,6 +2560,12 @@ typedef void (*Fanout__V1__WorkerHeartbeat_Closure)
 typedef void (*Fanout__V1__WorkerSpawn_Closure)
                  (const Fanout__V1__WorkerSpawn *message,
                   void *closure_data);
+typedef void (*Fanout__V1__WorkerWaitChildren_Closure)
+                 (const Fanout__V1__WorkerWaitChildren *message,
+                  void *closure_data);
+typedef void (*Fanout__V1__WorkerDrain_Closure)
+                 (const Fanout__V1__WorkerDrain *message,
+                  void *closure_data);
 typedef void (*Fanout__V1__WorkerResult_Closure)
                  (const Fanout__V1__WorkerResult *message,
                   void *closure_data);
@@ -2445,6 +2583,9 @@ typedef void (*Fanout__V1__WorkerCancel_Closure)
                   void *closure_data);
 typedef void (*Fanout__V1__WorkerChildrenDone_Closure)
                  (const Fanout__V1__WorkerChildrenDone *message,
+                  void *closure_data);
+typedef void (*Fanout__V1__WorkerSpawned_Closure)
+                 (const Fanout__V1__WorkerSpawned *message,
                   void *closure_data);
 typedef void (*Fanout__V1__WorkerAck_Closure)
                  (const Fanout__V1__WorkerAck *message,
@@ -2509,12 +2650,15 @@ extern const ProtobufCMessageDescriptor fanout__v1__worker_message__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_turn__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_heartbeat__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_spawn__descriptor;
+extern const ProtobufCMessageDescriptor fanout__v1__worker_wait_children__descriptor;
+extern const ProtobufCMessageDescriptor fanout__v1__worker_drain__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_result__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_failure__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__server_to_worker__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_assignment__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_cancel__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_children_done__descriptor;
+extern const ProtobufCMessageDescriptor fanout__v1__worker_spawned__descriptor;
 extern const ProtobufCMessageDescriptor fanout__v1__worker_ack__descriptor;
 
 PROTOBUF_C__END_DECLS
