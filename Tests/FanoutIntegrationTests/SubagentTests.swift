@@ -1,0 +1,171 @@
+import FanoutClient
+import FanoutScheduler
+import FanoutTestSupport
+import Foundation
+import Testing
+
+/// Subagents through the real socket: workers built on `FanoutWorker` spawn
+/// child batches, wait for them, and resume with their results.
+@Suite struct SubagentTests {
+    /// A daemon with an `echo` agent and a worker pool; agents workers declare run there too.
+    static func withSubagentDaemon<T: Sendable>(agents: [AgentConfiguration] = [], runners: (WorkerPool) -> [String: any Runner] = { _ in [:] },
+                                                _ body: @escaping @Sendable (TestDaemon) async throws -> T) async throws -> T {
+        let pool = WorkerPool(settings: .init(leaseMs: 5_000, cancelGraceMs: 500))
+        let timer = Task { try await pool.run() }
+        defer { timer.cancel() }
+        return try await withTestDaemon(agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)] + agents,
+                                        runners: runners(pool), workerPool: pool, body)
+    }
+
+    /// Runs `worker` while `body` runs.
+    static func withWorker<T: Sendable>(_ worker: FanoutWorker, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let running = Task { try await worker.run() }
+        defer { running.cancel() }
+        return try await body()
+    }
+
+    static func worker(_ daemon: TestDaemon, _ agents: [WorkerAgent]) -> FanoutWorker {
+        FanoutWorker(name: "test-worker", agents: agents, settings: .init(socketPath: daemon.socketPath, reconnectDelay: .milliseconds(20)))
+    }
+
+    /// Waits for the batch's terminal event and returns the batch.
+    static func finished(_ client: FanoutClient, _ batch: UInt64) async throws -> BatchInfo {
+        for try await event in client.subscribe(batchID: batch, since: 0)
+        where [.batchCompleted, .batchCancelled, .batchFailed].contains(event.type) { break }
+        return try await client.batch(batch)
+    }
+
+    static func payload(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+    @Test func aParentSpawningTwentyChildrenResumesWithTheirResults() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withSubagentDaemon { daemon in
+                let research = WorkerAgent("research", concurrency: 2) { task in
+                    let question = String(decoding: task.payload, as: UTF8.self)
+                    let children = try await task.spawn((0..<20).map {
+                        TaskSpec(customID: "sub-\($0)", agent: "echo", payload: Self.payload("\(question)/\($0)"))
+                    })
+                    let answers = children.results.map { String(decoding: $0.result, as: UTF8.self) }.sorted()
+                    return WorkerOutput("\(children.results.count):\(answers.first ?? ""):\(children.results.allSatisfy { $0.status == .completed })")
+                }
+                try await Self.withWorker(Self.worker(daemon, [research])) {
+                    let client = try await daemon.client()
+                    // The agent exists once the worker has declared it.
+                    while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+                    let batch = try await client.enqueueBatch(ownerID: "alice", agent: "research",
+                                                              tasks: [TaskSpec(customID: "q", payload: Self.payload("why"))])
+                    let done = try await Self.finished(client, batch.id)
+                    #expect(done.status == .completed)
+                    let result = try #require(try await client.results(batchID: batch.id).first { _ in true })
+                    #expect(String(decoding: result.result, as: UTF8.self) == "20:why/0:true")
+
+                    // The child batch: the parent task is its parent, it belongs to the same owner, and its events say so.
+                    let children = try await client.batches(ownerID: "alice").batches.filter { $0.parentTaskID == result.taskID }
+                    #expect(children.count == 1)
+                    #expect(children.first?.counts.completed == 20)
+                    var childEvents = 0
+                    for try await event in client.subscribe(ownerID: "alice", since: 0, follow: false)
+                    where event.batchID == children.first?.id && event.type == .taskCompleted {
+                        #expect(event.parentTaskID == result.taskID)
+                        childEvents += 1
+                    }
+                    #expect(childEvents == 20)
+                    await client.close()
+                }
+            }
+        }
+    }
+
+    @Test func cancellingAParentCancelsItsWholeSubtree() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withSubagentDaemon { daemon in
+                // Depth in the payload: inner nodes spawn two children each, leaves run until cancelled.
+                let tree = WorkerAgent("tree", concurrency: 8) { task in
+                    let depth = Int(String(decoding: task.payload, as: UTF8.self)) ?? 0
+                    guard depth > 0 else {
+                        try await Task.sleep(for: .seconds(600))
+                        return "leaf"
+                    }
+                    _ = try await task.spawn((0..<2).map { TaskSpec(customID: "n\($0)", agent: "tree", payload: Self.payload("\(depth - 1)")) })
+                    return "inner"
+                }
+                try await Self.withWorker(Self.worker(daemon, [tree])) {
+                    let client = try await daemon.client()
+                    while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+                    let batch = try await client.enqueueBatch(ownerID: "alice", agent: "tree",
+                                                              tasks: [TaskSpec(customID: "root", payload: Self.payload("2"))])
+                    // The root, its two children and four grandchildren (the leaves) all started.
+                    var started: [UInt64] = []
+                    for try await event in client.subscribe(ownerID: "alice", eventTypes: [.taskStarted], since: 0) {
+                        started.append(event.taskID)
+                        if started.count == 7 { break }
+                    }
+                    let root = started[0]
+                    let cancelled = try await client.cancelTask(root)
+                    #expect(cancelled.status == .cancelled)
+                    #expect(try await Self.finished(client, batch.id).status == .completed, "a batch whose tasks were cancelled one by one completes")
+                    // Every descendant batch ended cancelled, with every task in it cancelled.
+                    let descendants = try await client.batches(ownerID: "alice").batches.filter { $0.id != batch.id }
+                    #expect(descendants.count == 3, "two levels: one child batch, two grandchild batches")
+                    for child in descendants {
+                        let info = try await Self.finished(client, child.id)
+                        #expect(info.status == .cancelled)
+                        #expect(info.counts.cancelled == 2)
+                    }
+                    await client.close()
+                }
+            }
+        }
+    }
+
+    @Test func aWaitingParentsDeadlineCancelsTheRestAndResumesIt() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withSubagentDaemon { daemon in
+                let sleepy = WorkerAgent("sleepy", concurrency: 4) { task in
+                    if task.payload == Self.payload("quick") { return "done" }
+                    try await Task.sleep(for: .seconds(600))
+                    return "late"
+                }
+                let parent = WorkerAgent("impatient", concurrency: 1) { task in
+                    let children = try await task.spawn(["quick", "slow", "slower"].map {
+                        TaskSpec(customID: $0, agent: "sleepy", payload: Self.payload($0 == "quick" ? "quick" : "slow"))
+                    }, timeout: .milliseconds(500))
+                    let states = children.results.map { "\($0.customID)=\($0.status)" }.sorted().joined(separator: ",")
+                    return WorkerOutput(states)
+                }
+                try await Self.withWorker(Self.worker(daemon, [sleepy, parent])) {
+                    let client = try await daemon.client()
+                    while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+                    let batch = try await client.enqueueBatch(ownerID: "alice", agent: "impatient",
+                                                              tasks: [TaskSpec(customID: "p", payload: [])])
+                    #expect(try await Self.finished(client, batch.id).status == .completed)
+                    let result = try #require(try await client.results(batchID: batch.id).first { _ in true })
+                    #expect(String(decoding: result.result, as: UTF8.self) == "quick=completed,slow=cancelled,slower=cancelled")
+                    await client.close()
+                }
+            }
+        }
+    }
+
+    @Test func tasksOfAnAgentWithNoWorkerWaitThenRunWhenOneConnects() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withSubagentDaemon(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 4)],
+                                              runners: { ["work": $0.runner(for: "work")] }) { daemon in
+                let client = try await daemon.client()
+                let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work",
+                                                          tasks: (0..<3).map { TaskSpec(customID: "t\($0)", payload: []) })
+                try await Task.sleep(for: .milliseconds(300))
+                let waiting = try await client.batch(batch.id)
+                #expect(waiting.counts.pending == 3, "no worker: the tasks wait, no attempt is spent")
+                let work = WorkerAgent("work", concurrency: 2) { task in WorkerOutput("attempt \(task.attempt)") }
+                try await Self.withWorker(Self.worker(daemon, [work])) {
+                    #expect(try await Self.finished(client, batch.id).status == .completed)
+                    for try await result in client.results(batchID: batch.id) {
+                        #expect(String(decoding: result.result, as: UTF8.self) == "attempt 1")
+                    }
+                }
+                await client.close()
+            }
+        }
+    }
+}
