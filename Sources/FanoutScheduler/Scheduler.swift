@@ -330,6 +330,15 @@ public final class Scheduler: Service, Sendable {
         } onCancel: {
             state.withLock { $0.abandonWait(id, attempt: attempt) }?.resume(throwing: CancellationError())
         }
+        // The children's last changes were decided before this resumption: once they are written, their results can be read.
+        await committed()
+    }
+
+    /// Returns once every change decided so far is written.
+    func committed() async {
+        await withCheckedContinuation { continuation in
+            commits.submit(ChangeSet(), onCommit: { _ in continuation.resume() })
+        }
     }
 
     /// Events after `since`, then live ones if `follow`.
@@ -483,6 +492,7 @@ public final class Scheduler: Service, Sendable {
                     if !(await self.commits.waitForRoom()) { await Task.yield() }
                 })
             context.resumed = order.resumed
+            if order.resumed { await committed() }
             context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt)
             let runContext = context
             let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(runContext) }

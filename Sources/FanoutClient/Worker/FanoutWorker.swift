@@ -46,6 +46,8 @@ public final class FanoutWorker: Service, Sendable {
     private let current = Mutex<WorkerSession?>(nil)
     private let draining = Atomic<Bool>(false)
     private let drainRequested = Signal()
+    /// The last session's registration was accepted.
+    private let wasRegistered = Atomic<Bool>(false)
 
     public init(name: String, agents: [WorkerAgent], settings: Settings = Settings()) {
         self.name = name
@@ -69,6 +71,8 @@ public final class FanoutWorker: Service, Sendable {
                 } catch {
                     // fanoutd is away (not started yet, restarting): try again later, less often each time.
                 }
+                // A session that was accepted starts the backoff over.
+                if wasRegistered.exchange(false, ordering: .relaxed) { delay = settings.reconnectDelay }
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, settings.maxReconnectDelay)
             }
@@ -85,10 +89,11 @@ public final class FanoutWorker: Service, Sendable {
         Task { await session?.drain() }
     }
 
+    /// One connection's session, until it drains or the connection is lost.
     private func serveOnce() async throws {
         let client = try await FanoutClient.connect(socketPath: settings.socketPath, clientName: name)
         do {
-            let session = try await WorkerSession.register(on: client, name: name, agents: agents)
+            let session = try await WorkerSession.open(on: client, name: name, agents: agents)
             current.withLock { $0 = session }
             if draining.load(ordering: .relaxed) { await session.drain() }
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -104,6 +109,7 @@ public final class FanoutWorker: Service, Sendable {
             current.withLock { $0 = nil }
             await client.close()
         } catch {
+            if let session = current.withLock({ $0 }), session.isRegistered { wasRegistered.store(true, ordering: .relaxed) }
             current.withLock { $0 = nil }
             await client.close()
             throw error

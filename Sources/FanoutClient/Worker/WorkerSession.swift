@@ -19,6 +19,7 @@ final class WorkerSession: Sendable {
     }
 
     private struct State {
+        var registered = false
         var tasks: [UInt64: Entry] = [:]
         var leaseMs: UInt64 = 30_000
         var draining = false
@@ -38,24 +39,18 @@ final class WorkerSession: Sendable {
         self.agents = agents
     }
 
-    /// Opens the session and waits for the daemon to accept the registration.
-    static func register(on client: FanoutClient, name: String, agents: [WorkerAgent]) async throws -> WorkerSession {
+    /// Opens the session; `run` reads the daemon's answer to the registration.
+    static func open(on client: FanoutClient, name: String, agents: [WorkerAgent]) async throws -> WorkerSession {
         let register = WorkerRegister(workerName: name, agents: agents.map {
             AgentRegistration(name: $0.name, concurrency: UInt32(clamping: $0.concurrency), maxTurns: UInt32(clamping: $0.maxTurns))
         })
         let (id, frames) = try await client.connection.open(.workerSession(register))
-        var iterator = frames.makeAsyncIterator()
-        switch try await iterator.next()?.kind {
-        case .message(.toWorker(.ack(taskID: 0, let status))) where status.code == .ok:
-            break
-        case .message(.toWorker(.ack(_, let status))), .end(let status)?:
-            throw FanoutClientError(status)
-        default:
-            throw FanoutClientError.connectionLost("fanoutd ended the worker session before accepting it")
-        }
         let byName = Dictionary(agents.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         return WorkerSession(client: client, streamID: id, frames: frames, agents: byName)
     }
+
+    /// Whether the daemon accepted the registration.
+    var isRegistered: Bool { state.withLock { $0.registered } }
 
     /// Serves assignments until the connection ends (an error) or the session has drained (returns).
     func run() async throws {
@@ -65,6 +60,10 @@ final class WorkerSession: Sendable {
                 do {
                     for try await frame in self.frames {
                         switch frame.kind {
+                        case .message(.toWorker(.ack(taskID: 0, let status))) where !self.isRegistered:
+                            // The first message answers the registration.
+                            guard status.code == .ok else { throw FanoutClientError(status) }
+                            self.state.withLock { $0.registered = true }
                         case .message(.toWorker(let message)): self.receive(message)
                         case .end(let status): throw FanoutClientError(status)
                         default: continue
