@@ -11,6 +11,7 @@ struct FanoutCommand: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             Serve.self, Submit.self, Status.self, Results.self, Cancel.self, Retry.self, Events.self, List.self, Workers.self,
+            WorkerCommand.self,
             Demo.self,
         ])
 }

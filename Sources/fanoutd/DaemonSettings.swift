@@ -24,6 +24,8 @@ struct DaemonSettings {
     var runnerSettings: [String: Data]
     /// The OpenAI-compatible HTTP gateway; nil when neither --http nor --http-socket is given.
     var gateway: GatewaySettings?
+    /// Leases and cancel grace of tasks run by workers.
+    var workers = WorkerPool.Settings()
 
     /// The setting names, as keys of the config file; the environment
     /// variable is `FANOUT_` + the key in upper case.
@@ -43,6 +45,8 @@ struct DaemonSettings {
         case shutdownGracePeriodMs = "shutdown_grace_period_ms"
         case http, httpSocket = "http_socket", httpTokenFile = "http_token_file"
         case gatewayDefaultAgent = "gateway_default_agent"
+        case workerLeaseMs = "worker_lease_ms", workerCancelGraceMs = "worker_cancel_grace_ms"
+        case maxSpawnDepth = "max_spawn_depth", maxChildrenPerTask = "max_children_per_task"
 
         // One component: a snake_case name is not split on its underscores.
         var configKey: ConfigKey { ConfigKey([rawValue]) }
@@ -122,6 +126,11 @@ struct DaemonSettings {
         scheduler.eventRetention.maxEvents = try limit(.eventRetentionCount, scheduler.eventRetention.maxEvents)
         scheduler.eventRetention.maxAgeMs = try limit(.eventRetentionAgeMs, scheduler.eventRetention.maxAgeMs.map { Int($0) })
             .map { Int64($0) }
+        scheduler.maxSpawnDepth = try int(.maxSpawnDepth, scheduler.maxSpawnDepth, max: 1_000)
+        scheduler.maxChildrenPerTask = try int(.maxChildrenPerTask, scheduler.maxChildrenPerTask, max: SettingBounds.maxTasksPerBatch)
+        var workers = WorkerPool.Settings()
+        workers.leaseMs = Int64(try int(.workerLeaseMs, Int(workers.leaseMs), max: SettingBounds.maxDurationMs))
+        workers.cancelGraceMs = Int64(try int(.workerCancelGraceMs, Int(workers.cancelGraceMs), max: SettingBounds.maxDurationMs))
 
         var gateway: GatewaySettings?
         let http = config.string(forKey: Key.http.configKey)
@@ -141,7 +150,8 @@ struct DaemonSettings {
             socketPath: socket, socketMode: server.socketMode,
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment),
             durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
-            server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway)
+            server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway,
+            workers: workers)
     }
 
     /// `$XDG_STATE_HOME/fanout/fanout.db`, else `~/.local/state/fanout/fanout.db`.
@@ -210,6 +220,7 @@ enum ConfigFile {
 enum AgentsFile {
     static let commonKeys: Set<String> = [
         "name", "runner", "concurrency", "max_turns", "max_attempts", "timeout_ms", "requests_per_minute", "tokens_per_minute",
+        "children_timeout_ms",
     ]
 
     struct Entry {
@@ -253,12 +264,13 @@ enum AgentsFile {
             return Int64(double)
         }
         let defaults = AgentConfiguration(name: name, runner: runner)
-        let agent = AgentConfiguration(
+        var agent = AgentConfiguration(
             name: name, runner: runner, concurrency: try number("concurrency").map { Int($0) } ?? defaults.concurrency,
             maxTurns: try number("max_turns").map { Int($0) } ?? 0,
             maxAttempts: try number("max_attempts").map { Int($0) } ?? defaults.maxAttempts,
             timeoutMs: try number("timeout_ms") ?? 0, requestsPerMinute: try number("requests_per_minute").map { Int($0) } ?? 0,
             tokensPerMinute: try number("tokens_per_minute").map { Int($0) } ?? 0)
+        agent.childrenTimeoutMs = try number("children_timeout_ms") ?? defaults.childrenTimeoutMs
         let own = object.filter { !commonKeys.contains($0.key) }
         return Entry(agent: agent, runnerSettings: try JSONSerialization.data(withJSONObject: own))
     }
@@ -290,5 +302,7 @@ enum SettingBounds {
                     "timeout_ms must be from 0 to \(limits.maxTaskTimeoutMs) (max_task_timeout_ms), not \(agent.timeoutMs)")
         try require((0...maxPerMinute).contains(agent.requestsPerMinute), "requests_per_minute must be from 0 to \(maxPerMinute)")
         try require((0...maxPerMinute).contains(agent.tokensPerMinute), "tokens_per_minute must be from 0 to \(maxPerMinute)")
+        try require((0...Int64(maxDurationMs)).contains(agent.childrenTimeoutMs),
+                    "children_timeout_ms must be from 0 (no limit) to \(maxDurationMs), not \(agent.childrenTimeoutMs)")
     }
 }

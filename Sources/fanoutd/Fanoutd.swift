@@ -135,7 +135,7 @@ struct Daemon {
         for agent in settings.scheduler.agents where agent.runner == "worker" {
             allowed[agent.name] = try WorkerAgentSettings.allowedUIDs(runnerSettings(agent), agent: agent.name)
         }
-        let workerPool = WorkerPool(allowedUIDs: allowed)
+        let workerPool = WorkerPool(settings: settings.workers, allowedUIDs: allowed)
         let resources = BuiltinRunners.Resources(
             httpClient: httpClient, environment: ProcessInfo.processInfo.environment,
             maxResultBytes: BuiltinRunners.Resources.maxResultBytes(forFrameBytes: settings.server.maxFrameBytes),

@@ -64,6 +64,12 @@ final class BackgroundProcess: @unchecked Sendable {
     var output: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
     var errors: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
 
+    /// SIGKILL, then wait for it to exit.
+    func kill() {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
     /// SIGTERM, then wait for it to exit. Safe to call more than once.
     func stop() {
         if process.isRunning { process.terminate() }

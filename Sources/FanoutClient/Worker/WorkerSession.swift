@@ -23,7 +23,6 @@ final class WorkerSession: Sendable {
         var tasks: [UInt64: Entry] = [:]
         var leaseMs: UInt64 = 30_000
         var draining = false
-        var drained: CheckedContinuation<Void, Never>?
     }
 
     private let client: FanoutClient
@@ -31,6 +30,8 @@ final class WorkerSession: Sendable {
     private let frames: FrameStream
     private let agents: [String: WorkerAgent]
     private let state = Mutex(State())
+    /// Fired once draining and no handler runs.
+    private let drained = Signal()
 
     private init(client: FanoutClient, streamID: UInt32, frames: FrameStream, agents: [String: WorkerAgent]) {
         self.client = client
@@ -75,7 +76,7 @@ final class WorkerSession: Sendable {
                     throw error
                 }
             }
-            group.addTask { await self.waitUntilDrained() }
+            group.addTask { await self.drained.wait() }
             // Whichever ends first ends the session: drained, or the connection lost.
             defer { group.cancelAll() }
             try await group.next()
@@ -95,20 +96,8 @@ final class WorkerSession: Sendable {
         resumeDrainedIfIdle()
     }
 
-    private func waitUntilDrained() async {
-        await withCheckedContinuation { continuation in
-            state.withLock { $0.drained = continuation }
-            resumeDrainedIfIdle()
-        }
-    }
-
     private func resumeDrainedIfIdle() {
-        let drained = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard state.draining, state.tasks.values.allSatisfy(\.waiting) else { return nil }
-            defer { state.drained = nil }
-            return state.drained
-        }
-        drained?.resume()
+        if state.withLock({ $0.draining && $0.tasks.values.allSatisfy(\.waiting) }) { drained.fire() }
     }
 
     /// Handlers still running when the session ends stop; the daemon runs their tasks again.
