@@ -146,8 +146,11 @@ public final class FanoutClient: Sendable {
 
     /// Batches, newest first; pass `nextBeforeID` of a page as `beforeID` for the next.
     /// Nil `ownerID`: every owner this user may see; nil `limit`: the daemon's default page.
-    public func batches(ownerID: String? = nil, limit: Int? = nil, beforeID: UInt64? = nil) async throws -> BatchPage {
-        let request = ListBatchesRequest(ownerID: ownerID ?? "", limit: UInt32(clamping: limit ?? 0), beforeID: beforeID ?? 0)
+    /// - Parameter parentBatchID: only the child batches that this batch's tasks spawned.
+    public func batches(ownerID: String? = nil, limit: Int? = nil, beforeID: UInt64? = nil,
+                        parentBatchID: UInt64? = nil) async throws -> BatchPage {
+        let request = ListBatchesRequest(ownerID: ownerID ?? "", limit: UInt32(clamping: limit ?? 0), beforeID: beforeID ?? 0,
+                                         parentBatchID: parentBatchID ?? 0)
         guard case .listBatches(let page) = try await unary(.listBatches(request)) else {
             throw unexpected()
         }

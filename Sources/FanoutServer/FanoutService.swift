@@ -111,7 +111,10 @@ final class FanoutService: Sendable {
         let owner = request.ownerID.isEmpty ? nil : request.ownerID
         let uid = peer.isAdmin ? nil : peer.uid
         let before = request.beforeID == 0 ? nil : BatchID(clamping: request.beforeID)
-        let records = try await BlockingQueue.shared.run { [store] in try store.batches(ownerID: owner, creatorUID: uid, limit: limit, beforeID: before) }
+        let parent = request.parentBatchID == 0 ? nil : BatchID(clamping: request.parentBatchID)
+        let records = try await BlockingQueue.shared.run { [store] in
+            try store.batches(ownerID: owner, creatorUID: uid, parentBatchID: parent, limit: limit, beforeID: before)
+        }
         let next = records.count == limit ? UInt64(records.last!.id) : 0
         return BatchPage(batches: records.map(BatchInfo.init), nextBeforeID: next)
     }

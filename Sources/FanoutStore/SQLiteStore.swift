@@ -328,10 +328,15 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
+    public func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int,
+                        beforeID: BatchID?) throws -> [BatchRecord] {
         try read { db in
             var conditions = ["state != 'staging'"]
             var arguments: StatementArguments = []
+            if let parentBatchID {
+                conditions.append("parent_task_id IN (SELECT id FROM tasks WHERE batch_id = ?)")
+                arguments += [parentBatchID]
+            }
             if let ownerID {
                 conditions.append("owner_id = ?")
                 arguments += [ownerID]

@@ -27,7 +27,8 @@ public protocol Store: Sendable {
     func recover(now: Milliseconds) throws -> RecoveredState
 
     func batch(_ id: BatchID) throws -> BatchRecord?
-    func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord]
+    /// Batches newest first; `parentBatchID`: only child batches spawned by that batch's tasks.
+    func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord]
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord?
     /// The batches a task spawned, oldest first: the order its spawns were made.
     func childBatches(of parent: TaskID) throws -> [BatchRecord]
@@ -64,6 +65,12 @@ public protocol Store: Sendable {
     /// sequence numbers. Returns how many were deleted; fewer than `limit`
     /// means nothing more is due. `nil` turns a rule off.
     func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int
+}
+
+extension Store {
+    public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
+        try batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
+    }
 }
 
 /// A page of stored events and what the log held when it was read.

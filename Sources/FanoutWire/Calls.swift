@@ -50,11 +50,14 @@ public struct ListBatchesRequest: Sendable, Hashable {
     public var limit: UInt32
     /// Paging: batches with a smaller id; 0: newest first.
     public var beforeID: UInt64
+    /// Only the child batches spawned by this batch's tasks; 0: any batch.
+    public var parentBatchID: UInt64
 
-    public init(ownerID: String = "", limit: UInt32 = 0, beforeID: UInt64 = 0) {
+    public init(ownerID: String = "", limit: UInt32 = 0, beforeID: UInt64 = 0, parentBatchID: UInt64 = 0) {
         self.ownerID = ownerID
         self.limit = limit
         self.beforeID = beforeID
+        self.parentBatchID = parentBatchID
     }
 }
 

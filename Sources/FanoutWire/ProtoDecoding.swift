@@ -59,7 +59,8 @@ enum ProtoDecoder {
             return .listBatches(ListBatchesRequest(
                 ownerID: try string(r.owner_id, "ListBatchesRequest.owner_id"),
                 limit: r.limit,
-                beforeID: r.before_id
+                beforeID: r.before_id,
+                parentBatchID: r.parent_batch_id
             ))
         case FANOUT__V1__REQUEST__CALL_GET_TASK:
             let r = try present(m.get_task, "Request.get_task").pointee

@@ -73,6 +73,7 @@ struct ProtoEncoder {
             try string(&r.pointee.owner_id, request.ownerID, "ListBatchesRequest.owner_id")
             r.pointee.limit = request.limit
             r.pointee.before_id = request.beforeID
+            r.pointee.parent_batch_id = request.parentBatchID
             m.pointee.list_batches = r
         case .getTask(let request):
             m.pointee.call_case = FANOUT__V1__REQUEST__CALL_GET_TASK

@@ -111,7 +111,8 @@ enum Describe {
             "batch \(batch.id)  \(word(batch.status))  \(String(format: "%.1f", batch.progress))%",
             "  owner \(batch.ownerID), agent \(batch.agent)",
             "  \(c.total) tasks: \(c.completed) completed, \(c.failed) failed, \(c.cancelled) cancelled, \(c.expired) expired, "
-                + "\(c.running) running, \(c.pending + c.retryWait) waiting",
+                + "\(c.running) running, \(c.pending + c.retryWait) waiting"
+                + (c.waitingChildren > 0 ? ", \(c.waitingChildren) waiting for children" : ""),
         ]
         if !batch.usage.isZero {
             let u = batch.usage

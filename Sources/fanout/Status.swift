@@ -4,18 +4,68 @@ import FanoutWire
 import Foundation
 
 struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show a batch's state and counts.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show a batch's state and counts, and the child batches its tasks spawned, as a tree.")
 
     @OptionGroup var connection: ConnectionOptions
 
     @Argument(help: "The batch id.")
     var batch: UInt64
 
+    /// The tree shows at most this many child batches.
+    static let maxTreeBatches = 200
+
     func run() async throws {
         let client = try await connection.connect()
         defer { Task { await client.close() } }
-        let info = try await reportingErrors { try await client.batch(batch) }
-        print(connection.json ? JSON.line(Describe.json(info)) : Describe.summary(info))
+        try await reportingErrors {
+            let info = try await client.batch(batch)
+            var budget = Self.maxTreeBatches
+            let tree = try await ChildTree.load(below: info.id, client: client, budget: &budget)
+            if connection.json {
+                var object = Describe.json(info)
+                object["children"] = tree.map(\.json)
+                print(JSON.line(object))
+                return
+            }
+            print(Describe.summary(info))
+            guard !tree.isEmpty else { return }
+            print("  child batches:")
+            for node in tree { node.print(indent: "    ") }
+            if budget <= 0 { print("    … more child batches; see fanout list") }
+        }
+    }
+}
+
+/// A child batch and the child batches its own tasks spawned.
+struct ChildTree {
+    var batch: BatchInfo
+    var children: [ChildTree]
+
+    /// The child batches of `parent`'s tasks, oldest first, at most `budget` of them in all.
+    static func load(below parent: UInt64, client: FanoutClient, budget: inout Int, depth: Int = 0) async throws -> [ChildTree] {
+        guard budget > 0, depth < 16 else { return [] }
+        let page = try await client.batches(limit: budget, parentBatchID: parent)
+        var nodes: [ChildTree] = []
+        for child in page.batches.reversed() where budget > 0 {
+            budget -= 1
+            nodes.append(ChildTree(batch: child, children: try await load(below: child.id, client: client, budget: &budget,
+                                                                          depth: depth + 1)))
+        }
+        return nodes
+    }
+
+    var json: [String: Any] {
+        var object = Describe.json(batch)
+        object["children"] = children.map(\.json)
+        return object
+    }
+
+    func print(indent: String) {
+        let c = batch.counts
+        Swift.print("\(indent)└ batch \(batch.id)  \(Describe.word(batch.status))  \(String(format: "%.1f", batch.progress))%  "
+            + "\(c.total) tasks, \(c.completed) completed  (agent \(batch.agent), parent task \(batch.parentTaskID))")
+        for child in children { child.print(indent: indent + "  ") }
     }
 }
 

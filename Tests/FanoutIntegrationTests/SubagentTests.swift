@@ -168,4 +168,48 @@ import Testing
             }
         }
     }
+
+    @Test func theCLIShowsTheTreeAndItsTaskCancelCascades() async throws {
+        try await withDeadline(.seconds(60)) {
+            try await Self.withSubagentDaemon { daemon in
+                let tree = WorkerAgent("tree", concurrency: 8) { task in
+                    let depth = Int(String(decoding: task.payload, as: UTF8.self)) ?? 0
+                    guard depth > 0 else {
+                        try await Task.sleep(for: .seconds(600))
+                        return "leaf"
+                    }
+                    _ = try await task.spawn([TaskSpec(customID: "n", agent: "tree", payload: Self.payload("\(depth - 1)"))])
+                    return "inner"
+                }
+                try await Self.withWorker(Self.worker(daemon, [tree])) {
+                    let client = try await daemon.client()
+                    while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+                    let batch = try await client.enqueueBatch(ownerID: "alice", agent: "tree",
+                                                              tasks: [TaskSpec(customID: "root", payload: Self.payload("2"))])
+                    var started: [UInt64] = []
+                    for try await event in client.subscribe(ownerID: "alice", eventTypes: [.taskStarted], since: 0) {
+                        started.append(event.taskID)
+                        if started.count == 3 { break }
+                    }
+                    let status = try await FanoutCLI.run(["status", "\(batch.id)", "--socket", daemon.socketPath])
+                    #expect(status.status == 0, "\(status.err)")
+                    #expect(status.out.contains("1 waiting for children"), "\(status.out)")
+                    let lines = status.out.split(separator: "\n").filter { $0.contains("└ batch") }
+                    #expect(lines.count == 2, "the child batch and, under it, the grandchild batch:\n\(status.out)")
+                    #expect(lines.count == 2 && lines[1].prefix { $0 == " " }.count > lines[0].prefix { $0 == " " }.count)
+
+                    let cancel = try await FanoutCLI.run(["cancel", "--task", "\(started[0])", "--socket", daemon.socketPath])
+                    #expect(cancel.status == 0, "\(cancel.err)")
+                    let children = try await client.batches(ownerID: "alice").batches.filter { $0.id != batch.id }
+                    for child in children { #expect(try await Self.finished(client, child.id).status == .cancelled) }
+                    let json = try await FanoutCLI.run(["status", "\(batch.id)", "--json", "--socket", daemon.socketPath])
+                    let object = try JSONSerialization.jsonObject(with: Data(json.out.utf8)) as? [String: Any]
+                    let first = (object?["children"] as? [[String: Any]])?.first
+                    #expect(first?["status"] as? String == "cancelled", "\(json.out)")
+                    #expect(((first?["children"] as? [[String: Any]])?.first?["status"]) as? String == "cancelled")
+                    await client.close()
+                }
+            }
+        }
+    }
 }

@@ -65,8 +65,8 @@ final class FaultyStore: Store {
     }
     func recover(now: Milliseconds) throws -> RecoveredState { try base.recover(now: now) }
     func batch(_ id: BatchID) throws -> BatchRecord? { try base.batch(id) }
-    func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
-        try base.batches(ownerID: ownerID, creatorUID: creatorUID, limit: limit, beforeID: beforeID)
+    func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
+        try base.batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: parentBatchID, limit: limit, beforeID: beforeID)
     }
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? { try base.task(id, includePayload: includePayload) }
     func childBatches(of parent: TaskID) throws -> [BatchRecord] { try base.childBatches(of: parent) }

@@ -154,7 +154,7 @@ enum Fixtures {
             Frame(streamID: 1, kind: .request(.enqueueBatch(enqueueBatch))),
             Frame(streamID: 3, kind: .request(.enqueueTask(EnqueueTaskRequest(ownerID: "uid:5", task: fullSpec)))),
             Frame(streamID: 5, kind: .request(.getBatch(batchID: UInt64.max))),
-            Frame(streamID: 7, kind: .request(.listBatches(ListBatchesRequest(ownerID: "uid:9", limit: 50, beforeID: 1 << 62)))),
+            Frame(streamID: 7, kind: .request(.listBatches(ListBatchesRequest(ownerID: "uid:9", limit: 50, beforeID: 1 << 62, parentBatchID: 77)))),
             Frame(streamID: 9, kind: .request(.getTask(GetTaskRequest(taskID: 42, includePayload: true)))),
             Frame(streamID: 11, kind: .request(.getResults(GetResultsRequest(batchID: 8, pageSize: 250, afterTaskID: UInt64.max - 5)))),
             Frame(streamID: 13, kind: .request(.cancelBatch(batchID: 12345))),

@@ -5393,7 +5393,7 @@ const ProtobufCMessageDescriptor fanout__v1__get_batch_response__descriptor =
   (ProtobufCMessageInit) fanout__v1__get_batch_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__list_batches_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor fanout__v1__list_batches_request__field_descriptors[4] =
 {
   {
     "owner_id",
@@ -5431,16 +5431,29 @@ static const ProtobufCFieldDescriptor fanout__v1__list_batches_request__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "parent_batch_id",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__ListBatchesRequest, parent_batch_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__list_batches_request__field_indices_by_name[] = {
   2,   /* field[2] = before_id */
   1,   /* field[1] = limit */
   0,   /* field[0] = owner_id */
+  3,   /* field[3] = parent_batch_id */
 };
 static const ProtobufCIntRange fanout__v1__list_batches_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor fanout__v1__list_batches_request__descriptor =
 {
@@ -5450,7 +5463,7 @@ const ProtobufCMessageDescriptor fanout__v1__list_batches_request__descriptor =
   "Fanout__V1__ListBatchesRequest",
   "fanout.v1",
   sizeof(Fanout__V1__ListBatchesRequest),
-  3,
+  4,
   fanout__v1__list_batches_request__field_descriptors,
   fanout__v1__list_batches_request__field_indices_by_name,
   1,  fanout__v1__list_batches_request__number_ranges,

@@ -763,10 +763,14 @@ struct  Fanout__V1__ListBatchesRequest
    * paging: batches with a smaller id; 0: newest
    */
   uint64_t before_id;
+  /*
+   * only the child batches spawned by this batch's tasks; 0: any
+   */
+  uint64_t parent_batch_id;
 };
 #define FANOUT__V1__LIST_BATCHES_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__list_batches_request__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0 }
+    , (char *)protobuf_c_empty_string, 0, 0, 0 }
 
 
 struct  Fanout__V1__ListBatchesResponse
