@@ -4,7 +4,7 @@ SWIFT ?= swift
 
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build proto proto-check test demo bench stress fuzz clean
+.PHONY: help deps build proto proto-check test demo example bench stress fuzz clean
 
 help:
 	@echo "Fanout make targets:"
@@ -14,6 +14,7 @@ help:
 	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"
 	@echo "  make test         proto-check, Swift tests, then the C client's tests (if clients/c exists)"
 	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
+	@echo "  make example      build, then run Examples/ResearchWorker: a question fanned out into LLM subagents (local stub)"
 	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd, and the LLM row"
 	@echo "                   (2,000 chat completions through an openai agent against a local stub, next to the stub's own ceiling;"
 	@echo "                    LLM_TASKS=0 skips it)"
@@ -51,6 +52,10 @@ test: deps proto-check
 demo: deps
 	$(SWIFT) build
 	scripts/demo
+
+example: deps
+	$(SWIFT) build
+	scripts/example
 
 # Benchmarks/ is a package of its own (it depends on this one by path), so
 # `make test` never builds it. It starts the release fanoutd built here on a

@@ -120,6 +120,16 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),
+        // Examples/: a worker for a `research` agent that fans out into LLM subagents (`make example`).
+        .executableTarget(
+            name: "fanout-example-research",
+            dependencies: [
+                "FanoutClient",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/ResearchWorker"
+        ),
         // A local OpenAI-compatible server: tests, `make demo` and `make bench` run real HTTP batches against it.
         .target(
             name: "OpenAIStub",

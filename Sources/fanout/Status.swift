@@ -64,7 +64,7 @@ struct ChildTree {
     func print(indent: String) {
         let c = batch.counts
         Swift.print("\(indent)└ batch \(batch.id)  \(Describe.word(batch.status))  \(String(format: "%.1f", batch.progress))%  "
-            + "\(c.total) tasks, \(c.completed) completed  (agent \(batch.agent), parent task \(batch.parentTaskID))")
+            + "\(c.total) tasks, \(c.completed) completed  (\(batch.agent.isEmpty ? "" : "agent \(batch.agent), ")parent task \(batch.parentTaskID))")
         for child in children { child.print(indent: indent + "  ") }
     }
 }
