@@ -17,7 +17,8 @@ help:
 	@echo "  make example      build, then run Examples/ResearchWorker: a question fanned out into LLM subagents (local stub)"
 	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd, and the LLM row"
 	@echo "                   (2,000 chat completions through an openai agent against a local stub, next to the stub's own ceiling;"
-	@echo "                    LLM_TASKS=0 skips it)"
+	@echo "                    LLM_TASKS=0 skips it), and the worker row (100,000 tasks through 4 'fanout worker' processes,"
+	@echo "                    and a parent spawning 20 children, p50/p99; WORKER_TASKS=0 skips it)"
 	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default;"
 	@echo "                    SUBSCRIBER_SIZES=\"50000\" run alone and with a following subscriber, \"none\" to skip)"
 	@echo "  make stress       release build, then fanoutd under SIGKILLs, fuzzed frames, a following subscriber and"
@@ -71,7 +72,7 @@ bench: deps
 	$(SWIFT) build -c release --package-path Benchmarks --product FanoutBench
 	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutBench" \
 		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
-		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS)) $(if $(GATEWAY_LINES),--gateway-lines $(GATEWAY_LINES))
+		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS)) $(if $(GATEWAY_LINES),--gateway-lines $(GATEWAY_LINES)) $(if $(WORKER_TASKS),--worker-tasks $(WORKER_TASKS))
 
 STRESS_SECONDS ?= 600
 

@@ -66,6 +66,8 @@ public final class WorkerPool: Service, Sendable {
     private let state = Mutex(PoolState())
     /// The scheduler whose worker-served agents this pool runs: told the slots workers offer per agent.
     private let scheduler = Mutex<Scheduler?>(nil)
+    /// Held while capacity is reported, so reports reach the scheduler in order.
+    private let capacityReports = Mutex(())
 
     public init(settings: Settings = Settings(), allowedUIDs: [String: Set<UInt32>] = [:]) {
         self.settings = settings
@@ -81,13 +83,20 @@ public final class WorkerPool: Service, Sendable {
     }
 
     /// Tells the scheduler how many slots the workers offer for each of `agents`,
-    /// and of agents workers declare. Called under the pool's lock, so the
-    /// scheduler hears of registrations in the order they happened.
-    private func reportCapacity(of agents: some Sequence<String>, in state: PoolState) {
+    /// and of agents workers declare. Reports are serialised and read the pool
+    /// as it is then, so the last report of an agent is always current; the
+    /// pool's lock is not held while the scheduler acts on one.
+    private func reportCapacity(of agents: some Sequence<String>) {
         guard let scheduler = scheduler.withLock({ $0 }) else { return }
-        for agent in Set(agents).sorted() {
-            let declaration = scheduler.agentsByName[agent] == nil ? state.declaration(of: agent) : nil
-            scheduler.setWorkerCapacity(agent: agent, slots: state.offeredSlots(for: agent), declaration: declaration)
+        capacityReports.withLock { _ in
+            let reports = state.withLock { state in
+                Set(agents).sorted().map { agent in
+                    (agent, state.offeredSlots(for: agent), scheduler.agentsByName[agent] == nil ? state.declaration(of: agent) : nil)
+                }
+            }
+            for (agent, slots, declaration) in reports {
+                scheduler.setWorkerCapacity(agent: agent, slots: slots, declaration: declaration)
+            }
         }
     }
 
@@ -126,31 +135,29 @@ public final class WorkerPool: Service, Sendable {
             for agent in agents.keys.sorted() {
                 if let refusal = refusal(agent: agent, uid: uid, isAdmin: isAdmin, in: state) { return .failure(refusal) }
             }
-            let wakeups = state.addWorker(PoolState.Worker(name: name, uid: uid, slots: agents, maxTurns: maxTurns, send: send))
-            reportCapacity(of: agents.keys, in: state)
-            return .success(wakeups)
+            return .success(state.addWorker(PoolState.Worker(name: name, uid: uid, slots: agents, maxTurns: maxTurns, send: send)))
         }
         let wakeups = try result.get()
+        reportCapacity(of: agents.keys)
         wakeups.resume()
         return wakeups.workerID
     }
 
     /// The worker takes no new tasks; those it holds stay with it until it reports them.
     public func drain(_ worker: WorkerID) {
-        state.withLock { state in
+        let agents = state.withLock { state in
             state.workers[worker]?.draining = true
-            if let agents = state.workers[worker]?.slots.keys { reportCapacity(of: agents, in: state) }
+            return state.workers[worker]?.slots.keys.map { $0 } ?? []
         }
+        reportCapacity(of: agents)
     }
 
     /// The worker is gone: the attempts it held fail as `worker_lost` and run again.
     public func unregister(_ worker: WorkerID) {
-        let ended = state.withLock { state in
-            let agents = state.workers[worker]?.slots.keys.map { $0 } ?? []
-            let ended = state.removeWorker(worker)
-            reportCapacity(of: agents, in: state)
-            return ended
+        let (agents, ended) = state.withLock { state in
+            (state.workers[worker]?.slots.keys.map { $0 } ?? [], state.removeWorker(worker))
         }
+        reportCapacity(of: agents)
 
         for (continuation, taskID) in ended {
             continuation.resume(returning: .failure(RunnerFailure(

@@ -35,6 +35,7 @@ struct FanoutBench {
       --llm-tasks N         chat-completion tasks for the LLM row, against a stub answering after 20 ms (default 2000; 0: skip)
       --gateway-lines N     lines of the Batch file run through the HTTP gateway and through `fanout submit` (default 2000; 0: skip)
       --stub PATH           the OpenAI stub server (default: fanout-openai-stub next to fanoutd)
+      --worker-tasks N      zero-work tasks through 4 `fanout worker` processes, plus the spawn latency (default 100000; 0: skip)
     """
 
     static func main() async {
@@ -100,9 +101,21 @@ struct FanoutBench {
             gateway = result
         }
 
+        var workers: WorkerResult?
+        if options.workerTasks > 0 {
+            log("workers: \(options.workerTasks) zero-work tasks through 4 `fanout worker` processes, then 100 parents spawning 20 children...")
+            let result = await WorkerRun.run(tasks: options.workerTasks, workers: 4, slotsPerWorker: 64, parents: 100,
+                                             childrenPerParent: 20, fanoutd: options.fanoutd)
+            log(result.status == "ok"
+                ? String(format: "workers: %.2f s, %.0f tasks/s; parent with 20 children p50 %.1f ms, p99 %.1f ms", result.seconds ?? 0,
+                         result.tasksPerSecond ?? 0, result.parentP50Ms ?? 0, result.parentP99Ms ?? 0)
+                : "workers: \(result.status): \(result.error ?? "")")
+            workers = result
+        }
+
         let report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
                             machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
-                            payloadBytes: options.payloadBytes, results: results, llm: llm, gateway: gateway)
+                            payloadBytes: options.payloadBytes, results: results, llm: llm, gateway: gateway, workers: workers)
         print(report.table())
         do {
             try report.write(to: options.output)
@@ -112,6 +125,7 @@ struct FanoutBench {
             exit(1)
         }
         let extrasOK = (llm.map { $0.status == "ok" } ?? true) && (gateway.map { $0.status == "ok" } ?? true)
+            && (workers.map { $0.status == "ok" } ?? true)
         exit(results.allSatisfy { $0.status == "ok" } && extrasOK ? 0 : 1)
     }
 
@@ -132,6 +146,7 @@ struct Options {
     var commit: String?
     var llmTasks = 2_000
     var gatewayLines = 2_000
+    var workerTasks = 100_000
     var stub = ""
 
     static func parse(_ arguments: [String]) throws -> Options {
@@ -169,6 +184,10 @@ struct Options {
                 guard let count = Int(text), count >= 0 else { throw BenchError("--llm-tasks: not a count: \(text)") }
                 options.llmTasks = count
             case "--stub": options.stub = try value()
+            case "--worker-tasks":
+                let text = try value()
+                guard let count = Int(text), count >= 0 else { throw BenchError("--worker-tasks: not a count: \(text)") }
+                options.workerTasks = count
             case "--gateway-lines":
                 let text = try value()
                 guard let count = Int(text), count >= 0 else { throw BenchError("--gateway-lines: not a count: \(text)") }

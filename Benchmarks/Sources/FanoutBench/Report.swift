@@ -71,6 +71,7 @@ struct Report: Codable {
     var results: [SizeResult]
     var llm: LLMResult?
     var gateway: GatewayResult?
+    var workers: WorkerResult?
 
     func write(to path: String) throws {
         let url = URL(fileURLWithPath: path)
@@ -140,6 +141,17 @@ struct Report: Codable {
                                     gateway.lines, seconds, cli, overhead * 100, gateway.targetOverhead * 100))
             } else {
                 lines.append("gateway: \(gateway.status): \(gateway.error ?? "")")
+            }
+        }
+        if let workers {
+            if workers.status == "ok", let seconds = workers.seconds, let rate = workers.tasksPerSecond,
+               let p50 = workers.parentP50Ms, let p99 = workers.parentP99Ms {
+                lines.append(String(format: "workers: %d zero-work tasks through %d `fanout worker` processes (%d slots each): %.2f s, "
+                                    + "%.0f tasks/s (target >= %.0f); a parent spawning %d children and resuming: p50 %.1f ms, p99 %.1f ms "
+                                    + "(%d parents, one at a time)", workers.tasks, workers.workers, workers.slotsPerWorker, seconds, rate,
+                                    workers.targetTasksPerSecond, workers.childrenPerParent, p50, p99, workers.parents))
+            } else {
+                lines.append("workers: \(workers.status): \(workers.error ?? "")")
             }
         }
         for result in results {
