@@ -67,6 +67,8 @@ struct PoolState {
     var waiters: [Waiter] = []
     var shuttingDown = false
     var sleeper: Task<Void, Never>?
+    /// When the lease timer wakes next by itself.
+    var sleepingUntil = ContinuousClock.now
     private var lastWorkerID: WorkerPool.WorkerID = 0
     private var lastWaiterID = 0
 
@@ -168,17 +170,16 @@ struct PoolState {
 
     // MARK: Private
 
-    /// The worker with the most free slots for `agent` (spreading work) that `requirement` allows, if any has one.
+    /// The worker with the most free slots for `agent` (spreading work) that `requirement` allows, if any
+    /// has one; the oldest among equals.
     private func freeWorker(for agent: String, _ requirement: SlotRequirement) -> WorkerPool.WorkerID? {
         if let only = requirement.worker { return workers[only]?.hasFreeSlot(for: agent) == true ? only : nil }
-        return workers.filter { entry in
-            entry.value.hasFreeSlot(for: agent) && (requirement.uid.map { $0 == entry.value.uid } ?? true)
+        var best: (id: WorkerPool.WorkerID, free: Int)?
+        for (id, worker) in workers where worker.hasFreeSlot(for: agent) && (requirement.uid.map { $0 == worker.uid } ?? true) {
+            let free = (worker.slots[agent] ?? 0) - (worker.running[agent] ?? 0)
+            if best == nil || free > best!.free || (free == best!.free && id < best!.id) { best = (id, free) }
         }
-            .max { a, b in
-                let freeA = (a.value.slots[agent] ?? 0) - (a.value.running[agent] ?? 0)
-                let freeB = (b.value.slots[agent] ?? 0) - (b.value.running[agent] ?? 0)
-                return freeA == freeB ? a.key > b.key : freeA < freeB
-            }?.key
+        return best?.id
     }
 
     private mutating func assign(_ taskID: TaskID, agent: String, to worker: WorkerPool.WorkerID, deadline: ContinuousClock.Instant) {

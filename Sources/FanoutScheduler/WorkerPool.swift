@@ -301,7 +301,7 @@ public final class WorkerPool: Service, Sendable {
                                                                           code: "worker_lost", retryable: true)))
                 case .send(let send):
                     send(.assign(context, leaseMs: settings.leaseMs, resumed: resumed))
-                    kickSweeper()
+                    kickSweeper(for: ContinuousClock.now + .milliseconds(settings.leaseMs))
                 }
             }
         } onCancel: {
@@ -340,7 +340,7 @@ public final class WorkerPool: Service, Sendable {
             return lease.sent ? state.workers[lease.worker]?.send : nil
         }
         send?(.cancel(taskID))
-        kickSweeper()
+        kickSweeper(for: ContinuousClock.now + .milliseconds(settings.cancelGraceMs))
     }
 
     // MARK: Lease timer
@@ -351,7 +351,10 @@ public final class WorkerPool: Service, Sendable {
             while !Task.isCancelled && !isShuttingDown {
                 let deadline = state.withLock { $0.earliestDeadline } ?? ContinuousClock.now + .seconds(60)
                 let sleeper = Task { _ = try? await Task.sleep(until: deadline, clock: .continuous) }
-                state.withLock { $0.sleeper = sleeper }
+                state.withLock { state in
+                    state.sleeper = sleeper
+                    state.sleepingUntil = deadline
+                }
                 await withTaskCancellationHandler { await sleeper.value } onCancel: { sleeper.cancel() }
                 expireLeases()
             }
@@ -365,8 +368,15 @@ public final class WorkerPool: Service, Sendable {
 
     private var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
 
-    private func kickSweeper() {
-        state.withLock { $0.sleeper }?.cancel()
+    /// Wakes the lease timer if `deadline` comes before the one it sleeps until.
+    /// Most do not (every lease runs as long), so an assignment rarely costs a wake-up.
+    private func kickSweeper(for deadline: ContinuousClock.Instant) {
+        let sleeper = state.withLock { state -> Task<Void, Never>? in
+            guard deadline < state.sleepingUntil else { return nil }
+            state.sleepingUntil = deadline
+            return state.sleeper
+        }
+        sleeper?.cancel()
     }
 
     private func expireLeases() {

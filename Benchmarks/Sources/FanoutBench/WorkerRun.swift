@@ -109,7 +109,7 @@ enum WorkerRun {
             }
         } catch {
             result.status = "error"
-            result.error = "\(error)"
+            result.error = "\(error)" + (daemon.map { "\n" + $0.logTail() } ?? "")
         }
         if let daemon { _ = await daemon.stop() }
         return result
