@@ -76,6 +76,11 @@ public final class Scheduler: Service, Sendable {
         return declared.isEmpty ? configuredAgents : configuredAgents.union(declared)
     }
 
+    /// The agents connected workers declare, by name.
+    public var declaredAgentConfigurations: [AgentConfiguration] {
+        declaredAgents.withLock { $0.values.map(\.configuration) }.sorted { $0.name < $1.name }
+    }
+
     /// An agent's configuration: from the configuration file, or as a worker declared it.
     func agent(named name: String) -> AgentConfiguration? {
         agentsByName[name] ?? declaredAgents.withLock { $0[name]?.configuration }

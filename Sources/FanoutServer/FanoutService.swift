@@ -202,8 +202,12 @@ final class FanoutService: Sendable {
                             },
                             runningTaskIDs: worker.runningTasks.map { UInt64($0) })
         }
-        info.agents = scheduler.configuration.agents.map { agent in
-            AgentInfo(name: agent.name, runner: agent.runner, concurrency: UInt32(clamping: agent.concurrency),
+        // Configured agents, then those connected workers declare.
+        info.agents = (scheduler.configuration.agents + scheduler.declaredAgentConfigurations).map { agent in
+            // A worker-served agent runs at most as many tasks as its workers have slots.
+            let offered = workers.reduce(0) { $0 + ($1.slots[agent.name] ?? 0) }
+            let concurrency = agent.runner == "worker" ? min(agent.concurrency, offered) : agent.concurrency
+            return AgentInfo(name: agent.name, runner: agent.runner, concurrency: UInt32(clamping: concurrency),
                       maxTurns: UInt32(clamping: agent.maxTurns), maxAttempts: UInt32(clamping: agent.maxAttempts),
                       running: UInt32(clamping: stats.runningByAgent[agent.name] ?? 0),
                       workers: UInt32(clamping: workers.filter { $0.slots[agent.name] != nil }.count))

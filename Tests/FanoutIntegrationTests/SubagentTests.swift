@@ -52,6 +52,9 @@ import Testing
                     let client = try await daemon.client()
                     // The agent exists once the worker has declared it.
                     while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+                    let declared = try await client.serverInfo().agents.first { $0.name == "research" }
+                    #expect(declared?.runner == "worker" && declared?.concurrency == 2 && declared?.workers == 1,
+                            "ServerInfo lists the agent the worker declared: \(String(describing: declared))")
                     let batch = try await client.enqueueBatch(ownerID: "alice", agent: "research",
                                                               tasks: [TaskSpec(customID: "q", payload: Self.payload("why"))])
                     let done = try await Self.finished(client, batch.id)
