@@ -4,6 +4,8 @@ public struct NewBatch: Sendable {
     public var agent: String
     public var metadata: [String: String]
     public var parentTaskID: TaskID?
+    /// The attempt of the parent task that spawned this batch (set with `parentTaskID`).
+    public var parentAttempt: Int?
     public var deadlineAt: Milliseconds?
     /// The window the client asked for, kept to check it against the limit; `deadlineAt` is derived from it.
     public var completionWindowMs: Int64?

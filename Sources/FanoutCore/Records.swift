@@ -87,6 +87,8 @@ public struct BatchRecord: Sendable, Hashable {
     public var closing: TaskState?
     /// Summed over the batch's finished tasks.
     public var usage: TokenUsage = .zero
+    /// For a child batch: the attempt of its parent task that spawned it.
+    public var parentAttempt: Int?
 
     public init(
         id: BatchID, ownerID: String, agent: String, state: BatchState, counters: BatchCounters,

@@ -19,14 +19,15 @@ public enum TaskState: String, Sendable, Hashable, CaseIterable, Codable {
     /// The transitions the state machine allows; anything else is a bug or a
     /// stale message (a late result for a cancelled task) and is refused.
     /// Beyond DESIGN.md's list: a pending task whose agent no daemon runs any
-    /// more fails without running, and a task running when its batch's
-    /// deadline passes is interrupted and expires.
+    /// more fails without running, and a task running (or waiting for its
+    /// children) when its batch's deadline passes is interrupted and expires.
     public func canMove(to next: TaskState) -> Bool {
         switch (self, next) {
         case (.pending, .running), (.pending, .cancelled), (.pending, .expired), (.pending, .failed): true
         case (.running, .completed), (.running, .failed), (.running, .cancelled), (.running, .expired),
              (.running, .retryWait), (.running, .waitingChildren), (.running, .pending): true
-        case (.waitingChildren, .running), (.waitingChildren, .cancelled), (.waitingChildren, .failed): true
+        case (.waitingChildren, .running), (.waitingChildren, .cancelled), (.waitingChildren, .failed),
+             (.waitingChildren, .expired): true
         case (.retryWait, .pending), (.retryWait, .cancelled), (.retryWait, .expired): true
         default: false
         }

@@ -36,7 +36,7 @@ struct AttemptChildren: ChildTasks {
     }
 
     func batches() async throws -> [BatchRecord] {
-        try await offload { [store = scheduler.store, taskID] in try store.childBatches(of: taskID) }
+        try await offload { [store = scheduler.store, taskID, attempt] in try store.childBatches(of: taskID, attempt: attempt) }
     }
 
     func results(of batch: BatchID, afterTaskID: TaskID, limit: Int) async throws -> [TaskRecord] {

@@ -313,6 +313,7 @@ public final class Scheduler: Service, Sendable {
         batch.ownerID = owner.ownerID
         batch.creatorUID = owner.creatorUID
         batch.parentTaskID = parent
+        batch.parentAttempt = attempt
         do {
             return try await enqueue(batch).batch
         } catch {

@@ -33,6 +33,14 @@ extension SchedulerState {
         return SpawnParent(ownerID: batch.record.ownerID, creatorUID: batch.record.creatorUID)
     }
 
+    /// Whether `attempt` of task `id` still runs and may have children: not ended, not being cancelled.
+    func isSpawning(_ id: TaskID, attempt: Int?) -> Bool {
+        guard let slot = slots[id], slot.interruptAs == nil, slot.state == .running || slot.state == .waitingChildren else {
+            return false
+        }
+        return attempt.map { $0 == slot.task.attempt } ?? true
+    }
+
     /// Gives back a reservation whose spawn was refused.
     mutating func unreserveSpawn(_ id: TaskID, attempt: Int, count: Int) {
         guard slots[id]?.task.attempt == attempt else { return }
@@ -141,8 +149,10 @@ extension SchedulerState {
             if let limit = agents[task.agent]?.configuration.childrenTimeoutMs, limit > 0 { waitDeadlines[task.id] = now + limit }
         }
         recovering = false
-        for (parent, children) in childBatches.sorted(by: { $0.key < $1.key }) where slots[parent] == nil {
-            for child in children.sorted() { closeBatch(child, as: .cancelled, now: now, effects: &effects) }
+        for (parent, children) in childBatches.sorted(by: { $0.key < $1.key }) {
+            for child in children.sorted() where !isSpawning(parent, attempt: batches[child]?.record.parentAttempt) {
+                closeBatch(child, as: .cancelled, now: now, effects: &effects)
+            }
         }
         for task in tasks where slots[task.id]?.state == .waitingChildren && childBatches[task.id] == nil {
             resumable[task.agent, default: []].append(task.id)

@@ -205,14 +205,7 @@ struct SchedulerState {
         pendingCount += batch.counters.pending
         batches[batch.id] = active
         admitting.remove(batch.id)
-        if let parent = batch.parentTaskID {
-            childBatches[parent, default: []].insert(batch.id)
-            // Its parent ended before the children were admitted (or while the daemon was down): they go too.
-            if slots[parent] == nil && !recovering {
-                closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
-                return
-            }
-        }
+        if let parent = batch.parentTaskID { childBatches[parent, default: []].insert(batch.id) }
         if let waiters = cancelsAwaitingAdmission.removeValue(forKey: batch.id) {
             batches[batch.id]!.finishWaiters.append(contentsOf: waiters)
             closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
@@ -221,6 +214,11 @@ struct SchedulerState {
         if let closing = batch.closing {
             // It was being cancelled (or expired) when the daemon stopped: finish that first.
             closeBatch(batch.id, as: closing, now: now, effects: &effects)
+            return
+        }
+        if !recovering, let parent = batch.parentTaskID, !isSpawning(parent, attempt: batch.parentAttempt) {
+            // The attempt that spawned these children ended (or is being cancelled) before they were admitted: they go too.
+            closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
             return
         }
         // A recovered batch may have nothing left to run (the crash came after its last task).

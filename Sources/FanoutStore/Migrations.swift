@@ -142,7 +142,8 @@ enum Migrations {
                 ) WITHOUT ROWID;
                 """)
         }
-        migrator.registerMigration("v7: a task's child batches, found by their parent") { db in
+        migrator.registerMigration("v7: a task's child batches, found by their parent and its attempt") { db in
+            try db.execute(sql: "ALTER TABLE batches ADD COLUMN parent_attempt INTEGER")
             try db.execute(sql: "CREATE INDEX batches_parent ON batches(parent_task_id) WHERE parent_task_id IS NOT NULL")
         }
 

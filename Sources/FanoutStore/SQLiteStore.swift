@@ -56,12 +56,13 @@ public final class SQLiteStore: Store {
         try write { db in
             let batchID = try Self.insertBatchRow(batch, state: "pending", taskCount: batch.tasks.count, now: now, in: db)
             let taskIDs = try Self.insertTasks(batch.tasks, batchID: batchID, parentTaskID: batch.parentTaskID, now: now, in: db)
-            let record = BatchRecord(
+            var record = BatchRecord(
                 id: batchID, ownerID: batch.ownerID, agent: batch.agent, state: .pending,
                 counters: BatchCounters(pending: batch.tasks.count),
                 progress: BatchProgress(totalTasks: batch.tasks.count, maxTurns: batch.maxTurns),
                 metadata: batch.metadata, parentTaskID: batch.parentTaskID, createdAt: now,
                 deadlineAt: batch.deadlineAt, creatorUID: batch.creatorUID)
+            record.parentAttempt = batch.parentAttempt
             return InsertedBatch(batch: record, taskIDs: taskIDs)
         }
     }
@@ -103,11 +104,11 @@ public final class SQLiteStore: Store {
         try db.execute(
             sql: """
                 INSERT INTO batches (owner_id, agent, state, total, pending, max_turns, metadata,
-                                     parent_task_id, created_at, deadline_at, creator_uid)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                     parent_task_id, parent_attempt, created_at, deadline_at, creator_uid)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [batch.ownerID, batch.agent, state, taskCount, taskCount, batch.maxTurns, metadata,
-                        batch.parentTaskID, now, batch.deadlineAt, Int64(batch.creatorUID)])
+                        batch.parentTaskID, batch.parentAttempt, now, batch.deadlineAt, Int64(batch.creatorUID)])
         return db.lastInsertedRowID
     }
 
@@ -356,11 +357,11 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func childBatches(of parent: TaskID) throws -> [BatchRecord] {
+    public func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord] {
         try read { db in
             try Row.fetchAll(db, sql: """
-                SELECT * FROM batches WHERE parent_task_id = ? AND state != 'staging' ORDER BY id
-                """, arguments: [parent]).map(Self.batchRecord)
+                SELECT * FROM batches WHERE parent_task_id = ? AND parent_attempt = ? AND state != 'staging' ORDER BY id
+                """, arguments: [parent, attempt]).map(Self.batchRecord)
         }
     }
 
@@ -590,7 +591,7 @@ public final class SQLiteStore: Store {
         let metadata = metadataJSON.flatMap { try? JSONDecoder().decode([String: String].self, from: Data($0.utf8)) } ?? [:]
         let creatorUID: Int64 = row["creator_uid"]
         let closing: String? = row["closing"]
-        return BatchRecord(
+        var record = BatchRecord(
             id: row["id"], ownerID: row["owner_id"], agent: row["agent"],
             state: BatchState(rawValue: row["state"]) ?? .failed, counters: counters,
             progress: BatchProgress(totalTasks: counters.total, maxTurns: row["max_turns"], units: row["progress_units"]),
@@ -599,6 +600,8 @@ public final class SQLiteStore: Store {
             creatorUID: UInt32(truncatingIfNeeded: creatorUID), closing: closing.flatMap(TaskState.init(rawValue:)),
             usage: TokenUsage(promptTokens: row["prompt_tokens"], completionTokens: row["completion_tokens"],
                               totalTokens: row["total_tokens"]))
+        record.parentAttempt = row["parent_attempt"]
+        return record
     }
 
     static func taskRecord(_ row: Row, includePayload: Bool) -> TaskRecord {

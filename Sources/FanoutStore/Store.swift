@@ -30,8 +30,8 @@ public protocol Store: Sendable {
     /// Batches newest first; `parentBatchID`: only child batches spawned by that batch's tasks.
     func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord]
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord?
-    /// The batches a task spawned, oldest first: the order its spawns were made.
-    func childBatches(of parent: TaskID) throws -> [BatchRecord]
+    /// The batches one attempt of a task spawned, oldest first: the order its spawns were made.
+    func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord]
     /// Terminal tasks of a batch in id order, after `afterTaskID`.
     func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord]
     func payload(of task: TaskID) throws -> [UInt8]

@@ -8,7 +8,7 @@ import Testing
         [.pending, .running], [.pending, .cancelled], [.pending, .expired], [.pending, .failed],
         [.running, .completed], [.running, .failed], [.running, .cancelled], [.running, .expired],
         [.running, .retryWait], [.running, .waitingChildren], [.running, .pending],
-        [.waitingChildren, .running], [.waitingChildren, .cancelled], [.waitingChildren, .failed],
+        [.waitingChildren, .running], [.waitingChildren, .cancelled], [.waitingChildren, .failed], [.waitingChildren, .expired],
         [.retryWait, .pending], [.retryWait, .cancelled], [.retryWait, .expired],
     ]
 
@@ -20,7 +20,7 @@ import Testing
     @Test func allowedTransitionCount() {
         let count = TaskState.allCases.flatMap { from in TaskState.allCases.map { (from, $0) } }
             .filter { $0.0.canMove(to: $0.1) }.count
-        #expect(count == 17)
+        #expect(count == 18)
     }
 
     @Test func terminalStatesGoNowhere() {

@@ -69,7 +69,7 @@ final class FaultyStore: Store {
         try base.batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: parentBatchID, limit: limit, beforeID: beforeID)
     }
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? { try base.task(id, includePayload: includePayload) }
-    func childBatches(of parent: TaskID) throws -> [BatchRecord] { try base.childBatches(of: parent) }
+    func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord] { try base.childBatches(of: parent, attempt: attempt) }
     func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
         try base.results(batchID: batchID, afterTaskID: afterTaskID, limit: limit)
     }

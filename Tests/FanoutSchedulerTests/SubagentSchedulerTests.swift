@@ -59,6 +59,22 @@ struct RecursiveRunner: Runner {
     }
 }
 
+/// Attempt 1 spawns two children, waits, and fails retryably; attempt 2 spawns three and reports what it sees.
+struct RetryingFanRunner: Runner {
+    func run(_ context: RunContext) async throws -> RunOutput {
+        guard let children = context.children else { throw RunnerFailure("no children API", retryable: false) }
+        let count = context.attempt == 1 ? 2 : 3
+        _ = try await children.spawn(NewBatch(ownerID: "", agent: "echo", tasks: (0..<count).map {
+            NewTask(customID: "c\($0)", agent: "echo", payload: [])
+        }))
+        try await children.wait(timeoutMs: nil)
+        if context.attempt == 1 { throw RunnerFailure("try again", retryable: true) }
+        let batches = try await children.batches()
+        let results = try await children.results(of: batches[0].id, afterTaskID: 0, limit: 100)
+        return RunOutput(result: Array("batches=\(batches.count) results=\(results.count)".utf8))
+    }
+}
+
 @Suite struct SubagentSchedulerTests {
     static let agents = [
         AgentConfiguration(name: "fan", runner: "custom", concurrency: 4),
@@ -94,7 +110,7 @@ struct RecursiveRunner: Runner {
             let inserted = try await Self.enqueueFan(scheduler)
             try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
             #expect(try Self.result(store, inserted.batch.id) == "resumed=false children=5 completed=5")
-            let children = try store.childBatches(of: inserted.taskIDs[0])
+            let children = try store.childBatches(of: inserted.taskIDs[0], attempt: 1)
             #expect(children.count == 1)
             #expect(children.first?.ownerID == "alice", "children belong to their parent's owner")
             #expect(children.first?.creatorUID == 1000)
@@ -109,7 +125,7 @@ struct RecursiveRunner: Runner {
             let first = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 3), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(first)
             try await waitUntil("the parent to wait, its children to run") {
-                let children = try store.childBatches(of: inserted.taskIDs[0])
+                let children = try store.childBatches(of: inserted.taskIDs[0], attempt: 1)
                 return try store.batch(inserted.batch.id)?.counters.waitingChildren == 1 && children.first?.counters.running == 3
             }
             #expect(first.statistics.running == 3, "a waiting parent holds no slot")
@@ -120,7 +136,7 @@ struct RecursiveRunner: Runner {
             let second = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 3), hold: EchoRunner())
             try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
             #expect(try Self.result(store, inserted.batch.id) == "resumed=true children=3 completed=3")
-            #expect(try store.childBatches(of: inserted.taskIDs[0]).count == 1, "not spawned twice")
+            #expect(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).count == 1, "not spawned twice")
             await second.shutdown()
         }
     }
@@ -131,11 +147,11 @@ struct RecursiveRunner: Runner {
             let first = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(first)
             try await waitUntil("the parent to wait") { try store.batch(inserted.batch.id)?.counters.waitingChildren == 1 }
-            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0]).first?.counters.running == 2 }
+            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
             await first.shutdown()
 
             // The children's last commit landed, the parent's resumption did not: what a crash in between leaves.
-            let child = try #require(try store.childBatches(of: inserted.taskIDs[0]).first)
+            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
             let pending = try store.pendingTasks(batchID: child.id, agent: "hold", after: nil, limit: 10, inlinePayloadBytes: 0)
             #expect(pending.count == 2)
             var changes = ChangeSet()
@@ -162,11 +178,11 @@ struct RecursiveRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let first = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2, blockAfterSpawning: true), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(first)
-            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0]).first?.counters.running == 2 }
+            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
             await first.shutdown()
             // The parent was running, not waiting: stopped, it goes back to pending and its children are orphans.
             let second = try Self.scheduler(store, fan: EchoRunner(), hold: BlockingRunner())
-            let child = try #require(try store.childBatches(of: inserted.taskIDs[0]).first)
+            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
             try await waitUntil("the orphans to be cancelled") { try store.batch(child.id)?.state == .cancelled }
             #expect(try store.batch(child.id)?.counters.cancelled == 2)
             try await waitUntil("the parent to run again") { try store.batch(inserted.batch.id)?.state == .completed }
@@ -201,11 +217,39 @@ struct RecursiveRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(scheduler)
-            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0]).first?.counters.running == 2 }
-            let child = try #require(try store.childBatches(of: inserted.taskIDs[0]).first)
+            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
+            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
             _ = try await scheduler.cancelBatch(child.id)
             try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
             #expect(try Self.result(store, inserted.batch.id) == "resumed=false children=2 completed=0")
+            await scheduler.shutdown()
+        }
+    }
+
+    @Test func aBatchDeadlineExpiresAWaitingParentAndCancelsItsChildren() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory + "/fanout.db")
+            let scheduler = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
+            let inserted = try await scheduler.enqueue(NewBatch(
+                ownerID: "alice", agent: "fan", deadlineAt: Milliseconds(Date().timeIntervalSince1970 * 1000) + 400, creatorUID: 1000,
+                tasks: [NewTask(customID: "parent", agent: "fan", payload: [])]))
+            try await waitUntil("the parent's batch to fail") { try store.batch(inserted.batch.id)?.state == .failed }
+            #expect(try store.task(inserted.taskIDs[0], includePayload: false)?.state == .expired)
+            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
+            try await waitUntil("the children to be cancelled") { try store.batch(child.id)?.state == .cancelled }
+            await scheduler.shutdown()
+        }
+    }
+
+    @Test func aRetriedTaskSeesOnlyItsOwnAttemptsChildren() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory + "/fanout.db")
+            let scheduler = try Self.scheduler(store, fan: RetryingFanRunner(), hold: BlockingRunner())
+            let inserted = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "fan", creatorUID: 1000, tasks: [
+                NewTask(customID: "parent", agent: "fan", payload: [], maxAttempts: 2),
+            ]))
+            try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
+            #expect(try Self.result(store, inserted.batch.id) == "batches=1 results=3")
             await scheduler.shutdown()
         }
     }
