@@ -85,17 +85,22 @@ struct PoolState {
         return wakeups
     }
 
-    /// Removes a worker; returns the attempts it held that await an outcome.
-    mutating func removeWorker(_ id: WorkerPool.WorkerID) -> [(CheckedContinuation<AttemptResult, Never>, TaskID)] {
+    /// Removes a worker; returns the attempts it held that await an outcome, and waiters it lets through.
+    mutating func removeWorker(_ id: WorkerPool.WorkerID) -> ([(CheckedContinuation<AttemptResult, Never>, TaskID)], Wakeups) {
         workers[id] = nil
-        // Parents that were to resume on it resume on any worker.
-        for index in waiters.indices where waiters[index].requirement.worker == id { waiters[index].requirement.worker = nil }
         var ended: [(CheckedContinuation<AttemptResult, Never>, TaskID)] = []
         for (taskID, lease) in leases where lease.worker == id {
             leases[taskID] = nil
             if let continuation = lease.continuation { ended.append((continuation, taskID)) }
         }
-        return ended
+        return (ended, unpinWaiters(from: id))
+    }
+
+    /// Waiters pinned to `worker` (parents resuming where their handler waits) may go to any
+    /// worker now; returns those that get a slot at once.
+    mutating func unpinWaiters(from worker: WorkerPool.WorkerID) -> Wakeups {
+        for index in waiters.indices where waiters[index].requirement.worker == worker { waiters[index].requirement.worker = nil }
+        return grantWaiters()
     }
 
     /// A slot for `taskID` now, or nil after queueing the waiter.

@@ -145,18 +145,21 @@ public final class WorkerPool: Service, Sendable {
 
     /// The worker takes no new tasks; those it holds stay with it until it reports them.
     public func drain(_ worker: WorkerID) {
-        let agents = state.withLock { state in
+        let (agents, wakeups) = state.withLock { state in
             state.workers[worker]?.draining = true
-            return state.workers[worker]?.slots.keys.map { $0 } ?? []
+            // Parents that were to resume on it resume on any worker.
+            return (state.workers[worker]?.slots.keys.map { $0 } ?? [], state.unpinWaiters(from: worker))
         }
+        wakeups.resume()
         reportCapacity(of: agents)
     }
 
     /// The worker is gone: the attempts it held fail as `worker_lost` and run again.
     public func unregister(_ worker: WorkerID) {
-        let (agents, ended) = state.withLock { state in
+        let (agents, (ended, wakeups)) = state.withLock { state in
             (state.workers[worker]?.slots.keys.map { $0 } ?? [], state.removeWorker(worker))
         }
+        wakeups.resume()
         reportCapacity(of: agents)
 
         for (continuation, taskID) in ended {
@@ -252,7 +255,15 @@ public final class WorkerPool: Service, Sendable {
         var requirement = PoolState.SlotRequirement(uid: ownUID)
         var resumed = context.resumed
         while true {
-            let worker = try await acquireSlot(agent: agent, taskID: context.taskID, requirement: requirement)
+            let worker: WorkerID
+            do {
+                worker = try await acquireSlot(agent: agent, taskID: context.taskID, requirement: requirement)
+            } catch {
+                stopWaitingHandler(on: requirement.worker, taskID: context.taskID)
+                throw error
+            }
+            // Resumed elsewhere (its worker drained): the handler still waiting there will not be resumed.
+            if let pinned = requirement.worker, pinned != worker { stopWaitingHandler(on: pinned, taskID: context.taskID) }
             do {
                 return try await runOnce(on: worker, context: context, resumed: resumed)
             } catch let wait as ChildrenWait {
@@ -260,15 +271,23 @@ public final class WorkerPool: Service, Sendable {
                     guard let children = context.children else { throw CancellationError() }
                     try await children.wait(timeoutMs: wait.timeoutMs)
                 } catch {
-                    // The handler waiting on that worker will not be resumed: it stops.
-                    let send = state.withLock { $0.workers[worker]?.send }
-                    send?(.cancel(context.taskID))
+                    stopWaitingHandler(on: worker, taskID: context.taskID)
                     throw error
                 }
                 requirement.worker = worker
                 resumed = true
+            } catch {
+                // Cancelled before the resumed assignment went out: the handler waiting on its worker stops.
+                if resumed { stopWaitingHandler(on: requirement.worker, taskID: context.taskID) }
+                throw error
             }
         }
+    }
+
+    /// Tells a worker whose handler waits for a task's children that it will not be resumed there.
+    private func stopWaitingHandler(on worker: WorkerID?, taskID: TaskID) {
+        guard let worker else { return }
+        state.withLock { $0.workers[worker]?.send }?(.cancel(taskID))
     }
 
     private func runOnce(on worker: WorkerID, context: RunContext, resumed: Bool) async throws -> RunOutput {
@@ -315,13 +334,19 @@ public final class WorkerPool: Service, Sendable {
         let waiterID = state.withLock { $0.nextWaiterID() }
         let worker: WorkerID? = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                let taken = state.withLock { state in
-                    state.takeSlot(agent: agent, taskID: taskID, requirement: requirement,
-                                   deadline: ContinuousClock.now + .milliseconds(settings.leaseMs),
-                                   waiter: waiterID, continuation: continuation)
-
+                enum Taken { case slot(WorkerID), waiting, cancelled }
+                let taken = state.withLock { state -> Taken in
+                    // Checked under the lock: a cancel from now on finds the waiter queued.
+                    if Task.isCancelled { return .cancelled }
+                    return state.takeSlot(agent: agent, taskID: taskID, requirement: requirement,
+                                          deadline: ContinuousClock.now + .milliseconds(settings.leaseMs),
+                                          waiter: waiterID, continuation: continuation).map(Taken.slot) ?? .waiting
                 }
-                if let taken { continuation.resume(returning: taken) }
+                switch taken {
+                case .slot(let worker): continuation.resume(returning: worker)
+                case .cancelled: continuation.resume(returning: nil)
+                case .waiting: break
+                }
             }
         } onCancel: {
             let continuation = state.withLock { $0.removeWaiter(waiterID) }

@@ -43,7 +43,19 @@ struct WorkerSessionServer {
             group.addTask {
                 for await command in commands {
                     try await send(Self.message(for: command))
-                    if case .assign(let context, _, resumed: true) = command { try await sendChildren(of: context) }
+                    if case .assign(let context, _, resumed: true) = command {
+                        do {
+                            try await sendChildren(of: context)
+                        } catch let error as WireError {
+                            throw error
+                        } catch {
+                            // The children's results could not be read: the attempt fails (and may run
+                            // again), rather than the session silently stopping its assignments.
+                            _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
+                                "reading the children's results failed: \(error)", code: "children_unreadable", retryable: true))
+                            try await send(.cancel(taskID: UInt64(context.taskID)))
+                        }
+                    }
                 }
             }
             // The session lasts as long as the worker's side of the stream.

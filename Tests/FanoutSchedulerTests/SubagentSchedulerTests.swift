@@ -231,8 +231,9 @@ struct RetryingFanRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
             let inserted = try await scheduler.enqueue(NewBatch(
-                ownerID: "alice", agent: "fan", deadlineAt: Milliseconds(Date().timeIntervalSince1970 * 1000) + 400, creatorUID: 1000,
+                ownerID: "alice", agent: "fan", deadlineAt: Milliseconds(Date().timeIntervalSince1970 * 1000) + 1_500, creatorUID: 1000,
                 tasks: [NewTask(customID: "parent", agent: "fan", payload: [])]))
+            try await waitUntil("the parent to wait") { try store.batch(inserted.batch.id)?.counters.waitingChildren == 1 }
             try await waitUntil("the parent's batch to fail") { try store.batch(inserted.batch.id)?.state == .failed }
             #expect(try store.task(inserted.taskIDs[0], includePayload: false)?.state == .expired)
             let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)

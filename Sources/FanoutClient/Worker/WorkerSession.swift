@@ -121,9 +121,11 @@ final class WorkerSession: Sendable {
             state.withLock { $0.leaseMs = max(300, leaseMs) }
             if resumed {
                 // Its children's results follow; a handler waiting here gets them, or a new one starts with them.
+                // Either way the task holds a lease again from now: it is heartbeated.
                 state.withLock { state in
                     if state.tasks[task.id]?.childrenReply == nil { state.tasks[task.id, default: Entry()].startWhenCollected = task }
                     state.tasks[task.id]?.collected = []
+                    state.tasks[task.id]?.waiting = false
                 }
             } else {
                 start(task, earlierChildren: [])
@@ -220,7 +222,13 @@ final class WorkerSession: Sendable {
     /// Sends WorkerSpawn and waits for the child batch's id.
     func spawn(_ taskID: UInt64, _ request: EnqueueBatchRequest) async throws -> UInt64 {
         try await withCheckedThrowingContinuation { continuation in
-            state.withLock { $0.tasks[taskID]?.spawnReply = continuation }
+            if let refusal = state.withLock({ state -> FanoutClientError? in
+                if let problem = Self.oneCallAtATime(state.tasks[taskID], taskID) { return problem }
+                state.tasks[taskID]?.spawnReply = continuation
+                return nil
+            }) {
+                return continuation.resume(throwing: refusal)
+            }
             Task {
                 do { try await send(.spawn(taskID: taskID, children: request)) } catch {
                     let reply = state.withLock { state in
@@ -237,13 +245,14 @@ final class WorkerSession: Sendable {
     func waitForChildren(_ taskID: UInt64, timeoutMs: UInt64) async throws -> [ChildBatch] {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let cancelled = state.withLock { state -> Bool in
-                    if Task.isCancelled { return true }
+                let refusal = state.withLock { state -> (any Error)? in
+                    if Task.isCancelled { return CancellationError() }
+                    if let problem = Self.oneCallAtATime(state.tasks[taskID], taskID) { return problem }
                     state.tasks[taskID]?.childrenReply = continuation
                     state.tasks[taskID]?.waiting = true
-                    return false
+                    return nil
                 }
-                if cancelled { return continuation.resume(throwing: CancellationError()) }
+                if let refusal { return continuation.resume(throwing: refusal) }
                 resumeDrainedIfIdle()
                 Task { try? await send(.waitChildren(taskID: taskID, timeoutMs: timeoutMs)) }
             }
@@ -254,6 +263,17 @@ final class WorkerSession: Sendable {
             }
             reply?.resume(throwing: CancellationError())
         }
+    }
+
+    /// Why a task may not spawn or wait now: its session ended, or it already awaits an answer
+    /// (one spawn or wait at a time per task: the daemon answers a task's requests in order).
+    private static func oneCallAtATime(_ entry: Entry?, _ taskID: UInt64) -> FanoutClientError? {
+        guard let entry else { return FanoutClientError.connectionLost("task \(taskID) is no longer held by this worker session") }
+        guard entry.spawnReply == nil && entry.childrenReply == nil else {
+            return FanoutClientError(code: .failedPrecondition,
+                                     message: "task \(taskID) already waits for a spawn or its children; spawn one batch at a time")
+        }
+        return nil
     }
 
     func send(_ message: WorkerMessage) async throws {
