@@ -103,6 +103,14 @@ public final class Scheduler: Service, Sendable {
         mutate { state, effects in state.setCapacity(configuration, slots: slots, now: WallClock.now, effects: &effects) }
     }
 
+    /// Whether tasks of `agent` submitted by a uid other than `uid` are pending, running or waiting.
+    func hasUnfinishedTasks(agent: String, fromOtherThan uid: UInt32) -> Bool {
+        state.withLock { state in
+            state.sources.keys.contains { $0.agent == agent && state.batches[$0.batchID]?.record.creatorUID != uid }
+                || state.slots.values.contains { $0.task.agent == agent && state.batches[$0.task.batchID]?.record.creatorUID != uid }
+        }
+    }
+
     /// Refuses tasks for an agent a worker declared unless they come from that worker's uid.
     func checkDeclaredAgents(_ tasks: [NewTask], creatorUID: UInt32, startingAt offset: Int) throws(FanoutError) {
         let declared = declaredAgents.withLock { $0 }

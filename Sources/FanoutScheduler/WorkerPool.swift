@@ -117,6 +117,10 @@ public final class WorkerPool: Service, Sendable {
         if let owner = state.declaration(of: agent)?.uid, owner != uid {
             return .permissionDenied("agent \"\(agent)\" is declared by a worker of another user (uid \(owner)); pick another name")
         }
+        // The name's slots serve one uid at a time: another user's tasks still waiting for it would hold them.
+        if let scheduler = scheduler.withLock({ $0 }), scheduler.hasUnfinishedTasks(agent: agent, fromOtherThan: uid) {
+            return .permissionDenied("agent \"\(agent)\" still has another user's tasks waiting for their own worker; pick another name")
+        }
         return nil
     }
 

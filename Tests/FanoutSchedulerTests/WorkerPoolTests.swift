@@ -181,4 +181,27 @@ final class CommandHolder: Sendable {
             #expect(pool.workers.count == 3)
         }
     }
+
+    @Test func aDeclaredNameServesOneUidAtATime() async throws {
+        let pool = WorkerPool()
+        try await withScheduler(agents: [AgentConfiguration(name: "echo", runner: "echo")], runners: ["echo": EchoRunner()],
+                                workerPool: pool) { scheduler, store in
+            // A name declared, given up, and declared again by the same uid.
+            let first = try pool.register(name: "a", uid: 1001, isAdmin: false, agents: ["mine": 1], send: { _ in })
+            pool.unregister(first)
+            let second = try pool.register(name: "a", uid: 1001, isAdmin: false, agents: ["mine": 1], send: { _ in })
+            let inserted = try await scheduler.enqueue(NewBatch(ownerID: "a", agent: "mine", creatorUID: 1001,
+                                                                tasks: [NewTask(customID: "t", agent: "mine", payload: [])]))
+            await #expect(throws: FanoutError.self, "another uid cannot submit to it") {
+                _ = try await scheduler.enqueue(NewBatch(ownerID: "b", agent: "mine", creatorUID: 1002,
+                                                         tasks: [NewTask(customID: "t", agent: "mine", payload: [])]))
+            }
+            pool.unregister(second)
+            // 1001's task waits for a worker of 1001: the name is not another uid's to take meanwhile.
+            #expect(throws: FanoutError.self) {
+                _ = try pool.register(name: "b", uid: 1002, isAdmin: false, agents: ["mine": 1], send: { _ in })
+            }
+            #expect(try store.batch(inserted.batch.id)?.counters.pending == 1)
+        }
+    }
 }
