@@ -26,13 +26,15 @@ struct AttemptChildren: ChildTasks {
     let scheduler: Scheduler
     let taskID: TaskID
     let attempt: Int
+    /// The run of the attempt (a resumed task runs it again): an earlier run can no longer act for the task.
+    let run: Int
 
     func spawn(_ batch: NewBatch) async throws -> BatchRecord {
-        try await scheduler.spawnChildren(of: taskID, attempt: attempt, batch)
+        try await scheduler.spawnChildren(of: taskID, attempt: attempt, run: run, batch)
     }
 
     func wait(timeoutMs: Int64?) async throws {
-        try await scheduler.waitForChildren(of: taskID, attempt: attempt, timeoutMs: timeoutMs)
+        try await scheduler.waitForChildren(of: taskID, attempt: attempt, run: run, timeoutMs: timeoutMs)
     }
 
     func batches() async throws -> [BatchRecord] {

@@ -314,9 +314,11 @@ public final class Scheduler: Service, Sendable {
 
     /// Enqueues `request` as children of a running attempt: the child batch
     /// belongs to the task's owner and creator, and the task is its parent.
-    func spawnChildren(of parent: TaskID, attempt: Int, _ request: NewBatch) async throws -> BatchRecord {
+    func spawnChildren(of parent: TaskID, attempt: Int, run: Int, _ request: NewBatch) async throws -> BatchRecord {
         let count = request.tasks.count
-        let owner = try state.withLock { state throws(FanoutError) in try state.reserveSpawn(parent, attempt: attempt, count: count) }
+        let owner = try state.withLock { state throws(FanoutError) in
+            try state.reserveSpawn(parent, attempt: attempt, run: run, count: count)
+        }
         var batch = request
         batch.ownerID = owner.ownerID
         batch.creatorUID = owner.creatorUID
@@ -331,18 +333,18 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// Suspends a running attempt until its task's children have ended (see `ChildTasks.wait`).
-    func waitForChildren(of id: TaskID, attempt: Int, timeoutMs: Int64?) async throws {
+    func waitForChildren(of id: TaskID, attempt: Int, run: Int, timeoutMs: Int64?) async throws {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let answer = mutate { state, effects in
                     // Read under the lock: a cancel from now on finds the continuation stored.
-                    state.wait(id, attempt: attempt, timeoutMs: timeoutMs, cancelled: Task.isCancelled, continuation: continuation,
+                    state.wait(id, attempt: attempt, run: run, timeoutMs: timeoutMs, cancelled: Task.isCancelled, continuation: continuation,
                                now: WallClock.now, effects: &effects)
                 }
                 if let answer { continuation.resume(with: answer) }
             }
         } onCancel: {
-            state.withLock { $0.abandonWait(id, attempt: attempt) }?.resume(throwing: CancellationError())
+            state.withLock { $0.abandonWait(id, attempt: attempt, run: run) }?.resume(throwing: CancellationError())
         }
         // The children's last changes were decided before this resumption: once they are written, their results can be read.
         await committed()
@@ -500,14 +502,16 @@ public final class Scheduler: Service, Sendable {
                 creatorUID: order.creatorUID,
                 reportTurn: { [weak self] in
                     guard let self else { return }
-                    self.mutate { state, effects in state.turn(task.id, attempt: order.attempt, now: WallClock.now, effects: &effects) }
+                    self.mutate { state, effects in
+                        state.turn(task.id, attempt: order.attempt, run: order.run, now: WallClock.now, effects: &effects)
+                    }
                     // A runner reporting faster than commits land waits here instead of piling changes up,
                     // and one reporting in a tight loop gives others the thread at each turn.
                     if !(await self.commits.waitForRoom()) { await Task.yield() }
                 })
             context.resumed = order.resumed
             if order.resumed { await committed() }
-            context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt)
+            context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt, run: order.run)
             let runContext = context
             let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(runContext) }
             return .succeeded(output)

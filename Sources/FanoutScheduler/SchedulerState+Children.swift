@@ -14,8 +14,8 @@ struct SpawnParent: Sendable {
 extension SchedulerState {
 
     /// Checks that a running attempt may spawn `count` more children and counts them.
-    mutating func reserveSpawn(_ id: TaskID, attempt: Int, count: Int) throws(FanoutError) -> SpawnParent {
-        guard var slot = slots[id], slot.task.attempt == attempt, slot.state == .running, slot.interruptAs == nil,
+    mutating func reserveSpawn(_ id: TaskID, attempt: Int, run: Int, count: Int) throws(FanoutError) -> SpawnParent {
+        guard var slot = slots[id], slot.task.attempt == attempt, slot.run == run, slot.state == .running, slot.interruptAs == nil,
               let batch = batches[slot.task.batchID] else {
             throw .failedPrecondition("task \(id) is not running attempt \(attempt); only a running task spawns children")
         }
@@ -63,10 +63,10 @@ extension SchedulerState {
     /// unfinished children: go on; not running: an error), or nil when it waits:
     /// its slot is freed and `continuation` is resumed once the children ended
     /// and a slot is the task's again.
-    mutating func wait(_ id: TaskID, attempt: Int, timeoutMs: Int64?, cancelled: Bool,
+    mutating func wait(_ id: TaskID, attempt: Int, run: Int, timeoutMs: Int64?, cancelled: Bool,
                        continuation: CheckedContinuation<Void, any Error>, now: Milliseconds,
                        effects: inout Effects) -> Result<Void, any Error>? {
-        guard var slot = slots[id], slot.task.attempt == attempt, slot.state == .running,
+        guard var slot = slots[id], slot.task.attempt == attempt, slot.run == run, slot.state == .running,
               var batch = batches[slot.task.batchID] else {
             return .failure(FanoutError.failedPrecondition("task \(id) is not running attempt \(attempt)"))
         }
@@ -89,8 +89,8 @@ extension SchedulerState {
 
     /// A waiting attempt's Swift task was cancelled: it no longer waits. The task
     /// still does, and runs again from the start when its children end.
-    mutating func abandonWait(_ id: TaskID, attempt: Int) -> CheckedContinuation<Void, any Error>? {
-        guard slots[id]?.task.attempt == attempt, let resumer = slots[id]?.resumer else { return nil }
+    mutating func abandonWait(_ id: TaskID, attempt: Int, run: Int) -> CheckedContinuation<Void, any Error>? {
+        guard slots[id]?.task.attempt == attempt, slots[id]?.run == run, let resumer = slots[id]?.resumer else { return nil }
         slots[id]?.resumer = nil
         return resumer
     }

@@ -381,8 +381,8 @@ struct SchedulerState {
     /// each with its event (progress moves every turn); further ones are
     /// ignored. Without it, the count goes on and its events are coalesced like
     /// progress events, so a runner reporting a billion turns costs O(1).
-    mutating func turn(_ id: TaskID, attempt: Int, now: Milliseconds, effects: inout Effects) {
-        guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt,
+    mutating func turn(_ id: TaskID, attempt: Int, run: Int = 0, now: Milliseconds, effects: inout Effects) {
+        guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt, slot.run == run,
               var batch = batches[slot.task.batchID] else { return }
         let budget = slot.task.maxTurns
         if budget > 0 && slot.task.turnsCompleted >= budget { return }

@@ -7,6 +7,8 @@ import Synchronization
 final class WorkerSession: Sendable {
     /// A task this session holds.
     private struct Entry {
+        /// Which handler run holds the task: one still unwinding from an earlier assignment is stale.
+        var generation: UInt64 = 0
         var handle: Task<Void, Never>?
         /// Waiting for its children: the daemon holds no lease on it, so no heartbeat.
         var waiting = false
@@ -20,6 +22,7 @@ final class WorkerSession: Sendable {
 
     private struct State {
         var registered = false
+        var generations: UInt64 = 0
         var tasks: [UInt64: Entry] = [:]
         var leaseMs: UInt64 = 30_000
         var draining = false
@@ -194,7 +197,11 @@ final class WorkerSession: Sendable {
             return
         }
         let context = WorkerTaskContext(task: task, session: self, earlierChildren: earlierChildren)
-        state.withLock { $0.tasks[task.id] = Entry() }
+        let generation = state.withLock { state in
+            state.generations += 1
+            state.tasks[task.id] = Entry(generation: state.generations)
+            return state.generations
+        }
         let handle = Task {
             let outcome: WorkerMessage
             do {
@@ -210,12 +217,17 @@ final class WorkerSession: Sendable {
                     ? .failure(taskID: task.id, error: TaskError(message: "cancelled", code: "cancelled"), retryAfterMs: 0)
                     : .failure(taskID: task.id, error: TaskError(message: "\(error)", code: "handler_error"), retryAfterMs: 0)
             }
-            state.withLock { _ = $0.tasks.removeValue(forKey: task.id) }
-            try? await send(outcome)
+            // A handler outlived by a newer assignment of its task must not report for that one.
+            let current = state.withLock { state -> Bool in
+                guard state.tasks[task.id]?.generation == generation else { return false }
+                state.tasks[task.id] = nil
+                return true
+            }
+            if current { try? await send(outcome) }
             resumeDrainedIfIdle()
         }
         state.withLock { state in
-            if state.tasks[task.id] != nil { state.tasks[task.id]?.handle = handle }
+            if state.tasks[task.id]?.generation == generation { state.tasks[task.id]?.handle = handle }
         }
     }
 
