@@ -18,8 +18,13 @@ struct PoolState {
         var running: [String: Int] = [:]
         /// Takes no new tasks.
         var draining = false
+        /// A lease of its ran out without a heartbeat: it gets no new task until it is heard from again,
+        /// so a worker that stopped reading does not swallow task after task.
+        var stalled = false
 
-        func hasFreeSlot(for agent: String) -> Bool { !draining && (running[agent] ?? 0) < (slots[agent] ?? 0) }
+        var takesTasks: Bool { !draining && !stalled }
+
+        func hasFreeSlot(for agent: String) -> Bool { takesTasks && (running[agent] ?? 0) < (slots[agent] ?? 0) }
     }
 
     /// Who a slot may be given to.
@@ -119,7 +124,7 @@ struct PoolState {
 
     /// The slots the workers that take tasks offer for `agent`.
     func offeredSlots(for agent: String) -> Int {
-        workers.values.reduce(0) { $0 + ($1.draining ? 0 : $1.slots[agent] ?? 0) }
+        workers.values.reduce(0) { $0 + ($1.takesTasks ? $1.slots[agent] ?? 0 : 0) }
     }
 
     /// Who declared `agent` (not in the configuration) and its `max_turns`: its first connected worker.
@@ -158,6 +163,8 @@ struct PoolState {
         var expired: [(CheckedContinuation<AttemptResult, Never>?, TaskID, Bool)] = []
         var wakeups = Wakeups()
         for (taskID, lease) in leases where lease.continuation != nil && lease.deadline <= now {
+            // Marked before its slot is given back, so the slot does not go straight back to it.
+            if !lease.cancelling { workers[lease.worker]?.stalled = true }
             let (continuation, granted) = endLease(taskID)
             expired.append((continuation, taskID, lease.cancelling))
             wakeups.granted += granted.granted

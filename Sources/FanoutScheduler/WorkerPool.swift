@@ -172,6 +172,17 @@ public final class WorkerPool: Service, Sendable {
         }
     }
 
+    /// The worker sent something: one that had stalled (a lease ran out) takes tasks again.
+    public func heard(from worker: WorkerID) {
+        let (agents, wakeups) = state.withLock { state -> ([String], PoolState.Wakeups) in
+            guard state.workers[worker]?.stalled == true else { return ([], PoolState.Wakeups()) }
+            state.workers[worker]?.stalled = false
+            return (state.workers[worker]?.slots.keys.map { $0 } ?? [], state.unpinWaiters(from: worker))
+        }
+        wakeups.resume()
+        if !agents.isEmpty { reportCapacity(of: agents) }
+    }
+
     /// Extends the leases of the tasks the worker says it holds.
     public func heartbeat(_ worker: WorkerID, taskIDs: [TaskID]) {
         let deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
@@ -410,7 +421,13 @@ public final class WorkerPool: Service, Sendable {
 
     private func expireLeases() {
         let now = ContinuousClock.now
-        let (expired, wakeups) = state.withLock { $0.expire(now: now) }
+        let (expired, wakeups, stalledAgents) = state.withLock { state in
+            let before = Set(state.workers.filter { $0.value.stalled }.map(\.key))
+            let (expired, wakeups) = state.expire(now: now)
+            let agents = state.workers.filter { $0.value.stalled && !before.contains($0.key) }.flatMap(\.value.slots.keys)
+            return (expired, wakeups, agents)
+        }
+        if !stalledAgents.isEmpty { reportCapacity(of: stalledAgents) }
         for (continuation, taskID, wasCancelling) in expired {
             continuation?.resume(returning: wasCancelling ? .failure(CancellationError()) : .failure(RunnerFailure(
                 "the worker holding task \(taskID) sent no heartbeat within \(settings.leaseMs) ms", code: "lease_expired", retryable: true)))

@@ -68,6 +68,7 @@ struct WorkerSessionServer {
     }
 
     private func handle(_ message: WorkerMessage, from worker: WorkerPool.WorkerID) async throws {
+        pool.heard(from: worker)
         switch message {
         case .heartbeat(let taskIDs):
             pool.heartbeat(worker, taskIDs: taskIDs.map { TaskID(clamping: $0) })

@@ -9,8 +9,9 @@ import Testing
 @Suite struct SubagentTests {
     /// A daemon with an `echo` agent and a worker pool; agents workers declare run there too.
     static func withSubagentDaemon<T: Sendable>(agents: [AgentConfiguration] = [], runners: (WorkerPool) -> [String: any Runner] = { _ in [:] },
+                                                leaseMs: Int64 = 5_000,
                                                 _ body: @escaping @Sendable (TestDaemon) async throws -> T) async throws -> T {
-        let pool = WorkerPool(settings: .init(leaseMs: 5_000, cancelGraceMs: 500))
+        let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
         return try await withTestDaemon(agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)] + agents,
@@ -212,6 +213,40 @@ import Testing
                     #expect(((first?["children"] as? [[String: Any]])?.first?["status"]) as? String == "cancelled")
                     await client.close()
                 }
+            }
+        }
+    }
+
+    @Test func aWorkerThatStopsReadingDoesNotHoldUpAnother() async throws {
+        try await withDeadline(.seconds(60)) {
+            try await Self.withSubagentDaemon(leaseMs: 1_000) { daemon in
+                // A raw worker registers and never reads again: its socket fills with 200 KB assignments.
+                let stalled = Task {
+                    try await withRawSession(daemon.socketPath) { session in
+                        try await session.handshake()
+                        try await session.send(Frame(streamID: 1, kind: .request(.workerSession(WorkerRegister(
+                            workerName: "stalled", agents: [AgentRegistration(name: "work", concurrency: 8)])))))
+                        try await Task.sleep(for: .seconds(120))
+                    }
+                }
+                defer { stalled.cancel() }
+                let client = try await daemon.client()
+                while try await client.serverInfo().workerList.count < 1 { try await Task.sleep(for: .milliseconds(20)) }
+                let payload = Array(repeating: UInt8(ascii: "p"), count: 200_000)
+                let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: (0..<60).map {
+                    TaskSpec(customID: "t\($0)", payload: payload, maxAttempts: 20)
+                })
+                let done = WorkerAgent("work", concurrency: 8) { task in WorkerOutput("ok \(task.attempt)") }
+                try await Self.withWorker(Self.worker(daemon, [done])) {
+                    let info = try await Self.finished(client, batch.id)
+                    #expect(info.status == .completed)
+                    var failures: [String] = []
+                    for try await result in client.results(batchID: batch.id) where result.status != .completed {
+                        failures.append("\(result.customID) attempt \(result.attempt): \(result.error?.code ?? "") \(result.error?.message ?? "")")
+                    }
+                    #expect(info.counts.completed == 60, "every task completed on the worker that reads: \(failures)")
+                }
+                await client.close()
             }
         }
     }

@@ -127,7 +127,12 @@ final class CommandHolder: Sendable {
                     pool.heartbeat(worker.id, taskIDs: [taskID])
                 }
                 #expect(worker.assignments.count == 1, "kept alive for 600 ms by heartbeats")
-                // Silence: the lease runs out and the task comes back as attempt 2.
+                // Silence: the lease runs out. The silent worker gets nothing more until it is heard from again;
+                // then the task comes back to it as attempt 2.
+                try await waitUntil("the lease to be lost") { pool.workers.first?.runningTasks.isEmpty == true }
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(worker.assignments.count == 1, "a stalled worker is given no task")
+                pool.heard(from: worker.id)
                 try await waitUntil("the task to be given again") { worker.assignments.count == 2 }
                 #expect(worker.assignments[1].attempt == 2)
                 #expect(pool.complete(worker.id, taskID: taskID, output: RunOutput(result: [])) == .accepted, "the new lease's result")
