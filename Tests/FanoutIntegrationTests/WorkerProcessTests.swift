@@ -50,6 +50,31 @@ import Testing
         }
     }
 
+    @Test func sigtermDrainsAWorkerItFinishesWhatItRunsAndTakesNothingNew() async throws {
+        try await withListeningDaemon { _, socket, directory in
+            try await withDeadline(.seconds(60)) {
+                try await withClient(socket) { client in
+                    let worker = try Self.startWorker(socket, ["--agent", "slow", "--", "sh", "-c", "sleep 1; cat"],
+                                                      directory: directory, name: "draining")
+                    defer { worker.kill() }
+                    try await Self.waitForWorkers(client, 1)
+                    let batch = try await client.enqueueBatch(ownerID: "ops", agent: "slow", tasks: (0..<2).map {
+                        TaskSpec(customID: "t\($0)", payload: Array("payload \($0)".utf8))
+                    })
+                    while try await client.serverInfo().workerList.first?.runningTaskIDs.isEmpty != false {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    worker.stop()   // SIGTERM, then wait for the exit
+                    #expect(worker.status == 0, "a drained worker exits cleanly: \(worker.errors)")
+                    let info = try await client.batch(batch.id)
+                    #expect(info.counts.completed == 1, "the running task finished; the other was not taken: \(info.counts)")
+                    #expect(info.counts.pending == 1)
+                    #expect(try await client.serverInfo().workerList.isEmpty)
+                }
+            }
+        }
+    }
+
     @Test func fanoutdKilledWhileParentsWaitRecoversAndResumesThem() async throws {
         try await withTemporaryDirectory { directory in
             let socket = directory + "/d.sock"
