@@ -38,6 +38,22 @@ import Testing
 
     static func payload(_ text: String) -> [UInt8] { Array(text.utf8) }
 
+    /// Agent `tree`: the payload is a depth; inner nodes spawn `childrenPerNode` children one level down,
+    /// leaves run until cancelled.
+    static func treeAgent(childrenPerNode: Int) -> WorkerAgent {
+        WorkerAgent("tree", concurrency: 8) { task in
+            let depth = Int(String(decoding: task.payload, as: UTF8.self)) ?? 0
+            guard depth > 0 else {
+                try await Task.sleep(for: .seconds(600))
+                return "leaf"
+            }
+            _ = try await task.spawn((0..<childrenPerNode).map {
+                TaskSpec(customID: "n\($0)", agent: "tree", payload: payload("\(depth - 1)"))
+            })
+            return "inner"
+        }
+    }
+
     @Test func aParentSpawningTwentyChildrenResumesWithTheirResults() async throws {
         try await withDeadline(.seconds(30)) {
             try await Self.withSubagentDaemon { daemon in
@@ -83,16 +99,7 @@ import Testing
     @Test func cancellingAParentCancelsItsWholeSubtree() async throws {
         try await withDeadline(.seconds(30)) {
             try await Self.withSubagentDaemon { daemon in
-                // Depth in the payload: inner nodes spawn two children each, leaves run until cancelled.
-                let tree = WorkerAgent("tree", concurrency: 8) { task in
-                    let depth = Int(String(decoding: task.payload, as: UTF8.self)) ?? 0
-                    guard depth > 0 else {
-                        try await Task.sleep(for: .seconds(600))
-                        return "leaf"
-                    }
-                    _ = try await task.spawn((0..<2).map { TaskSpec(customID: "n\($0)", agent: "tree", payload: Self.payload("\(depth - 1)")) })
-                    return "inner"
-                }
+                let tree = Self.treeAgent(childrenPerNode: 2)
                 try await Self.withWorker(Self.worker(daemon, [tree])) {
                     let client = try await daemon.client()
                     while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
@@ -176,15 +183,7 @@ import Testing
     @Test func theCLIShowsTheTreeAndItsTaskCancelCascades() async throws {
         try await withDeadline(.seconds(60)) {
             try await Self.withSubagentDaemon { daemon in
-                let tree = WorkerAgent("tree", concurrency: 8) { task in
-                    let depth = Int(String(decoding: task.payload, as: UTF8.self)) ?? 0
-                    guard depth > 0 else {
-                        try await Task.sleep(for: .seconds(600))
-                        return "leaf"
-                    }
-                    _ = try await task.spawn([TaskSpec(customID: "n", agent: "tree", payload: Self.payload("\(depth - 1)"))])
-                    return "inner"
-                }
+                let tree = Self.treeAgent(childrenPerNode: 1)
                 try await Self.withWorker(Self.worker(daemon, [tree])) {
                     let client = try await daemon.client()
                     while try await client.serverInfo().workerList.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
