@@ -310,6 +310,48 @@ fanout_status fanout_client_connect(fanout_client *client, const char *socket_pa
     return FANOUT_OK;
 }
 
+fanout_status fanout_adopt_fd(fanout_client *c, int fd, const void *prefill, size_t len, int do_handshake)
+{
+    if (c == NULL || fd < 0 || c->fd >= 0 || (prefill == NULL && len > 0)) {
+        if (fd >= 0)
+            close(fd);
+        return c ? fanout_fail(c, FANOUT_BAD_ARGUMENT, "bad arguments to fanout_adopt_fd") : FANOUT_BAD_ARGUMENT;
+    }
+    while (c->streams != NULL)
+        fanout_stream_detach(c->streams);
+    c->frame_limit = FANOUT_DEFAULT_FRAME_LIMIT;
+    c->next_stream_id = 1;
+    memset(&c->limits, 0, sizeof c->limits);
+    free(c->server_version);
+    c->server_version = NULL;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return fanout_fail(c, FANOUT_CONNECT_FAILED, "fcntl: %s", strerror(e));
+    }
+    c->fd = fd;
+    if (len > 0) {
+        c->rbuf = malloc(len);
+        if (c->rbuf == NULL) {
+            fanout_disconnect(c);
+            return fanout_fail(c, FANOUT_NO_MEMORY, "out of memory");
+        }
+        memcpy(c->rbuf, prefill, len);
+        c->rpos = 0;
+        c->rlen = c->rcap = len;
+    }
+    if (do_handshake) {
+        fanout_status st = handshake(c, "fanout-c", fanout_deadline(c->timeout_ms));
+        if (st != FANOUT_OK) {
+            fanout_disconnect(c);
+            return st;
+        }
+    }
+    fanout_succeed(c);
+    return FANOUT_OK;
+}
+
 /* ---- streams ---------------------------------------------------------- */
 
 uint32_t fanout_next_stream(fanout_client *c)

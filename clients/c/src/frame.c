@@ -2,6 +2,7 @@
  * (PROTOCOL.md §2). Reads and writes wait with poll() up to a deadline. */
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,9 +132,19 @@ static int reserve(fanout_client *c, size_t need)
         c->rlen -= c->rpos;
         c->rpos = 0;
     }
-    if (c->rcap >= need && c->rcap - c->rlen >= 1)
+    size_t room = c->rcap - c->rlen;
+    if (room >= 1 && (c->rcap >= need || room >= READ_CHUNK))
         return 0;
-    size_t cap = need > c->rlen + READ_CHUNK ? need : c->rlen + READ_CHUNK;
+    /* Grow toward `need` as its bytes arrive, at most doubling: a header
+     * announcing a large frame costs memory only once the frame comes. */
+    size_t cap = c->rlen + READ_CHUNK;
+    if (need > cap) {
+        size_t doubled = c->rcap > SIZE_MAX / 2 ? SIZE_MAX : c->rcap * 2;
+        if (doubled > cap)
+            cap = doubled;
+        if (cap > need)
+            cap = need;
+    }
     unsigned char *p = realloc(c->rbuf, cap);
     if (p == NULL)
         return -1;

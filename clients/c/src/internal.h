@@ -56,6 +56,12 @@ fanout_status fanout_read_frame(fanout_client *c, int64_t deadline, pb_frame **o
 void fanout_frame_free(pb_frame *frame);
 void fanout_disconnect(fanout_client *c);
 
+/* connection.c: for the fuzzer (and tests). Adopts the connected socket fd
+ * (the client owns it from now on, even on failure) and makes the client read
+ * `prefill` first, as if those bytes had come from the socket; with
+ * do_handshake, sends Hello and reads the Welcome as fanout_client_connect. */
+fanout_status fanout_adopt_fd(fanout_client *c, int fd, const void *prefill, size_t len, int do_handshake);
+
 /* connection.c: streams */
 uint32_t fanout_next_stream(fanout_client *c);   /* 0 when exhausted */
 void fanout_stream_attach(fanout_client *c, fanout_stream *s);
