@@ -95,8 +95,8 @@ final class Connection: Sendable {
                     table.open.values.compactMap(\.chunks), table.open.values.compactMap(\.workerMessages))
         }
         for task in interrupted { task.cancel() }
-        // Worker sessions end: their tasks go back to pending for after the restart.
-        for messages in workerSessions { messages.close() }
+        // Worker sessions end once what they sent is handled: their other tasks go back to pending for after the restart.
+        for messages in workerSessions { messages.finish() }
         // An EnqueueBatch still waiting for chunks has nothing committed: it
         // ends now with UNAVAILABLE instead of holding shutdown up.
         for chunks in unfinishedEnqueues { chunks.close() }
@@ -408,8 +408,9 @@ final class Connection: Sendable {
         let tasks = table.withLock { table -> [Task<Void, Never>] in
             for stream in table.open.values {
                 stream.chunks?.close()
-                // A worker session waits on its messages, not on cancellation: closing ends it.
-                stream.workerMessages?.close()
+                // A worker session waits on its messages, not on cancellation: finishing them ends it,
+                // after the results the worker sent before it went are recorded.
+                stream.workerMessages?.finish()
             }
             return table.open.values.compactMap(\.task)
         }

@@ -78,6 +78,22 @@ final class StreamPipe<Element: Sendable>: Sendable {
         close()
     }
 
+    /// Ends the input, keeping what was sent: the receiver gets it, then nil.
+    /// New messages are dropped; waiting senders go on.
+    func finish() {
+        let (consumer, producers) = state.withLock { state in
+            state.closed = true
+            defer {
+                state.consumer = nil
+                state.producers = []
+            }
+            // A waiting receiver means nothing is queued.
+            return (state.consumer, state.producers)
+        }
+        consumer?.resume(returning: nil)
+        for producer in producers { producer.resume() }
+    }
+
     /// Ends the pipe: a waiting receiver gets nil, waiting senders go on.
     func close() {
         let (consumer, producers) = state.withLock { state in

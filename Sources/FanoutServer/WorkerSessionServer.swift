@@ -39,7 +39,9 @@ struct WorkerSessionServer {
         }
         // Registered: the worker may now expect assignments.
         try await send(.ack(taskID: 0, status: .ok))
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        // The outbound task ends when a write fails (the worker is gone); the inbound side goes on
+        // until the worker's last messages are handled.
+        await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await command in commands {
                     try await send(Self.message(for: command))
@@ -60,21 +62,21 @@ struct WorkerSessionServer {
             }
             // The session lasts as long as the worker's side of the stream.
             while let message = await inbox.receive() {
-                try await handle(message, from: worker)
+                await handle(message, from: worker)
             }
             group.cancelAll()
         }
         return inbox.failure ?? .ok
     }
 
-    private func handle(_ message: WorkerMessage, from worker: WorkerPool.WorkerID) async throws {
+    private func handle(_ message: WorkerMessage, from worker: WorkerPool.WorkerID) async {
         pool.heard(from: worker)
         switch message {
         case .heartbeat(let taskIDs):
             pool.heartbeat(worker, taskIDs: taskIDs.map { TaskID(clamping: $0) })
         case .turn(let taskID, let turns):
             let status = await pool.turn(worker, taskID: TaskID(clamping: taskID), turns: Int(turns))
-            if status != .accepted { try await send(.ack(taskID: taskID, status: Self.status(status, taskID))) }
+            if status != .accepted { await reply(.ack(taskID: taskID, status: Self.status(status, taskID))) }
         case .result(let taskID, let result, let usage):
             let details = ResponseDetails(usage: usage.map {
                 FanoutCore.TokenUsage(promptTokens: Int64(clamping: $0.promptTokens), completionTokens: Int64(clamping: $0.completionTokens),
@@ -83,20 +85,20 @@ struct WorkerSessionServer {
             let status = pool.complete(worker, taskID: TaskID(clamping: taskID), output: RunOutput(result: result, details: details))
             // Any answer about a cancelled task acknowledges the cancel: its slot is free.
             if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
-            try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
+            await reply(.ack(taskID: taskID, status: Self.status(status, taskID)))
         case .failure(let taskID, let error, let retryAfterMs):
             let failure = RunnerFailure(error.message, code: error.code, retryable: error.retryable,
                                         retryAfterMs: retryAfterMs == 0 ? nil : Int64(clamping: retryAfterMs))
             let status = pool.fail(worker, taskID: TaskID(clamping: taskID), failure: failure)
             if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
-            try await send(.ack(taskID: taskID, status: Self.status(status, taskID)))
+            await reply(.ack(taskID: taskID, status: Self.status(status, taskID)))
         case .spawn(let taskID, let children):
-            try await send(await spawn(taskID, children, from: worker))
+            await reply(await spawn(taskID, children, from: worker))
         case .waitChildren(let taskID, let timeoutMs):
             let status = pool.waitForChildren(worker, taskID: TaskID(clamping: taskID),
                                               timeoutMs: timeoutMs == 0 ? nil : Int64(clamping: timeoutMs))
             // Accepted: the answer is the resumed assignment, once the children have ended.
-            if status != .accepted { try await send(.ack(taskID: taskID, status: Self.status(status, taskID))) }
+            if status != .accepted { await reply(.ack(taskID: taskID, status: Self.status(status, taskID))) }
         case .drain:
             pool.drain(worker)
         }
@@ -170,6 +172,12 @@ struct WorkerSessionServer {
         case .cancel(let taskID):
             return .cancel(taskID: UInt64(taskID))
         }
+    }
+
+    /// An answer to one of the worker's messages. A connection already gone is no reason to stop:
+    /// what the worker sent before it went (a last result) is still recorded.
+    private func reply(_ message: ServerToWorker) async {
+        try? await send(message)
     }
 
     private func send(_ message: ServerToWorker) async throws {

@@ -113,6 +113,35 @@ import Testing
 }
 
 extension WorkerSessionTests {
+    @Test func resultsSentJustBeforeTheWorkerLeavesAreKept() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                let client = try await daemon.client()
+                let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work",
+                                                          tasks: (0..<8).map { TaskSpec(customID: "t\($0)", payload: [UInt8($0)]) })
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 8)
+                    var held: [TaskInfo] = []
+                    while held.count < 8 {
+                        if case .assignment(let task, _, _) = try await Self.next(&session) { held.append(task) }
+                    }
+                    // Every result, then the connection closes at once, without waiting for an acknowledgement.
+                    for task in held {
+                        try await session.send(Frame(streamID: 1, kind: .message(.worker(.result(taskID: task.id, result: task.payload, usage: nil)))))
+                    }
+                }
+                let seen = try await events(of: batch.id, owner: "alice", on: client)
+                #expect(seen.last?.type == .batchCompleted)
+                #expect(!seen.contains { $0.type == .taskRetrying }, "no result was lost with the connection")
+                let info = try await client.batch(batch.id)
+                #expect(info.counts.completed == 8)
+                await client.close()
+            }
+        }
+    }
+}
+
+extension WorkerSessionTests {
     @Test func aCancelledTaskIsCancelledOnItsWorker() async throws {
         try await withDeadline(.seconds(30)) {
             try await Self.withWorkerDaemon { daemon in
