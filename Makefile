@@ -12,7 +12,7 @@ help:
 	@echo "  make build        debug build of the package ($(SWIFT) build)"
 	@echo "  make proto        regenerate Sources/FanoutProtoC from proto/ with protoc-c"
 	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"
-	@echo "  make test         proto-check, Swift tests, then the C client's tests (if clients/c exists)"
+	@echo "  make test         proto-check, Swift tests, then the C client's tests (ASan+UBSan, valgrind) and the Python package's (pytest in a venv)"
 	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
 	@echo "  make example      build, then run Examples/ResearchWorker: a question fanned out into LLM subagents (local stub)"
 	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd, and the LLM row"
@@ -48,6 +48,11 @@ test: deps proto-check
 		$(MAKE) -C clients/c test; \
 	else \
 		echo "clients/c: no C client yet, skipped"; \
+	fi
+	@if [ -d clients/python ]; then \
+		bash clients/python/run-tests.sh; \
+	else \
+		echo "clients/python: no Python client yet, skipped"; \
 	fi
 
 demo: deps
