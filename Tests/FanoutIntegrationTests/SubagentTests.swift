@@ -140,7 +140,7 @@ import Testing
                 let parent = WorkerAgent("impatient", concurrency: 1) { task in
                     let children = try await task.spawn(["quick", "slow", "slower"].map {
                         TaskSpec(customID: $0, agent: "sleepy", payload: Self.payload($0 == "quick" ? "quick" : "slow"))
-                    }, timeout: .milliseconds(500))
+                    }, timeout: .seconds(3))
                     let states = children.results.map { "\($0.customID)=\($0.status)" }.sorted().joined(separator: ",")
                     return WorkerOutput(states)
                 }
