@@ -18,7 +18,14 @@ let package = Package(
             dependencies: [
                 .product(name: "FanoutClient", package: "Fanout"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                "CSQLiteBaseline",
             ]
+        ),
+        // The bare-SQLite ceiling FanoutBench compares fanoutd with: plain C on the system libsqlite3
+        // (the one GRDB links on Linux), so no Swift or GRDB overhead is in the baseline.
+        .target(
+            name: "CSQLiteBaseline",
+            linkerSettings: [.linkedLibrary("sqlite3")]
         ),
         // `make stress`: fanoutd under SIGKILLs, fuzzed frames, a following subscriber and 1,000 connections.
         .executableTarget(

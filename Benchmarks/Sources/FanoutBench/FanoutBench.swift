@@ -60,10 +60,25 @@ struct FanoutBench {
         var results: [SizeResult] = []
         // Each subscriber size runs twice: alone, then with one client following every event.
         let runs = options.sizes.map { ($0, false) } + options.subscriberSizes.flatMap { [($0, false), ($0, true)] }
+        var baselines: [SQLiteBaselineResult] = []
         for (size, following) in runs {
+            if !baselines.contains(where: { $0.tasks == size }) {
+                log("\(size) rows: bare SQLite insert and update through the C API, fanoutd's schema and pragmas...")
+                let baseline = await SQLiteBaseline.run(size: size, settings: settings)
+                log(baseline.status == "ok"
+                    ? String(format: "%d rows: bare insert %.2f s (%.0f rows/s), bare update %.2f s (%.0f rows/s, %d per transaction)",
+                             size, baseline.bareInsertSeconds ?? 0, baseline.bareInsertRowsPerSecond ?? 0, baseline.bareUpdateSeconds ?? 0,
+                             baseline.bareUpdateRowsPerSecond ?? 0, baseline.updateRowsPerTransaction)
+                    : "\(size) rows: bare SQLite baseline: \(baseline.error ?? "error")")
+                baselines.append(baseline)
+            }
             let label = following ? "\(size) tasks with a following subscriber" : "\(size) tasks"
             log("\(label): starting fanoutd, enqueueing, running to batch_completed (timeout \(Int(settings.timeout(for: size))) s)...")
-            let result = await SizeRun.run(size: size, settings: settings, followingSubscriber: following)
+            var result = await SizeRun.run(size: size, settings: settings, followingSubscriber: following)
+            if let baseline = baselines.first(where: { $0.tasks == size && $0.status == "ok" }) {
+                result.enqueueToBareInsert = result.enqueueTasksPerSecond.flatMap { rate in baseline.bareInsertRowsPerSecond.map { rate / $0 } }
+                result.runThroughToBareUpdate = result.runThroughTasksPerSecond.flatMap { rate in baseline.bareUpdateRowsPerSecond.map { rate / $0 } }
+            }
             while LiveDaemons.shared.interrupted {
                 try? await Task.sleep(for: .seconds(1))   // the signal handler is stopping the daemon and exits
             }
@@ -115,7 +130,7 @@ struct FanoutBench {
 
         let report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
                             machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
-                            payloadBytes: options.payloadBytes, results: results, llm: llm, gateway: gateway, workers: workers)
+                            payloadBytes: options.payloadBytes, results: results, sqliteBaseline: baselines, llm: llm, gateway: gateway, workers: workers)
         print(report.table())
         do {
             try report.write(to: options.output)
@@ -126,7 +141,7 @@ struct FanoutBench {
         }
         let extrasOK = (llm.map { $0.status == "ok" } ?? true) && (gateway.map { $0.status == "ok" } ?? true)
             && (workers.map { $0.status == "ok" } ?? true)
-        exit(results.allSatisfy { $0.status == "ok" } && extrasOK ? 0 : 1)
+        exit(results.allSatisfy { $0.status == "ok" } && baselines.allSatisfy { $0.status == "ok" } && extrasOK ? 0 : 1)
     }
 
     static func log(_ message: String) {

@@ -25,6 +25,10 @@ struct SizeResult: Codable, Sendable {
     /// Start of the enqueue until the batch_completed event.
     var runThroughSeconds: Double?
     var runThroughTasksPerSecond: Double?
+    /// enqueueTasksPerSecond ÷ the bare SQLite insert's rows/s for this size (SQLiteBaseline).
+    var enqueueToBareInsert: Double?
+    /// runThroughTasksPerSecond ÷ the bare SQLite update's rows/s for this size.
+    var runThroughToBareUpdate: Double?
     /// Enqueue answered until batch_completed.
     var runSeconds: Double?
     /// VmHWM of fanoutd after the batch completed.

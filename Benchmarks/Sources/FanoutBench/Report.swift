@@ -69,6 +69,8 @@ struct Report: Codable {
     var concurrency: Int
     var payloadBytes: Int
     var results: [SizeResult]
+    /// The bare-SQLite ceiling for each size, measured in the same run.
+    var sqliteBaseline: [SQLiteBaselineResult]
     var llm: LLMResult?
     var gateway: GatewayResult?
     var workers: WorkerResult?
@@ -123,6 +125,24 @@ struct Report: Codable {
         lines.append("run: answer until batch_completed; peak RSS: fanoutd's VmHWM after the batch completed.")
         lines.append("GetBatch: one call every 20 ms on a connection of its own during the run;")
         lines.append("+ subscriber: a second client follows every event of the daemon meanwhile (`fanout events --follow`).")
+        if !sqliteBaseline.isEmpty {
+            lines.append("")
+            lines.append("Against bare SQLite (C API, fanoutd's schema and pragmas, same rows, same run): insert = the batches row and N task rows")
+            lines.append("in one transaction; update = each row set completed with its result, \(SQLiteBaseline.rowsPerTransaction) rows per transaction.")
+            for baseline in sqliteBaseline {
+                guard baseline.status == "ok", let insert = baseline.bareInsertRowsPerSecond, let update = baseline.bareUpdateRowsPerSecond else {
+                    lines.append("bare SQLite (\(baseline.tasks) rows): \(baseline.status): \(baseline.error ?? "")")
+                    continue
+                }
+                lines.append(String(format: "bare SQLite (%d rows): insert %.0f rows/s, update %.0f rows/s", baseline.tasks, insert, update))
+                for result in results where result.tasks == baseline.tasks {
+                    guard let enqueue = result.enqueueToBareInsert, let runThrough = result.runThroughToBareUpdate else { continue }
+                    lines.append(String(format: "  %@: enqueue %.2f× of a bare SQLite insert, run-through %.2f× of a bare SQLite update",
+                                        String(result.tasks) + (result.followingSubscriber == true ? " + subscriber" : ""),
+                                        enqueue, runThrough))
+                }
+            }
+        }
         if let llm {
             lines.append("")
             if llm.status == "ok", let batch = llm.batchSeconds, let ceiling = llm.stubCeilingSeconds, let ratio = llm.ratio {
