@@ -12,12 +12,8 @@ static fanout_status open_stream(fanout_client *c, Fanout__V1__Request *req, uin
     uint32_t id = fanout_next_stream(c);
     if (id == 0)
         return fanout_fail(c, FANOUT_UNAVAILABLE, "this connection used up its stream ids; connect again");
-    pb_frame frame = FANOUT__V1__FRAME__INIT;
-    frame.stream_id = id;
-    frame.kind_case = FANOUT__V1__FRAME__KIND_REQUEST;
-    frame.request = req;
     *id_out = id;
-    return fanout_write_frame(c, &frame, fanout_deadline(c->timeout_ms));
+    return fanout_write_request(c, id, req);
 }
 
 /* Waits for the Response ending stream `id`; *out holds it on success. */

@@ -212,3 +212,12 @@ fanout_status fanout_read_frame(fanout_client *c, int64_t deadline, pb_frame **o
         }
     }
 }
+
+fanout_status fanout_write_request(fanout_client *c, uint32_t stream_id, Fanout__V1__Request *request)
+{
+    pb_frame frame = FANOUT__V1__FRAME__INIT;
+    frame.stream_id = stream_id;
+    frame.kind_case = FANOUT__V1__FRAME__KIND_REQUEST;
+    frame.request = request;
+    return fanout_write_frame(c, &frame, fanout_deadline(c->timeout_ms));
+}

@@ -51,6 +51,8 @@ void fanout_succeed(fanout_client *c);
 int64_t fanout_now_ms(void);
 int64_t fanout_deadline(int timeout_ms);   /* -1: none */
 fanout_status fanout_write_frame(fanout_client *c, const pb_frame *frame, int64_t deadline);
+/* Opens stream `stream_id` with `request`, within the client's timeout. */
+fanout_status fanout_write_request(fanout_client *c, uint32_t stream_id, Fanout__V1__Request *request);
 /* Reads one frame (any stream); FANOUT_TIMEOUT leaves buffered bytes intact. */
 fanout_status fanout_read_frame(fanout_client *c, int64_t deadline, pb_frame **out);
 void fanout_frame_free(pb_frame *frame);

@@ -38,11 +38,7 @@ fanout_status fanout_results_open(fanout_client *client, uint64_t batch_id, uint
     Fanout__V1__Request request = FANOUT__V1__REQUEST__INIT;
     request.call_case = FANOUT__V1__REQUEST__CALL_GET_RESULTS;
     request.get_results = &req;
-    pb_frame frame = FANOUT__V1__FRAME__INIT;
-    frame.stream_id = id;
-    frame.kind_case = FANOUT__V1__FRAME__KIND_REQUEST;
-    frame.request = &request;
-    st = fanout_write_frame(client, &frame, fanout_deadline(client->timeout_ms));
+    st = fanout_write_request(client, id, &request);
     if (st != FANOUT_OK) {
         free(r);
         return st;

@@ -55,11 +55,7 @@ fanout_status fanout_subscribe(fanout_client *client, const fanout_subscribe_opt
     Fanout__V1__Request request = FANOUT__V1__REQUEST__INIT;
     request.call_case = FANOUT__V1__REQUEST__CALL_SUBSCRIBE;
     request.subscribe = &req;
-    pb_frame frame = FANOUT__V1__FRAME__INIT;
-    frame.stream_id = id;
-    frame.kind_case = FANOUT__V1__FRAME__KIND_REQUEST;
-    frame.request = &request;
-    st = fanout_write_frame(client, &frame, fanout_deadline(client->timeout_ms));
+    st = fanout_write_request(client, id, &request);
     free(types);
     if (st != FANOUT_OK) {
         free(s);

@@ -196,11 +196,7 @@ fanout_status fanout_worker_open(fanout_client *client, const char *worker_name,
     Fanout__V1__Request request = FANOUT__V1__REQUEST__INIT;
     request.call_case = FANOUT__V1__REQUEST__CALL_WORKER_SESSION;
     request.worker_session = &reg;
-    pb_frame frame = FANOUT__V1__FRAME__INIT;
-    frame.stream_id = id;
-    frame.kind_case = FANOUT__V1__FRAME__KIND_REQUEST;
-    frame.request = &request;
-    st = fanout_write_frame(client, &frame, fanout_deadline(client->timeout_ms));
+    st = fanout_write_request(client, id, &request);
     free(regs);
     free(ptrs);
     regs = NULL;
