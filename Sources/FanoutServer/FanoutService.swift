@@ -60,13 +60,18 @@ final class FanoutService: Sendable {
             throw .invalidArgument("parent_task_id is set by fanoutd when a running task spawns children; "
                 + "a client's batch cannot name one")
         }
+        return Self.newBatch(request, tasks: tasks, creatorUID: peer.uid)
+    }
+
+    /// The batch an EnqueueBatchRequest (or a worker's spawn) describes.
+    static func newBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], creatorUID: UInt32) -> NewBatch {
         // The window is checked against max_completion_window_ms by validation; the deadline saturates meanwhile.
         let window = request.completionWindowMs == 0 ? nil : Int64(clamping: request.completionWindowMs)
         return NewBatch(
             ownerID: request.ownerID, agent: request.agent, metadata: request.metadata,
-            deadlineAt: window.map { Self.nowMs.addingReportingOverflow($0) }.map { $0.overflow ? .max : $0.partialValue },
+            deadlineAt: window.map { nowMs.addingReportingOverflow($0) }.map { $0.overflow ? .max : $0.partialValue },
             completionWindowMs: window,
-            creatorUID: peer.uid,
+            creatorUID: creatorUID,
             tasks: tasks.map { NewTask($0, batchPriority: request.priority) })
     }
 

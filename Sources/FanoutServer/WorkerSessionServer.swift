@@ -105,12 +105,8 @@ struct WorkerSessionServer {
     }
 
     private func spawn(_ taskID: UInt64, _ request: EnqueueBatchRequest, from worker: WorkerPool.WorkerID) async -> ServerToWorker {
-        let window = request.completionWindowMs == 0 ? nil : Int64(clamping: request.completionWindowMs)
-        let children = NewBatch(ownerID: "", agent: request.agent, metadata: request.metadata,
-                                deadlineAt: window.map { FanoutService.nowMs.addingReportingOverflow($0) }
-                                    .map { $0.overflow ? .max : $0.partialValue },
-                                completionWindowMs: window,
-                                tasks: request.tasks.map { NewTask($0, batchPriority: request.priority) })
+        // Owner, creator and parent are the spawning task's: the pool sets them.
+        let children = FanoutService.newBatch(request, tasks: request.tasks, creatorUID: 0)
         do {
             let (status, batch) = try await pool.spawn(worker, taskID: TaskID(clamping: taskID), children: children)
             guard let batch else { return .spawned(taskID: taskID, childBatchID: 0, status: Self.status(status, taskID)) }
