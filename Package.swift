@@ -39,12 +39,14 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // SQLite's C API, for the per-task statements GRDB's argument boxing would slow (FanoutStore.BoundStatement).
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "FanoutCore"),
         // The OpenAI Batch file format: request lines (body kept byte for byte) and output lines; Foundation only.
         .target(name: "OpenAIBatchFormat"),
         .target(
             name: "FanoutStore",
-            dependencies: ["FanoutCore", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["FanoutCore", "CSQLite", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .target(
             name: "FanoutScheduler",

@@ -120,11 +120,22 @@ public final class SQLiteStore: Store {
                                max_turns, payload, parent_task_id, created_at, url)
             VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)
             """)
+        let bound = BoundStatement(insert)
         var taskIDs: [TaskID] = []
         if keepIDs { taskIDs.reserveCapacity(tasks.count) }
+        bound.bind(batchID, at: 1)
+        bound.bind(parentTaskID, at: 9)
+        bound.bind(now, at: 10)
         for task in tasks {
-            try insert.execute(arguments: [batchID, task.customID, task.agent, task.priority, task.maxAttempts,
-                                           task.timeoutMs, task.maxTurns, Data(task.payload), parentTaskID, now, task.url])
+            bound.bind(task.customID, at: 2)
+            bound.bind(task.agent, at: 3)
+            bound.bind(task.priority, at: 4)
+            bound.bind(task.maxAttempts, at: 5)
+            bound.bind(task.timeoutMs, at: 6)
+            bound.bind(task.maxTurns, at: 7)
+            bound.bind(task.payload, at: 8)
+            bound.bind(task.url, at: 11)
+            try bound.execute()
             if keepIDs { taskIDs.append(db.lastInsertedRowID) }
         }
         return taskIDs
@@ -153,16 +164,9 @@ public final class SQLiteStore: Store {
             }
             for (index, change) in planned.enumerated() {
                 guard let change else { continue }
-                if case let .finished(id, state, result, failure, turns, at, details) = change, let start = startsFolded[index] {
-                    try db.cachedStatement(sql: """
-                        UPDATE tasks SET state = ?, attempt = ?, started_at = ?, result = ?, error_message = ?, error_code = ?,
-                            error_retryable = ?, turns_completed = ?, finished_at = ?,
-                            status_code = ?, request_id = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ?
-                        WHERE id = ?
-                        """).execute(arguments: [state.rawValue, start.attempt, start.at, result.map { Data($0) },
-                                                 failure?.message, failure?.code, failure?.retryable, turns, at,
-                                                 details.statusCode, details.requestID, details.usage?.promptTokens,
-                                                 details.usage?.completionTokens, details.usage?.totalTokens, id])
+                if case let .finished(id, state, result, failure, turns, at, details) = change {
+                    try Self.finish(id, state: state, result: result, failure: failure, turns: turns, at: at, details: details,
+                                    start: startsFolded[index], in: db)
                 } else {
                     try apply(change, in: db)
                 }
@@ -190,13 +194,23 @@ public final class SQLiteStore: Store {
                                     creator_uid)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
+            let bound = BoundStatement(insertEvent)
             for var event in changes.events {
-                let counters = try event.counters.map { try String(decoding: JSONEncoder().encode($0), as: UTF8.self) }
-                try insertEvent.execute(arguments: [
-                    event.kind.rawValue, event.timestamp, event.ownerID, event.batchID, event.taskID, event.customID,
-                    event.parentTaskID, event.progress, counters, event.attempt, event.turn, event.retryDelayMs,
-                    event.failure?.message, event.failure?.code, event.failure?.retryable, event.creatorUID.map { Int64($0) },
-                ])
+                bound.bind(event.kind.rawValue, at: 1)
+                bound.bind(event.timestamp, at: 2)
+                bound.bind(event.ownerID, at: 3)
+                bound.bind(event.batchID, at: 4)
+                bound.bind(event.taskID, at: 5)
+                bound.bind(event.customID, at: 6)
+                bound.bind(event.parentTaskID, at: 7)
+                bound.bind(event.progress, at: 8)
+                bound.bind(try event.counters.map { try String(decoding: JSONEncoder().encode($0), as: UTF8.self) }, at: 9)
+                bound.bind(event.attempt, at: 10)
+                bound.bind(event.turn, at: 11)
+                bound.bind(event.retryDelayMs, at: 12)
+                bound.bind(event.failure, at: 13)
+                bound.bind(event.creatorUID.map { Int64($0) }, at: 16)
+                try bound.execute()
                 event.sequence = db.lastInsertedRowID
                 stored.append(event)
             }
@@ -207,8 +221,11 @@ public final class SQLiteStore: Store {
     private func apply(_ change: TaskChange, in db: Database) throws {
         switch change {
         case let .started(id, attempt, at):
-            try db.cachedStatement(sql: "UPDATE tasks SET state = 'running', attempt = ?, started_at = ? WHERE id = ?")
-                .execute(arguments: [attempt, at, id])
+            let update = BoundStatement(try db.cachedStatement(sql: "UPDATE tasks SET state = 'running', attempt = ?, started_at = ? WHERE id = ?"))
+            update.bind(attempt, at: 1)
+            update.bind(at, at: 2)
+            update.bind(id, at: 3)
+            try update.execute()
         case let .turns(id, turns):
             try db.cachedStatement(sql: "UPDATE tasks SET turns_completed = ? WHERE id = ?")
                 .execute(arguments: [turns, id])
@@ -225,16 +242,32 @@ public final class SQLiteStore: Store {
                 UPDATE tasks SET state = ?, error_message = ?, error_code = ?, error_retryable = ? WHERE id = ?
                 """).execute(arguments: [state.rawValue, failure?.message, failure?.code, failure?.retryable, id])
         case let .finished(id, state, result, failure, turns, at, details):
-            try db.cachedStatement(sql: """
-                UPDATE tasks SET state = ?, result = ?, error_message = ?, error_code = ?, error_retryable = ?,
-                    turns_completed = ?, finished_at = ?,
-                    status_code = ?, request_id = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ?
-                WHERE id = ?
-                """).execute(arguments: [state.rawValue, result.map { Data($0) }, failure?.message, failure?.code,
-                                         failure?.retryable, turns, at, details.statusCode, details.requestID,
-                                         details.usage?.promptTokens, details.usage?.completionTokens,
-                                         details.usage?.totalTokens, id])
+            try Self.finish(id, state: state, result: result, failure: failure, turns: turns, at: at, details: details,
+                            start: nil, in: db)
         }
+    }
+
+    /// A task's outcome; with `start`, also the start folded into it (a task that started
+    /// and finished within one group commit gets one UPDATE instead of two).
+    private static func finish(_ id: TaskID, state: TaskState, result: [UInt8]?, failure: TaskFailure?, turns: Int,
+                               at: Milliseconds, details: ResponseDetails, start: (attempt: Int, at: Milliseconds)?,
+                               in db: Database) throws {
+        let update = BoundStatement(try db.cachedStatement(sql: """
+            UPDATE tasks SET state = ?, attempt = coalesce(?, attempt), started_at = coalesce(?, started_at), result = ?,
+                error_message = ?, error_code = ?, error_retryable = ?, turns_completed = ?, finished_at = ?,
+                status_code = ?, request_id = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ?
+            WHERE id = ?
+            """))
+        update.bind(state.rawValue, at: 1)
+        update.bind(start?.attempt, at: 2)
+        update.bind(start?.at, at: 3)
+        update.bind(result, at: 4)
+        update.bind(failure, at: 5)
+        update.bind(turns, at: 8)
+        update.bind(at, at: 9)
+        update.bind(details, at: 10)
+        update.bind(id, at: 15)
+        try update.execute()
     }
 
     public func recover(now: Milliseconds) throws -> RecoveredState {
@@ -374,20 +407,6 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
-        try read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT t.id, t.batch_id, t.custom_id, t.agent, t.state, t.priority, t.attempt, t.max_attempts,
-                       t.timeout_ms, t.turns_completed, t.max_turns, t.result, t.error_message, t.error_code,
-                       t.error_retryable, t.parent_task_id, t.created_at, t.started_at, t.finished_at, b.owner_id,
-                       t.url, t.status_code, t.request_id, t.prompt_tokens, t.completion_tokens, t.total_tokens
-                FROM tasks t JOIN batches b ON b.id = t.batch_id
-                WHERE t.batch_id = ? AND t.id > ? AND t.state IN ('completed', 'failed', 'cancelled', 'expired')
-                ORDER BY t.id LIMIT ?
-                """, arguments: [batchID, afterTaskID, limit]).map { Self.taskRecord($0, includePayload: false) }
-        }
-    }
-
     public func payload(of task: TaskID) throws -> [UInt8] {
         try read { db in
             guard let data = try Data.fetchOne(db, sql: "SELECT payload FROM tasks WHERE id = ?", arguments: [task]) else {
@@ -415,17 +434,19 @@ public final class SQLiteStore: Store {
             sql += " ORDER BY t.priority DESC, t.id LIMIT ?"
             arguments += [limit]
             let owner = try String.fetchOne(db, sql: "SELECT owner_id FROM batches WHERE id = ?", arguments: [batchID]) ?? ""
-            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+            // Columns by position: a lookup by name lowercases the name, per row and column.
+            var tasks: [RunnableTask] = []
+            let rows = try Row.fetchCursor(db, sql: sql, arguments: arguments)
+            while let row = try rows.next() {
                 var task = RunnableTask(
-                    id: row["id"], batchID: batchID, ownerID: owner, customID: row["custom_id"], agent: agent,
-                    priority: row["priority"], attempt: row["attempt"], maxAttempts: row["max_attempts"],
-                    timeoutMs: row["timeout_ms"], turnsCompleted: row["turns_completed"], maxTurns: row["max_turns"],
-                    parentTaskID: row["parent_task_id"])
-                let payload: Data? = row["inline_payload"]
-                task.payload = payload.map { [UInt8]($0) }
-                task.url = row["url"]
-                return task
+                    id: row[0], batchID: batchID, ownerID: owner, customID: row[1], agent: agent,
+                    priority: row[2], attempt: row[3], maxAttempts: row[4], timeoutMs: row[5], turnsCompleted: row[6],
+                    maxTurns: row[7], parentTaskID: row[8])
+                task.url = row[9]
+                task.payload = try row.withUnsafeData(atIndex: 10) { data in data.map { [UInt8]($0) } }
+                tasks.append(task)
             }
+            return tasks
         }
     }
 

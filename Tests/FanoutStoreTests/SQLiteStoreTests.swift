@@ -167,6 +167,37 @@ import Testing
         }
     }
 
+    @Test func aStartAndFinishInOneCommitKeepBoth() async throws {
+        try await withStore { (store, _) async throws in
+            let inserted = try store.insertBatch(newBatch(count: 2), now: 1_000)
+            let (a, b) = (inserted.taskIDs[0], inserted.taskIDs[1])
+            var changes = ChangeSet()
+            changes.tasks = [
+                .started(a, attempt: 2, at: 2_000),
+                .started(b, attempt: 1, at: 2_001),
+                .finished(a, state: .failed, result: nil, failure: TaskFailure(message: "no", code: "E1"), turnsCompleted: 0,
+                          at: 2_500, details: ResponseDetails(statusCode: 500, requestID: "req-1",
+                                                              usage: TokenUsage(promptTokens: 3, completionTokens: 4, totalTokens: 7))),
+            ]
+            changes.events = [taskEvent(.taskStarted, batch: inserted.batch.id, task: a),
+                              taskEvent(.taskFailed, batch: inserted.batch.id, task: a)]
+            #expect(try store.commit(changes).map(\.sequence) == [1, 2])
+
+            let taskA = try #require(try store.task(a, includePayload: false))
+            #expect(taskA.state == .failed)
+            #expect(taskA.attempt == 2)
+            #expect(taskA.startedAt == 2_000)
+            #expect(taskA.finishedAt == 2_500)
+            #expect(taskA.failure == TaskFailure(message: "no", code: "E1"))
+            #expect(taskA.details == ResponseDetails(statusCode: 500, requestID: "req-1",
+                                                     usage: TokenUsage(promptTokens: 3, completionTokens: 4, totalTokens: 7)))
+            let taskB = try #require(try store.task(b, includePayload: false))
+            #expect(taskB.state == .running)
+            #expect(taskB.attempt == 1)
+            #expect(taskB.startedAt == 2_001)
+        }
+    }
+
     @Test func emptyCommitWritesNothing() async throws {
         try await withStore { (store, _) async throws in
             #expect(try store.commit(ChangeSet()).isEmpty)
