@@ -36,6 +36,9 @@ struct FanoutBench {
       --gateway-lines N     lines of the Batch file run through the HTTP gateway and through `fanout submit` (default 2000; 0: skip)
       --stub PATH           the OpenAI stub server (default: fanout-openai-stub next to fanoutd)
       --worker-tasks N      zero-work tasks through 4 `fanout worker` processes, plus the spawn latency (default 100000; 0: skip)
+      --latency-samples N   single tasks timed from enqueue to task_started, idle and under the backlog (default 1000; 0: skip)
+      --backlog N           pending tasks held while the second latency series runs; fanoutd's RSS is read then (default 1000000)
+      --durable-tasks N     tasks enqueued with --durability full (default 100000; 0: skip)
     """
 
     static func main() async {
@@ -128,9 +131,33 @@ struct FanoutBench {
             workers = result
         }
 
-        let report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
+        var latency: LatencyResult?
+        if options.latencySamples > 0 {
+            log("latency: enqueue → task_started, \(options.latencySamples) tasks one at a time, idle, then with \(options.backlog) tasks pending...")
+            let result = await LatencyRun.run(samples: options.latencySamples, backlog: options.backlog,
+                                              payloadBytes: options.payloadBytes, fanoutd: options.fanoutd)
+            log(result.status == "ok"
+                ? String(format: "latency: idle p50 %.0f µs, p99 %.0f µs; backlog p50 %.0f µs, p99 %.0f µs, RSS %.1f MB",
+                         result.idleP50Us ?? 0, result.idleP99Us ?? 0, result.backlogP50Us ?? 0, result.backlogP99Us ?? 0,
+                         result.backlogRssMb ?? 0)
+                : "latency: \(result.status): \(result.error ?? "")")
+            latency = result
+        }
+        var durable: DurableEnqueueResult?
+        if options.durableTasks > 0 {
+            log("durability full: enqueue of \(options.durableTasks) tasks with an fsync at every commit...")
+            let result = await DurableEnqueueRun.run(tasks: options.durableTasks, payloadBytes: options.payloadBytes,
+                                                     fanoutd: options.fanoutd)
+            log(result.status == "ok" ? String(format: "durability full: %.0f tasks/s", result.tasksPerSecond ?? 0)
+                                      : "durability full: \(result.status): \(result.error ?? "")")
+            durable = result
+        }
+
+        var report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
                             machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
-                            payloadBytes: options.payloadBytes, results: results, sqliteBaseline: baselines, llm: llm, gateway: gateway, workers: workers)
+                            payloadBytes: options.payloadBytes, results: results, sqliteBaseline: baselines, llm: llm, gateway: gateway,
+                            workers: workers, latency: latency, durableEnqueue: durable)
+        report.targets = Targets.checks(report)
         print(report.table())
         do {
             try report.write(to: options.output)
@@ -140,7 +167,8 @@ struct FanoutBench {
             exit(1)
         }
         let extrasOK = (llm.map { $0.status == "ok" } ?? true) && (gateway.map { $0.status == "ok" } ?? true)
-            && (workers.map { $0.status == "ok" } ?? true)
+            && (workers.map { $0.status == "ok" } ?? true) && (latency.map { $0.status == "ok" } ?? true)
+            && (durable.map { $0.status == "ok" } ?? true)
         exit(results.allSatisfy { $0.status == "ok" } && baselines.allSatisfy { $0.status == "ok" } && extrasOK ? 0 : 1)
     }
 
@@ -162,6 +190,9 @@ struct Options {
     var llmTasks = 2_000
     var gatewayLines = 2_000
     var workerTasks = 100_000
+    var latencySamples = 1_000
+    var backlog = 1_000_000
+    var durableTasks = 100_000
     var stub = ""
 
     static func parse(_ arguments: [String]) throws -> Options {
@@ -203,6 +234,9 @@ struct Options {
                 let text = try value()
                 guard let count = Int(text), count >= 0 else { throw BenchError("--worker-tasks: not a count: \(text)") }
                 options.workerTasks = count
+            case "--latency-samples": options.latencySamples = try count(value(), "--latency-samples")
+            case "--backlog": options.backlog = try count(value(), "--backlog")
+            case "--durable-tasks": options.durableTasks = try count(value(), "--durable-tasks")
             case "--gateway-lines":
                 let text = try value()
                 guard let count = Int(text), count >= 0 else { throw BenchError("--gateway-lines: not a count: \(text)") }
@@ -247,6 +281,13 @@ struct Options {
         }
         guard !sizes.isEmpty else { throw BenchError("no sizes given") }
         return sizes
+    }
+
+    static func count(_ text: String, _ name: String) throws -> Int {
+        guard let number = Int(text.replacingOccurrences(of: "_", with: "")), number >= 0 else {
+            throw BenchError("\(name): not a count: \(text)")
+        }
+        return number
     }
 
     static func positive(_ text: String, _ name: String) throws -> Int {

@@ -74,6 +74,10 @@ struct Report: Codable {
     var llm: LLMResult?
     var gateway: GatewayResult?
     var workers: WorkerResult?
+    var latency: LatencyResult?
+    var durableEnqueue: DurableEnqueueResult?
+    /// Each figure the performance issue sets a target for, beside what this run measured.
+    var targets: [TargetCheck] = []
 
     func write(to path: String) throws {
         let url = URL(fileURLWithPath: path)
@@ -174,6 +178,32 @@ struct Report: Codable {
                 lines.append("workers: \(workers.status): \(workers.error ?? "")")
             }
         }
+        if let latency {
+            if latency.status == "ok" {
+                lines.append(String(format: "latency: enqueue → task_started, one task at a time (%d samples): idle p50 %.0f µs, p99 %.0f µs; "
+                                    + "with %d tasks pending: p50 %.0f µs, p99 %.0f µs; fanoutd RSS %.1f MB (peak %.1f MB); "
+                                    + "backlog enqueued in %.2f s", latency.samples, latency.idleP50Us ?? 0, latency.idleP99Us ?? 0,
+                                    latency.backlogTasks, latency.backlogP50Us ?? 0, latency.backlogP99Us ?? 0,
+                                    latency.backlogRssMb ?? 0, latency.backlogPeakRssMb ?? 0, latency.backlogEnqueueSeconds ?? 0))
+            } else {
+                lines.append("latency: \(latency.status): \(latency.error ?? "")")
+            }
+        }
+        if let durableEnqueue {
+            lines.append(durableEnqueue.status == "ok"
+                ? String(format: "durability full: enqueue of %d tasks %.2f s, %.0f tasks/s", durableEnqueue.tasks,
+                         durableEnqueue.seconds ?? 0, durableEnqueue.tasksPerSecond ?? 0)
+                : "durability full: \(durableEnqueue.status): \(durableEnqueue.error ?? "")")
+        }
+        if !targets.isEmpty {
+            lines.append("")
+            lines.append("targets (issue 16, a 2-core machine):")
+            let width = targets.map(\.figure.count).max() ?? 0
+            for check in targets {
+                let pad = String(repeating: " ", count: width - check.figure.count)
+                lines.append("  \(check.figure)\(pad)  \(check.measuredText)  (target \(check.target))  \(check.verdict)")
+            }
+        }
         for result in results {
             if let note = result.note { lines.append("note (\(result.tasks) tasks): \(note)") }
             if result.status == "error", let error = result.error {
@@ -181,5 +211,30 @@ struct Report: Codable {
             }
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+/// One target of the performance issue and what a run measured for it.
+struct TargetCheck: Codable, Sendable {
+    var figure: String
+    var unit: String
+    var target: String
+    var measured: Double?
+    var met: Bool?
+
+    /// `atLeast`: a rate to reach; otherwise a bound not to exceed.
+    init(_ figure: String, unit: String, measured: Double?, limit: Double, atLeast: Bool) {
+        self.figure = figure
+        self.unit = unit
+        self.measured = measured
+        target = (atLeast ? "≥ " : "≤ ") + Self.format(limit) + " " + unit
+        met = measured.map { atLeast ? $0 >= limit : $0 <= limit }
+    }
+
+    var measuredText: String { measured.map { Self.format($0) + " " + unit } ?? "not measured" }
+    var verdict: String { met.map { $0 ? "met" : "NOT MET" } ?? "" }
+
+    private static func format(_ value: Double) -> String {
+        value >= 1_000 ? String(format: "%.0f", value) : String(format: "%.3g", value)
     }
 }
