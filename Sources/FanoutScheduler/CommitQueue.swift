@@ -1,5 +1,6 @@
 import FanoutCore
 import FanoutStore
+import Foundation
 import Logging
 import Synchronization
 
@@ -36,11 +37,10 @@ final class CommitQueue: Sendable {
     /// Wall-clock milliseconds; tests pass their own.
     private let now: @Sendable () -> Milliseconds
     private let state = Mutex(State())
-    /// SQLite's writes block: they run on a thread of their own, not on the
-    /// cooperative pool, where they would hold up every stream and runner.
-    private let writer = BlockingQueue(label: "fanout.commit")
-    private let wakeups: AsyncStream<Void>
-    private let wake: AsyncStream<Void>.Continuation
+    /// The loop runs on a thread of its own: SQLite's writes block, and would hold up every
+    /// stream and runner on the cooperative pool; and a submit wakes it directly, with no
+    /// hop through the pool and back between a change and its commit.
+    private let wakeup = ThreadWakeup()
     /// False when commits start failing, true when they succeed again; ends at `close()`.
     let healthChanges: AsyncStream<Bool>
     private let health: AsyncStream<Bool>.Continuation
@@ -56,7 +56,6 @@ final class CommitQueue: Sendable {
         self.logger = logger
         self.retention = retention
         self.now = now
-        (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (healthChanges, health) = AsyncStream.makeStream(of: Bool.self)
     }
 
@@ -71,7 +70,7 @@ final class CommitQueue: Sendable {
             return true
         }
         if accepted {
-            wake.yield()
+            wakeup.raise()
         } else {
             onCommit?(.failure(FanoutError.unavailable("the scheduler has shut down")))
         }
@@ -104,53 +103,59 @@ final class CommitQueue: Sendable {
 
     /// Runs until `close()` and every queued change is written.
     func run() async {
-        let interval = max(1, retention.trimIntervalMs)
-        // Wakes the loop now and then, so an idle daemon still drops events past the age limit.
-        let ticker: Task<Void, Never>? = retention.isLimited ? Task { [wake] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(interval))
-                wake.yield()
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let thread = Thread { [self] in
+                loop()
+                done.resume()
             }
-        } : nil
-        defer { ticker?.cancel() }
+            thread.name = "fanout.commit"
+            thread.start()
+        }
+    }
+
+    private func loop() {
+        let interval = max(1, retention.trimIntervalMs)
         // Due at once: the log may be over a limit lowered since the last run.
         var nextTrimAt = now()
-        for await _ in wakeups {
-            await flush()
+        while true {
+            flush()
             if state.withLock({ $0.closed && $0.pending.isEmpty && $0.callbacks.isEmpty }) { break }
             let startedAt = now()
             if retention.isLimited && startedAt >= nextTrimAt {
-                // Counted from the start: the trim's own hops to the writer thread do not delay the next one.
+                // Counted from the start: the trim's own time does not delay the next one.
                 nextTrimAt = startedAt + interval
-                await trimEvents()
+                trimEvents()
             }
+            // An idle daemon still wakes now and then to drop events past the age limit.
+            wakeup.wait(until: retention.isLimited ? Date().addingTimeInterval(Double(interval) / 1000) : nil)
         }
-        await flush()
+        flush()
     }
 
-    /// Applies retention in bounded steps until nothing more is due. Steps run
-    /// back to back on the writer thread; once a commit is queued, it goes
-    /// first as soon as the steps have removed more events than were written
-    /// since the last slice, so trimming always gains on the writers.
-    private func trimEvents() async {
+    /// Applies retention in bounded steps until nothing more is due; once a
+    /// commit is queued, it goes first as soon as the steps have removed more
+    /// events than were written since the last slice, so trimming always gains
+    /// on the writers.
+    private func trimEvents() {
         let cutoff = retention.maxAgeMs.map { now() - $0 }
         let step = max(1, retention.rowsPerStep)
         var total = 0
         while true {
-            let (deleted, more): (Int, Bool)
+            var deleted = 0
+            var more = false
             do {
-                (deleted, more) = try await writer.run { [self] in
-                    var deleted = 0
-                    let quota = state.withLock { state in
-                        defer { state.eventsSinceTrimSlice = 0 }
-                        return state.eventsSinceTrimSlice + step
-                    }
-                    while true {
-                        let removed = try store.trimEvents(keepingLast: retention.maxEvents, olderThan: cutoff, limit: step)
-                        deleted += removed
-                        if removed < step { return (deleted, false) }
-                        let waiting = state.withLock { $0.closed || !$0.pending.isEmpty }
-                        if waiting && deleted >= quota { return (deleted, true) }
+                let quota = state.withLock { state in
+                    defer { state.eventsSinceTrimSlice = 0 }
+                    return state.eventsSinceTrimSlice + step
+                }
+                while true {
+                    let removed = try store.trimEvents(keepingLast: retention.maxEvents, olderThan: cutoff, limit: step)
+                    deleted += removed
+                    if removed < step { break }
+                    let waiting = state.withLock { $0.closed || !$0.pending.isEmpty }
+                    if waiting && deleted >= quota {
+                        more = true
+                        break
                     }
                 }
             } catch {
@@ -161,7 +166,7 @@ final class CommitQueue: Sendable {
             total += deleted
             if !more || state.withLock({ $0.closed }) { break }
             // Commits queued meanwhile go before the next step.
-            await flush()
+            flush()
         }
         if total > 0 { logger.debug("trimmed the event log", metadata: ["events": "\(total)"]) }
     }
@@ -174,12 +179,11 @@ final class CommitQueue: Sendable {
             return state.roomWaiters
         }
         for waiter in waiters { waiter.resume() }
-        wake.yield()
-        wake.finish()
+        wakeup.raise()
         health.finish()
     }
 
-    private func flush() async {
+    private func flush() {
         while true {
             let (changes, callbacks, waiters) = state.withLock { state in
                 defer {
@@ -192,7 +196,7 @@ final class CommitQueue: Sendable {
             // The queue is empty again: producers may fill it while this group is written.
             for waiter in waiters { waiter.resume() }
             if changes.isEmpty && callbacks.isEmpty { return }
-            let outcome = await commitUntilDurable(changes)
+            let outcome = commitUntilDurable(changes)
             for callback in callbacks { callback(outcome) }
         }
     }
@@ -202,11 +206,11 @@ final class CommitQueue: Sendable {
     /// nothing queued is dropped. Only a shutdown stops the retries (after
     /// `retriesAfterClose`); what was not written then runs again after a
     /// restart, as after a crash.
-    private func commitUntilDurable(_ changes: ChangeSet) async -> Result<Void, any Error> {
+    private func commitUntilDurable(_ changes: ChangeSet) -> Result<Void, any Error> {
         var failures = 0
         while true {
             do {
-                let events = try await writer.run { [store] in try store.commit(changes) }
+                let events = try store.commit(changes)
                 state.withLock { $0.eventsSinceTrimSlice += events.count }
                 if failures > 0 {
                     state.withLock { $0.failing = nil }
@@ -232,7 +236,7 @@ final class CommitQueue: Sendable {
                                     metadata: ["changes": "\(changes.count)"])
                     return .failure(error)
                 }
-                try? await Task.sleep(for: .milliseconds(retryBackoff.delay(beforeAttempt: failures + 1, jitter: 1)))
+                Thread.sleep(forTimeInterval: Double(retryBackoff.delay(beforeAttempt: failures + 1, jitter: 1)) / 1000)
             }
         }
     }

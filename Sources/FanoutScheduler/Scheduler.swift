@@ -240,12 +240,33 @@ public final class Scheduler: Service, Sendable {
             return inserted
         }
         let agentsOfBatch = Set(admitted.tasks.map(\.agent))
+        let seeds = firstWindows(of: admitted, inserted: inserted)
         mutate { state, effects in
             let now = WallClock.now
-            state.admit(inserted.batch, agents: Array(agentsOfBatch), now: now, effects: &effects)
+            state.admit(inserted.batch, agents: Array(agentsOfBatch), seeds: seeds, now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
         }
         return inserted
+    }
+
+    /// A batch that fits in one window per agent, as the store would list it: it starts from
+    /// what was just inserted instead of reading it back (a read and two thread hops less
+    /// between an enqueue and its first start). Nil for bigger batches.
+    private func firstWindows(of batch: NewBatch, inserted: InsertedBatch) -> [String: [RunnableTask]]? {
+        guard batch.tasks.count < configuration.windowSize else { return nil }
+        var windows: [String: [RunnableTask]] = [:]
+        for (task, id) in zip(batch.tasks, inserted.taskIDs) {
+            var runnable = RunnableTask(
+                id: id, batchID: inserted.batch.id, ownerID: batch.ownerID, customID: task.customID, agent: task.agent,
+                priority: task.priority, attempt: 0, maxAttempts: task.maxAttempts, timeoutMs: task.timeoutMs,
+                turnsCompleted: 0, maxTurns: task.maxTurns, parentTaskID: batch.parentTaskID)
+            runnable.payload = task.payload.count <= configuration.inlinePayloadBytes ? task.payload : nil
+            runnable.url = task.url
+            windows[task.agent, default: []].append(runnable)
+        }
+        // The store's order: highest priority first, then by id.
+        for agent in windows.keys { windows[agent]!.sort { ($0.priority, -$0.id) > ($1.priority, -$1.id) } }
+        return windows
     }
 
     /// Cancels a task and waits (up to `timeout`) until a running one has

@@ -194,7 +194,24 @@ struct SchedulerState {
     // MARK: Admission
 
     /// Takes over an active batch whose pending tasks, for `agents`, are in the store.
-    mutating func admit(_ batch: BatchRecord, agents taskAgents: [String], now: Milliseconds, effects: inout Effects) {
+    /// `seeds`: every pending task of the batch, per agent, in window order, when the caller
+    /// has them (a small batch just inserted); they take the place of the first window reads.
+    mutating func admit(_ batch: BatchRecord, agents taskAgents: [String], seeds: [String: [RunnableTask]]? = nil,
+                        now: Milliseconds, effects: inout Effects) {
+        admitBatch(batch, agents: taskAgents, now: now, effects: &effects)
+        guard let seeds else { return }
+        let orders = effects.refills
+        effects.refills = []
+        for order in orders {
+            if order.key.batchID == batch.id, order.cursor == nil, let tasks = seeds[order.key.agent], tasks.count < order.limit {
+                refilled(order.key, generation: order.generation, tasks: tasks, requested: order.limit, now: now, effects: &effects)
+            } else {
+                effects.refills.append(order)
+            }
+        }
+    }
+
+    private mutating func admitBatch(_ batch: BatchRecord, agents taskAgents: [String], now: Milliseconds, effects: inout Effects) {
         var active = ActiveBatch(record: batch)
         for agent in Set(taskAgents) {
             let key = SourceKey(batchID: batch.id, agent: agent)
