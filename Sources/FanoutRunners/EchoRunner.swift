@@ -52,8 +52,10 @@ public struct EchoRunner: Runner {
         var retryable = false
 
         init(payload: [UInt8]) {
-            // Only a JSON object can carry options; skip parsing anything else.
-            guard payload.first == UInt8(ascii: "{"),
+            // Only a JSON object naming an option can carry one; skip parsing anything else (most
+            // payloads: parsing would cost more than the rest of an echo). Keys are looked for as
+            // written plainly, so a key spelled with \u escapes is not an option.
+            guard payload.first == UInt8(ascii: "{"), Self.keys.contains(where: { payload.firstRange(of: $0) != nil }),
                   let object = try? JSONSerialization.jsonObject(with: Data(payload)) as? [String: Any] else { return }
             // Out-of-range numbers saturate here and are refused by `run`.
             delayMs = Self.clamped(object["delay_ms"])
@@ -61,6 +63,9 @@ public struct EchoRunner: Runner {
             fail = object["fail"] as? String
             retryable = (object["retryable"] as? Bool) ?? false
         }
+
+        /// The options that change what echo does (`retryable` only qualifies `fail`), quoted.
+        private static let keys = [#""delay_ms""#, #""turns""#, #""fail""#].map { Array($0.utf8) }
 
         private static func clamped(_ value: Any?) -> Int64 {
             guard let number = value as? NSNumber else { return 0 }

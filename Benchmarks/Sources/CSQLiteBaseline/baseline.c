@@ -101,8 +101,8 @@ int fanout_sqlite_baseline_run(const char *source, const char *path, int rows, i
     // SQLiteStore.commit for a task that started and finished in the same group
     // commit (one UPDATE, the folded statement), the echo result being the payload.
     if (sqlite3_prepare_v3(db,
-            "UPDATE tasks SET state = ?, attempt = ?, started_at = ?, result = ?, error_message = ?, error_code = ?, "
-            "error_retryable = ?, turns_completed = ?, finished_at = ?, "
+            "UPDATE tasks SET state = ?, attempt = coalesce(?, attempt), started_at = coalesce(?, started_at), result = ?, "
+            "error_message = ?, error_code = ?, error_retryable = ?, turns_completed = ?, finished_at = ?, "
             "status_code = ?, request_id = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ? "
             "WHERE id = ?", -1, SQLITE_PREPARE_PERSISTENT, &update, NULL) != SQLITE_OK) {
         fail(db, out, "prepare update"); goto done;

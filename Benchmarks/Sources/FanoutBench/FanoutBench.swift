@@ -27,7 +27,7 @@ struct FanoutBench {
       --fanoutd PATH        the daemon to measure (default: REPO/.build/release/fanoutd)
       --repo DIR            the main package, for the default daemon and the git commit
                             (default: the current folder's parent if it holds Benchmarks/, else the current folder)
-      --output FILE         JSON results (default: REPO/Benchmarks/results/latest.json)
+      --output FILE         JSON results (default: REPO/Benchmarks/results/DATE-COMMIT.json, and latest.json)
       --concurrency N       fanoutd --concurrency and the echo agent's concurrency (default 256)
       --payload-bytes N     bytes per task payload (default 200)
       --timeout SECONDS     per size (default: 300 s, or 900 s per million tasks if more)
@@ -160,10 +160,15 @@ struct FanoutBench {
         report.targets = Targets.checks(report)
         print(report.table())
         do {
-            try report.write(to: options.output)
-            log("figures written to \(options.output)")
+            // One file per run, named by its time and commit, so a regression shows beside earlier runs.
+            let paths = options.output.map { [$0] } ?? [
+                options.repo + "/Benchmarks/results/" + Report.fileName(commit: commit),
+                options.repo + "/Benchmarks/results/latest.json",
+            ]
+            for path in paths { try report.write(to: path) }
+            log("figures written to \(paths.joined(separator: " and "))")
         } catch {
-            log("cannot write \(options.output): \(error)")
+            log("cannot write the figures: \(error)")
             exit(1)
         }
         let extrasOK = (llm.map { $0.status == "ok" } ?? true) && (gateway.map { $0.status == "ok" } ?? true)
@@ -182,7 +187,7 @@ struct Options {
     var subscriberSizes = [50_000]
     var repo: String
     var fanoutd: String
-    var output: String
+    var output: String?
     var concurrency = 256
     var payloadBytes = 200
     var timeoutSeconds: Double?
@@ -202,7 +207,7 @@ struct Options {
         var output: String? = nil
         var sizes: [Int]? = nil
         var subscriberSizes: [Int]? = nil
-        var options = Options(repo: "", fanoutd: "", output: "")
+        var options = Options(repo: "", fanoutd: "")
         var index = 0
         func value() throws -> String {
             index += 1
@@ -260,7 +265,7 @@ struct Options {
         let root = repo ?? (current.hasSuffix("/Benchmarks") ? String(current.dropLast("/Benchmarks".count)) : current)
         options.repo = root
         options.fanoutd = fanoutd ?? root + "/.build/release/fanoutd"
-        options.output = output ?? root + "/Benchmarks/results/latest.json"
+        options.output = output
         if options.stub.isEmpty {
             options.stub = URL(fileURLWithPath: options.fanoutd).deletingLastPathComponent().appendingPathComponent("fanout-openai-stub").path
         }

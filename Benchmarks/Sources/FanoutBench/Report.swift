@@ -79,6 +79,18 @@ struct Report: Codable {
     /// Each figure the performance issue sets a target for, beside what this run measured.
     var targets: [TargetCheck] = []
 
+    /// `20261130-014502-1d313d2.json`: when the figures were written (UTC) and the commit's short hash
+    /// (`-dirty` when the tree had changes).
+    static func fileName(commit: String, at date: Date = Date()) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd-HHmmss"
+        let hash = commit.prefix { $0.isHexDigit }.prefix(7)
+        return formatter.string(from: date) + "-" + (hash.isEmpty ? "unknown" : String(hash))
+            + (commit.contains("uncommitted") ? "-dirty" : "") + ".json"
+    }
+
     func write(to path: String) throws {
         let url = URL(fileURLWithPath: path)
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
