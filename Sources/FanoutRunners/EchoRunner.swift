@@ -55,7 +55,7 @@ public struct EchoRunner: Runner {
             // Only a JSON object naming an option can carry one; skip parsing anything else (most
             // payloads: parsing would cost more than the rest of an echo). Keys are looked for as
             // written plainly, so a key spelled with \u escapes is not an option.
-            guard payload.first == UInt8(ascii: "{"), Self.keys.contains(where: { payload.firstRange(of: $0) != nil }),
+            guard payload.first == UInt8(ascii: "{"), Self.keys.contains(where: { Self.contains(payload, $0) }),
                   let object = try? JSONSerialization.jsonObject(with: Data(payload)) as? [String: Any] else { return }
             // Out-of-range numbers saturate here and are refused by `run`.
             delayMs = Self.clamped(object["delay_ms"])
@@ -66,6 +66,24 @@ public struct EchoRunner: Runner {
 
         /// The options that change what echo does (`retryable` only qualifies `fail`), quoted.
         private static let keys = [#""delay_ms""#, #""turns""#, #""fail""#].map { Array($0.utf8) }
+
+        /// A plain scan over the bytes: Foundation's generic `firstRange(of:)` costs more than the JSON parse it avoids.
+        private static func contains(_ payload: [UInt8], _ key: [UInt8]) -> Bool {
+            payload.withUnsafeBufferPointer { haystack in
+                key.withUnsafeBufferPointer { needle in
+                    guard needle.count <= haystack.count, let first = needle.first else { return false }
+                    var index = 0
+                    let last = haystack.count - needle.count
+                    while index <= last {
+                        if haystack[index] == first && memcmp(haystack.baseAddress! + index, needle.baseAddress!, needle.count) == 0 {
+                            return true
+                        }
+                        index += 1
+                    }
+                    return false
+                }
+            }
+        }
 
         private static func clamped(_ value: Any?) -> Int64 {
             guard let number = value as? NSNumber else { return 0 }

@@ -10,12 +10,12 @@ import GRDB
 /// value directly (text and blobs copied once, by SQLite) and keeps GRDB for the
 /// connection, the transaction and the statement cache.
 struct BoundStatement {
+    private let statement: Statement
     private let handle: OpaquePointer
-    private let sql: String
 
     init(_ statement: Statement) {
+        self.statement = statement
         handle = statement.sqliteStatement
-        sql = statement.sql
     }
 
     // SQLITE_TRANSIENT: SQLite copies the bytes before the call returns.
@@ -94,7 +94,9 @@ struct BoundStatement {
         sqlite3_reset(handle)
         guard code == SQLITE_DONE || code == SQLITE_ROW else {
             throw DatabaseError(resultCode: ResultCode(rawValue: code),
-                                message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))), sql: sql)
+                                message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))),
+                                // Read only here: GRDB trims the statement's text each time it is asked.
+                                sql: statement.sql)
         }
     }
 }
