@@ -17,6 +17,13 @@ public struct StagedBatch: Sendable {
     var agents: Set<String> = []
 }
 
+/// A validated chunk of a staged batch, ready to be written.
+public struct StagedChunk: Sendable {
+    let batchID: BatchID
+    let parentTaskID: TaskID?
+    let tasks: [NewTask]
+}
+
 extension Scheduler {
 
     /// Why one task would be refused at enqueue (limits, unknown agent, its runner's rules), or nil.
@@ -81,19 +88,33 @@ extension Scheduler {
 
     /// Validates and stores one more chunk.
     public func appendToStagedBatch(_ staged: inout StagedBatch, _ chunk: [NewTask]) async throws {
+        try await storeStagedChunk(prepareStagedChunk(&staged, chunk))
+    }
+
+    /// Validates one more chunk and counts it into `staged`; `storeStagedChunk` then writes it.
+    /// Apart, a caller can check the next chunk while this one is being written.
+    public func prepareStagedChunk(_ staged: inout StagedBatch, _ chunk: [NewTask]) throws -> StagedChunk {
         var tasks = chunk
         applyAgentDefaults(&tasks, batchAgent: staged.batchAgent)
         try BatchValidation.validateTasks(tasks, startingAt: staged.count, seen: &staged.seen, limits: limits, knownAgents: knownAgents)
         try checkRunnersAccept(tasks, startingAt: staged.count)
         try checkDeclaredAgents(tasks, creatorUID: staged.creatorUID, startingAt: staged.count)
-        try await store(tasks, into: &staged)
+        staged.count += tasks.count
+        staged.agents.formUnion(tasks.map(\.agent))
+        return StagedChunk(batchID: staged.id, parentTaskID: staged.parentTaskID, tasks: tasks)
+    }
 
+    /// Writes a prepared chunk (still invisible until the batch is published).
+    public func storeStagedChunk(_ chunk: StagedChunk) async throws {
+        guard !chunk.tasks.isEmpty else { return }
+        try await offload { [store] in
+            try store.appendStagedTasks(chunk.tasks, to: chunk.batchID, parentTaskID: chunk.parentTaskID, now: WallClock.now)
+        }
     }
 
     private func store(_ tasks: [NewTask], into staged: inout StagedBatch) async throws {
         guard !tasks.isEmpty else { return }
-        let (id, parent) = (staged.id, staged.parentTaskID)
-        try await offload { [store] in try store.appendStagedTasks(tasks, to: id, parentTaskID: parent, now: WallClock.now) }
+        try await storeStagedChunk(StagedChunk(batchID: staged.id, parentTaskID: staged.parentTaskID, tasks: tasks))
         staged.count += tasks.count
         staged.agents.formUnion(tasks.map(\.agent))
     }

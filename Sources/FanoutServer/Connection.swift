@@ -344,14 +344,22 @@ final class Connection: Sendable {
         defer { chunks.close() }
         var staged = try await service.beginStagedBatch(first, peer: peer)
         do {
-            var complete = false
-            while let chunk = await chunks.receive() {
-                try Task.checkCancellation()
-                try await service.appendToStagedBatch(&staged, chunk.tasks, batchPriority: first.priority)
-                if !chunk.more {
-                    complete = true
-                    break
+            // Each chunk is checked while the one before it is being written, so the store's
+            // thread does not wait for the checks (the uniqueness of custom ids, above all).
+            let complete = try await withThrowingTaskGroup(of: Void.self) { writes in
+                var complete = false
+                while let chunk = await chunks.receive() {
+                    try Task.checkCancellation()
+                    let prepared = try service.prepareStagedChunk(&staged, chunk.tasks, batchPriority: first.priority)
+                    try await writes.next()
+                    writes.addTask { [service] in try await service.storeStagedChunk(prepared) }
+                    if !chunk.more {
+                        complete = true
+                        break
+                    }
                 }
+                try await writes.waitForAll()
+                return complete
             }
             if let failure = chunks.failure { throw failure }
             guard complete else { throw CancellationError() }

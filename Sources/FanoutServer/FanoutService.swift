@@ -82,8 +82,12 @@ final class FanoutService: Sendable {
                                              firstTasks: request.tasks.map { NewTask($0, batchPriority: request.priority) })
     }
 
-    func appendToStagedBatch(_ staged: inout StagedBatch, _ tasks: [TaskSpec], batchPriority: Int32) async throws {
-        try await scheduler.appendToStagedBatch(&staged, tasks.map { NewTask($0, batchPriority: batchPriority) })
+    func prepareStagedChunk(_ staged: inout StagedBatch, _ tasks: [TaskSpec], batchPriority: Int32) throws -> StagedChunk {
+        try scheduler.prepareStagedChunk(&staged, tasks.map { NewTask($0, batchPriority: batchPriority) })
+    }
+
+    func storeStagedChunk(_ chunk: StagedChunk) async throws {
+        try await scheduler.storeStagedChunk(chunk)
     }
 
     func publishStagedBatch(_ staged: StagedBatch) async throws -> BatchInfo {

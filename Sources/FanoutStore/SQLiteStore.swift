@@ -1,3 +1,4 @@
+import CSQLite
 import FanoutCore
 import Foundation
 import GRDB
@@ -12,7 +13,11 @@ public final class SQLiteStore: Store {
 
     static let walSizeLimitBytes = 64 << 20
 
+    /// Set once, before the first connection opens (see `fanout_sqlite_configure_threading`).
+    private static let multithreadMode: Int32 = fanout_sqlite_configure_threading()
+
     public init(path: String, durability: Durability = .normal) throws {
+        _ = Self.multithreadMode
         var configuration = Configuration()
         configuration.label = "fanout"
         configuration.prepareDatabase { db in

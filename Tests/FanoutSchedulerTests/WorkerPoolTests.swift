@@ -206,7 +206,11 @@ final class CommandHolder: Sendable {
             #expect(throws: FanoutError.self) {
                 _ = try pool.register(name: "b", uid: 1002, isAdmin: false, agents: ["mine": 1], send: { _ in })
             }
-            #expect(try store.batch(inserted.batch.id)?.counters.pending == 1)
+            // The task may have reached the worker before it left (worker_lost, retried): either way it waits.
+            try await waitUntil("the task waits for a worker again") {
+                guard let counters = try store.batch(inserted.batch.id)?.counters else { return false }
+                return counters.pending + counters.retryWait == 1 && counters.running == 0
+            }
         }
     }
 }
