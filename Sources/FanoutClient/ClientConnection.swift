@@ -88,8 +88,11 @@ final class ClientConnection: Sendable {
     /// Opens a stream: registers its route, then sends its first frame.
     /// With `bufferLimit`, a consumer that falls that many frames behind has
     /// its stream ended with a lagged error (and cancelled on the daemon)
-    /// instead of the client buffering without bound.
-    func open(_ request: Request, streamID: UInt32? = nil, bufferLimit: Int? = nil) async throws -> (id: UInt32, frames: FrameStream) {
+    /// instead of the client buffering without bound; with `pauses` as well,
+    /// the stream is only cancelled on the daemon and its frames still come,
+    /// for its reader to open it again where it stopped.
+    func open(_ request: Request, streamID: UInt32? = nil, bufferLimit: Int? = nil,
+              pauses: Bool = false) async throws -> (id: UInt32, frames: FrameStream) {
         // The daemon refuses a Request whose id is not larger than every id
         // before it, so taking the id and writing the Request happen as one
         // step: concurrent callers reach the socket in id order.
@@ -98,7 +101,7 @@ final class ClientConnection: Sendable {
         let id = try streamID ?? takeStreamID()
         // Unbounded as a stream: the bound, when there is one, counts frames in the backlog.
         let (groups, continuation) = AsyncThrowingStream.makeStream(of: [Frame].self)
-        let backlog = bufferLimit.map { FrameBacklog(limit: $0) }
+        let backlog = bufferLimit.map { FrameBacklog(limit: $0, pauses: pauses) }
         let closed = routes.withLock { routes -> FanoutClientError? in
             if let closed = routes.closed { return closed }
             routes.streams[id] = Route(continuation: continuation, backlog: backlog)
@@ -191,7 +194,14 @@ final class ClientConnection: Sendable {
         let routes = routes.withLock { routes in groups.map { routes.streams[$0.id] } }
         for (group, route) in zip(groups, routes) {
             guard let route else { continue }  // a stream forgotten or never known: ignored (PROTOCOL.md §4.1)
-            if let backlog = route.backlog, !backlog.add(group.frames.count) {
+            if let backlog = route.backlog, backlog.pauses {
+                if backlog.addPausing(group.frames.count) {
+                    // The daemon stops sending; what is already on its way is still delivered, and
+                    // the stream's reader opens the stream again after it once it has caught up.
+                    let id = group.id
+                    Task { try? await self.send(Frame(streamID: id, kind: .cancel)) }
+                }
+            } else if let backlog = route.backlog, !backlog.add(group.frames.count) {
                 // lastSequence 0: the stream's iterator fills in the last sequence it delivered.
                 route.continuation.finish(throwing: FanoutClientError(
                     code: .resourceExhausted, message: "the subscriber fell behind the client's buffer of \(backlog.limit) events",
@@ -260,21 +270,46 @@ struct Route: Sendable {
 
 /// Frames routed to a stream and not yet taken by its reader.
 final class FrameBacklog: Sendable {
-    let limit: Int
-    private let queued = Mutex(0)
+    private struct State {
+        var queued = 0
+        var paused = false
+    }
 
-    init(limit: Int) { self.limit = max(1, limit) }
+    let limit: Int
+    /// What going over the limit does: true, the stream is paused (see
+    /// `ServerStream.resume`); false, it ends as lagged.
+    let pauses: Bool
+    private let state = Mutex(State())
+
+    init(limit: Int, pauses: Bool = false) {
+        self.limit = max(1, limit)
+        self.pauses = pauses
+    }
 
     /// Counts `count` more frames if that stays within the limit (a reader that took everything gets any group).
     func add(_ count: Int) -> Bool {
-        queued.withLock { queued in
-            guard queued == 0 || queued + count <= limit else { return false }
-            queued += count
+        state.withLock { state in
+            guard state.queued == 0 || state.queued + count <= limit else { return false }
+            state.queued += count
             return true
         }
     }
 
-    func taken(_ count: Int) { queued.withLock { $0 -= count } }
+    /// Counts `count` more frames whatever the limit (they are on their way
+    /// anyway); true the first time that goes over it: the stream must pause.
+    func addPausing(_ count: Int) -> Bool {
+        state.withLock { state in
+            state.queued += count
+            guard state.queued > limit, !state.paused else { return false }
+            state.paused = true
+            return true
+        }
+    }
+
+    /// Whether the stream was paused: its daemon side was cancelled by the client.
+    var paused: Bool { state.withLock { $0.paused } }
+
+    func taken(_ count: Int) { state.withLock { $0.queued -= count } }
 }
 
 /// A stream's frames one by one, read a group at a time.
@@ -293,6 +328,9 @@ struct FrameStream: AsyncSequence, Sendable {
         let backlog: FrameBacklog?
         var pending: [Frame] = []
         var index = 0
+
+        /// Whether the client paused the stream (`FrameBacklog.addPausing`).
+        var paused: Bool { backlog?.paused ?? false }
 
         mutating func next() async throws -> Frame? {
             while index == pending.count {

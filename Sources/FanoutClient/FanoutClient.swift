@@ -165,14 +165,35 @@ public final class FanoutClient: Sendable {
     }
 
     /// The results of a batch's finished tasks, in task order, fetched page by
-    /// page (nil `pageSize`: the daemon's maximum page).
-    public func results(batchID: UInt64, afterTaskID: UInt64? = nil, pageSize: Int? = nil) -> ServerStream<TaskResult> {
-        let request = GetResultsRequest(batchID: batchID, pageSize: UInt32(clamping: pageSize ?? 0), afterTaskID: afterTaskID ?? 0)
-        return serverStream(.getResults(request)) { message in
+    /// page. A page holds at most `pageSize` results and `pageBytes` bytes of
+    /// them, but always at least one result; nil: the daemon's maximum
+    /// (`welcome.limits.maxResultsPage`, `maxResultsPageBytes`), to which
+    /// larger values are also reduced. A consumer slower than the daemon
+    /// has a few pages waiting for it at most, never the whole batch: the
+    /// stream pauses meanwhile and goes on after the last result taken.
+    public func results(batchID: UInt64, afterTaskID: UInt64? = nil, pageSize: Int? = nil,
+                        pageBytes: Int? = nil) -> ServerStream<TaskResult> {
+        let request = GetResultsRequest(batchID: batchID, pageSize: UInt32(clamping: pageSize ?? 0), afterTaskID: afterTaskID ?? 0,
+                                        pageBytes: UInt32(clamping: pageBytes ?? 0))
+        var stream = serverStream(.getResults(request)) { message in
             if case .resultsPage(let page) = message { return page }
             return []
         }
+        // A consumer slower than the daemon (output to a slow pipe) holds this many pages, and
+        // then some in flight; past them the stream pauses and resumes after the last result taken.
+        stream.bufferLimit = Self.resultsPagesBuffered
+        stream.sequence = { $0.taskID }
+        stream.initialSequence = request.afterTaskID
+        stream.resume = { last in
+            var next = request
+            next.afterTaskID = last
+            return .getResults(next)
+        }
+        return stream
     }
+
+    /// Result pages a results stream buffers for its consumer before it pauses.
+    static let resultsPagesBuffered = 8
 
     // MARK: Events
 

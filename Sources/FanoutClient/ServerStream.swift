@@ -17,6 +17,12 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
     var bufferLimit: Int?
     var sequence: (@Sendable (Element) -> UInt64)?
     var initialSequence: UInt64 = 0
+    /// For results streams: past `bufferLimit` frames the stream is paused
+    /// instead of failing (cancelled on the daemon, what is in flight still
+    /// taken), and once the consumer has taken everything it is opened again
+    /// with this request, made from the `sequence` delivered last. A slow
+    /// consumer so holds a few pages, never the whole stream.
+    var resume: (@Sendable (UInt64) -> Request)?
 
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(stream: self)
@@ -24,6 +30,8 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let stream: ServerStream
+        /// The stream's request, or the one that resumes it after a pause.
+        private var request: Request
         private var streamID: UInt32?
         private var frames: FrameStream.AsyncIterator?
         /// Elements of the last message (a results page) not handed out yet.
@@ -35,6 +43,7 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
 
         init(stream: ServerStream) {
             self.stream = stream
+            request = stream.request
             delivered = stream.initialSequence
         }
 
@@ -48,7 +57,8 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
                 }
                 if finished { return nil }
                 if frames == nil {
-                    let (id, opened) = try await stream.connection.open(stream.request, bufferLimit: stream.bufferLimit)
+                    let (id, opened) = try await stream.connection.open(request, bufferLimit: stream.bufferLimit,
+                                                                         pauses: stream.resume != nil)
                     streamID = id
                     frames = opened.makeAsyncIterator()
                     guardian = StreamGuardian(connection: stream.connection, streamID: id)
@@ -79,8 +89,14 @@ public struct ServerStream<Element: Sendable>: AsyncSequence, Sendable {
                     buffered = stream.extract(message)
                     bufferedIndex = 0
                 case .end(let status):
-                    finished = true
                     guardian?.ended()
+                    if status.code == .cancelled, let resume = stream.resume, frames?.paused == true {
+                        // The client's own pause: everything before it has been handed out, so go on after it.
+                        request = resume(delivered)
+                        (frames, streamID, guardian) = (nil, nil, nil)
+                        continue
+                    }
+                    finished = true
                     if status.code != .ok { throw FanoutClientError(status) }
                 default:
                     continue

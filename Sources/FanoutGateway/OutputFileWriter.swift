@@ -12,8 +12,11 @@ import OpenAIBatchFormat
 struct OutputFileWriter {
     let store: any GatewayStore
     let file: OutputFile
-    /// Results read at a time: a result may be up to half a frame, so a page stays within tens of MiB.
+    /// Rejected lines read at a time.
     static let pageSize = 32
+    /// Results read at a time: many small ones, or as many large ones as fit in `pageBytes` (at least one).
+    static let resultsPageSize = 1_000
+    static let pageBytes = 1 << 20
 
     func body() -> ResponseBody {
         let store = self.store
@@ -39,7 +42,7 @@ struct OutputFileWriter {
             var after: TaskID = 0
             while true {
                 let records = try await BlockingQueue.shared.run { [after] in
-                    try store.results(batchID: file.batchID, afterTaskID: after, limit: Self.pageSize)
+                    try store.results(batchID: file.batchID, afterTaskID: after, limit: Self.resultsPageSize, maxBytes: Self.pageBytes)
                 }
                 guard let last = records.last else { break }
                 after = last.id

@@ -375,10 +375,13 @@ final class Connection: Sendable {
         _ = try await service.batch(request.batchID, peer: peer)
         let pageSize = request.pageSize == 0
             ? configuration.maxResultsPage : min(Int(request.pageSize), configuration.maxResultsPage)
+        // 0: the daemon's limit; resultsPage reduces anything larger to it.
+        let pageBytes = request.pageBytes == 0 ? nil : Int(request.pageBytes)
         var after = request.afterTaskID
         while true {
             try Task.checkCancellation()
-            let page = try await service.resultsPage(batchID: request.batchID, afterTaskID: after, pageSize: pageSize)
+            let page = try await service.resultsPage(batchID: request.batchID, afterTaskID: after, pageSize: pageSize,
+                                                     pageBytes: pageBytes)
             guard let last = page.last else { return }
             try await writer.write(Frame(streamID: id, kind: .message(.resultsPage(page))))
             after = last.taskID

@@ -34,6 +34,7 @@ final class FanoutService: Sendable {
         limits.subscriberBuffer = UInt32(clamping: configuration.subscriberBuffer)
         limits.globalConcurrency = UInt32(clamping: scheduler.configuration.globalConcurrency)
         limits.maxResultsPage = UInt32(clamping: configuration.maxResultsPage)
+        limits.maxResultsPageBytes = UInt32(clamping: configuration.resultsPageBytes)
         return limits
     }
 
@@ -138,23 +139,18 @@ final class FanoutService: Sendable {
         return TaskInfo(record)
     }
 
-    /// One page of finished results after `afterTaskID`, cut to fit in a frame.
-    func resultsPage(batchID: UInt64, afterTaskID: UInt64, pageSize: Int) async throws -> [TaskResult] {
+    /// One page of finished results after `afterTaskID`: at most `pageSize`
+    /// results and `pageBytes` bytes of them (at least one result), so that
+    /// it fits in a frame. Nil `pageBytes`: the daemon's limit.
+    func resultsPage(batchID: UInt64, afterTaskID: UInt64, pageSize: Int, pageBytes: Int? = nil) async throws -> [TaskResult] {
         let batch = BatchID(clamping: batchID)
         let after = TaskID(clamping: afterTaskID)
-        let records = try await BlockingQueue.shared.run { [store] in try store.results(batchID: batch, afterTaskID: after, limit: pageSize) }
-        // Keep each page well under the frame limit: results can be large.
-        let budget = configuration.maxFrameBytes / 2
-        var used = 0
-        var page: [TaskResult] = []
-        for record in records {
-            let size = (record.result?.count ?? 0) + (record.failure?.message.utf8.count ?? 0) + record.customID.utf8.count
-                + (record.url?.utf8.count ?? 0) + (record.details.requestID?.utf8.count ?? 0) + 96
-            if !page.isEmpty && used + size > budget { break }
-            used += size
-            page.append(TaskResult(record))
+        // Never above the limit, whoever asks: a larger page might not fit its frame.
+        let bytes = min(pageBytes ?? .max, configuration.resultsPageBytes)
+        return try await BlockingQueue.shared.run { [store] in
+            // Converted here, off the event loops, like the read itself.
+            try store.results(batchID: batch, afterTaskID: after, limit: pageSize, maxBytes: bytes).map(TaskResult.init)
         }
-        return page
     }
 
     // MARK: Cancel

@@ -10,6 +10,9 @@ public struct ServerConfiguration: Sendable {
     /// Events a subscriber may have queued before it is cut off as lagged.
     public var subscriberBuffer: Int = 10_000
     public var maxResultsPage: Int = 1_000
+    /// The most result bytes in one results page (`TaskRecord.resultPageBytes`);
+    /// a request's larger `page_bytes` is reduced to it. See `resultsPageBytes`.
+    public var maxResultsPageBytes: Int = 1 << 20
     /// How long in-flight calls may take to finish during shutdown.
     public var shutdownGracePeriodMs: Int64 = 5_000
     /// A connection that has not sent Hello this long after connecting is closed.
@@ -21,6 +24,16 @@ public struct ServerConfiguration: Sendable {
     public init(socketPath: String) {
         self.socketPath = socketPath
     }
+
+    /// `maxResultsPageBytes` as applied and announced: never more than a
+    /// frame holds once the page's own envelope is added, so that a page cut
+    /// by it can always be sent.
+    public var resultsPageBytes: Int {
+        max(1, min(maxResultsPageBytes, maxFrameBytes - Self.resultsPageEnvelope))
+    }
+
+    /// A page's frame without its results: stream id, message and page headers, with room to spare.
+    public static let resultsPageEnvelope = 64
 }
 
 public enum FanoutVersion {

@@ -32,8 +32,11 @@ public protocol Store: Sendable {
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord?
     /// The batches one attempt of a task spawned, oldest first: the order its spawns were made.
     func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord]
-    /// Terminal tasks of a batch in id order, after `afterTaskID`.
-    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord]
+    /// Terminal tasks of a batch in id order, after `afterTaskID`: at most
+    /// `limit` of them, and no more than fit in `maxBytes` counted by
+    /// `TaskRecord.resultPageBytes`, but always at least one if there is one.
+    /// Rows past the cut are not read, so paging reads each row once.
+    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) throws -> [TaskRecord]
     func payload(of task: TaskID) throws -> [UInt8]
 
     /// The next pending tasks of one batch for one agent, in (priority desc, id) order,
@@ -70,6 +73,11 @@ public protocol Store: Sendable {
 extension Store {
     public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
         try batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
+    }
+
+    /// Terminal tasks of a batch in id order, after `afterTaskID`, cut by count only.
+    public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
+        try results(batchID: batchID, afterTaskID: afterTaskID, limit: limit, maxBytes: .max)
     }
 }
 

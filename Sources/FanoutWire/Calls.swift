@@ -84,14 +84,17 @@ public struct GetTaskRequest: Sendable, Hashable {
 
 public struct GetResultsRequest: Sendable, Hashable {
     public var batchID: UInt64
-    /// 0: the server's default.
+    /// Results per page; 0: the server's default.
     public var pageSize: UInt32
     public var afterTaskID: UInt64
+    /// Result bytes per page (a page always holds at least one result); 0: the server's default.
+    public var pageBytes: UInt32
 
-    public init(batchID: UInt64, pageSize: UInt32 = 0, afterTaskID: UInt64 = 0) {
+    public init(batchID: UInt64, pageSize: UInt32 = 0, afterTaskID: UInt64 = 0, pageBytes: UInt32 = 0) {
         self.batchID = batchID
         self.pageSize = pageSize
         self.afterTaskID = afterTaskID
+        self.pageBytes = pageBytes
     }
 }
 

@@ -37,6 +37,8 @@ public struct Limits: Sendable, Hashable {
     public var subscriberBuffer: UInt32 = 0
     public var globalConcurrency: UInt32 = 0
     public var maxResultsPage: UInt32 = 0
+    /// The most result bytes the daemon puts in one results page; a larger `page_bytes` is reduced to it.
+    public var maxResultsPageBytes: UInt32 = 0
 
     public init() {}
 }

@@ -67,7 +67,8 @@ enum ProtoDecoder {
             return .getTask(GetTaskRequest(taskID: r.task_id, includePayload: r.include_payload != 0))
         case FANOUT__V1__REQUEST__CALL_GET_RESULTS:
             let r = try present(m.get_results, "Request.get_results").pointee
-            return .getResults(GetResultsRequest(batchID: r.batch_id, pageSize: r.page_size, afterTaskID: r.after_task_id))
+            return .getResults(GetResultsRequest(batchID: r.batch_id, pageSize: r.page_size, afterTaskID: r.after_task_id,
+                                                 pageBytes: r.page_bytes))
         case FANOUT__V1__REQUEST__CALL_CANCEL_BATCH:
             return .cancelBatch(batchID: try present(m.cancel_batch, "Request.cancel_batch").pointee.batch_id)
         case FANOUT__V1__REQUEST__CALL_CANCEL_TASK:
@@ -188,6 +189,7 @@ enum ProtoDecoder {
         value.subscriberBuffer = m.subscriber_buffer
         value.globalConcurrency = m.global_concurrency
         value.maxResultsPage = m.max_results_page
+        value.maxResultsPageBytes = m.max_results_page_bytes
         return value
     }
 

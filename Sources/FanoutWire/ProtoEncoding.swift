@@ -89,6 +89,7 @@ struct ProtoEncoder {
             r.pointee.batch_id = request.batchID
             r.pointee.page_size = request.pageSize
             r.pointee.after_task_id = request.afterTaskID
+            r.pointee.page_bytes = request.pageBytes
             m.pointee.get_results = r
         case .cancelBatch(let batchID):
             m.pointee.call_case = FANOUT__V1__REQUEST__CALL_CANCEL_BATCH
@@ -256,6 +257,7 @@ struct ProtoEncoder {
         m.pointee.subscriber_buffer = value.subscriberBuffer
         m.pointee.global_concurrency = value.globalConcurrency
         m.pointee.max_results_page = value.maxResultsPage
+        m.pointee.max_results_page_bytes = value.maxResultsPageBytes
     }
 
     // MARK: Domain

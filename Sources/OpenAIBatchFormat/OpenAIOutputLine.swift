@@ -35,50 +35,80 @@ public struct OpenAIOutputLine: Sendable {
 
     /// The line, without its newline.
     public func encoded() -> Data {
-        var members: [(String, Data)] = [("id", Self.encode(id)), ("custom_id", Self.encode(customID))]
-        if let response {
-            members.append(("response", Self.object([
-                ("status_code", Self.encode(response.statusCode)),
-                ("request_id", response.requestID.map(Self.encode) ?? Data("null".utf8)),
-                ("body", Self.embedded(response.body)),
-            ])))
-        } else {
-            members.append(("response", Data("null".utf8)))
-        }
-        if let error {
-            members.append(("error", Self.encode(["code": error.code, "message": error.message])))
-        } else {
-            members.append(("error", Data("null".utf8)))
-        }
-        return Self.object(members)
+        var line: [UInt8] = []
+        append(to: &line)
+        return Data(line)
     }
 
-    /// `{"key":value,…}` from already encoded values, in this order.
-    private static func object(_ members: [(String, Data)]) -> Data {
-        var data = Data("{".utf8)
-        for (index, member) in members.enumerated() {
-            if index > 0 { data.append(UInt8(ascii: ",")) }
-            data.append(encode(member.0))
-            data.append(UInt8(ascii: ":"))
-            data.append(member.1)
+    /// Appends the line, without its newline: members in the order
+    /// `id, custom_id, response, error`, written as `JSONSerialization` would.
+    public func append(to out: inout [UInt8]) {
+        out.append(contentsOf: Self.idKey)
+        JSONWriting.appendString(id, to: &out)
+        out.append(contentsOf: Self.customIDKey)
+        JSONWriting.appendString(customID, to: &out)
+        out.append(contentsOf: Self.responseKey)
+        if let response {
+            out.append(contentsOf: Self.statusCodeKey)
+            JSONWriting.appendInteger(response.statusCode, to: &out)
+            out.append(contentsOf: Self.requestIDKey)
+            if let requestID = response.requestID {
+                JSONWriting.appendString(requestID, to: &out)
+            } else {
+                out.append(contentsOf: Self.null)
+            }
+            out.append(contentsOf: Self.bodyKey)
+            Self.appendEmbedded(response.body, to: &out)
+            out.append(UInt8(ascii: "}"))
+        } else {
+            out.append(contentsOf: Self.null)
         }
-        data.append(UInt8(ascii: "}"))
-        return data
+        out.append(contentsOf: Self.errorKey)
+        if let error {
+            out.append(contentsOf: Self.codeKey)
+            JSONWriting.appendString(error.code, to: &out)
+            out.append(contentsOf: Self.messageKey)
+            JSONWriting.appendString(error.message, to: &out)
+            out.append(UInt8(ascii: "}"))
+        } else {
+            out.append(contentsOf: Self.null)
+        }
+        out.append(UInt8(ascii: "}"))
     }
+
+    private static let idKey = Array(#"{"id":"#.utf8)
+    private static let customIDKey = Array(#","custom_id":"#.utf8)
+    private static let responseKey = Array(#","response":"#.utf8)
+    private static let statusCodeKey = Array(#"{"status_code":"#.utf8)
+    private static let requestIDKey = Array(#","request_id":"#.utf8)
+    private static let bodyKey = Array(#","body":"#.utf8)
+    private static let errorKey = Array(#","error":"#.utf8)
+    private static let codeKey = Array(#"{"code":"#.utf8)
+    private static let messageKey = Array(#","message":"#.utf8)
+    private static let null = Array("null".utf8)
 
     /// A body that is JSON is embedded as it is; anything else as a string.
     /// Valid JSON holds a raw CR or LF only between tokens (never inside a
     /// string), so turning them into spaces keeps one result per line and
     /// changes nothing else of a pretty-printed answer.
     public static func embedded(_ bytes: [UInt8]) -> Data {
-        guard (try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])) != nil else {
-            return encode(String(decoding: bytes, as: UTF8.self))
-        }
-        return Data(bytes.map { $0 == 0x0A || $0 == 0x0D ? 0x20 : $0 })
+        var out: [UInt8] = []
+        appendEmbedded(bytes, to: &out)
+        return Data(out)
     }
 
-    static func encode(_ value: Any) -> Data {
-        (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed]))
-            ?? Data("null".utf8)
+    /// `embedded(_:)`, appended.
+    public static func appendEmbedded(_ bytes: [UInt8], to out: inout [UInt8]) {
+        let isJSON = bytes.withUnsafeBufferPointer(JSONValidation.isCertainlyValid)
+            || (try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])) != nil
+        guard isJSON else {
+            JSONWriting.appendString(String(decoding: bytes, as: UTF8.self), to: &out)
+            return
+        }
+        let start = out.count
+        out.append(contentsOf: bytes)
+        out.withUnsafeMutableBufferPointer { line in
+            for index in start..<line.count where line[index] == 0x0A || line[index] == 0x0D { line[index] = 0x20 }
+        }
     }
 }

@@ -5,6 +5,13 @@ import OpenAIBatchFormat
 /// One result as a line of the OpenAI Batch output format (`OpenAIOutputLine`).
 enum ResultOutput {
     static func line(_ result: TaskResult) -> Data {
+        var line: [UInt8] = []
+        append(result, to: &line)
+        return Data(line)
+    }
+
+    /// Appends the result's line, without its newline.
+    static func append(_ result: TaskResult, to out: inout [UInt8]) {
         let answered = result.status == .completed || result.statusCode != 0
         let response = answered ? OpenAIOutputLine.Response(
             statusCode: result.statusCode != 0 ? Int(result.statusCode) : 200,
@@ -14,7 +21,7 @@ enum ResultOutput {
             let code = result.error?.code.isEmpty == false ? result.error!.code : statusWord(result.status)
             error = (code, result.error?.message ?? statusWord(result.status))
         }
-        return OpenAIOutputLine(id: "batch_req_\(result.taskID)", customID: result.customID, response: response, error: error).encoded()
+        OpenAIOutputLine(id: "batch_req_\(result.taskID)", customID: result.customID, response: response, error: error).append(to: &out)
     }
 
     static func statusWord(_ status: TaskStatus) -> String {

@@ -85,31 +85,26 @@ struct Results: AsyncParsableCommand {
     func run() async throws {
         let client = try await connection.connect()
         defer { Task { await client.close() } }
-        let sink: FileHandle
-        if let output {
-            guard FileManager.default.createFile(atPath: output, contents: nil) else { throw CLIError("cannot create \(output)") }
-            sink = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        } else {
-            sink = .standardOutput
-        }
+        var sink = try OutputSink.opening(output)
         var count = 0
-        var buffer = Data()
-        try await reportingErrors {
-            for try await result in client.results(batchID: batch) {
-                buffer.append(ResultOutput.line(result))
-                buffer.append(UInt8(ascii: "\n"))
-                count += 1
-                if buffer.count > 1 << 16 {
-                    sink.write(buffer)
-                    buffer.removeAll(keepingCapacity: true)
+        do {
+            // Each result is written as it arrives (through the sink's buffer): memory holds a few pages
+            // at most (the client pauses the stream beyond that), never the batch.
+            try await reportingErrors {
+                for try await result in client.results(batchID: batch) {
+                    ResultOutput.append(result, to: &sink.buffer)
+                    sink.buffer.append(UInt8(ascii: "\n"))
+                    count += 1
+                    try sink.flushIfFull()
                 }
             }
+        } catch {
+            // The results that arrived before the failure are still written.
+            try? sink.finish()
+            throw error
         }
-        sink.write(buffer)
-        if let output {
-            try sink.close()
-            Console.error("wrote \(count) results to \(output)")
-        }
+        try sink.finish()
+        if let output { Console.error("wrote \(count) results to \(output)") }
     }
 }
 

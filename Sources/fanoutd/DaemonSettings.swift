@@ -34,7 +34,8 @@ struct DaemonSettings {
         case logLevel = "log_level"
         case maxFrameBytes = "max_frame_bytes", maxConnections = "max_connections"
         case maxStreamsPerConnection = "max_streams_per_connection", subscriberBuffer = "subscriber_buffer"
-        case maxResultsPage = "max_results_page", maxTasksPerBatch = "max_tasks_per_batch"
+        case maxResultsPage = "max_results_page", maxResultsPageBytes = "max_results_page_bytes"
+        case maxTasksPerBatch = "max_tasks_per_batch"
         case maxPayloadBytes = "max_payload_bytes", maxCustomIDBytes = "max_custom_id_bytes"
         case progressIntervalMs = "progress_interval_ms"
         case retryBaseMs = "retry_base_ms", retryMaxMs = "retry_max_ms"
@@ -102,6 +103,9 @@ struct DaemonSettings {
         server.maxStreamsPerConnection = try int(.maxStreamsPerConnection, server.maxStreamsPerConnection)
         server.subscriberBuffer = try int(.subscriberBuffer, server.subscriberBuffer)
         server.maxResultsPage = try int(.maxResultsPage, server.maxResultsPage)
+        // A page must fit in a frame: the default is lowered to a smaller max_frame_bytes, a setting above it refused.
+        let pageBytesFit = max(1, server.maxFrameBytes - ServerConfiguration.resultsPageEnvelope)
+        server.maxResultsPageBytes = try int(.maxResultsPageBytes, min(server.maxResultsPageBytes, pageBytesFit), max: pageBytesFit)
         server.handshakeTimeoutMs = Int64(try int(.handshakeTimeoutMs, Int(server.handshakeTimeoutMs), max: SettingBounds.maxDurationMs))
         server.shutdownGracePeriodMs = Int64(try int(.shutdownGracePeriodMs, Int(server.shutdownGracePeriodMs), max: SettingBounds.maxDurationMs))
         server.listenBacklog = try config.string(forKey: Key.listenBacklog.configKey).map { _ in try int(.listenBacklog, 0, max: 1 << 20) }

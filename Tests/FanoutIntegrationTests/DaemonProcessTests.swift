@@ -230,7 +230,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             let configPath = directory + "/fanout.json"
             try Data("""
-                {"concurrency": 7, "max_results_page": 50,
+                {"concurrency": 7, "max_results_page": 50, "max_results_page_bytes": 70000,
                  "agents": [{"name": "summarize", "runner": "echo", "concurrency": 3, "max_turns": 4},
                             {"name": "search", "runner": "echo", "requests_per_minute": 600}]}
                 """.utf8).write(to: URL(fileURLWithPath: configPath))
@@ -242,6 +242,7 @@ import Testing
                     try await withClient(directory + "/d.sock") { client in
                         #expect(client.welcome.limits.globalConcurrency == 7, "from the file")
                         #expect(client.welcome.limits.maxResultsPage == 40, "the environment beats the file")
+                        #expect(client.welcome.limits.maxResultsPageBytes == 70_000)
                         let agents = try await client.serverInfo().agents
                         #expect(agents.map(\.name) == ["summarize", "search"])
                         #expect(agents.first?.concurrency == 3)

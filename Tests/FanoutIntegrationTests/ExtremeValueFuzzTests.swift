@@ -191,7 +191,8 @@ struct RequestFuzzer {
             return FuzzedRequest(name: "GetTask (\(name))", request: .getTask(GetTaskRequest(taskID: u64, includePayload: round % 2 == 0)))
         case 6:
             return FuzzedRequest(name: "GetResults (\(name))", request: .getResults(GetResultsRequest(
-                batchID: pick([1, 2, u64]), pageSize: u32, afterTaskID: pick(ExtremeValueFuzzTests.unsigned64, 2))))
+                batchID: pick([1, 2, u64]), pageSize: u32, afterTaskID: pick(ExtremeValueFuzzTests.unsigned64, 2),
+                pageBytes: pick(ExtremeValueFuzzTests.unsigned32, 3))))
         case 7:
             return FuzzedRequest(name: "CancelBatch (\(name))", request: .cancelBatch(batchID: u64))
         case 8:

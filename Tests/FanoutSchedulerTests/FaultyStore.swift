@@ -70,8 +70,8 @@ final class FaultyStore: Store {
     }
     func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? { try base.task(id, includePayload: includePayload) }
     func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord] { try base.childBatches(of: parent, attempt: attempt) }
-    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
-        try base.results(batchID: batchID, afterTaskID: afterTaskID, limit: limit)
+    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) throws -> [TaskRecord] {
+        try base.results(batchID: batchID, afterTaskID: afterTaskID, limit: limit, maxBytes: maxBytes)
     }
     func payload(of task: TaskID) throws -> [UInt8] { try base.payload(of: task) }
     func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,

@@ -45,6 +45,7 @@ enum Fixtures {
         l.subscriberBuffer = 1024
         l.globalConcurrency = 32
         l.maxResultsPage = 500
+        l.maxResultsPageBytes = 1 << 20
         return l
     }
 
@@ -156,7 +157,8 @@ enum Fixtures {
             Frame(streamID: 5, kind: .request(.getBatch(batchID: UInt64.max))),
             Frame(streamID: 7, kind: .request(.listBatches(ListBatchesRequest(ownerID: "uid:9", limit: 50, beforeID: 1 << 62, parentBatchID: 77)))),
             Frame(streamID: 9, kind: .request(.getTask(GetTaskRequest(taskID: 42, includePayload: true)))),
-            Frame(streamID: 11, kind: .request(.getResults(GetResultsRequest(batchID: 8, pageSize: 250, afterTaskID: UInt64.max - 5)))),
+            Frame(streamID: 11, kind: .request(.getResults(GetResultsRequest(batchID: 8, pageSize: 250, afterTaskID: UInt64.max - 5,
+                                                                                                pageBytes: 65_536)))),
             Frame(streamID: 13, kind: .request(.cancelBatch(batchID: 12345))),
             Frame(streamID: 15, kind: .request(.cancelTask(taskID: 67890))),
             Frame(streamID: 17, kind: .request(.retryFailed(RetryFailedRequest(batchID: 4, includeExpired: true, includeCancelled: true)))),

@@ -3525,7 +3525,7 @@ const ProtobufCMessageDescriptor fanout__v1__welcome__descriptor =
   (ProtobufCMessageInit) fanout__v1__welcome__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__limits__field_descriptors[9] =
+static const ProtobufCFieldDescriptor fanout__v1__limits__field_descriptors[10] =
 {
   {
     "max_frame_bytes",
@@ -3635,6 +3635,18 @@ static const ProtobufCFieldDescriptor fanout__v1__limits__field_descriptors[9] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "max_results_page_bytes",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__Limits, max_results_page_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__limits__field_indices_by_name[] = {
   7,   /* field[7] = global_concurrency */
@@ -3643,6 +3655,7 @@ static const unsigned fanout__v1__limits__field_indices_by_name[] = {
   0,   /* field[0] = max_frame_bytes */
   2,   /* field[2] = max_payload_bytes */
   8,   /* field[8] = max_results_page */
+  9,   /* field[9] = max_results_page_bytes */
   4,   /* field[4] = max_streams_per_connection */
   1,   /* field[1] = max_tasks_per_batch */
   6,   /* field[6] = subscriber_buffer */
@@ -3650,7 +3663,7 @@ static const unsigned fanout__v1__limits__field_indices_by_name[] = {
 static const ProtobufCIntRange fanout__v1__limits__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor fanout__v1__limits__descriptor =
 {
@@ -3660,7 +3673,7 @@ const ProtobufCMessageDescriptor fanout__v1__limits__descriptor =
   "Fanout__V1__Limits",
   "fanout.v1",
   sizeof(Fanout__V1__Limits),
-  9,
+  10,
   fanout__v1__limits__field_descriptors,
   fanout__v1__limits__field_indices_by_name,
   1,  fanout__v1__limits__number_ranges,
@@ -5610,7 +5623,7 @@ const ProtobufCMessageDescriptor fanout__v1__get_task_response__descriptor =
   (ProtobufCMessageInit) fanout__v1__get_task_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor fanout__v1__get_results_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor fanout__v1__get_results_request__field_descriptors[4] =
 {
   {
     "batch_id",
@@ -5648,16 +5661,29 @@ static const ProtobufCFieldDescriptor fanout__v1__get_results_request__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "page_bytes",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Fanout__V1__GetResultsRequest, page_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned fanout__v1__get_results_request__field_indices_by_name[] = {
   2,   /* field[2] = after_task_id */
   0,   /* field[0] = batch_id */
+  3,   /* field[3] = page_bytes */
   1,   /* field[1] = page_size */
 };
 static const ProtobufCIntRange fanout__v1__get_results_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor fanout__v1__get_results_request__descriptor =
 {
@@ -5667,7 +5693,7 @@ const ProtobufCMessageDescriptor fanout__v1__get_results_request__descriptor =
   "Fanout__V1__GetResultsRequest",
   "fanout.v1",
   sizeof(Fanout__V1__GetResultsRequest),
-  3,
+  4,
   fanout__v1__get_results_request__field_descriptors,
   fanout__v1__get_results_request__field_indices_by_name,
   1,  fanout__v1__get_results_request__number_ranges,

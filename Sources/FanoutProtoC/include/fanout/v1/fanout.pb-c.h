@@ -388,10 +388,11 @@ struct  Fanout__V1__Limits
   uint32_t subscriber_buffer;
   uint32_t global_concurrency;
   uint32_t max_results_page;
+  uint32_t max_results_page_bytes;
 };
 #define FANOUT__V1__LIMITS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__limits__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Fanout__V1__TaskSpec
@@ -824,10 +825,14 @@ struct  Fanout__V1__GetResultsRequest
    * resume after this task id
    */
   uint64_t after_task_id;
+  /*
+   * 0: server default
+   */
+  uint32_t page_bytes;
 };
 #define FANOUT__V1__GET_RESULTS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&fanout__v1__get_results_request__descriptor) \
-    , 0, 0, 0 }
+    , 0, 0, 0, 0 }
 
 
 struct  Fanout__V1__ResultsPage
