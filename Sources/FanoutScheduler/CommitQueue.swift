@@ -17,6 +17,8 @@ final class CommitQueue: Sendable {
     private struct State {
         var pending = ChangeSet()
         var callbacks: [@Sendable (Result<Void, any Error>) -> Void] = []
+        /// Writes of their own to run on the commit thread (`perform`), in order.
+        var jobs: [@Sendable () -> Void] = []
         var closed = false
         /// Producers waiting for the queue to shrink below `maxQueuedChanges`.
         var roomWaiters: [CheckedContinuation<Void, Never>] = []
@@ -76,6 +78,25 @@ final class CommitQueue: Sendable {
         }
     }
 
+    /// Runs `work` on the commit thread, between two group commits. For a write that
+    /// leads to changes at once (an enqueue, which admits and starts tasks): they are
+    /// queued on the thread that writes them, with no hop between the two.
+    func perform<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let job: @Sendable () -> Void = { continuation.resume(with: Result { try work() }) }
+            let accepted = state.withLock { state -> Bool in
+                guard !state.closed else { return false }
+                state.jobs.append(job)
+                return true
+            }
+            if accepted {
+                wakeup.raise()
+            } else {
+                continuation.resume(throwing: FanoutError.unavailable("the scheduler has shut down"))
+            }
+        }
+    }
+
     /// Set while the store refuses commits; the loop retries them with backoff until it accepts them.
     var storeFailure: StoreFailure? { state.withLock { $0.failing } }
 
@@ -118,8 +139,9 @@ final class CommitQueue: Sendable {
         // Due at once: the log may be over a limit lowered since the last run.
         var nextTrimAt = now()
         while true {
+            runJobs()
             flush()
-            if state.withLock({ $0.closed && $0.pending.isEmpty && $0.callbacks.isEmpty }) { break }
+            if state.withLock({ $0.closed && $0.pending.isEmpty && $0.callbacks.isEmpty && $0.jobs.isEmpty }) { break }
             let startedAt = now()
             if retention.isLimited && startedAt >= nextTrimAt {
                 // Counted from the start: the trim's own time does not delay the next one.
@@ -130,6 +152,14 @@ final class CommitQueue: Sendable {
             wakeup.wait(until: retention.isLimited ? Date().addingTimeInterval(Double(interval) / 1000) : nil)
         }
         flush()
+    }
+
+    private func runJobs() {
+        let jobs = state.withLock { state in
+            defer { state.jobs = [] }
+            return state.jobs
+        }
+        for job in jobs { job() }
     }
 
     /// Applies retention in bounded steps until nothing more is due; once a

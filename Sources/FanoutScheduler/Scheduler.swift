@@ -234,19 +234,20 @@ public final class Scheduler: Service, Sendable {
         try checkDeclaredAgents(batch.tasks, creatorUID: batch.creatorUID, startingAt: 0)
         batch.maxTurns = agent(named: batch.agent)?.maxTurns ?? batch.tasks.first.flatMap { agent(named: $0.agent)?.maxTurns } ?? 0
         let admitted = batch
-        let inserted = try await offload { [self] in
+        // Inserted and admitted on the commit thread: the first starts it decides are queued
+        // there, and written next, with no thread hop in between.
+        return try await commits.perform { [self] in
             let inserted = try store.insertBatch(admitted, now: WallClock.now)
             markAdmitting(inserted.batch.id)
+            let agentsOfBatch = Set(admitted.tasks.map(\.agent))
+            let seeds = firstWindows(of: admitted, inserted: inserted)
+            mutate { state, effects in
+                let now = WallClock.now
+                state.admit(inserted.batch, agents: Array(agentsOfBatch), seeds: seeds, now: now, effects: &effects)
+                state.dispatch(now: now, effects: &effects)
+            }
             return inserted
         }
-        let agentsOfBatch = Set(admitted.tasks.map(\.agent))
-        let seeds = firstWindows(of: admitted, inserted: inserted)
-        mutate { state, effects in
-            let now = WallClock.now
-            state.admit(inserted.batch, agents: Array(agentsOfBatch), seeds: seeds, now: now, effects: &effects)
-            state.dispatch(now: now, effects: &effects)
-        }
-        return inserted
     }
 
     /// A batch that fits in one window per agent, as the store would list it: it starts from

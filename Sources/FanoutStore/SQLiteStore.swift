@@ -10,6 +10,10 @@ import GRDB
 /// committed data.
 public final class SQLiteStore: Store {
     private let pool: DatabasePool
+    private let checkpointer: WALCheckpointer?
+    /// How often the log is copied back into the database file: often enough that it
+    /// stays small, rarely enough that an idle daemon does next to nothing.
+    static let checkpointInterval = Duration.milliseconds(100)
 
     static let walSizeLimitBytes = 64 << 20
 
@@ -30,6 +34,17 @@ public final class SQLiteStore: Store {
         configuration.busyMode = .timeout(5)
         pool = try DatabasePool(path: path, configuration: configuration)
         try Migrations.migrator.migrate(pool)
+        let synchronous = durability == .full ? "FULL" : "NORMAL"
+        checkpointer = WALCheckpointer(path: path, synchronous: synchronous, interval: Self.checkpointInterval,
+                                       restartAboveBytes: Self.walSizeLimitBytes / 4)
+        if checkpointer != nil {
+            // Checkpoints run beside the writer (WALCheckpointer), not inside its commits.
+            try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+        }
+    }
+
+    deinit {
+        checkpointer?.stop()
     }
 
     // MARK: Errors

@@ -195,8 +195,9 @@ final class CommandHolder: Sendable {
             let first = try pool.register(name: "a", uid: 1001, isAdmin: false, agents: ["mine": 1], send: { _ in })
             pool.unregister(first)
             let second = try pool.register(name: "a", uid: 1001, isAdmin: false, agents: ["mine": 1], send: { _ in })
+            // Attempts to spare: the task may reach the worker before it leaves, and is then retried.
             let inserted = try await scheduler.enqueue(NewBatch(ownerID: "a", agent: "mine", creatorUID: 1001,
-                                                                tasks: [NewTask(customID: "t", agent: "mine", payload: [])]))
+                                                                tasks: [NewTask(customID: "t", agent: "mine", payload: [], maxAttempts: 3)]))
             await #expect(throws: FanoutError.self, "another uid cannot submit to it") {
                 _ = try await scheduler.enqueue(NewBatch(ownerID: "b", agent: "mine", creatorUID: 1002,
                                                          tasks: [NewTask(customID: "t", agent: "mine", payload: [])]))
