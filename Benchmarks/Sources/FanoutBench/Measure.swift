@@ -41,6 +41,8 @@ struct SizeResult: Codable, Sendable {
     var daemonMaxThreads: Int?
     /// fanout.db plus its WAL at the end.
     var databaseMb: Double?
+    /// `fanout results` of the finished batch to a file.
+    var results: ResultsDownload?
     var completedTasks: Int?
     /// [seconds since the enqueue started, VmRSS MB], about one a second.
     var rssTimeline: [[Double]]?
@@ -218,6 +220,12 @@ enum SizeRun {
             let info = try await client.batch(batch.id)
             result.completedTasks = Int(info.counts.completed)
             await client.close()
+            let cli = URL(fileURLWithPath: settings.fanoutd).deletingLastPathComponent().appendingPathComponent("fanout").path
+            let download = try await ResultsDownload.run(cli: cli, socket: daemon.socketPath, batchID: batch.id, directory: daemon.directory)
+            result.results = download
+            if download.lines != size {
+                throw MeasureFailure(message: "fanout results wrote \(download.lines) lines for \(size) tasks", partial: result)
+            }
             if completion.type != .batchCompleted {
                 throw MeasureFailure(message: "the batch ended with \(completion.type), not batch_completed", partial: result)
             }

@@ -190,6 +190,12 @@ struct Report: Codable {
                 lines.append("workers: \(workers.status): \(workers.error ?? "")")
             }
         }
+        for result in results {
+            guard let download = result.results else { continue }
+            lines.append(String(format: "results: `fanout results` of the %@-task batch to a file: %.2f s, %.0f results/s, %.0f MB written, "
+                                + "CLI peak RSS %.1f MB", String(result.tasks), download.seconds, download.resultsPerSecond,
+                                download.fileMb, download.cliPeakRssMb))
+        }
         if let latency {
             if latency.status == "ok" {
                 lines.append(String(format: "latency: enqueue → task_started, one task at a time (%d samples): idle p50 %.0f µs, p99 %.0f µs; "

@@ -19,6 +19,9 @@ enum Targets {
                             limit: 200, atLeast: false),
             ]
         }
+        let million = plain.first { $0.tasks == 1_000_000 }?.results
+        checks.append(TargetCheck("fanout results, 1,000,000 tasks", unit: "results/s", measured: million?.resultsPerSecond,
+                                  limit: 200_000, atLeast: true))
         checks.append(TargetCheck("enqueue, durability full", unit: "tasks/s", measured: report.durableEnqueue?.tasksPerSecond,
                                   limit: 100_000, atLeast: true))
         return checks
