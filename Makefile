@@ -15,10 +15,10 @@ help:
 	@echo "  make test         proto-check, Swift tests, then the C client's tests (ASan+UBSan, valgrind) and the Python package's (pytest in a venv)"
 	@echo "  make demo         build, start fanoutd on a temporary socket and run 'fanout demo'"
 	@echo "  make example      build, then run Examples/ResearchWorker: a question fanned out into LLM subagents (local stub)"
-	@echo "  make bench        release build, then Benchmarks/: enqueue and run-through rate, peak RSS of fanoutd, and the LLM row"
-	@echo "                   (2,000 chat completions through an openai agent against a local stub, next to the stub's own ceiling;"
-	@echo "                    LLM_TASKS=0 skips it), and the worker row (100,000 tasks through 4 'fanout worker' processes,"
-	@echo "                    and a parent spawning 20 children, p50/p99; WORKER_TASKS=0 skips it)"
+	@echo "  make bench        release build, then Benchmarks/: enqueue, run-through and fanout-results rates beside a bare"
+	@echo "                   SQLite insert and update, peak RSS, start latency idle and under a 1M-task backlog (LATENCY_SAMPLES=0"
+	@echo "                    skips it), enqueue with durability full (DURABLE_TASKS=0 skips it), the LLM row (LLM_TASKS=0 skips it),"
+	@echo "                    the worker row (WORKER_TASKS=0 skips it); every issue target marked met or not; JSON in Benchmarks/results/"
 	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default;"
 	@echo "                    SUBSCRIBER_SIZES=\"50000\" run alone and with a following subscriber, \"none\" to skip)"
 	@echo "  make stress       release build, then fanoutd under SIGKILLs, fuzzed frames, a following subscriber and"
@@ -77,7 +77,8 @@ bench: deps
 	$(SWIFT) build -c release --package-path Benchmarks --product FanoutBench
 	"$$($(SWIFT) build -c release --package-path Benchmarks --show-bin-path)/FanoutBench" \
 		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
-		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS)) $(if $(GATEWAY_LINES),--gateway-lines $(GATEWAY_LINES)) $(if $(WORKER_TASKS),--worker-tasks $(WORKER_TASKS))
+		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS)) $(if $(GATEWAY_LINES),--gateway-lines $(GATEWAY_LINES)) $(if $(WORKER_TASKS),--worker-tasks $(WORKER_TASKS)) \
+		$(if $(LATENCY_SAMPLES),--latency-samples $(LATENCY_SAMPLES)) $(if $(BACKLOG),--backlog $(BACKLOG)) $(if $(DURABLE_TASKS),--durable-tasks $(DURABLE_TASKS))
 
 STRESS_SECONDS ?= 600
 
