@@ -154,7 +154,8 @@ struct FanoutBench {
         }
 
         var report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
-                            machine: machine, fanoutd: options.fanoutd, concurrency: options.concurrency,
+                            machine: machine, fanoutd: Report.relative(options.fanoutd, to: options.repo),
+                            concurrency: options.concurrency,
                             payloadBytes: options.payloadBytes, results: results, sqliteBaseline: baselines, llm: llm, gateway: gateway,
                             workers: workers, latency: latency, durableEnqueue: durable)
         report.targets = Targets.checks(report)

@@ -91,6 +91,12 @@ struct Report: Codable {
             + (commit.contains("uncommitted") ? "-dirty" : "") + ".json"
     }
 
+    /// A path inside the repository as relative to it: the figures name the daemon, not this machine's folders.
+    static func relative(_ path: String, to repo: String) -> String {
+        let root = repo.hasSuffix("/") ? repo : repo + "/"
+        return path.hasPrefix(root) ? String(path.dropFirst(root.count)) : path
+    }
+
     func write(to path: String) throws {
         let url = URL(fileURLWithPath: path)
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
