@@ -82,19 +82,23 @@ final class CommitQueue: Sendable {
     /// leads to changes at once (an enqueue, which admits and starts tasks): they are
     /// queued on the thread that writes them, with no hop between the two.
     func perform<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            let job: @Sendable () -> Void = { continuation.resume(with: Result { try work() }) }
-            let accepted = state.withLock { state -> Bool in
-                guard !state.closed else { return false }
-                state.jobs.append(job)
-                return true
-            }
-            if accepted {
-                wakeup.raise()
-            } else {
-                continuation.resume(throwing: FanoutError.unavailable("the scheduler has shut down"))
-            }
+        try await start(work).value
+    }
+
+    /// `perform`, handed over now and awaited later.
+    func start<T: Sendable>(_ work: @escaping @Sendable () throws -> T) -> PendingResult<T> {
+        let pending = PendingResult<T>()
+        let accepted = state.withLock { state -> Bool in
+            guard !state.closed else { return false }
+            state.jobs.append { pending.resolve(Result { try work() }) }
+            return true
         }
+        if accepted {
+            wakeup.raise()
+        } else {
+            pending.resolve(.failure(FanoutError.unavailable("the scheduler has shut down")))
+        }
+        return pending
     }
 
     /// Set while the store refuses commits; the loop retries them with backoff until it accepts them.

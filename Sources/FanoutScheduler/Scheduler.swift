@@ -226,6 +226,13 @@ public final class Scheduler: Service, Sendable {
 
     /// Validates, stores and admits a batch; returns once it is committed.
     public func enqueue(_ request: NewBatch) async throws -> InsertedBatch {
+        try await startEnqueue(request).value
+    }
+
+    /// Validates a batch now (throwing what is wrong with it) and hands its insert
+    /// and admission to the commit thread, to be awaited later: a caller on a
+    /// connection's read loop starts the work there, without a hop to a task first.
+    public func startEnqueue(_ request: NewBatch) throws -> PendingResult<InsertedBatch> {
         try requireWritableStore()
         var batch = request
         applyAgentDefaults(&batch.tasks, batchAgent: batch.agent)
@@ -236,7 +243,7 @@ public final class Scheduler: Service, Sendable {
         let admitted = batch
         // Inserted and admitted on the commit thread: the first starts it decides are queued
         // there, and written next, with no thread hop in between.
-        return try await commits.perform { [self] in
+        return commits.start { [self] in
             let inserted = try store.insertBatch(admitted, now: WallClock.now)
             markAdmitting(inserted.batch.id)
             let agentsOfBatch = Set(admitted.tasks.map(\.agent))

@@ -1,5 +1,6 @@
 import FanoutCore
 import FanoutScheduler
+import FanoutStore
 import FanoutWire
 import Logging
 import NIOCore
@@ -245,8 +246,16 @@ final class Connection: Sendable {
             await writer.send(Frame(streamID: 0, kind: .end(status)))
             return false
         }
+        // A whole batch is checked and handed to the store from here, the read loop: its first
+        // tasks start without waiting for the stream's task to be scheduled first.
+        var startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?
+        if case .enqueueBatch(let batch) = request, !batch.more {
+            startedEnqueue = service.startEnqueueBatch(batch, peer: peer)
+        }
+        let started = startedEnqueue
         let task = Task {
-            let status = await self.serve(id, request, chunks: chunks, workerMessages: workerMessages, writer: writer)
+            let status = await self.serve(id, request, chunks: chunks, workerMessages: workerMessages, startedEnqueue: started,
+                                          writer: writer)
             if let status {
                 // This task may be cancelled (a Cancel frame, shutdown), and NIO's async
                 // writer refuses writes from a cancelled task: send the final frame from
@@ -272,7 +281,7 @@ final class Connection: Sendable {
     /// Serves one stream. Returns the status that ends it, or nil when a
     /// response frame already ended it.
     private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, workerMessages: StreamPipe<WorkerMessage>?,
-                       writer: FrameWriter) async -> WireStatus? {
+                       startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?, writer: FrameWriter) async -> WireStatus? {
         do {
             switch request {
             case .hello:
@@ -281,7 +290,8 @@ final class Connection: Sendable {
                 if batch.more, let chunks {
                     return await reply(id, .enqueueBatch(try await enqueueChunked(batch, chunks: chunks)), writer)
                 }
-                return await reply(id, .enqueueBatch(try await service.enqueueBatch(batch, tasks: batch.tasks, peer: peer)), writer)
+                let started = startedEnqueue ?? service.startEnqueueBatch(batch, peer: peer)
+                return await reply(id, .enqueueBatch(BatchInfo(try await started.get().value.batch)), writer)
             case .enqueueTask(let task):
                 return await reply(id, .enqueueTask(try await service.enqueueTask(task, peer: peer)), writer)
             case .getBatch(let batchID):
@@ -324,10 +334,16 @@ final class Connection: Sendable {
     }
 
     private func reply(_ id: UInt32, _ response: Response, _ writer: FrameWriter) async -> WireStatus? {
-        // The call completed (a batch may have been created): its answer must reach the
-        // client even if a Cancel arrived meanwhile, so it is written from an uncancelled task.
+        // The call completed (a batch may have been created): its answer must reach the client
+        // even if a Cancel arrived meanwhile. NIO's writer refuses a cancelled task's write (and
+        // then queues nothing), so that one is written again from an uncancelled task.
+        let frame = Frame(streamID: id, kind: .response(response))
         do {
-            try await Task { try await writer.write(Frame(streamID: id, kind: .response(response))) }.value
+            do {
+                try await writer.write(frame)
+            } catch is CancellationError {
+                try await Task { try await writer.write(frame) }.value
+            }
             return nil
         } catch let error as WireError {
             // Too large for a frame: this stream ends with the reason, the connection goes on.

@@ -50,8 +50,9 @@ final class FanoutService: Sendable {
 
     // MARK: Enqueue
 
-    func enqueueBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) async throws -> BatchInfo {
-        BatchInfo(try await scheduler.enqueue(newBatch(request, tasks: tasks, peer: peer)).batch)
+    /// A whole (unchunked) batch, checked now and handed to the store; awaited later.
+    func startEnqueueBatch(_ request: EnqueueBatchRequest, peer: PeerCredentials) -> Result<PendingResult<InsertedBatch>, any Error> {
+        Result { try scheduler.startEnqueue(newBatch(request, tasks: request.tasks, peer: peer)) }
     }
 
     private func newBatch(_ request: EnqueueBatchRequest, tasks: [TaskSpec], peer: PeerCredentials) throws(FanoutError) -> NewBatch {
