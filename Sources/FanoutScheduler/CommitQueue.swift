@@ -18,7 +18,9 @@ final class CommitQueue: Sendable {
         var pending = ChangeSet()
         var callbacks: [@Sendable (Result<Void, any Error>) -> Void] = []
         /// Writes of their own to run on the commit thread (`perform`), in order.
-        var jobs: [@Sendable () -> Void] = []
+        var jobs: [Job] = []
+        /// Whether the loop's thread was started (jobs queued without one are refused at close).
+        var running = false
         var closed = false
         /// Producers waiting for the queue to shrink below `maxQueuedChanges`.
         var roomWaiters: [CheckedContinuation<Void, Never>] = []
@@ -88,18 +90,26 @@ final class CommitQueue: Sendable {
     /// `perform`, handed over now and awaited later.
     func start<T: Sendable>(_ work: @escaping @Sendable () throws -> T) -> PendingResult<T> {
         let pending = PendingResult<T>()
+        let job = Job(run: { pending.resolve(Result { try work() }) }, refuse: { pending.resolve(.failure($0)) })
         let accepted = state.withLock { state -> Bool in
             guard !state.closed else { return false }
-            state.jobs.append { pending.resolve(Result { try work() }) }
+            state.jobs.append(job)
             return true
         }
         if accepted {
             wakeup.raise()
         } else {
-            pending.resolve(.failure(FanoutError.unavailable("the scheduler has shut down")))
+            job.refuse(Self.shutDown)
         }
         return pending
     }
+
+    private struct Job: Sendable {
+        let run: @Sendable () -> Void
+        let refuse: @Sendable (any Error) -> Void
+    }
+
+    private static let shutDown = FanoutError.unavailable("the scheduler has shut down")
 
     /// Set while the store refuses commits; the loop retries them with backoff until it accepts them.
     var storeFailure: StoreFailure? { state.withLock { $0.failing } }
@@ -128,6 +138,7 @@ final class CommitQueue: Sendable {
 
     /// Runs until `close()` and every queued change is written.
     func run() async {
+        state.withLock { $0.running = true }
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             let thread = Thread { [self] in
                 loop()
@@ -163,7 +174,7 @@ final class CommitQueue: Sendable {
             defer { state.jobs = [] }
             return state.jobs
         }
-        for job in jobs { job() }
+        for job in jobs { job.run() }
     }
 
     /// Applies retention in bounded steps until nothing more is due; once a
@@ -186,7 +197,7 @@ final class CommitQueue: Sendable {
                     let removed = try store.trimEvents(keepingLast: retention.maxEvents, olderThan: cutoff, limit: step)
                     deleted += removed
                     if removed < step { break }
-                    let waiting = state.withLock { $0.closed || !$0.pending.isEmpty }
+                    let waiting = state.withLock { $0.closed || !$0.pending.isEmpty || !$0.jobs.isEmpty }
                     if waiting && deleted >= quota {
                         more = true
                         break
@@ -199,7 +210,8 @@ final class CommitQueue: Sendable {
             }
             total += deleted
             if !more || state.withLock({ $0.closed }) { break }
-            // Commits queued meanwhile go before the next step.
+            // Enqueues and commits queued meanwhile go before the next step.
+            runJobs()
             flush()
         }
         if total > 0 { logger.debug("trimmed the event log", metadata: ["events": "\(total)"]) }
@@ -207,12 +219,16 @@ final class CommitQueue: Sendable {
 
     /// Stops the loop after what is queued has been written.
     func close() {
-        let waiters = state.withLock { state in
+        let (waiters, orphans) = state.withLock { state in
             state.closed = true
             defer { state.roomWaiters = [] }
-            return state.roomWaiters
+            // Without a loop nothing would ever run them.
+            let orphans = state.running ? [] : state.jobs
+            if !state.running { state.jobs = [] }
+            return (state.roomWaiters, orphans)
         }
         for waiter in waiters { waiter.resume() }
+        for job in orphans { job.refuse(Self.shutDown) }
         wakeup.raise()
         health.finish()
     }
@@ -270,6 +286,9 @@ final class CommitQueue: Sendable {
                                     metadata: ["changes": "\(changes.count)"])
                     return .failure(error)
                 }
+                // Enqueues queued meanwhile run now (an insert fails at once on the same error, and its
+                // client hears UNAVAILABLE) rather than wait for the disk behind this group.
+                runJobs()
                 Thread.sleep(forTimeInterval: Double(retryBackoff.delay(beforeAttempt: failures + 1, jitter: 1)) / 1000)
             }
         }

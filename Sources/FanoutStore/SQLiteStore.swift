@@ -1,4 +1,3 @@
-import CSQLite
 import FanoutCore
 import Foundation
 import GRDB
@@ -17,11 +16,7 @@ public final class SQLiteStore: Store {
 
     static let walSizeLimitBytes = 64 << 20
 
-    /// Set once, before the first connection opens (see `fanout_sqlite_configure_threading`).
-    private static let multithreadMode: Int32 = fanout_sqlite_configure_threading()
-
     public init(path: String, durability: Durability = .normal) throws {
-        _ = Self.multithreadMode
         var configuration = Configuration()
         configuration.label = "fanout"
         configuration.prepareDatabase { db in
@@ -38,13 +33,23 @@ public final class SQLiteStore: Store {
         checkpointer = WALCheckpointer(path: path, synchronous: synchronous, interval: Self.checkpointInterval,
                                        restartAboveBytes: Self.walSizeLimitBytes / 4)
         if checkpointer != nil {
-            // Checkpoints run beside the writer (WALCheckpointer), not inside its commits.
-            try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+            // Checkpoints run beside the writer (WALCheckpointer), not inside its commits; the
+            // writer's own remains as a backstop, at the size journal_size_limit trims the log to.
+            try pool.writeWithoutTransaction {
+                try $0.execute(sql: "PRAGMA wal_autocheckpoint = \(Self.walSizeLimitBytes / 4_096)")
+            }
         }
     }
 
-    deinit {
+    /// Stops the checkpoint thread and closes its connection, so that the pool's writer is
+    /// the last connection and leaves the log checkpointed and removed when it closes.
+    /// Called by fanoutd at shutdown; a store released without it does the same.
+    public func close() {
         checkpointer?.stop()
+    }
+
+    deinit {
+        close()
     }
 
     // MARK: Errors

@@ -8,62 +8,88 @@ import Synchronization
 /// SQLite's automatic checkpoint runs inside the commit that crosses its
 /// threshold: that commit, and every change queued behind it, waits for the
 /// copy and its fsync, milliseconds at a time. A passive checkpoint on another
-/// connection runs beside the writer instead, never blocking it.
+/// connection runs beside the writer instead and never blocks it.
 ///
 /// The log starts over only when a checkpoint has copied all of it as the
 /// writer begins, which a steady stream of commits rarely allows: past
-/// `restartAboveBytes` the checkpointer asks for a restart, which holds the
-/// writer back only for the last few pages (the passive rounds copied the
-/// rest) and lets the log start over, trimmed to `journal_size_limit`.
+/// `restartAboveBytes` the checkpointer asks for a restart. That holds new
+/// writes back while it copies the last pages (the passive rounds copied the
+/// rest) and syncs the file, and while it waits, at most `restartWait`, for
+/// readers of older pages; after a refusal it waits a while before asking
+/// again. The writer keeps SQLite's own checkpoint as a backstop, at a
+/// threshold the log reaches only if this thread falls far behind.
 final class WALCheckpointer: Sendable {
     private struct State {
         var stopped = false
+        var exited = false
     }
 
     private let condition = NSCondition()
     private let state = Mutex(State())
 
-    /// Opens the connection and starts the thread; nil if the file cannot be opened
-    /// (the writer's automatic checkpoint is then left on by the caller).
+    /// How long a restart may wait for readers (and so hold writers back).
+    static let restartWait: Int32 = 20  // ms
+    /// Passive rounds after a refused restart before the next attempt.
+    static let roundsAfterRefusal = 10
+
+    /// Opens the connection, checks that it can checkpoint, and starts the thread; nil if it
+    /// cannot (the caller then leaves the writer's automatic checkpoint as it is).
     init?(path: String, synchronous: String, interval: Duration, restartAboveBytes: Int) {
-        var handle: OpaquePointer?
-        guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK, let connection = handle else {
-            sqlite3_close(handle)
-            return nil
-        }
-        sqlite3_busy_timeout(connection, 1_000)
-        sqlite3_exec(connection, "PRAGMA synchronous = \(synchronous)", nil, nil, nil)
+        guard let connection = Self.open(path, synchronous: synchronous) else { return nil }
         let seconds = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
-        let database = Connection(handle: connection)
         let restartAbovePages = Int32(clamping: max(1, restartAboveBytes / 4_096))
         let thread = Thread { [self] in
-            run(database, every: seconds, restartAbovePages: restartAbovePages)
+            run(connection, every: seconds, restartAbovePages: restartAbovePages)
         }
         thread.name = "fanout.checkpoint"
         thread.start()
     }
 
-    /// Ends the thread after its current checkpoint; the connection closes with it.
+    /// A connection that has the log open: one that never read the database checkpoints
+    /// nothing (and says so only by a log size of -1).
+    private static func open(_ path: String, synchronous: String) -> Connection? {
+        var handle: OpaquePointer?
+        guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK, let handle else {
+            sqlite3_close(handle)
+            return nil
+        }
+        sqlite3_busy_timeout(handle, restartWait)
+        var logPages: Int32 = -1
+        guard sqlite3_exec(handle, "PRAGMA synchronous = \(synchronous); SELECT count(*) FROM sqlite_schema", nil, nil, nil) == SQLITE_OK,
+              sqlite3_wal_checkpoint_v2(handle, nil, SQLITE_CHECKPOINT_PASSIVE, &logPages, nil) == SQLITE_OK, logPages >= 0 else {
+            sqlite3_close(handle)
+            return nil
+        }
+        return Connection(handle: handle)
+    }
+
+    /// Ends the thread and waits until it has closed its connection.
     func stop() {
         condition.lock()
+        defer { condition.unlock() }
         state.withLock { $0.stopped = true }
-        condition.signal()
-        condition.unlock()
+        condition.broadcast()
+        while !state.withLock({ $0.exited }) { condition.wait() }
     }
 
     private func run(_ database: Connection, every seconds: Double, restartAbovePages: Int32) {
         var logPages: Int32 = 0
+        var passiveRoundsLeft = 0
         while sleep(seconds) {
             // PASSIVE copies what no reader still needs without waiting for anyone; RESTART
-            // (when the log has grown) waits for the writer's current transaction, then
-            // makes the next one start the log over.
-            let mode = logPages > restartAbovePages ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE
-            var copied: Int32 = 0
-            if sqlite3_wal_checkpoint_v2(database.handle, nil, mode, &logPages, &copied) != SQLITE_OK {
-                logPages = 0  // busy or failing: passive again next round
+            // (once the log has grown) also makes the next write start the log over.
+            let restart = logPages > restartAbovePages && passiveRoundsLeft == 0
+            passiveRoundsLeft = max(0, passiveRoundsLeft - 1)
+            let mode = restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE
+            if sqlite3_wal_checkpoint_v2(database.handle, nil, mode, &logPages, nil) != SQLITE_OK && restart {
+                passiveRoundsLeft = Self.roundsAfterRefusal  // readers held on: let them finish
             }
         }
         sqlite3_close(database.handle)
+        condition.lock()
+        state.withLock { $0.exited = true }
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Waits `seconds`; false once stopped.

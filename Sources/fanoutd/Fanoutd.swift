@@ -156,6 +156,8 @@ struct Daemon {
         let lock = try DatabaseLock(databasePath: settings.databasePath)
         defer { withExtendedLifetime(lock) {} }
         let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
+        // Once the scheduler's last commit is written: the writer then closes last and checkpoints.
+        defer { store.close() }
 
         let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners, workerPool: workerPool,
                                       limits: settings.limits, logger: Logger(label: "fanout.scheduler"))

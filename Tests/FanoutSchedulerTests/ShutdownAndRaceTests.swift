@@ -67,6 +67,20 @@ struct SpuriousCancellationRunner: Runner {
         }
     }
 
+    @Test("an enqueue waiting for a scheduler that never started ends with UNAVAILABLE at shutdown, rather than hanging")
+    func enqueueBeforeStartEndsAtShutdown() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try SQLiteStore(path: directory + "/fanout.db")
+            let scheduler = try Scheduler(store: store, configuration: SchedulerConfiguration(
+                globalConcurrency: 4, agents: [AgentConfiguration(name: "echo", runner: "echo")]), runners: ["echo": EchoRunner()])
+            let pending = try scheduler.startEnqueue(NewBatch(ownerID: "o", agent: "echo", creatorUID: 0,
+                                                              tasks: [NewTask(customID: "t", agent: "echo", payload: [])]))
+            await scheduler.shutdown()
+            await #expect(throws: FanoutError.self) { _ = try await pending.value }
+            #expect(try store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).isEmpty, "nothing was inserted")
+        }
+    }
+
     @Test("a runner that throws a cancellation nobody asked for fails the task once; it is not run again and again")
     func spuriousCancellation() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxAttempts: 3)]
