@@ -67,6 +67,8 @@ struct Fanoutd: AsyncParsableCommand {
     var eventRetentionAgeMs: Int?
 
     func run() async throws {
+        // Before anything opens a database, while this is the only thread using SQLite.
+        SQLiteStore.configureProcess()
         var flags: [DaemonSettings.Key: String] = [:]
         flags[.socket] = socket
         flags[.db] = db
