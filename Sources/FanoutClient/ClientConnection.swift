@@ -3,8 +3,9 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// The multiplexed connection under a `FanoutClient`: one reader task routes
-/// inbound frames to the stream they belong to; any task may write.
+/// The multiplexed connection under a `FanoutClient`: the event loop routes
+/// inbound frames to the stream they belong to (`FrameRouter`); a reader task
+/// notices the connection's end; any task may write.
 final class ClientConnection: Sendable {
     private struct Routes {
         var streams: [UInt32: Route] = [:]
@@ -34,14 +35,19 @@ final class ClientConnection: Sendable {
 
     static func connect(socketPath: String, maxFrameBytes: Int, group: any EventLoopGroup) async throws -> ClientConnection {
         let asyncChannel: NIOAsyncChannel<[Frame], ByteBuffer>
+        let router: NIOLoopBound<FrameRouter>
         do {
-            asyncChannel = try await ClientBootstrap(group: group)
+            (asyncChannel, router) = try await ClientBootstrap(group: group)
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         // Every frame a read completes, at once: they are routed as groups.
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameGroupDecoder(maxFrameBytes: maxFrameBytes)))
-                        // Frames are encoded by `send`, so one that cannot be encoded fails that call alone.
-                        return try NIOAsyncChannel<[Frame], ByteBuffer>(wrappingChannelSynchronously: channel)
+                        let router = FrameRouter()
+                        try channel.pipeline.syncOperations.addHandler(router)
+                        // Frames are encoded by `send`, so one that cannot be encoded fails that call alone. The
+                        // inbound side carries no frames (the router takes them): it ends when the connection does.
+                        return (try NIOAsyncChannel<[Frame], ByteBuffer>(wrappingChannelSynchronously: channel),
+                                NIOLoopBound(router, eventLoop: channel.eventLoop))
                     }
                 }
         } catch {
@@ -75,6 +81,7 @@ final class ClientConnection: Sendable {
         }
         let connection = ClientConnection(channel: asyncChannel.channel, outbound: writer, maxFrameBytes: maxFrameBytes)
         connection.reader.withLock { $0 = readerTask }
+        router.eventLoop.execute { router.value.start(routingTo: connection) }
         startedContinuation.yield(connection)
         startedContinuation.finish()
         // When the reader ends for any reason, every open stream learns it.
@@ -171,7 +178,7 @@ final class ClientConnection: Sendable {
 
     /// Routes what one read from the socket decoded: each stream gets its
     /// frames as one group (one wake-up for its reader, not one per frame).
-    private func route(_ frames: [Frame]) {
+    func route(_ frames: [Frame]) {
         var groups: [(id: UInt32, frames: [Frame])] = []
         for frame in frames {
             if frame.streamID == 0, case .end(let status) = frame.kind {
