@@ -246,11 +246,13 @@ final class Connection: Sendable {
             await writer.send(Frame(streamID: 0, kind: .end(status)))
             return false
         }
-        // A whole batch is checked and handed to the store from here, the read loop: its first
-        // tasks start without waiting for the stream's task to be scheduled first.
+        // A whole batch (or one task) is checked and handed to the store from here, the read loop:
+        // its first tasks start without waiting for the stream's task to be scheduled first.
         var startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?
-        if case .enqueueBatch(let batch) = request, !batch.more {
-            startedEnqueue = service.startEnqueueBatch(batch, peer: peer)
+        switch request {
+        case .enqueueBatch(let batch) where !batch.more: startedEnqueue = service.startEnqueueBatch(batch, peer: peer)
+        case .enqueueTask(let task): startedEnqueue = service.startEnqueueTask(task, peer: peer)
+        default: break
         }
         let started = startedEnqueue
         let task = Task {
@@ -293,7 +295,8 @@ final class Connection: Sendable {
                 let started = startedEnqueue ?? service.startEnqueueBatch(batch, peer: peer)
                 return await reply(id, .enqueueBatch(BatchInfo(try await started.get().value.batch)), writer)
             case .enqueueTask(let task):
-                return await reply(id, .enqueueTask(try await service.enqueueTask(task, peer: peer)), writer)
+                let started = startedEnqueue ?? service.startEnqueueTask(task, peer: peer)
+                return await reply(id, .enqueueTask(TaskInfo(try await started.get().value.taskRecord(at: 0))), writer)
             case .getBatch(let batchID):
                 return await reply(id, .getBatch(try await service.batch(batchID, peer: peer)), writer)
             case .listBatches(let list):

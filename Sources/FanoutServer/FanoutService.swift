@@ -100,15 +100,12 @@ final class FanoutService: Sendable {
         await scheduler.discardStagedBatch(staged)
     }
 
-    func enqueueTask(_ request: EnqueueTaskRequest, peer: PeerCredentials) async throws -> TaskInfo {
+    /// One task as a batch of one, checked now and handed to the store; awaited later. Its
+    /// answer is the task as enqueued (pending), built without reading it back.
+    func startEnqueueTask(_ request: EnqueueTaskRequest, peer: PeerCredentials) -> Result<PendingResult<InsertedBatch>, any Error> {
         let batch = NewBatch(ownerID: request.ownerID, agent: request.task.agent, creatorUID: peer.uid,
                              tasks: [NewTask(request.task, batchPriority: 0)])
-        let inserted = try await scheduler.enqueue(batch)
-        let id = inserted.taskIDs[0]
-        guard let task = try await BlockingQueue.shared.run({ [store] in try store.task(id, includePayload: false) }) else {
-            throw FanoutError(.internal, "task \(id) vanished after commit")
-        }
-        return TaskInfo(task)
+        return Result { try scheduler.startEnqueue(batch) }
     }
 
     // MARK: Reads

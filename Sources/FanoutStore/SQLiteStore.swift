@@ -99,7 +99,7 @@ public final class SQLiteStore: Store {
                 metadata: batch.metadata, parentTaskID: batch.parentTaskID, createdAt: now,
                 deadlineAt: batch.deadlineAt, creatorUID: batch.creatorUID)
             record.parentAttempt = batch.parentAttempt
-            return InsertedBatch(batch: record, taskIDs: taskIDs)
+            return InsertedBatch(batch: record, taskIDs: taskIDs, tasks: batch.tasks)
         }
     }
 

@@ -99,10 +99,23 @@ public struct InsertedBatch: Sendable {
     public var batch: BatchRecord
     /// The new tasks' ids, in the order the batch listed them.
     public var taskIDs: [TaskID]
+    /// The tasks as written (with their agents' defaults), in the same order.
+    public var tasks: [NewTask]
 
-    public init(batch: BatchRecord, taskIDs: [TaskID]) {
+    public init(batch: BatchRecord, taskIDs: [TaskID], tasks: [NewTask] = []) {
         self.batch = batch
         self.taskIDs = taskIDs
+        self.tasks = tasks
+    }
+
+    /// The task at `index` as it was enqueued: pending, no attempt yet.
+    public func taskRecord(at index: Int) -> TaskRecord {
+        let task = tasks[index]
+        return TaskRecord(id: taskIDs[index], batchID: batch.id, customID: task.customID, ownerID: batch.ownerID,
+                          agent: task.agent, state: .pending, priority: task.priority, attempt: 0,
+                          maxAttempts: task.maxAttempts, timeoutMs: task.timeoutMs, turnsCompleted: 0,
+                          maxTurns: task.maxTurns, parentTaskID: batch.parentTaskID, createdAt: batch.createdAt,
+                          url: task.url)
     }
 }
 

@@ -325,6 +325,30 @@ import Testing
         }
     }
 
+    @Test func enqueueTaskAnswersWithTheTaskAsEnqueued() async throws {
+        let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 5)]
+        try await withTestDaemon(agents: agents) { daemon in
+            try await withClient(daemon.socketPath) { client in
+                try await withDeadline(.seconds(20)) {
+                    let task = try await client.enqueueTask(ownerID: "solo", task: TaskSpec(
+                        customID: "one", agent: "echo", payload: Array("{}".utf8), timeoutMs: 9_000))
+                    // As enqueued, with the agent's defaults: the answer is not read back after the start.
+                    #expect(task.customID == "one")
+                    #expect(task.agent == "echo")
+                    #expect(task.status == .pending)
+                    #expect(task.attempt == 0)
+                    #expect(task.maxAttempts == 5)
+                    #expect(task.timeoutMs == 9_000)
+                    #expect(task.id > 0 && task.batchID > 0)
+                    let batch = try await client.batch(task.batchID)
+                    #expect(batch.ownerID == "solo")
+                    let stored = try await client.task(task.id)
+                    #expect(stored.customID == "one" && stored.maxAttempts == 5 && stored.batchID == task.batchID)
+                }
+            }
+        }
+    }
+
     @Test func cancelTaskOnAPendingTaskLetsTheBatchComplete() async throws {
         let agents = [
             AgentConfiguration(name: "echo", runner: "echo", concurrency: 32),
