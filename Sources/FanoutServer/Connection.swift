@@ -250,7 +250,8 @@ final class Connection: Sendable {
         // its first tasks start without waiting for the stream's task to be scheduled first.
         var startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?
         switch request {
-        case .enqueueBatch(let batch) where !batch.more: startedEnqueue = service.startEnqueueBatch(batch, peer: peer)
+        case .enqueueBatch(let batch) where !batch.more && batch.tasks.count <= Self.maxTasksCheckedOnReadLoop:
+            startedEnqueue = service.startEnqueueBatch(batch, peer: peer)
         case .enqueueTask(let task): startedEnqueue = service.startEnqueueTask(task, peer: peer)
         default: break
         }
@@ -282,6 +283,10 @@ final class Connection: Sendable {
 
     /// Serves one stream. Returns the status that ends it, or nil when a
     /// response frame already ended it.
+    /// Bigger unchunked batches (a client may put hundreds of thousands of small tasks in one
+    /// frame) are checked by their stream's task, so the connection's other frames do not wait.
+    static let maxTasksCheckedOnReadLoop = 1_024
+
     private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, workerMessages: StreamPipe<WorkerMessage>?,
                        startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?, writer: FrameWriter) async -> WireStatus? {
         do {

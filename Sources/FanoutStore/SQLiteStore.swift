@@ -17,14 +17,13 @@ public final class SQLiteStore: Store {
 
     static let walSizeLimitBytes = 64 << 20
 
-    /// Puts SQLite in multi-thread mode without memory statistics: no mutex per connection (GRDB
-    /// lets one thread at a time use a connection) and no global one around every allocation,
-    /// some 10 % of an enqueue. SQLite allows this only before its first use in the process, with
-    /// no other thread using it: a program calls it first thing (fanoutd does), or not at all.
-    /// Returns whether SQLite took it.
+    /// Turns SQLite's memory statistics off: a global mutex around every allocation, some 10 %
+    /// of an enqueue. SQLite allows this only before its first use in the process, with no other
+    /// thread using it: a program calls it first thing (fanoutd does), or not at all. Returns
+    /// whether SQLite took it.
     @discardableResult
     public static func configureProcess() -> Bool {
-        fanout_sqlite_configure_threading() == SQLITE_OK
+        fanout_sqlite_disable_memory_statistics() == SQLITE_OK
     }
 
     public init(path: String, durability: Durability = .normal) throws {

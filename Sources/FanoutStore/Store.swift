@@ -102,7 +102,7 @@ public struct InsertedBatch: Sendable {
     /// The tasks as written (with their agents' defaults), in the same order.
     public var tasks: [NewTask]
 
-    public init(batch: BatchRecord, taskIDs: [TaskID], tasks: [NewTask] = []) {
+    public init(batch: BatchRecord, taskIDs: [TaskID], tasks: [NewTask]) {
         self.batch = batch
         self.taskIDs = taskIDs
         self.tasks = tasks

@@ -67,8 +67,6 @@ struct Fanoutd: AsyncParsableCommand {
     var eventRetentionAgeMs: Int?
 
     func run() async throws {
-        // Before anything opens a database, while this is the only thread using SQLite.
-        SQLiteStore.configureProcess()
         var flags: [DaemonSettings.Key: String] = [:]
         flags[.socket] = socket
         flags[.db] = db
@@ -108,6 +106,10 @@ struct Daemon {
             return handler
         }
         let logger = Logger(label: "fanoutd")
+        // Before anything opens a database, while this is the only thread using SQLite.
+        if !SQLiteStore.configureProcess() {
+            logger.debug("SQLite was in use before its memory statistics could be turned off")
+        }
         // Each connection is a descriptor: max_connections (1,024 by default) needs more than the usual soft limit.
         if let raised = OpenFiles.raiseSoftLimit(toAtLeast: settings.server.maxConnections + 64) {
             logger.debug("raised the open-file limit", metadata: ["limit": "\(raised)"])
