@@ -455,6 +455,12 @@ typedef struct fanout_results fanout_results;
 FANOUT_API fanout_status fanout_results_open(fanout_client *client, uint64_t batch_id, uint32_t page_size,
                                              uint64_t after_task_id, fanout_results **out);
 
+/* As fanout_results_open, with pages also cut at about page_bytes bytes of
+ * results (0: the daemon's max_results_page_bytes, which also caps it); a
+ * page always carries at least one result. */
+FANOUT_API fanout_status fanout_results_open_paged(fanout_client *client, uint64_t batch_id, uint32_t page_size,
+                                                   uint32_t page_bytes, uint64_t after_task_id, fanout_results **out);
+
 /* FANOUT_OK and *out set (borrowed, valid until the next call on `results`);
  * FANOUT_DONE at the end; FANOUT_TIMEOUT (client timeout) leaves the stream
  * open: call again. Any other status (NOT_FOUND, PERMISSION_DENIED,

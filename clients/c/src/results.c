@@ -16,6 +16,12 @@ struct fanout_results {
 fanout_status fanout_results_open(fanout_client *client, uint64_t batch_id, uint32_t page_size,
                                   uint64_t after_task_id, fanout_results **out)
 {
+    return fanout_results_open_paged(client, batch_id, page_size, 0, after_task_id, out);
+}
+
+fanout_status fanout_results_open_paged(fanout_client *client, uint64_t batch_id, uint32_t page_size,
+                                        uint32_t page_bytes, uint64_t after_task_id, fanout_results **out)
+{
     if (out != NULL)
         *out = NULL;
     fanout_status st = fanout_check_client(client);
@@ -34,6 +40,7 @@ fanout_status fanout_results_open(fanout_client *client, uint64_t batch_id, uint
     Fanout__V1__GetResultsRequest req = FANOUT__V1__GET_RESULTS_REQUEST__INIT;
     req.batch_id = batch_id;
     req.page_size = page_size;
+    req.page_bytes = page_bytes;
     req.after_task_id = after_task_id;
     Fanout__V1__Request request = FANOUT__V1__REQUEST__INIT;
     request.call_case = FANOUT__V1__REQUEST__CALL_GET_RESULTS;

@@ -622,6 +622,21 @@ static void test_batch_results_subscribe(fanout_client *c)
     CHECK(st == FANOUT_DONE && n == N - 4, "resumed: %d (%s)", n, fanout_status_string(st));
     fanout_results_free(r);
 
+    /* Pages cut by bytes: a tiny budget still brings every result, one per page, in order. */
+    r = NULL;
+    CHECK_ST(c, fanout_results_open_paged(c, id, 0, 1, 0, &r), FANOUT_OK);
+    n = 0;
+    uint64_t previous = 0;
+    int increasing = 1;
+    while ((st = fanout_results_next(r, &res)) == FANOUT_OK) {
+        increasing = increasing && res->task_id > previous;
+        previous = res->task_id;
+        n++;
+    }
+    CHECK(st == FANOUT_DONE && n == N && increasing, "paged by bytes: %d (%s), increasing %d", n, fanout_status_string(st),
+          increasing);
+    fanout_results_free(r);
+
     /* Abandoned half-way: freed with a Cancel; the connection goes on. */
     r = NULL;
     CHECK_ST(c, fanout_results_open(c, id, 2, 0, &r), FANOUT_OK);
@@ -1158,7 +1173,10 @@ static void test_lag_local(fanout_client *c)
         seq = ev->sequence;
     }
     CHECK_ST(c, st, FANOUT_RESOURCE_EXHAUSTED);
-    CHECK(fanout_subscription_lagged(s) && n == SUBSCRIBER_BUFFER, "lagged after %d events", n);
+    /* Cut by this client's buffer (at exactly SUBSCRIBER_BUFFER events) or, when the daemon's
+     * buffer of the same size filled first while this process was slow to read, by the daemon
+     * (fewer): either way lagged, and resumable without a gap (below). */
+    CHECK(fanout_subscription_lagged(s) && n > 0 && n <= SUBSCRIBER_BUFFER, "lagged after %d events", n);
     CHECK(fanout_subscription_last_sequence(s) == seq, "resume point = last delivered");
     fanout_subscription_free(s);
 

@@ -342,6 +342,7 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     ),
     "fanout_get_server_info": (_S, [ClientP, POINTER(POINTER(ServerInfo))]),
     "fanout_results_open": (_S, [ClientP, c_uint64, c_uint32, c_uint64, POINTER(ResultsP)]),
+    "fanout_results_open_paged": (_S, [ClientP, c_uint64, c_uint32, c_uint32, c_uint64, POINTER(ResultsP)]),
     "fanout_results_next": (_S, [ResultsP, POINTER(POINTER(TaskResult))]),
     "fanout_results_free": (None, [ResultsP]),
     "fanout_subscribe": (_S, [ClientP, POINTER(SubscribeOptions), POINTER(SubscriptionP)]),

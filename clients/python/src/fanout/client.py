@@ -268,12 +268,16 @@ class Client:
 
     # -- streams --------------------------------------------------------------
 
-    def results(self, batch_id: int, *, page_size: int = 0, after_task_id: int = 0) -> Iterator[TaskResult]:
-        """The batch's terminal tasks, in task id order (what is finished so far)."""
+    def results(self, batch_id: int, *, page_size: int = 0, page_bytes: int = 0,
+                after_task_id: int = 0) -> Iterator[TaskResult]:
+        """The batch's terminal tasks, in task id order (what is finished so far).
+
+        Pages hold at most ``page_size`` results and about ``page_bytes`` bytes of
+        them (0: the daemon's limits, which also cap both); at least one result."""
         handle = ctypes.c_void_p()
         with self._lock:
-            self._check(self._lib.fanout_results_open(self._handle(), batch_id, page_size, after_task_id,
-                                                      ctypes.byref(handle)))
+            self._check(self._lib.fanout_results_open_paged(self._handle(), batch_id, page_size, page_bytes,
+                                                            after_task_id, ctypes.byref(handle)))
         try:
             out = ctypes.POINTER(_lib.TaskResult)()
             while True:
