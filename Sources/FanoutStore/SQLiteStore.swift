@@ -51,15 +51,17 @@ public final class SQLiteStore: Store {
         }
     }
 
-    /// Stops the checkpoint thread and closes its connection, so that the pool's writer is
-    /// the last connection and leaves the log checkpointed and removed when it closes.
-    /// Called by fanoutd at shutdown; a store released without it does the same.
+    /// Closes the store for good, at a clean stop: the checkpoint thread ends, the log is
+    /// copied into the database and emptied (so the next start has nothing to replay), and
+    /// every connection closes. Called by fanoutd once the scheduler's last commit is written.
     public func close() {
         checkpointer?.stop()
+        try? pool.writeWithoutTransaction { try $0.checkpoint(.truncate) }
+        try? pool.close()
     }
 
     deinit {
-        close()
+        checkpointer?.stop()
     }
 
     // MARK: Errors

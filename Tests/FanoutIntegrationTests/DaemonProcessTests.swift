@@ -164,6 +164,9 @@ import Testing
                     }
                     #expect(fileMode(socketPath) == nil, "the socket file is removed")
                     #expect(FileManager.default.fileExists(atPath: directory + "/fanout.db"))
+                    // A clean stop leaves no log to replay.
+                    let log = try? FileManager.default.attributesOfItem(atPath: directory + "/fanout.db-wal")[.size] as? Int
+                    #expect((log ?? 0) == 0, "the write-ahead log is emptied: \(String(describing: log)) bytes")
                 }
             }
         }
