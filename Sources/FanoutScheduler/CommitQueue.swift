@@ -17,7 +17,7 @@ final class CommitQueue: Sendable {
     private struct State {
         var pending = ChangeSet()
         var callbacks: [@Sendable (Result<Void, any Error>) -> Void] = []
-        /// Writes of their own to run on the commit thread (`perform`), in order.
+        /// Writes of their own to run on the commit thread (`start`), in order.
         var jobs: [Job] = []
         /// Whether the loop's thread was started (jobs queued without one are refused at close).
         var running = false
@@ -80,14 +80,9 @@ final class CommitQueue: Sendable {
         }
     }
 
-    /// Runs `work` on the commit thread, between two group commits. For a write that
-    /// leads to changes at once (an enqueue, which admits and starts tasks): they are
-    /// queued on the thread that writes them, with no hop between the two.
-    func perform<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await start(work).value
-    }
-
-    /// `perform`, handed over now and awaited later.
+    /// Runs `work` on the commit thread, between two group commits, and hands back its result
+    /// to await. For a write that leads to changes at once (an enqueue, which admits and starts
+    /// tasks): they are queued on the thread that writes them, with no hop between the two.
     func start<T: Sendable>(_ work: @escaping @Sendable () throws -> T) -> PendingResult<T> {
         let pending = PendingResult<T>()
         let job = Job(run: { pending.resolve(Result { try work() }) }, refuse: { pending.resolve(.failure($0)) })

@@ -15,6 +15,13 @@ public struct StagedBatch: Sendable {
     var seen: Set<String> = []
     var count = 0
     var agents: Set<String> = []
+
+    /// Counts checked tasks in and returns them as the chunk to write.
+    mutating func add(_ tasks: [NewTask]) -> StagedChunk {
+        count += tasks.count
+        agents.formUnion(tasks.map(\.agent))
+        return StagedChunk(batchID: id, parentTaskID: parentTaskID, tasks: tasks)
+    }
 }
 
 /// A validated chunk of a staged batch, ready to be written.
@@ -63,12 +70,9 @@ extension Scheduler {
     public func beginStagedBatch(_ header: NewBatch, firstTasks: [NewTask]) async throws -> StagedBatch {
         try requireWritableStore()
         try BatchValidation.validateHeader(header, limits: limits)
-        var tasks = firstTasks
-        applyAgentDefaults(&tasks, batchAgent: header.agent)
         var seen = Set<String>()
-        try BatchValidation.validateTasks(tasks, startingAt: 0, seen: &seen, limits: limits, knownAgents: knownAgents)
-        try checkRunnersAccept(tasks, startingAt: 0)
-        try checkDeclaredAgents(tasks, creatorUID: header.creatorUID, startingAt: 0)
+        let tasks = try checkedChunk(firstTasks, batchAgent: header.agent, creatorUID: header.creatorUID, startingAt: 0,
+                                     seen: &seen)
         var row = header
         row.tasks = []
         let firstAgent = tasks.first?.agent ?? header.agent
@@ -78,7 +82,7 @@ extension Scheduler {
         var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent,
                                  creatorUID: header.creatorUID, seen: seen)
         do {
-            try await store(tasks, into: &staged)
+            try await storeStagedChunk(staged.add(tasks))
         } catch {
             await discardStagedBatch(staged)
             throw error
@@ -94,14 +98,21 @@ extension Scheduler {
     /// Validates one more chunk and counts it into `staged`; `storeStagedChunk` then writes it.
     /// Apart, a caller can check the next chunk while this one is being written.
     public func prepareStagedChunk(_ staged: inout StagedBatch, _ chunk: [NewTask]) throws -> StagedChunk {
+        let tasks = try checkedChunk(chunk, batchAgent: staged.batchAgent, creatorUID: staged.creatorUID,
+                                     startingAt: staged.count, seen: &staged.seen)
+        return staged.add(tasks)
+    }
+
+    /// A chunk with its agents' defaults, refused with its first problem; `offset` numbers its
+    /// tasks within the batch, `seen` holds the batch's custom ids so far.
+    private func checkedChunk(_ chunk: [NewTask], batchAgent: String, creatorUID: UInt32, startingAt offset: Int,
+                              seen: inout Set<String>) throws -> [NewTask] {
         var tasks = chunk
-        applyAgentDefaults(&tasks, batchAgent: staged.batchAgent)
-        try BatchValidation.validateTasks(tasks, startingAt: staged.count, seen: &staged.seen, limits: limits, knownAgents: knownAgents)
-        try checkRunnersAccept(tasks, startingAt: staged.count)
-        try checkDeclaredAgents(tasks, creatorUID: staged.creatorUID, startingAt: staged.count)
-        staged.count += tasks.count
-        staged.agents.formUnion(tasks.map(\.agent))
-        return StagedChunk(batchID: staged.id, parentTaskID: staged.parentTaskID, tasks: tasks)
+        applyAgentDefaults(&tasks, batchAgent: batchAgent)
+        try BatchValidation.validateTasks(tasks, startingAt: offset, seen: &seen, limits: limits, knownAgents: knownAgents)
+        try checkRunnersAccept(tasks, startingAt: offset)
+        try checkDeclaredAgents(tasks, creatorUID: creatorUID, startingAt: offset)
+        return tasks
     }
 
     /// Writes a prepared chunk (still invisible until the batch is published).
@@ -112,12 +123,6 @@ extension Scheduler {
         }
     }
 
-    private func store(_ tasks: [NewTask], into staged: inout StagedBatch) async throws {
-        guard !tasks.isEmpty else { return }
-        try await storeStagedChunk(StagedChunk(batchID: staged.id, parentTaskID: staged.parentTaskID, tasks: tasks))
-        staged.count += tasks.count
-        staged.agents.formUnion(tasks.map(\.agent))
-    }
 
     /// Makes the whole batch visible and runnable, atomically; returns once committed.
     public func publishStagedBatch(_ staged: StagedBatch) async throws -> BatchRecord {

@@ -19,13 +19,10 @@ import Synchronization
 /// again. The writer keeps SQLite's own checkpoint as a backstop, at a
 /// threshold the log reaches only if this thread falls far behind.
 final class WALCheckpointer: Sendable {
-    private struct State {
-        var stopped = false
-        var exited = false
-    }
-
-    private let condition = NSCondition()
-    private let state = Mutex(State())
+    private let stopped = Atomic(false)
+    /// Raised to end a sleep early (a stop), and once the thread has closed its connection.
+    private let wakeup = ThreadWakeup()
+    private let exited = ThreadWakeup()
 
     /// How long a restart may wait for readers (and so hold writers back).
     static let restartWait: Int32 = 20  // ms
@@ -63,13 +60,11 @@ final class WALCheckpointer: Sendable {
         return Connection(handle: handle)
     }
 
-    /// Ends the thread and waits until it has closed its connection.
+    /// Ends the thread and waits until it has closed its connection; later calls return at once.
     func stop() {
-        condition.lock()
-        defer { condition.unlock() }
-        state.withLock { $0.stopped = true }
-        condition.broadcast()
-        while !state.withLock({ $0.exited }) { condition.wait() }
+        guard !stopped.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        wakeup.raise()
+        exited.wait(until: nil)
     }
 
     private func run(_ database: Connection, every seconds: Double, restartAbovePages: Int32) {
@@ -86,21 +81,14 @@ final class WALCheckpointer: Sendable {
             }
         }
         sqlite3_close(database.handle)
-        condition.lock()
-        state.withLock { $0.exited = true }
-        condition.broadcast()
-        condition.unlock()
+        exited.raise()
     }
 
     /// Waits `seconds`; false once stopped.
     private func sleep(_ seconds: Double) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        let deadline = Date().addingTimeInterval(seconds)
-        while !state.withLock({ $0.stopped }) {
-            if !condition.wait(until: deadline) { return true }
-        }
-        return false
+        if stopped.load(ordering: .sequentiallyConsistent) { return false }
+        wakeup.wait(until: Date().addingTimeInterval(seconds))
+        return !stopped.load(ordering: .sequentiallyConsistent)
     }
 
     /// The checkpoint connection, used by the checkpoint thread alone.

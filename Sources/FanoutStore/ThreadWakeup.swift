@@ -1,15 +1,18 @@
 import Foundation
 import Synchronization
 
-/// A flag one thread sleeps on until another raises it, or a deadline passes.
+/// A flag one thread sleeps on until another raises it, or a deadline passes
+/// (the commit loop's thread, the checkpoint thread).
 /// Raising it twice before the sleeper wakes wakes it once: it then takes all
 /// the work there is.
-final class ThreadWakeup: Sendable {
+package final class ThreadWakeup: Sendable {
     // Guards `raised` together with `Mutex` (which Swift's checker sees); NSCondition is thread-safe.
     private let condition = NSCondition()
     private let raised = Mutex(false)
 
-    func raise() {
+    package init() {}
+
+    package func raise() {
         condition.lock()
         raised.withLock { $0 = true }
         condition.signal()
@@ -17,7 +20,7 @@ final class ThreadWakeup: Sendable {
     }
 
     /// Returns once raised (lowering it again), or at `deadline`.
-    func wait(until deadline: Date?) {
+    package func wait(until deadline: Date?) {
         condition.lock()
         defer { condition.unlock() }
         while !raised.withLock({ $0 }) {
