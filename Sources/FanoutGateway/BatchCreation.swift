@@ -27,7 +27,7 @@ struct BatchCreation {
     func create(_ request: Request, caller: Caller) async throws -> BatchID {
         let store = self.store
         let fileID = request.inputFileID
-        guard let file = try await BlockingQueue.shared.run({ try store.file(id: fileID) }), caller.owns(file.ownerUID) else {
+        guard let file = try await store.file(id: fileID), caller.owns(file.ownerUID) else {
             throw GatewayError.notFound("No such File object: \(request.inputFileID)")
         }
         guard OpenAIBatchLine.endpoints.contains(request.endpoint) else {
@@ -50,7 +50,7 @@ struct BatchCreation {
             var chunkIndex = 0
             var taskCount = 0
             var firstRejects: [RejectedLine] = []
-            while let chunk = try await BlockingQueue.shared.run({ [chunkIndex] in try store.fileChunk(fileID: fileID, index: chunkIndex) }) {
+            while let chunk = try await store.fileChunk(fileID: fileID, index: chunkIndex) {
                 chunkIndex += 1
                 var tasks: [NewTask] = []
                 var rejects: [RejectedLine] = []
@@ -72,7 +72,7 @@ struct BatchCreation {
                     if firstRejects.count < 5 { firstRejects += rejects.prefix(5 - firstRejects.count) }
                     let batchID = staged.id
                     let lines = rejects
-                    try await BlockingQueue.shared.run { try store.addRejectedLines(lines, batchID: batchID) }
+                    try await store.addRejectedLines(lines, batchID: batchID)
                 }
             }
             // A file deleted meanwhile has lost its chunks: what was read is not the whole file.
@@ -88,7 +88,7 @@ struct BatchCreation {
             let batch = try await scheduler.publishStagedBatch(staged)
             // After publishing: a gateway row never points at a staged batch. A crash in between leaves
             // an ordinary batch the gateway does not list, which the binary protocol still shows.
-            try await BlockingQueue.shared.run { try store.insertGatewayBatch(gateway) }
+            try await store.insertGatewayBatch(gateway)
             return batch.id
         } catch {
             await scheduler.discardStagedBatch(staged)

@@ -35,7 +35,7 @@ struct FileUpload {
         var file = StoredFile(id: String(id), ownerUID: ownerUID, purpose: "batch", filename: "upload.jsonl", createdAt: now)
         let store = self.store
         let created = file
-        try await BlockingQueue.shared.run { try store.createFile(created) }
+        try await store.createFile(created)
         do {
             var chunkIndex = 0
             var received = 0
@@ -53,7 +53,7 @@ struct FileUpload {
                 // Store full chunks as they fill; only the last, partial one stays in memory.
                 while let chunk = parts.takeChunk(minimumBytes: configuration.chunkBytes) {
                     let index = chunkIndex
-                    try await BlockingQueue.shared.run { try store.appendFileChunk(fileID: created.id, index: index, bytes: chunk) }
+                    try await store.appendFileChunk(fileID: created.id, index: index, bytes: chunk)
                     chunkIndex += 1
                 }
             }
@@ -72,16 +72,16 @@ struct FileUpload {
             guard parts.lines > 0 else { throw GatewayError.invalidRequest("the file has no requests", code: "invalid_file", param: "file") }
             if let chunk = parts.takeChunk(minimumBytes: 1) {
                 let index = chunkIndex
-                try await BlockingQueue.shared.run { try store.appendFileChunk(fileID: created.id, index: index, bytes: chunk) }
+                try await store.appendFileChunk(fileID: created.id, index: index, bytes: chunk)
             }
             file.filename = parts.filename ?? file.filename
             file.bytes = parts.fileBytes
             file.lines = parts.lines
             let (bytes, lines, filename) = (file.bytes, file.lines, file.filename)
-            try await BlockingQueue.shared.run { try store.completeFile(id: created.id, filename: filename, bytes: bytes, lines: lines) }
+            try await store.completeFile(id: created.id, filename: filename, bytes: bytes, lines: lines)
             return file
         } catch {
-            _ = try? await BlockingQueue.shared.run { try store.deleteFile(id: created.id) }
+            _ = try? await store.deleteFile(id: created.id)
             throw error
         }
     }

@@ -43,7 +43,7 @@ struct GatewayRouter {
         let after = request.uri.queryParameters.get("after")
         let purpose = request.uri.queryParameters.get("purpose")
         let store = self.store
-        let files = try await run { try store.files(ownerUID: caller.isAdmin ? nil : caller.uid, purpose: purpose, limit: limit + 1, afterID: after) }
+        let files = try await run { try await store.files(ownerUID: caller.isAdmin ? nil : caller.uid, purpose: purpose, limit: limit + 1, afterID: after) }
         return Self.list(files.prefix(limit).map(\.json), hasMore: files.count > limit)
     }
 
@@ -74,13 +74,13 @@ struct GatewayRouter {
         let caller = try context.requireCaller()
         let file = try await ownedFile(try context.parameters.require("id"), caller: caller)
         let store = self.store
-        _ = try await run { try store.deleteFile(id: file.id) }
+        _ = try await run { try await store.deleteFile(id: file.id) }
         return JSONResponse.make(["id": file.id, "object": "file", "deleted": true])
     }
 
     private func ownedFile(_ id: String, caller: Caller) async throws -> StoredFile {
         let store = self.store
-        guard let file = try await run({ try store.file(id: id) }), caller.owns(file.ownerUID) else {
+        guard let file = try await run({ try await store.file(id: id) }), caller.owns(file.ownerUID) else {
             throw GatewayError.notFound("No such File object: \(id.prefix(200))")
         }
         return file
@@ -119,7 +119,7 @@ struct GatewayRouter {
         let limit = min(max(request.uri.queryParameters.get("limit", as: Int.self) ?? 20, 1), 100)
         let before = request.uri.queryParameters.get("after").flatMap(BatchObject.batchID)
         let store = self.store
-        let rows = try await run { try store.gatewayBatches(creatorUID: caller.isAdmin ? nil : caller.uid, limit: limit + 1, beforeID: before) }
+        let rows = try await run { try await store.gatewayBatches(creatorUID: caller.isAdmin ? nil : caller.uid, limit: limit + 1, beforeID: before) }
         var objects: [[String: Any]] = []
         for row in rows.prefix(limit) {
             objects.append(try await batchObject(row.batchID, caller: caller).json)
@@ -139,7 +139,7 @@ struct GatewayRouter {
         if !object.isFinished {
             let store = self.store
             let now = Milliseconds((Date().timeIntervalSince1970 * 1000).rounded())
-            try await run { try store.markGatewayCancelRequested(id, at: now) }
+            try await run { try await store.markGatewayCancelRequested(id, at: now) }
             do {
                 _ = try await scheduler.cancelBatch(id)
             } catch let error as FanoutError {
@@ -158,8 +158,8 @@ struct GatewayRouter {
     private func batchObject(_ id: BatchID, caller: Caller) async throws -> BatchObject {
         let store = self.store
         let found = try await run { () -> (BatchRecord, GatewayBatch, Int)? in
-            guard let gateway = try store.gatewayBatch(id), let batch = try store.batch(id) else { return nil }
-            return (batch, gateway, try store.rejectedLineCount(batchID: id))
+            guard let gateway = try await store.gatewayBatch(id), let batch = try await store.batch(id) else { return nil }
+            return (batch, gateway, try await store.rejectedLineCount(batchID: id))
         }
         guard let (batch, gateway, rejected) = found, caller.owns(batch.creatorUID) else {
             throw GatewayError.notFound("No such Batch object: \(BatchObject.openAIID(id))")
@@ -178,10 +178,10 @@ struct GatewayRouter {
                            "last_id": data.last?["id"] ?? NSNull(), "has_more": hasMore])
     }
 
-    /// Store work off the cooperative threads; its errors as OpenAI's.
-    private func run<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    /// Store work, its errors as OpenAI's.
+    private func run<T: Sendable>(_ work: () async throws -> T) async throws -> T {
         do {
-            return try await BlockingQueue.shared.run(work)
+            return try await work()
         } catch let error as FanoutError {
             throw GatewayError(error)
         }

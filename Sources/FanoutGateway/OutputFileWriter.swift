@@ -25,9 +25,7 @@ struct OutputFileWriter {
             if file.kind == .errors {
                 var afterLine = 0
                 while true {
-                    let rejected = try await BlockingQueue.shared.run { [afterLine] in
-                        try store.rejectedLines(batchID: file.batchID, afterLine: afterLine, limit: Self.pageSize)
-                    }
+                    let rejected = try await store.rejectedLines(batchID: file.batchID, afterLine: afterLine, limit: Self.pageSize)
                     guard let last = rejected.last else { break }
                     afterLine = last.line
                     var buffer = ByteBuffer()
@@ -41,9 +39,8 @@ struct OutputFileWriter {
             }
             var after: TaskID = 0
             while true {
-                let records = try await BlockingQueue.shared.run { [after] in
-                    try store.results(batchID: file.batchID, afterTaskID: after, limit: Self.resultsPageSize, maxBytes: Self.pageBytes)
-                }
+                let records = try await store.results(batchID: file.batchID, afterTaskID: after, limit: Self.resultsPageSize,
+                                                      maxBytes: Self.pageBytes)
                 guard let last = records.last else { break }
                 after = last.id
                 var buffer = ByteBuffer()
@@ -80,7 +77,7 @@ struct StoredFileWriter {
         let fileID = self.fileID
         return ResponseBody { writer in
             var index = 0
-            while let chunk = try await BlockingQueue.shared.run({ [index] in try store.fileChunk(fileID: fileID, index: index) }) {
+            while let chunk = try await store.fileChunk(fileID: fileID, index: index) {
                 try await writer.write(ByteBuffer(bytes: chunk))
                 index += 1
             }

@@ -38,10 +38,10 @@ struct AttemptChildren: ChildTasks {
     }
 
     func batches() async throws -> [BatchRecord] {
-        try await offload { [store = scheduler.store, taskID, attempt] in try store.childBatches(of: taskID, attempt: attempt) }
+        try await scheduler.store.childBatches(of: taskID, attempt: attempt)
     }
 
     func results(of batch: BatchID, afterTaskID: TaskID, limit: Int) async throws -> [TaskRecord] {
-        try await offload { [store = scheduler.store] in try store.results(batchID: batch, afterTaskID: afterTaskID, limit: limit) }
+        try await scheduler.store.results(batchID: batch, afterTaskID: afterTaskID, limit: limit)
     }
 }

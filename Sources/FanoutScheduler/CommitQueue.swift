@@ -30,7 +30,7 @@ final class CommitQueue: Sendable {
         var eventsSinceTrimSlice = 0
     }
 
-    private let store: any Store
+    private let store: any StoreWriter
     private let hub: EventHub
     private let logger: Logger
     let retention: EventRetention
@@ -49,7 +49,7 @@ final class CommitQueue: Sendable {
     let healthChanges: AsyncStream<Bool>
     private let health: AsyncStream<Bool>.Continuation
 
-    init(store: any Store, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
+    init(store: any StoreWriter, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
          retention: EventRetention = EventRetention(), maxQueuedChanges: Int = 20_000,
          retryBackoff: Backoff = Backoff(baseMs: 50, maxMs: 2_000),
          now: @escaping @Sendable () -> Milliseconds = { WallClock.now }) {

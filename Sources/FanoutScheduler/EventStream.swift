@@ -93,7 +93,7 @@ public struct EventStream: AsyncSequence, Sendable {
             while !replayDone {
                 let upTo = live?.joinedAfter
                 let (store, filter, after) = (stream.store, stream.filter, cursor)
-                let page = try await offload { try store.eventPage(after: after, upTo: upTo, filter: filter, limit: EventStream.replayPage) }
+                let page = try await store.eventPage(after: after, upTo: upTo, filter: filter, limit: EventStream.replayPage)
                 // Cursor 0 is `since = 0` with nothing delivered yet: start at whatever is stored.
                 if after > 0 && after < page.firstAvailable - 1 {
                     throw SubscriptionGap(after: after, firstAvailable: page.firstAvailable)

@@ -78,7 +78,7 @@ extension Scheduler {
         let firstAgent = tasks.first?.agent ?? header.agent
         row.maxTurns = agent(named: header.agent.isEmpty ? firstAgent : header.agent)?.maxTurns ?? 0
         let stagedRow = row
-        let id = try await offload { [store] in try store.createStagedBatch(stagedRow, now: WallClock.now) }
+        let id = try await store.createStagedBatch(stagedRow, now: WallClock.now)
         var staged = StagedBatch(id: id, maxTurns: row.maxTurns, parentTaskID: header.parentTaskID, batchAgent: header.agent,
                                  creatorUID: header.creatorUID, seen: seen)
         do {
@@ -118,9 +118,7 @@ extension Scheduler {
     /// Writes a prepared chunk (still invisible until the batch is published).
     public func storeStagedChunk(_ chunk: StagedChunk) async throws {
         guard !chunk.tasks.isEmpty else { return }
-        try await offload { [store] in
-            try store.appendStagedTasks(chunk.tasks, to: chunk.batchID, parentTaskID: chunk.parentTaskID, now: WallClock.now)
-        }
+        try await store.appendStagedTasks(chunk.tasks, to: chunk.batchID, parentTaskID: chunk.parentTaskID, now: WallClock.now)
     }
 
 
@@ -131,10 +129,14 @@ extension Scheduler {
             throw FanoutError.invalidArgument("a batch needs at least one task")
         }
         let id = staged.id
-        let batch = try await offload { [self] in
-            let batch = try store.publishStagedBatch(id)
-            markAdmitting(id)
-            return batch
+        // Marked before the publishing commit: a cancel arriving from then on waits for the admission.
+        markAdmitting(id)
+        let batch: BatchRecord
+        do {
+            batch = try await store.publishStagedBatch(id)
+        } catch {
+            unmarkAdmitting(id)
+            throw error
         }
         let agents = Array(staged.agents)
         mutate { state, effects in
@@ -148,6 +150,6 @@ extension Scheduler {
     /// Drops a staged batch and its stored tasks.
     public func discardStagedBatch(_ staged: StagedBatch) async {
         let id = staged.id
-        _ = try? await offload { [store] in try store.discardStagedBatch(id) }
+        try? await store.discardStagedBatch(id)
     }
 }

@@ -49,8 +49,8 @@ public final class Scheduler: Service, Sendable {
         self.limits = limits
         self.logger = logger
         state = Mutex(SchedulerState(configuration: configuration, now: WallClock.now))
-        hub = EventHub(lastSequence: try store.lastEventSequence())
-        commits = CommitQueue(store: store, hub: hub, logger: logger, retention: configuration.eventRetention,
+        hub = EventHub(lastSequence: try store.writer.lastEventSequence())
+        commits = CommitQueue(store: store.writer, hub: hub, logger: logger, retention: configuration.eventRetention,
                               maxQueuedChanges: configuration.maxChangesPerCommit, retryBackoff: configuration.storeRetry)
         if let workerPool {
             // Worker-served agents run only as many tasks as connected workers have slots: none until one registers.
@@ -126,7 +126,7 @@ public final class Scheduler: Service, Sendable {
 
     /// Recovers what the store holds and starts the commit loop and timers.
     public func start() throws {
-        let recovered = try store.recover(now: WallClock.now)
+        let recovered = try store.writer.recover(now: WallClock.now)
         if recovered.requeued > 0 || !recovered.activeBatches.isEmpty {
             logger.info("recovered work", metadata: [
                 "batches": "\(recovered.activeBatches.count)",
@@ -244,7 +244,7 @@ public final class Scheduler: Service, Sendable {
         // Inserted and admitted on the commit thread: the first starts it decides are queued
         // there, and written next, with no thread hop in between.
         return commits.start { [self] in
-            let inserted = try store.insertBatch(admitted, now: WallClock.now)
+            let inserted = try store.writer.insertBatch(admitted, now: WallClock.now)
             markAdmitting(inserted.batch.id)
             let agentsOfBatch = Set(admitted.tasks.map(\.agent))
             let seeds = firstWindows(of: admitted, inserted: inserted)
@@ -280,7 +280,7 @@ public final class Scheduler: Service, Sendable {
     /// Cancels a task and waits (up to `timeout`) until a running one has
     /// stopped, so the answer shows it cancelled; returns its committed state.
     public func cancelTask(_ id: TaskID, timeout: Duration = .seconds(10)) async throws -> TaskRecord {
-        guard let task = try await offload({ [store] in try store.task(id, includePayload: false) }) else {
+        guard let task = try await store.task(id, includePayload: false) else {
             throw FanoutError.notFound("task \(id) does not exist")
         }
         let stopped = AsyncStream<Void>.makeStream()
@@ -288,7 +288,7 @@ public final class Scheduler: Service, Sendable {
             state.cancelTask(task, now: WallClock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
         }
         if active { await waitForSignal(stopped.stream, timeout: timeout) }
-        return try await offload({ [store] in try store.task(id, includePayload: false) }) ?? task
+        return try await store.task(id, includePayload: false) ?? task
     }
 
     /// Runs a finished batch's failed tasks again (and, if asked, its expired
@@ -303,7 +303,7 @@ public final class Scheduler: Service, Sendable {
         markAdmitting(id)
         let result: ReopenedBatch
         do {
-            result = try await offload { [store] in try store.reopenTasks(batchID: id, states: states, now: WallClock.now) }
+            result = try await store.reopenTasks(batchID: id, states: states, now: WallClock.now)
         } catch {
             unmarkAdmitting(id)
             throw error
@@ -333,7 +333,7 @@ public final class Scheduler: Service, Sendable {
             state.cancelActiveOrAdmitting(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
         }
         if active { await waitForSignal(finished.stream, timeout: timeout) }
-        guard let batch = try await offload({ [store] in try store.batch(id) }) else {
+        guard let batch = try await store.batch(id) else {
             throw FanoutError.notFound("batch \(id) does not exist")
         }
         return batch
@@ -480,10 +480,8 @@ public final class Scheduler: Service, Sendable {
             await commits.waitForRoom()
             let tasks: [RunnableTask]
             do {
-                tasks = try await offload {
-                    try store.pendingTasks(batchID: order.key.batchID, agent: order.key.agent, after: order.cursor,
-                                           limit: order.limit, inlinePayloadBytes: inline)
-                }
+                tasks = try await store.pendingTasks(batchID: order.key.batchID, agent: order.key.agent, after: order.cursor,
+                                                     limit: order.limit, inlinePayloadBytes: inline)
             } catch {
                 logger.error("reading pending tasks failed; retrying", metadata: ["batch": "\(order.key.batchID)", "error": "\(error)"])
                 try? await Task.sleep(for: .milliseconds(500))
@@ -522,7 +520,7 @@ public final class Scheduler: Service, Sendable {
         do {
             var payload = task.payload ?? []
             if task.payload == nil {
-                payload = try await offload { [store] in try store.payload(of: task.id) }
+                payload = try await store.payload(of: task.id)
             }
             var context = RunContext(
                 taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
@@ -596,11 +594,6 @@ func withAttemptTimeout<T: Sendable>(milliseconds: Int64, _ body: @escaping @Sen
         defer { group.cancelAll() }
         return try await group.next()!
     }
-}
-
-/// Runs blocking store work off the cooperative thread pool.
-func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-    try await BlockingQueue.shared.run(work)
 }
 
 /// A count with waiters for it to reach zero (shutdown waiting for attempts).

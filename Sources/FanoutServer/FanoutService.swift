@@ -120,9 +120,7 @@ final class FanoutService: Sendable {
         let uid = peer.isAdmin ? nil : peer.uid
         let before = request.beforeID == 0 ? nil : BatchID(clamping: request.beforeID)
         let parent = request.parentBatchID == 0 ? nil : BatchID(clamping: request.parentBatchID)
-        let records = try await BlockingQueue.shared.run { [store] in
-            try store.batches(ownerID: owner, creatorUID: uid, parentBatchID: parent, limit: limit, beforeID: before)
-        }
+        let records = try await store.batches(ownerID: owner, creatorUID: uid, parentBatchID: parent, limit: limit, beforeID: before)
         let next = records.count == limit ? UInt64(records.last!.id) : 0
         return BatchPage(batches: records.map(BatchInfo.init), nextBeforeID: next)
     }
@@ -130,7 +128,7 @@ final class FanoutService: Sendable {
     func task(_ request: GetTaskRequest, peer: PeerCredentials) async throws -> TaskInfo {
         let id = TaskID(clamping: request.taskID)
         let include = request.includePayload
-        guard let record = try await BlockingQueue.shared.run({ [store] in try store.task(id, includePayload: include) }) else {
+        guard let record = try await store.task(id, includePayload: include) else {
             throw FanoutError.notFound("task \(request.taskID) does not exist")
         }
         _ = try await authorizedBatch(UInt64(record.batchID), peer: peer)
@@ -145,10 +143,7 @@ final class FanoutService: Sendable {
         let after = TaskID(clamping: afterTaskID)
         // Never above the limit, whoever asks: a larger page might not fit its frame.
         let bytes = min(pageBytes ?? .max, configuration.resultsPageBytes)
-        return try await BlockingQueue.shared.run { [store] in
-            // Converted here, off the event loops, like the read itself.
-            try store.results(batchID: batch, afterTaskID: after, limit: pageSize, maxBytes: bytes).map(TaskResult.init)
-        }
+        return try await store.results(batchID: batch, afterTaskID: after, limit: pageSize, maxBytes: bytes).map(TaskResult.init)
     }
 
     // MARK: Cancel
@@ -215,7 +210,7 @@ final class FanoutService: Sendable {
                       running: UInt32(clamping: stats.runningByAgent[agent.name] ?? 0),
                       workers: UInt32(clamping: workers.filter { $0.slots[agent.name] != nil }.count))
         }
-        info.lastSequence = UInt64(try await BlockingQueue.shared.run { [store] in try store.lastEventSequence() })
+        info.lastSequence = UInt64(try await store.lastEventSequence())
         return info
     }
 
@@ -225,7 +220,7 @@ final class FanoutService: Sendable {
     /// gets PERMISSION_DENIED rather than NOT_FOUND, so a mistake is easy to tell from a typo.
     private func authorizedBatch(_ id: UInt64, peer: PeerCredentials) async throws -> BatchRecord {
         let batchID = BatchID(clamping: id)
-        guard let batch = try await BlockingQueue.shared.run({ [store] in try store.batch(batchID) }) else {
+        guard let batch = try await store.batch(batchID) else {
             throw FanoutError.notFound("batch \(id) does not exist")
         }
         guard peer.isAdmin || batch.creatorUID == peer.uid else {

@@ -6,29 +6,29 @@ import FanoutCore
 /// fields and the lines that could not run.
 public protocol GatewayStore: Store {
     /// Starts an upload; the file stays invisible until `completeFile`.
-    func createFile(_ file: StoredFile) throws
+    func createFile(_ file: StoredFile) async throws
     /// Appends the next chunk of an upload (`index` counts from 0).
-    func appendFileChunk(fileID: String, index: Int, bytes: [UInt8]) throws
-    func completeFile(id: String, filename: String, bytes: Int, lines: Int) throws
+    func appendFileChunk(fileID: String, index: Int, bytes: [UInt8]) async throws
+    func completeFile(id: String, filename: String, bytes: Int, lines: Int) async throws
     /// Deletes a file and its chunks, also an unfinished upload; false if there was none.
     @discardableResult
-    func deleteFile(id: String) throws -> Bool
+    func deleteFile(id: String) async throws -> Bool
     /// A completed file.
-    func file(id: String) throws -> StoredFile?
+    func file(id: String) async throws -> StoredFile?
     /// Completed files, newest first, after `afterID` (a file id of a previous page).
-    func files(ownerUID: UInt32?, purpose: String?, limit: Int, afterID: String?) throws -> [StoredFile]
+    func files(ownerUID: UInt32?, purpose: String?, limit: Int, afterID: String?) async throws -> [StoredFile]
     /// Chunk `index` of a file, nil past its end.
-    func fileChunk(fileID: String, index: Int) throws -> [UInt8]?
+    func fileChunk(fileID: String, index: Int) async throws -> [UInt8]?
 
-    func insertGatewayBatch(_ batch: GatewayBatch) throws
-    func gatewayBatch(_ id: BatchID) throws -> GatewayBatch?
+    func insertGatewayBatch(_ batch: GatewayBatch) async throws
+    func gatewayBatch(_ id: BatchID) async throws -> GatewayBatch?
     /// Batches made through the gateway, newest first, before `beforeID`.
-    func gatewayBatches(creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [GatewayBatch]
-    func markGatewayCancelRequested(_ id: BatchID, at: Milliseconds) throws
+    func gatewayBatches(creatorUID: UInt32?, limit: Int, beforeID: BatchID?) async throws -> [GatewayBatch]
+    func markGatewayCancelRequested(_ id: BatchID, at: Milliseconds) async throws
     /// Lines of a batch's input that could not run, recorded while the batch is staged.
-    func addRejectedLines(_ lines: [RejectedLine], batchID: BatchID) throws
-    func rejectedLines(batchID: BatchID, afterLine: Int, limit: Int) throws -> [RejectedLine]
-    func rejectedLineCount(batchID: BatchID) throws -> Int
+    func addRejectedLines(_ lines: [RejectedLine], batchID: BatchID) async throws
+    func rejectedLines(batchID: BatchID, afterLine: Int, limit: Int) async throws -> [RejectedLine]
+    func rejectedLineCount(batchID: BatchID) async throws -> Int
 }
 
 public struct StoredFile: Sendable, Hashable {

@@ -3,44 +3,44 @@ import Foundation
 import GRDB
 
 extension SQLiteStore: GatewayStore {
-    public func createFile(_ file: StoredFile) throws {
-        try write { db in
+    public func createFile(_ file: StoredFile) async throws {
+        try await write { db in
             try db.execute(sql: """
                 INSERT INTO files (id, owner_uid, purpose, filename, state, created_at) VALUES (?, ?, ?, ?, 'uploading', ?)
                 """, arguments: [file.id, Int64(file.ownerUID), file.purpose, file.filename, file.createdAt])
         }
     }
 
-    public func appendFileChunk(fileID: String, index: Int, bytes: [UInt8]) throws {
-        try write { db in
+    public func appendFileChunk(fileID: String, index: Int, bytes: [UInt8]) async throws {
+        try await write { db in
             try db.execute(sql: "INSERT INTO file_chunks (file_id, seq, data) VALUES (?, ?, ?)", arguments: [fileID, index, Data(bytes)])
         }
     }
 
-    public func completeFile(id: String, filename: String, bytes: Int, lines: Int) throws {
-        try write { db in
+    public func completeFile(id: String, filename: String, bytes: Int, lines: Int) async throws {
+        try await write { db in
             try db.execute(sql: "UPDATE files SET state = 'processed', filename = ?, bytes = ?, lines = ? WHERE id = ?",
                            arguments: [filename, bytes, lines, id])
         }
     }
 
     @discardableResult
-    public func deleteFile(id: String) throws -> Bool {
-        try write { db in
+    public func deleteFile(id: String) async throws -> Bool {
+        try await write { db in
             try db.execute(sql: "DELETE FROM file_chunks WHERE file_id = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM files WHERE id = ?", arguments: [id])
             return db.changesCount > 0
         }
     }
 
-    public func file(id: String) throws -> StoredFile? {
-        try read { db in
+    public func file(id: String) async throws -> StoredFile? {
+        try await read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM files WHERE id = ? AND state = 'processed'", arguments: [id]).map(Self.storedFile)
         }
     }
 
-    public func files(ownerUID: UInt32?, purpose: String?, limit: Int, afterID: String?) throws -> [StoredFile] {
-        try read { db in
+    public func files(ownerUID: UInt32?, purpose: String?, limit: Int, afterID: String?) async throws -> [StoredFile] {
+        try await read { db in
             var clauses = ["state = 'processed'"]
             var arguments: StatementArguments = []
             if let ownerUID {
@@ -64,28 +64,28 @@ extension SQLiteStore: GatewayStore {
         }
     }
 
-    public func fileChunk(fileID: String, index: Int) throws -> [UInt8]? {
-        try read { db in
+    public func fileChunk(fileID: String, index: Int) async throws -> [UInt8]? {
+        try await read { db in
             try Data.fetchOne(db, sql: "SELECT data FROM file_chunks WHERE file_id = ? AND seq = ?", arguments: [fileID, index]).map { [UInt8]($0) }
         }
     }
 
-    public func insertGatewayBatch(_ batch: GatewayBatch) throws {
-        try write { db in
+    public func insertGatewayBatch(_ batch: GatewayBatch) async throws {
+        try await write { db in
             try db.execute(sql: """
                 INSERT INTO gateway_batches (batch_id, input_file_id, endpoint, completion_window) VALUES (?, ?, ?, ?)
                 """, arguments: [batch.batchID, batch.inputFileID, batch.endpoint, batch.completionWindow])
         }
     }
 
-    public func gatewayBatch(_ id: BatchID) throws -> GatewayBatch? {
-        try read { db in
+    public func gatewayBatch(_ id: BatchID) async throws -> GatewayBatch? {
+        try await read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM gateway_batches WHERE batch_id = ?", arguments: [id]).map(Self.gatewayBatch)
         }
     }
 
-    public func gatewayBatches(creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [GatewayBatch] {
-        try read { db in
+    public func gatewayBatches(creatorUID: UInt32?, limit: Int, beforeID: BatchID?) async throws -> [GatewayBatch] {
+        try await read { db in
             var clauses = ["b.state != 'staging'"]
             var arguments: StatementArguments = []
             if let creatorUID {
@@ -104,17 +104,17 @@ extension SQLiteStore: GatewayStore {
         }
     }
 
-    public func markGatewayCancelRequested(_ id: BatchID, at: Milliseconds) throws {
-        try write { db in
+    public func markGatewayCancelRequested(_ id: BatchID, at: Milliseconds) async throws {
+        try await write { db in
             try db.execute(sql: """
                 UPDATE gateway_batches SET cancel_requested_at = coalesce(cancel_requested_at, ?) WHERE batch_id = ?
                 """, arguments: [at, id])
         }
     }
 
-    public func addRejectedLines(_ lines: [RejectedLine], batchID: BatchID) throws {
+    public func addRejectedLines(_ lines: [RejectedLine], batchID: BatchID) async throws {
         guard !lines.isEmpty else { return }
-        try write { db in
+        try await write { db in
             let insert = try db.cachedStatement(sql: """
                 INSERT INTO gateway_rejects (batch_id, line, custom_id, code, message) VALUES (?, ?, ?, ?, ?)
                 """)
@@ -124,8 +124,8 @@ extension SQLiteStore: GatewayStore {
         }
     }
 
-    public func rejectedLines(batchID: BatchID, afterLine: Int, limit: Int) throws -> [RejectedLine] {
-        try read { db in
+    public func rejectedLines(batchID: BatchID, afterLine: Int, limit: Int) async throws -> [RejectedLine] {
+        try await read { db in
             try Row.fetchAll(db, sql: """
                 SELECT line, custom_id, code, message FROM gateway_rejects WHERE batch_id = ? AND line > ? ORDER BY line LIMIT ?
                 """, arguments: [batchID, afterLine, limit]).map {
@@ -134,8 +134,8 @@ extension SQLiteStore: GatewayStore {
         }
     }
 
-    public func rejectedLineCount(batchID: BatchID) throws -> Int {
-        try read { db in
+    public func rejectedLineCount(batchID: BatchID) async throws -> Int {
+        try await read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM gateway_rejects WHERE batch_id = ?", arguments: [batchID]) ?? 0
         }
     }

@@ -3,8 +3,8 @@ import Foundation
 import GRDB
 
 extension SQLiteStore {
-    public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) throws -> [TaskRecord] {
-        try read { db in
+    public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) async throws -> [TaskRecord] {
+        try await read { db in
             // One batch, one owner: read once rather than joined onto every row.
             let owner = try String.fetchOne(db, sql: "SELECT owner_id FROM batches WHERE id = ?", arguments: [batchID]) ?? ""
             // A cursor, so reading stops at the byte budget: the rows after the

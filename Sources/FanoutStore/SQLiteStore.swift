@@ -8,7 +8,7 @@ import GRDB
 /// Writes go through GRDB's single writer connection, so they are serialized;
 /// reads run concurrently on the pool's reader connections and see only
 /// committed data.
-public final class SQLiteStore: Store {
+public final class SQLiteStore: Store, StoreWriter {
     private let pool: DatabasePool
     private let checkpointer: WALCheckpointer?
     /// How often the log is copied back into the database file: often enough that it
@@ -64,6 +64,8 @@ public final class SQLiteStore: Store {
         checkpointer?.stop()
     }
 
+    public var writer: any StoreWriter { self }
+
     // MARK: Errors
 
     /// A write; an error of the disk or the file (full, I/O, read-only, locked)
@@ -72,7 +74,7 @@ public final class SQLiteStore: Store {
         do {
             return try pool.write(body)
         } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
-            throw FanoutError.unavailable("the database cannot be written: \(error.message ?? "\(error.resultCode)") (\(error.resultCode))")
+            throw Self.unavailable(error, doing: "written")
         }
     }
 
@@ -80,8 +82,29 @@ public final class SQLiteStore: Store {
         do {
             return try pool.read(body)
         } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
-            throw FanoutError.unavailable("the database cannot be read: \(error.message ?? "\(error.resultCode)") (\(error.resultCode))")
+            throw Self.unavailable(error, doing: "read")
         }
+    }
+
+    /// The same, awaited: the work runs on GRDB's writer queue, off the caller's thread.
+    func write<T: Sendable>(_ body: @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.write(body)
+        } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
+            throw Self.unavailable(error, doing: "written")
+        }
+    }
+
+    func read<T: Sendable>(_ body: @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.read(body)
+        } catch let error as DatabaseError where Self.unavailableCodes.contains(error.resultCode.primaryResultCode.rawValue) {
+            throw Self.unavailable(error, doing: "read")
+        }
+    }
+
+    private static func unavailable(_ error: DatabaseError, doing verb: String) -> FanoutError {
+        .unavailable("the database cannot be \(verb): \(error.message ?? "\(error.resultCode)") (\(error.resultCode))")
     }
 
     private static let unavailableCodes: Set<Int32> = Set([ResultCode.SQLITE_FULL, .SQLITE_IOERR, .SQLITE_READONLY, .SQLITE_BUSY,
@@ -104,20 +127,20 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func createStagedBatch(_ batch: NewBatch, now: Milliseconds) throws -> BatchID {
-        try write { db in try Self.insertBatchRow(batch, state: "staging", taskCount: 0, now: now, in: db) }
+    public func createStagedBatch(_ batch: NewBatch, now: Milliseconds) async throws -> BatchID {
+        try await write { db in try Self.insertBatchRow(batch, state: "staging", taskCount: 0, now: now, in: db) }
     }
 
-    public func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) throws {
-        try write { db in
+    public func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) async throws {
+        try await write { db in
             _ = try Self.insertTasks(tasks, batchID: batch, parentTaskID: parentTaskID, now: now, in: db, keepIDs: false)
             try db.execute(sql: "UPDATE batches SET total = total + ?, pending = pending + ? WHERE id = ? AND state = 'staging'",
                            arguments: [tasks.count, tasks.count, batch])
         }
     }
 
-    public func publishStagedBatch(_ batch: BatchID) throws -> BatchRecord {
-        try write { db in
+    public func publishStagedBatch(_ batch: BatchID) async throws -> BatchRecord {
+        try await write { db in
             try db.execute(sql: "UPDATE batches SET state = 'pending' WHERE id = ? AND state = 'staging'", arguments: [batch])
             guard db.changesCount == 1,
                   let record = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batch]).map(Self.batchRecord)
@@ -126,8 +149,8 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func discardStagedBatch(_ batch: BatchID) throws {
-        try write { db in
+    public func discardStagedBatch(_ batch: BatchID) async throws {
+        try await write { db in
             try db.execute(sql: "DELETE FROM tasks WHERE batch_id = ? AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND state = 'staging')",
                            arguments: [batch, batch])
             try db.execute(sql: "DELETE FROM gateway_rejects WHERE batch_id = ? AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND state = 'staging')",
@@ -393,15 +416,15 @@ public final class SQLiteStore: Store {
 
     // MARK: Reads
 
-    public func batch(_ id: BatchID) throws -> BatchRecord? {
-        try read { db in
+    public func batch(_ id: BatchID) async throws -> BatchRecord? {
+        try await read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ? AND state != 'staging'", arguments: [id]).map(Self.batchRecord)
         }
     }
 
     public func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int,
-                        beforeID: BatchID?) throws -> [BatchRecord] {
-        try read { db in
+                        beforeID: BatchID?) async throws -> [BatchRecord] {
+        try await read { db in
             var conditions = ["state != 'staging'"]
             var arguments: StatementArguments = []
             if let parentBatchID {
@@ -427,25 +450,25 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord] {
-        try read { db in
+    public func childBatches(of parent: TaskID, attempt: Int) async throws -> [BatchRecord] {
+        try await read { db in
             try Row.fetchAll(db, sql: """
                 SELECT * FROM batches WHERE parent_task_id = ? AND parent_attempt = ? AND state != 'staging' ORDER BY id
                 """, arguments: [parent, attempt]).map(Self.batchRecord)
         }
     }
 
-    public func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? {
+    public func task(_ id: TaskID, includePayload: Bool) async throws -> TaskRecord? {
 
-        try read { db in
+        try await read { db in
             try Row.fetchOne(db, sql: """
                 SELECT t.*, b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = ?
                 """, arguments: [id]).map { Self.taskRecord($0, includePayload: includePayload) }
         }
     }
 
-    public func payload(of task: TaskID) throws -> [UInt8] {
-        try read { db in
+    public func payload(of task: TaskID) async throws -> [UInt8] {
+        try await read { db in
             guard let data = try Data.fetchOne(db, sql: "SELECT payload FROM tasks WHERE id = ?", arguments: [task]) else {
                 throw FanoutError.notFound("task \(task) does not exist")
             }
@@ -454,8 +477,8 @@ public final class SQLiteStore: Store {
     }
 
     public func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
-                             inlinePayloadBytes: Int) throws -> [RunnableTask] {
-        try read { db in
+                             inlinePayloadBytes: Int) async throws -> [RunnableTask] {
+        try await read { db in
             var sql = """
                 SELECT t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed,
                        t.max_turns, t.parent_task_id, t.url,
@@ -487,8 +510,8 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch {
-        try write { db in
+    public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch {
+        try await write { db in
             guard let batch = try Row.fetchOne(db, sql: "SELECT * FROM batches WHERE id = ?", arguments: [batchID]).map(Self.batchRecord) else {
                 throw FanoutError.notFound("batch \(batchID) does not exist")
             }
@@ -530,13 +553,13 @@ public final class SQLiteStore: Store {
         }
     }
 
-    public func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord] {
-        try read { db in try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit) }
+    public func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) async throws -> [EventRecord] {
+        try await read { db in try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit) }
     }
 
-    public func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> EventPage {
+    public func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) async throws -> EventPage {
         // One read transaction: the page and the log's oldest sequence come from the same snapshot.
-        try read { db in
+        try await read { db in
             let events = try Self.fetchEvents(db, after: after, upTo: upTo, filter: filter, limit: limit)
             let first = try Self.firstSequence(db) ?? Self.lastSequence(db) + 1
             return EventPage(events: events, firstAvailable: first)
@@ -576,8 +599,12 @@ public final class SQLiteStore: Store {
         try read { db in try Self.lastSequence(db) }
     }
 
-    public func firstEventSequence() throws -> EventSequence? {
-        try read { db in try Self.firstSequence(db) }
+    public func lastEventSequence() async throws -> EventSequence {
+        try await read { db in try Self.lastSequence(db) }
+    }
+
+    public func firstEventSequence() async throws -> EventSequence? {
+        try await read { db in try Self.firstSequence(db) }
     }
 
     /// `min`/`max` of the integer primary key are a single b-tree seek each.

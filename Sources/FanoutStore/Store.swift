@@ -2,63 +2,70 @@ import FanoutCore
 
 /// Where Fanout keeps batches, tasks, results and events.
 ///
-/// The protocol speaks of the domain only (no SQL), so a PostgreSQL
-/// implementation can sit behind it later. Every method is synchronous and
-/// thread-safe; callers run them off the event loops.
+/// The protocol speaks of the domain only (no SQL), so that SQLite and
+/// PostgreSQL can both sit behind it. Its calls are async: a store's I/O runs
+/// on the store's own threads (GRDB's queues, PostgreSQL's event loops), never
+/// on the caller's. The writes of the commit loop go through `writer`, which
+/// is synchronous: that loop has a thread of its own that blocks on them.
 public protocol Store: Sendable {
-    /// Inserts a batch and all its tasks in one transaction; returns once committed.
-    func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch
+    /// The synchronous writes: the commit loop's, and recovery at start.
+    var writer: any StoreWriter { get }
 
     /// A batch sent in chunks: its row is created hidden (`staging`), each chunk's
     /// tasks are appended in their own transaction, and `publishStagedBatch` makes
     /// all of it visible at once. A staged batch that is discarded, or left behind
     /// by a crash, is deleted and never runs.
-    func createStagedBatch(_ batch: NewBatch, now: Milliseconds) throws -> BatchID
-    func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) throws
-    func publishStagedBatch(_ batch: BatchID) throws -> BatchRecord
-    func discardStagedBatch(_ batch: BatchID) throws
+    func createStagedBatch(_ batch: NewBatch, now: Milliseconds) async throws -> BatchID
+    func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) async throws
+    func publishStagedBatch(_ batch: BatchID) async throws -> BatchRecord
+    func discardStagedBatch(_ batch: BatchID) async throws
 
-    /// Applies one group of changes in one transaction and returns the events
-    /// with their sequence numbers assigned.
-    func commit(_ changes: ChangeSet) throws -> [EventRecord]
-
-    /// Makes the stored state consistent after a stop or a crash and returns
-    /// what the scheduler must pick up again.
-    func recover(now: Milliseconds) throws -> RecoveredState
-
-    func batch(_ id: BatchID) throws -> BatchRecord?
+    func batch(_ id: BatchID) async throws -> BatchRecord?
     /// Batches newest first; `parentBatchID`: only child batches spawned by that batch's tasks.
-    func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord]
-    func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord?
+    func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int, beforeID: BatchID?) async throws -> [BatchRecord]
+    func task(_ id: TaskID, includePayload: Bool) async throws -> TaskRecord?
     /// The batches one attempt of a task spawned, oldest first: the order its spawns were made.
-    func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord]
+    func childBatches(of parent: TaskID, attempt: Int) async throws -> [BatchRecord]
     /// Terminal tasks of a batch in id order, after `afterTaskID`: at most
     /// `limit` of them, and no more than fit in `maxBytes` counted by
     /// `TaskRecord.resultPageBytes`, but always at least one if there is one.
     /// Rows past the cut are not read, so paging reads each row once.
-    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) throws -> [TaskRecord]
-    func payload(of task: TaskID) throws -> [UInt8]
+    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) async throws -> [TaskRecord]
+    func payload(of task: TaskID) async throws -> [UInt8]
 
     /// The next pending tasks of one batch for one agent, in (priority desc, id) order,
     /// after `cursor`. Payloads up to `inlinePayloadBytes` come along; larger ones are read at start.
     func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
-                      inlinePayloadBytes: Int) throws -> [RunnableTask]
+                      inlinePayloadBytes: Int) async throws -> [RunnableTask]
 
     /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
     /// keeping the completed results.
-    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch
+    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch
 
     /// Stored events with `sequence` in `(after, upTo]` that match `filter`, oldest first.
-    func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord]
+    func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) async throws -> [EventRecord]
     /// Like `events(after:upTo:filter:limit:)`, read in one snapshot together
     /// with the lowest sequence still stored, so a reader can tell whether
     /// retention removed events it had not read yet.
-    func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> EventPage
+    func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) async throws -> EventPage
     /// The newest sequence number ever assigned, also when retention has
     /// removed that event since; 0 before the first event.
-    func lastEventSequence() throws -> EventSequence
+    func lastEventSequence() async throws -> EventSequence
     /// The oldest event still stored; nil when none is.
-    func firstEventSequence() throws -> EventSequence?
+    func firstEventSequence() async throws -> EventSequence?
+}
+
+/// The writes the commit loop makes, one at a time from its own thread, and
+/// recovery before it starts. Synchronous on purpose: the loop is a dedicated
+/// thread (ARCHITECTURE, decision 46), so blocking is what it is for, and a
+/// commit costs no hop through the cooperative pool and back.
+public protocol StoreWriter: Sendable {
+    /// Inserts a batch and all its tasks in one transaction; returns once committed.
+    func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch
+
+    /// Applies one group of changes in one transaction and returns the events
+    /// with their sequence numbers assigned.
+    func commit(_ changes: ChangeSet) throws -> [EventRecord]
 
     /// One bounded step of event retention, in its own short transaction.
     ///
@@ -68,16 +75,23 @@ public protocol Store: Sendable {
     /// sequence numbers. Returns how many were deleted; fewer than `limit`
     /// means nothing more is due. `nil` turns a rule off.
     func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int
+
+    /// Makes the stored state consistent after a stop or a crash and returns
+    /// what the scheduler must pick up again.
+    func recover(now: Milliseconds) throws -> RecoveredState
+
+    /// The newest sequence number ever assigned (see `Store.lastEventSequence`).
+    func lastEventSequence() throws -> EventSequence
 }
 
 extension Store {
-    public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
-        try batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
+    public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) async throws -> [BatchRecord] {
+        try await batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
     }
 
     /// Terminal tasks of a batch in id order, after `afterTaskID`, cut by count only.
-    public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) throws -> [TaskRecord] {
-        try results(batchID: batchID, afterTaskID: afterTaskID, limit: limit, maxBytes: .max)
+    public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int) async throws -> [TaskRecord] {
+        try await results(batchID: batchID, afterTaskID: afterTaskID, limit: limit, maxBytes: .max)
     }
 }
 

@@ -357,11 +357,12 @@ import Testing
         try await withTestDaemon(agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
-                    // Long enough that the last task is still pending when the cancel arrives, even on a loaded machine.
-                    let payload = Array("{\"delay_ms\":1500}".utf8)
+                    // The first task runs long enough that the last is still pending when the cancel
+                    // arrives, even on a loaded machine (where the calls before it took a second).
+                    let payloads = [Array("{\"delay_ms\":4000}".utf8), Array("{\"delay_ms\":10}".utf8), Array("{\"delay_ms\":10}".utf8)]
                     let batch = try await client.enqueueBatch(
                         ownerID: "one", agent: "serial",
-                        tasks: (0..<3).map { TaskSpec(customID: "t\($0)", payload: payload) })
+                        tasks: (0..<3).map { TaskSpec(customID: "t\($0)", payload: payloads[$0]) })
                     let subscriber = Task { try await events(of: batch.id, owner: "one", on: client) }
 
                     // The serial agent runs one task at a time; take the pending task of this

@@ -54,10 +54,10 @@ extension SchedulerTimingTests {
                 #expect(scheduler.statistics.tasksInMemory == 0)
 
                 _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(10))
-                let stored = try #require(try store.batch(batch.id))
+                let stored = try #require(try await store.batch(batch.id))
                 #expect(stored.state == .completed)
                 #expect(stored.counters.completed == count)
-                let events = try allEvents(store, EventFilter(ownerID: "alice", batchID: batch.id))
+                let events = try await allEvents(store, EventFilter(ownerID: "alice", batchID: batch.id))
                 let completed = perTask(events, .taskCompleted)
                 #expect(completed.count == count)
                 #expect(completed.values.allSatisfy { $0 == 1 })
@@ -80,7 +80,7 @@ extension SchedulerTimingTests {
             // Generous: a page of one is a store round trip per task, slow when the whole suite runs at once.
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(30))
             #expect(events.last?.kind == .batchCompleted)
-            #expect(try store.batch(batch.id)?.counters.completed == 25)
+            #expect(try await store.batch(batch.id)?.counters.completed == 25)
             #expect(scheduler.statistics.tasksInMemory == 0)
         }
     }
@@ -114,14 +114,14 @@ extension SchedulerTimingTests {
                 #expect(startedIDs.isSuperset(of: batch.taskIDs[0...1]))
                 #expect(Set(perTask(events, .taskCompleted).keys) == Set(batch.taskIDs[0...1]))
 
-                let stored = try #require(try store.batch(batch.id))
+                let stored = try #require(try await store.batch(batch.id))
                 #expect(stored.state == .failed)
                 #expect(stored.counters.completed == 2)
                 #expect(stored.counters.expired == 8)
                 #expect(stored.counters.running == 0 && stored.counters.pending == 0)
                 #expect(stored.progress.percent == 100)
                 #expect(stored.finishedAt != nil)
-                let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 20)
+                let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 20)
                 #expect(results.map(\.state) == [.completed, .completed] + Array(repeating: .expired, count: 8))
                 #expect(results[0].result == fast && results[1].result == fast)
                 #expect(results[2...].allSatisfy { $0.result == nil })
@@ -141,14 +141,14 @@ extension SchedulerTimingTests {
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "work",
                                                              tasks: ids.map { NewTask(customID: $0, agent: "", payload: []) }))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let first = try #require(try store.batch(batch.id))
+            let first = try #require(try await store.batch(batch.id))
             #expect(first.state == .completed)
             #expect(first.counters.completed == 3 && first.counters.failed == 3)
-            let before = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let before = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             let okBefore = before.filter { $0.state == .completed }
             #expect(okBefore.map(\.customID) == ["ok0", "ok1", "ok2"])
 
-            let since = try store.lastEventSequence()
+            let since = try await store.lastEventSequence()
             let (reopened, count) = try await scheduler.retryFailed(batch.id, includeExpired: false, includeCancelled: false)
             #expect(count == 3)
             #expect(reopened.state == .processing)
@@ -169,11 +169,11 @@ extension SchedulerTimingTests {
             #expect(restarted.count == 3)
             #expect(restarted.allSatisfy { $0.attempt == 1 })
 
-            let final = try #require(try store.batch(batch.id))
+            let final = try #require(try await store.batch(batch.id))
             #expect(final.state == .completed)
             #expect(final.counters.completed == 6 && final.counters.failed == 0)
             #expect(final.progress.percent == 100)
-            let after = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let after = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(after.map(\.state) == Array(repeating: .completed, count: 6))
             #expect(after.map(\.result) == ids.map { Array("done \($0)".utf8) })
             // The first run's results are untouched: same bytes, same finish time.
@@ -202,7 +202,7 @@ extension SchedulerTimingTests {
             #expect(missing?.kind == .notFound)
             gate.open()
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            #expect(try store.batch(batch.id)?.counters.completed == 1)
+            #expect(try await store.batch(batch.id)?.counters.completed == 1)
         }
     }
 
@@ -219,14 +219,14 @@ extension SchedulerTimingTests {
             #expect(try await scheduler.cancelTask(batch.taskIDs[1]).state == .cancelled)
             gate.open()
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            #expect(try store.batch(batch.id)?.counters.cancelled == 1)
+            #expect(try await store.batch(batch.id)?.counters.cancelled == 1)
 
             // Without the flag nothing is due: the batch stays as it is and nothing is written.
-            let last = try store.lastEventSequence()
+            let last = try await store.lastEventSequence()
             let (unchanged, none) = try await scheduler.retryFailed(batch.id, includeExpired: false, includeCancelled: false)
             #expect(none == 0)
             #expect(unchanged.state == .completed)
-            #expect(try store.lastEventSequence() == last)
+            #expect(try await store.lastEventSequence() == last)
 
             let (reopened, one) = try await scheduler.retryFailed(batch.id, includeExpired: false, includeCancelled: true)
             #expect(one == 1)
@@ -235,7 +235,7 @@ extension SchedulerTimingTests {
                 $0.kind == .batchCompleted
             }
             #expect(events.filter { $0.kind == .taskStarted }.compactMap(\.customID) == ["dropped"])
-            let final = try #require(try store.batch(batch.id))
+            let final = try #require(try await store.batch(batch.id))
             #expect(final.counters.completed == 3 && final.counters.cancelled == 0)
             #expect(runner.snapshot.starts == ["held", "kept", "dropped"])
         }
@@ -272,11 +272,11 @@ extension SchedulerTimingTests {
                 // Uncoalesced, each of the 14 turns that count is its own step (terminal steps add more).
                 #expect(Set(progress).count >= 14, "\(progress)")
             }
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.progress.units == 20)
             #expect(stored.progress.percent == 100)
             #expect(stored.counters.completed == 1 && stored.counters.failed == 4)
-            let turns = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).map { ($0.customID, $0.turnsCompleted) }
+            let turns = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10).map { ($0.customID, $0.turnsCompleted) }
             #expect(turns.map(\.1) == [4, 4, 2, 0, 4], "\(turns)")
         }
     }
@@ -292,7 +292,7 @@ extension SchedulerTimingTests {
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo",
                                                                  tasks: echoTasks(count, payload: { $0 < 4 ? [UInt8($0)] : slow })))
                 try await waitUntil("the quick tasks to complete and two slow ones to run") {
-                    let counters = try store.batch(batch.id)?.counters
+                    let counters = try await store.batch(batch.id)?.counters
                     return counters?.completed == 4 && counters?.running == 2
                 }
                 #expect(scheduler.statistics.tasksInMemory <= SchedulerConfiguration(agents: []).windowSize * 5 / 4 + 2)
@@ -306,7 +306,7 @@ extension SchedulerTimingTests {
                 #expect(cancelled.counters.pending == 0 && cancelled.counters.running == 0)
                 #expect(cancelled.progress.percent == 100)
 
-                let events = try allEvents(store, EventFilter(ownerID: "alice", batchID: batch.id))
+                let events = try await allEvents(store, EventFilter(ownerID: "alice", batchID: batch.id))
                 let cancelledEvents = perTask(events, .taskCancelled)
                 #expect(cancelledEvents.count == count - 4)
                 #expect(cancelledEvents.values.allSatisfy { $0 == 1 })

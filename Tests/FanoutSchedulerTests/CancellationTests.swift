@@ -17,16 +17,16 @@ import Testing
             let ids = batch.taskIDs
             #expect(ids.count == 2)
             let (runningID, waitingID) = (ids[0], ids[1])
-            try await waitUntil("the first task to run") { try store.task(runningID, includePayload: false)?.state == .running }
-            #expect(try store.task(waitingID, includePayload: false)?.state == .pending)
+            try await waitUntil("the first task to run") { try await store.task(runningID, includePayload: false)?.state == .running }
+            #expect(try await store.task(waitingID, includePayload: false)?.state == .pending)
 
             // Pending: cancelled at once, and the answer already says so.
             let pending = try await scheduler.cancelTask(waitingID)
             #expect(pending.id == waitingID)
             #expect(pending.state == .cancelled)
             #expect(pending.finishedAt != nil)
-            #expect(try store.batch(batch.id)?.counters.cancelled == 1)
-            #expect(try store.batch(batch.id)?.state == .processing)
+            #expect(try await store.batch(batch.id)?.counters.cancelled == 1)
+            #expect(try await store.batch(batch.id)?.state == .processing)
 
             // Running: interrupted promptly although its echo would sleep 10 s.
             let clock = ContinuousClock()
@@ -36,7 +36,7 @@ import Testing
             #expect(clock.now - started < .seconds(3))
             #expect(running.id == runningID)
             #expect(running.state == .cancelled)
-            #expect(try store.task(runningID, includePayload: false)?.state == .cancelled)
+            #expect(try await store.task(runningID, includePayload: false)?.state == .cancelled)
 
             let all = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             // A batch whose tasks were cancelled one by one still completes.
@@ -44,12 +44,12 @@ import Testing
             #expect(all.filter { $0.kind == .taskCancelled }.map(\.taskID) == [waitingID, runningID])
             #expect(all.filter { $0.kind == .taskStarted }.map(\.taskID) == [runningID])
             #expect(!all.contains { $0.kind == .taskCompleted || $0.kind == .taskFailed || $0.kind == .batchCancelled })
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.state == .completed)
             #expect(stored.counters.cancelled == 2)
             #expect(stored.counters.terminal == 2)
             #expect(stored.progress.percent == 100)
-            let task = try #require(try store.task(runningID, includePayload: false))
+            let task = try #require(try await store.task(runningID, includePayload: false))
             #expect(task.state == .cancelled)
             #expect(task.attempt == 1)
             #expect(task.result == nil)
@@ -65,8 +65,8 @@ import Testing
             let id = try #require(first.first?.taskID)
             let answer = try await scheduler.cancelTask(id)
             #expect(answer.state == .cancelled)
-            #expect(try store.batch(batch.id)?.counters.cancelled == 1)
-            #expect(try store.batch(batch.id)?.counters.running == 1)
+            #expect(try await store.batch(batch.id)?.counters.cancelled == 1)
+            #expect(try await store.batch(batch.id)?.counters.running == 1)
         }
     }
 
@@ -75,12 +75,12 @@ import Testing
             await #expect(throws: FanoutError.notFound("task 12345 does not exist")) { try await scheduler.cancelTask(12345) }
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [NewTask(customID: "a", agent: "", payload: [1])]))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let last = try store.lastEventSequence()
-            let id = try #require(try store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first?.id)
+            let last = try await store.lastEventSequence()
+            let id = try #require(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first?.id)
             let answer = try await scheduler.cancelTask(id)
             #expect(answer.state == .completed)
             #expect(answer.result == [1])
-            #expect(try store.lastEventSequence() == last)
+            #expect(try await store.lastEventSequence() == last)
         }
     }
 
@@ -89,7 +89,7 @@ import Testing
         try await withScheduler(agents: agents) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo",
                                                              tasks: echoTasks(10, payload: { _ in Self.slow })))
-            try await waitUntil("three tasks to run") { try store.batch(batch.id)?.counters.running == 3 }
+            try await waitUntil("three tasks to run") { try await store.batch(batch.id)?.counters.running == 3 }
             let clock = ContinuousClock()
             let started = clock.now
             let cancelled = try await scheduler.cancelBatch(batch.id)
@@ -104,7 +104,7 @@ import Testing
             #expect(cancelled.finishedAt != nil)
             #expect(cancelled.progress.percent == 100)
 
-            let events = try allEvents(store, EventFilter(ownerID: "alice", batchID: batch.id))
+            let events = try await allEvents(store, EventFilter(ownerID: "alice", batchID: batch.id))
             #expect(events.filter { $0.kind == .batchCancelled }.count == 1)
             #expect(events.last?.kind == .batchCancelled)
             #expect(events.last?.counters?.cancelled == 10)
@@ -113,15 +113,15 @@ import Testing
             #expect(events.filter { $0.kind == .taskCancelled }.count == 10)
             #expect(events.filter { $0.kind == .taskStarted }.count == 3)
             #expect(!events.contains { $0.kind == .batchCompleted || $0.kind == .taskCompleted })
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 100)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 100)
             #expect(results.count == 10)
             #expect(results.allSatisfy { $0.state == .cancelled })
 
             // Again: same answer, nothing new written.
-            let lastSequence = try store.lastEventSequence()
+            let lastSequence = try await store.lastEventSequence()
             let again = try await scheduler.cancelBatch(batch.id)
             #expect(again == cancelled)
-            #expect(try store.lastEventSequence() == lastSequence)
+            #expect(try await store.lastEventSequence() == lastSequence)
             #expect(scheduler.statistics.running == 0)
             #expect(scheduler.statistics.activeBatches == 0)
         }
@@ -136,13 +136,13 @@ import Testing
             #expect(cancelled.state == .cancelled)
             #expect(cancelled.counters.cancelled == 4)
             #expect(cancelled.startedAt != nil)
-            let events = try allEvents(store, EventFilter(ownerID: "alice"))
+            let events = try await allEvents(store, EventFilter(ownerID: "alice"))
             // Every waiting task is closed with its own event, then one progress at 100 % and the terminal event.
             #expect(events.map(\.kind) == [.taskCancelled, .taskCancelled, .taskCancelled, .taskCancelled,
                                            .batchProgress, .batchCancelled])
             #expect(events.filter { $0.kind == .batchProgress }.compactMap(\.progress) == [100])
             #expect(events.compactMap(\.taskID) == batch.taskIDs)
-            #expect(try store.batch(blocker.id)?.state == .processing)
+            #expect(try await store.batch(blocker.id)?.state == .processing)
             _ = try await scheduler.cancelBatch(blocker.id)
         }
     }
@@ -152,11 +152,11 @@ import Testing
             await #expect(throws: FanoutError.notFound("batch 777 does not exist")) { try await scheduler.cancelBatch(777) }
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let last = try store.lastEventSequence()
+            let last = try await store.lastEventSequence()
             let answer = try await scheduler.cancelBatch(batch.id)
             #expect(answer.state == .completed)
             #expect(answer.counters.completed == 2)
-            #expect(try store.lastEventSequence() == last)
+            #expect(try await store.lastEventSequence() == last)
         }
     }
 }

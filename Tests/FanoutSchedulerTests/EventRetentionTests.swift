@@ -8,9 +8,9 @@ import Testing
 @testable import FanoutScheduler
 
 /// How many events the store holds: the log is one unbroken run of sequence numbers.
-func storedEventCount(_ store: SQLiteStore) throws -> Int {
-    guard let first = try store.firstEventSequence() else { return 0 }
-    return Int(try store.lastEventSequence() - first + 1)
+func storedEventCount(_ store: SQLiteStore) async throws -> Int {
+    guard let first = try await store.firstEventSequence() else { return 0 }
+    return Int(try await store.lastEventSequence() - first + 1)
 }
 
 /// Whether `Scheduler` hands `configuration.eventRetention` to its commit
@@ -72,8 +72,8 @@ final class ManualClock: Sendable {
             var largest = 0
             for round in 1...40 {
                 appendEvents(queue, count: 20, at: clock.now)
-                try await waitUntil("round \(round) to be committed") { try store.lastEventSequence() == EventSequence(20 * round) }
-                largest = max(largest, try storedEventCount(store))
+                try await waitUntil("round \(round) to be committed") { try await store.lastEventSequence() == EventSequence(20 * round) }
+                largest = max(largest, try await storedEventCount(store))
                 clock.advance(by: 5)
                 if round % 4 == 0 {
                     // A trim is due (20 ms of clock have passed): it brings the log back to the newest 50
@@ -81,7 +81,7 @@ final class ManualClock: Sendable {
                     // The clock creeps on while waiting: the loop's first wake (where the schedule
                     // starts) may have come after a round or two.
                     try await waitUntil("the trim due after round \(round)", timeout: .seconds(20)) {
-                        if try storedEventCount(store) <= 50 { return true }
+                        if try await storedEventCount(store) <= 50 { return true }
                         clock.advance(by: 1)
                         return false
                     }
@@ -93,10 +93,10 @@ final class ManualClock: Sendable {
             clock.advance(by: 20)
             // Nothing is committed any more: the loop wakes by itself for the trim that is due.
             try await waitUntil("the log to be trimmed to the newest 50 events", timeout: .seconds(20)) {
-                try storedEventCount(store) == 50
+                try await storedEventCount(store) == 50
             }
-            #expect(try store.firstEventSequence() == 751)
-            #expect(try store.lastEventSequence() == 800)
+            #expect(try await store.firstEventSequence() == 751)
+            #expect(try await store.lastEventSequence() == 800)
         }
     }
 
@@ -106,14 +106,14 @@ final class ManualClock: Sendable {
         try await withCommitLoop(retention, clock: clock) { queue, store in
             appendEvents(queue, count: 10, at: clock.now - 120_000)
             appendEvents(queue, count: 5, at: clock.now)
-            try await waitUntil("the commits") { try store.lastEventSequence() == 15 }
+            try await waitUntil("the commits") { try await store.lastEventSequence() == 15 }
             clock.advance(by: 20)
-            try await waitUntil("the old events to go") { try store.firstEventSequence() == 11 }
-            #expect(try storedEventCount(store) == 5)
+            try await waitUntil("the old events to go") { try await store.firstEventSequence() == 11 }
+            #expect(try await storedEventCount(store) == 5)
             // Nothing is committed from now on: the loop wakes by itself once these are past the age limit.
             clock.advance(by: 60_001)
-            try await waitUntil("the aged events to go", timeout: .seconds(20)) { try store.firstEventSequence() == nil }
-            #expect(try store.lastEventSequence() == 15)
+            try await waitUntil("the aged events to go", timeout: .seconds(20)) { try await store.firstEventSequence() == nil }
+            #expect(try await store.lastEventSequence() == 15)
         }
     }
 
@@ -121,11 +121,11 @@ final class ManualClock: Sendable {
         let retention = EventRetention(maxEvents: nil, maxAgeMs: nil, trimIntervalMs: 5, rowsPerStep: 1)
         try await withCommitLoop(retention) { queue, store in
             appendEvents(queue, count: 30, at: 0)
-            try await waitUntil("the commit") { try store.lastEventSequence() == 30 }
+            try await waitUntil("the commit") { try await store.lastEventSequence() == 30 }
             try await Task.sleep(for: .milliseconds(50))
             appendEvents(queue, count: 1, at: 0)
-            try await waitUntil("the second commit") { try store.lastEventSequence() == 31 }
-            #expect(try store.firstEventSequence() == 1)
+            try await waitUntil("the second commit") { try await store.lastEventSequence() == 31 }
+            #expect(try await store.firstEventSequence() == 1)
         }
     }
 
@@ -147,26 +147,26 @@ final class ManualClock: Sendable {
             $0.eventRetention = EventRetention(maxEvents: 50, maxAgeMs: nil, trimIntervalMs: 25, rowsPerStep: 20)
         }) { scheduler, store in
             for round in 0..<4 {
-                let before = try store.lastEventSequence()
+                let before = try await store.lastEventSequence()
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo",
                                                                  tasks: echoTasks(60, prefix: "r\(round)-")))
                 var largest = 0
                 try await waitUntil("batch \(round) to end") {
-                    largest = max(largest, try storedEventCount(store))
-                    return try store.batch(batch.id)?.state == .completed
+                    largest = max(largest, try await storedEventCount(store))
+                    return try await store.batch(batch.id)?.state == .completed
                 }
-                let produced = Int(try store.lastEventSequence() - before)
+                let produced = Int(try await store.lastEventSequence() - before)
                 #expect(produced > 120)
                 // At most what the log held (50) plus this round's events: nothing piles up across rounds.
                 #expect(largest <= 50 + produced, "round \(round): \(largest) events stored")
                 try await waitUntil("the log to be trimmed after round \(round)", timeout: .seconds(10)) {
-                    try storedEventCount(store) <= 50
+                    try await storedEventCount(store) <= 50
                 }
             }
-            #expect(try storedEventCount(store) == 50)
+            #expect(try await storedEventCount(store) == 50)
 
             // since = 0 starts at the oldest stored event; an older since is refused.
-            let first = try #require(try store.firstEventSequence())
+            let first = try #require(try await store.firstEventSequence())
             let replay = try await replayAll(scheduler, since: 0)
             #expect(replay.first?.sequence == first)
             #expect(replay.count == 50)
@@ -193,9 +193,9 @@ final class ManualClock: Sendable {
         try await withScheduler { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(20)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let log = try allEvents(store)
+            let log = try await allEvents(store)
             #expect(try store.trimEvents(keepingLast: 10, olderThan: nil, limit: 10_000) == log.count - 10)
-            let first = try #require(try store.firstEventSequence())
+            let first = try #require(try await store.firstEventSequence())
             #expect(first == log[log.count - 10].sequence)
             let gap = SubscriptionGap(after: 3, firstAvailable: first)
             #expect(gap.resumeSequence == first - 1)
@@ -226,7 +226,7 @@ final class ManualClock: Sendable {
             let one = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(10)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: one.id)
             _ = try store.trimEvents(keepingLast: 4, olderThan: nil, limit: 10_000)
-            let first = try #require(try store.firstEventSequence())
+            let first = try #require(try await store.firstEventSequence())
 
             let subscription = Task {
                 try await collectEvents(scheduler, EventFilter(ownerID: ""), since: 0) {
@@ -239,7 +239,7 @@ final class ManualClock: Sendable {
             #expect(events.first?.sequence == first)
             #expect(zip(events, events.dropFirst()).allSatisfy { $1.sequence == $0.sequence + 1 })
             #expect(events.last?.batchID == two.id)
-            #expect(events.last?.sequence == (try store.lastEventSequence()))
+            #expect(events.last?.sequence == (try await store.lastEventSequence()))
         }
     }
 
@@ -255,7 +255,7 @@ final class ManualClock: Sendable {
             }
             _ = try store.commit(changes)
             let page = EventSequence(EventStream.replayPage)
-            let hub = EventHub(lastSequence: try store.lastEventSequence())
+            let hub = EventHub(lastSequence: try await store.lastEventSequence())
             func stream(follow: Bool) -> EventStream {
                 EventStream(store: store, hub: hub, filter: EventFilter(ownerID: "alice"), since: 0, follow: follow, bufferSize: 10)
             }
@@ -270,11 +270,11 @@ final class ManualClock: Sendable {
 
             // Removes events this subscriber has not read yet: the next page reports the gap.
             for follow in [false, true] {
-                let first = try #require(try store.firstEventSequence())
+                let first = try #require(try await store.firstEventSequence())
                 var cut = stream(follow: follow).makeAsyncIterator()
                 for expected in first..<(first + page) { #expect(try await cut.next()?.sequence == expected) }
                 _ = try store.trimEvents(keepingLast: Int(page / 2), olderThan: nil, limit: 100_000)
-                let oldest = try #require(try store.firstEventSequence())
+                let oldest = try #require(try await store.firstEventSequence())
                 await #expect(throws: SubscriptionGap(after: first + page - 1, firstAvailable: oldest)) {
                     _ = try await cut.next()
                 }

@@ -35,14 +35,14 @@ struct FlakyRunner: Runner {
             #expect(!all.contains { $0.kind == .batchFailed })
             #expect(!all.contains { $0.kind == .taskRetrying })
 
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.state == .completed)
             #expect(stored.counters.completed == 2)
             #expect(stored.counters.failed == 1)
             #expect(stored.counters.terminal == 3)
             #expect(stored.progress.percent == 100)
 
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.customID) == ["ok1", "bad", "ok2"])
             #expect(results.map(\.state) == [.completed, .failed, .completed])
             #expect(results[0].result == Array("one".utf8))
@@ -82,11 +82,11 @@ struct FlakyRunner: Runner {
             #expect(taskEvents[2].timestamp - taskEvents[1].timestamp >= delays[0] - 1)
             #expect(taskEvents[4].timestamp - taskEvents[3].timestamp >= delays[1] - 1)
 
-            let task = try #require(try store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
+            let task = try #require(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
             #expect(task.state == .failed)
             #expect(task.attempt == 3)
             #expect(task.failure == failure)
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.state == .completed)
             #expect(stored.counters.failed == 1)
             #expect(stored.counters.retryWait == 0)
@@ -108,11 +108,11 @@ struct FlakyRunner: Runner {
             #expect(retries.map { $0.failure?.message } == ["overloaded (attempt 1)", "overloaded (attempt 2)"])
             let completed = try #require(all.first { $0.kind == .taskCompleted })
             #expect(completed.attempt == 3)
-            let task = try #require(try store.task(completed.taskID!, includePayload: false))
+            let task = try #require(try await store.task(completed.taskID!, includePayload: false))
             #expect(task.state == .completed)
             #expect(task.attempt == 3)
             #expect(task.result == Array("ok on 3".utf8))
-            #expect(try store.batch(batch.id)?.counters.completed == 1)
+            #expect(try await store.batch(batch.id)?.counters.completed == 1)
         }
     }
 
@@ -123,7 +123,7 @@ struct FlakyRunner: Runner {
             ]))
             let all = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             #expect(all.compactMap { $0.taskID == nil ? nil : $0.kind } == [.taskStarted, .taskFailed])
-            let task = try #require(try store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
+            let task = try #require(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
             #expect(task.attempt == 1)
             #expect(task.state == .failed)
             #expect(task.failure == TaskFailure(message: "bad input", code: "echo_fail", retryable: false))
@@ -148,7 +148,7 @@ struct FlakyRunner: Runner {
             #expect(taskEvents[3].failure == timeout)
             // Each attempt ran for at least its timeout.
             #expect(taskEvents[1].timestamp - taskEvents[0].timestamp >= 49)
-            let task = try #require(try store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
+            let task = try #require(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
             #expect(task.state == .failed)
             #expect(task.attempt == 2)
             #expect(task.failure == timeout)
@@ -163,7 +163,7 @@ struct FlakyRunner: Runner {
                 NewTask(customID: "fast", agent: "", payload: json(["delay_ms": 1]), maxAttempts: 1, timeoutMs: 5_000),
             ]))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.state) == [.failed, .completed])
             #expect(results[0].failure == TaskFailure(message: "attempt timed out after 30 ms", code: "timeout", retryable: true))
             #expect(results[0].attempt == 1)
@@ -178,7 +178,7 @@ struct FlakyRunner: Runner {
             ]))
             let all = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             #expect(all.filter { $0.kind == .taskRetrying }.count == 1)
-            let task = try #require(try store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
+            let task = try #require(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first)
             #expect(task.maxAttempts == 2)
             #expect(task.attempt == 2)
         }

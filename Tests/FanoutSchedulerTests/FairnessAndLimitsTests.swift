@@ -56,12 +56,12 @@ extension SchedulerTimingTests {
                 let slow = json(["delay_ms": 2])
                 let huge = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo",
                                                                 tasks: echoTasks(5_000, prefix: "a", payload: { _ in slow })))
-                try await waitUntil("alice's batch to be under way") { (try store.batch(huge.id)?.counters.completed ?? 0) >= 20 }
+                try await waitUntil("alice's batch to be under way") { (try await store.batch(huge.id)?.counters.completed ?? 0) >= 20 }
                 let small = try await scheduler.enqueue(NewBatch(ownerID: "bob", agent: "echo",
                                                                  tasks: echoTasks(10, prefix: "b", payload: { _ in slow })))
                 let bobEvents = try await eventsUntilBatchEnds(scheduler, batch: small.id, owner: "bob")
                 #expect(bobEvents.last?.kind == .batchCompleted)
-                let aliceAtThatPoint = try #require(try store.batch(huge.id))
+                let aliceAtThatPoint = try #require(try await store.batch(huge.id))
                 #expect(aliceAtThatPoint.state == .processing)
                 #expect(aliceAtThatPoint.counters.completed < 1_000,
                         "bob's 10 tasks waited for \(aliceAtThatPoint.counters.completed) of alice's")
@@ -69,13 +69,13 @@ extension SchedulerTimingTests {
                 // While bob had work, alice's tasks started about once per bob task (owners take turns).
                 let bobDone = try #require(bobEvents.last?.sequence)
                 let bobFirst = try #require(bobEvents.first { $0.kind == .taskStarted }?.sequence)
-                let aliceStarts = try allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskStarted], batchID: huge.id))
+                let aliceStarts = try await allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskStarted], batchID: huge.id))
                     .filter { $0.sequence > bobFirst && $0.sequence < bobDone }
                 #expect(aliceStarts.count <= 10 + 4 + 4, "alice started \(aliceStarts.count) tasks while bob's 10 ran")
 
                 let cancelled = try await scheduler.cancelBatch(huge.id)
                 #expect(cancelled.state == .cancelled)
-                #expect(try store.batch(small.id)?.counters.completed == 10)
+                #expect(try await store.batch(small.id)?.counters.completed == 10)
             }
         }
 
@@ -100,8 +100,8 @@ extension SchedulerTimingTests {
                 _ = try await eventsUntilBatchEnds(scheduler, batch: b.id, owner: "bob")
                 #expect(runner.snapshot.starts == ["blocker", "a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3", "a4", "a5"])
                 #expect(runner.snapshot.maxTotal == 1)
-                #expect(try store.batch(a.id)?.counters.completed == 6)
-                #expect(try store.batch(b.id)?.counters.completed == 4)
+                #expect(try await store.batch(a.id)?.counters.completed == 6)
+                #expect(try await store.batch(b.id)?.counters.completed == 4)
             }
         }
 
@@ -145,7 +145,7 @@ extension SchedulerTimingTests {
                                                                  tasks: echoTasks(610, payload: { _ in [] })))
                 let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(10))
                 #expect(events.last?.kind == .batchCompleted)
-                #expect(try store.batch(batch.id)?.counters.completed == 610)
+                #expect(try await store.batch(batch.id)?.counters.completed == 610)
                 return events
             }
             #expect(runner.attempts.count == 610)
@@ -229,7 +229,7 @@ extension SchedulerTimingTests {
                 let retrying = events.filter { $0.kind == .taskRetrying }
                 #expect(retrying.map(\.customID) == ["first"])
                 #expect(retrying.first?.retryDelayMs == 400)
-                #expect(try store.batch(batch.id)?.counters.completed == 66)
+                #expect(try await store.batch(batch.id)?.counters.completed == 66)
             }
             let failed = try #require(failedAt.withLock { $0 })
             let attempts = runner.attempts

@@ -1,11 +1,10 @@
 import FanoutCore
 import FanoutStore
-import Foundation
 import Synchronization
 
 /// A `Store` that fails on demand: the next N commits, or every write until
 /// a time, as a full disk or an I/O error would. Reads always work.
-final class FaultyStore: Store {
+final class FaultyStore: Store, StoreWriter {
     struct InjectedFault: Error, CustomStringConvertible {
         var description: String { "injected fault: disk full" }
     }
@@ -45,58 +44,66 @@ final class FaultyStore: Store {
         if fail { throw InjectedFault() }
     }
 
+    var writer: any StoreWriter { self }
+
+    // MARK: StoreWriter: the commit thread's writes
+
     func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch {
         try writeFault(commit: false)
         return try base.insertBatch(batch, now: now)
     }
-    func createStagedBatch(_ batch: NewBatch, now: Milliseconds) throws -> BatchID {
-        try writeFault(commit: false)
-        return try base.createStagedBatch(batch, now: now)
-    }
-    func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) throws {
-        try writeFault(commit: false)
-        try base.appendStagedTasks(tasks, to: batch, parentTaskID: parentTaskID, now: now)
-    }
-    func publishStagedBatch(_ batch: BatchID) throws -> BatchRecord { try base.publishStagedBatch(batch) }
-    func discardStagedBatch(_ batch: BatchID) throws { try base.discardStagedBatch(batch) }
     func commit(_ changes: ChangeSet) throws -> [EventRecord] {
         try writeFault(commit: true)
         return try base.commit(changes)
     }
-    func recover(now: Milliseconds) throws -> RecoveredState { try base.recover(now: now) }
-    func batch(_ id: BatchID) throws -> BatchRecord? { try base.batch(id) }
-    func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int, beforeID: BatchID?) throws -> [BatchRecord] {
-        try base.batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: parentBatchID, limit: limit, beforeID: beforeID)
-    }
-    func task(_ id: TaskID, includePayload: Bool) throws -> TaskRecord? { try base.task(id, includePayload: includePayload) }
-    func childBatches(of parent: TaskID, attempt: Int) throws -> [BatchRecord] { try base.childBatches(of: parent, attempt: attempt) }
-    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) throws -> [TaskRecord] {
-        try base.results(batchID: batchID, afterTaskID: afterTaskID, limit: limit, maxBytes: maxBytes)
-    }
-    func payload(of task: TaskID) throws -> [UInt8] { try base.payload(of: task) }
-    func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
-                      inlinePayloadBytes: Int) throws -> [RunnableTask] {
-        try base.pendingTasks(batchID: batchID, agent: agent, after: cursor, limit: limit, inlinePayloadBytes: inlinePayloadBytes)
-    }
-    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) throws -> ReopenedBatch {
-        try writeFault(commit: false)
-        let reopened = try base.reopenTasks(batchID: batchID, states: states, now: now)
-        if let delay = faults.withLock({ $0.reopenDelay }) {
-            let (seconds, attoseconds) = delay.components
-            Thread.sleep(forTimeInterval: Double(seconds) + Double(attoseconds) / 1e18)
-        }
-        return reopened
-    }
-    func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> [EventRecord] {
-        try base.events(after: after, upTo: upTo, filter: filter, limit: limit)
-    }
-    func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) throws -> EventPage {
-        try base.eventPage(after: after, upTo: upTo, filter: filter, limit: limit)
-    }
-    func lastEventSequence() throws -> EventSequence { try base.lastEventSequence() }
-    func firstEventSequence() throws -> EventSequence? { try base.firstEventSequence() }
     func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int {
         try writeFault(commit: false)
         return try base.trimEvents(keepingLast: keepingLast, olderThan: olderThan, limit: limit)
     }
+    func recover(now: Milliseconds) throws -> RecoveredState { try base.recover(now: now) }
+    func lastEventSequence() throws -> EventSequence { try base.writer.lastEventSequence() }
+
+    // MARK: Store
+
+    func createStagedBatch(_ batch: NewBatch, now: Milliseconds) async throws -> BatchID {
+        try writeFault(commit: false)
+        return try await base.createStagedBatch(batch, now: now)
+    }
+    func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) async throws {
+        try writeFault(commit: false)
+        try await base.appendStagedTasks(tasks, to: batch, parentTaskID: parentTaskID, now: now)
+    }
+    func publishStagedBatch(_ batch: BatchID) async throws -> BatchRecord { try await base.publishStagedBatch(batch) }
+    func discardStagedBatch(_ batch: BatchID) async throws { try await base.discardStagedBatch(batch) }
+    func batch(_ id: BatchID) async throws -> BatchRecord? { try await base.batch(id) }
+    func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int,
+                 beforeID: BatchID?) async throws -> [BatchRecord] {
+        try await base.batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: parentBatchID, limit: limit, beforeID: beforeID)
+    }
+    func task(_ id: TaskID, includePayload: Bool) async throws -> TaskRecord? { try await base.task(id, includePayload: includePayload) }
+    func childBatches(of parent: TaskID, attempt: Int) async throws -> [BatchRecord] {
+        try await base.childBatches(of: parent, attempt: attempt)
+    }
+    func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) async throws -> [TaskRecord] {
+        try await base.results(batchID: batchID, afterTaskID: afterTaskID, limit: limit, maxBytes: maxBytes)
+    }
+    func payload(of task: TaskID) async throws -> [UInt8] { try await base.payload(of: task) }
+    func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
+                      inlinePayloadBytes: Int) async throws -> [RunnableTask] {
+        try await base.pendingTasks(batchID: batchID, agent: agent, after: cursor, limit: limit, inlinePayloadBytes: inlinePayloadBytes)
+    }
+    func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch {
+        try writeFault(commit: false)
+        let reopened = try await base.reopenTasks(batchID: batchID, states: states, now: now)
+        if let delay = faults.withLock({ $0.reopenDelay }) { try await Task.sleep(for: delay) }
+        return reopened
+    }
+    func events(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) async throws -> [EventRecord] {
+        try await base.events(after: after, upTo: upTo, filter: filter, limit: limit)
+    }
+    func eventPage(after: EventSequence, upTo: EventSequence?, filter: EventFilter, limit: Int) async throws -> EventPage {
+        try await base.eventPage(after: after, upTo: upTo, filter: filter, limit: limit)
+    }
+    func lastEventSequence() async throws -> EventSequence { try await base.lastEventSequence() }
+    func firstEventSequence() async throws -> EventSequence? { try await base.firstEventSequence() }
 }

@@ -40,10 +40,10 @@ import Testing
                 #expect(taskTurns.map(\.turn) == [1, 2, 3, 4], "task \(task)")
             }
             #expect(events.filter { $0.kind == .taskCompleted }.count == 6)
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.progress.units == 24)
             #expect(stored.progress.percent == 100)
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.turnsCompleted) == Array(repeating: 4, count: 6))
         }
     }
@@ -74,9 +74,9 @@ import Testing
             #expect(distinct(progress) == steps(8))
             // Turns past max_turns are ignored: no event, not counted.
             #expect(events.filter { $0.kind == .taskTurn }.count == 8)
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.progress.units == 8)
-            #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).map(\.turnsCompleted) == [4, 4])
+            #expect(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10).map(\.turnsCompleted) == [4, 4])
         }
     }
 
@@ -104,7 +104,7 @@ import Testing
             let progress = checkProgressStream(events)
             #expect(progress == [25, 50, 75, 100])
             #expect(events.filter { $0.kind == .taskTurn }.count == 3)
-            #expect(try store.batch(batch.id)?.progress.units == 4)
+            #expect(try await store.batch(batch.id)?.progress.units == 4)
         }
     }
 

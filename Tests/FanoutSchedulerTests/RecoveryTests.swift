@@ -16,9 +16,10 @@ import Testing
     @Test func restartFinishesTheBatchWithEveryTaskCompletedOnce() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/fanout.db"
-            // t0–t3 are quick, the rest slow: the shutdown comes while t4–t7 run.
+            // t0–t3 are quick, the rest slow: the shutdown comes while t4–t7 run. Slow enough that
+            // it does on a loaded machine too, where noticing the first wave can take a second.
             let quick = json(["delay_ms": 5])
-            let slow = json(["delay_ms": 400])
+            let slow = json(["delay_ms": 3_000])
             let payloads = (0..<16).map { $0 < 4 ? quick : slow }
 
             // First life: stop while the second wave of tasks runs.
@@ -27,15 +28,16 @@ import Testing
                 let scheduler = try Self.makeScheduler(store)
                 try scheduler.start()
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(16, payload: { payloads[$0] })))
-                try await waitUntil("the first wave to complete") { (try store.batch(batch.id)?.counters.completed ?? 0) >= 4 }
+                try await waitUntil("the first wave to complete") { (try await store.batch(batch.id)?.counters.completed ?? 0) >= 4 }
                 await scheduler.shutdown()
-                let stopped = try #require(try store.batch(batch.id))
+                let stopped = try #require(try await store.batch(batch.id))
                 #expect(stopped.state == .processing)
                 #expect(stopped.counters.completed == 4)
                 #expect(stopped.counters.running == 0)
                 #expect(stopped.counters.pending == 12)
                 // Interrupted tasks were put back to pending; a graceful stop gives their attempt back.
-                let interrupted = try batch.taskIDs[4...7].map { try #require(try store.task($0, includePayload: false)) }
+                var interrupted: [TaskRecord] = []
+                for id in batch.taskIDs[4...7] { interrupted.append(try #require(try await store.task(id, includePayload: false))) }
                 #expect(interrupted.map(\.state) == Array(repeating: .pending, count: 4))
                 #expect(interrupted.map(\.attempt) == [0, 0, 0, 0])
                 return batch.id
@@ -46,15 +48,15 @@ import Testing
             let scheduler = try Self.makeScheduler(store, concurrency: 16)
             try scheduler.start()
             do {
-                try await waitUntil("the batch to finish after the restart", timeout: .seconds(5)) {
-                    try store.batch(batchID)?.state == .completed
+                try await waitUntil("the batch to finish after the restart", timeout: .seconds(20)) {
+                    try await store.batch(batchID)?.state == .completed
                 }
-                let batch = try #require(try store.batch(batchID))
+                let batch = try #require(try await store.batch(batchID))
                 #expect(batch.counters.completed == 16)
                 #expect(batch.counters.terminal == 16)
                 #expect(batch.progress.percent == 100)
 
-                let events = try allEvents(store, EventFilter(ownerID: "alice", batchID: batchID))
+                let events = try await allEvents(store, EventFilter(ownerID: "alice", batchID: batchID))
                 let completedPerTask = Dictionary(grouping: events.filter { $0.kind == .taskCompleted }, by: { $0.taskID! })
                 #expect(completedPerTask.count == 16)
                 #expect(completedPerTask.values.allSatisfy { $0.count == 1 })
@@ -64,7 +66,7 @@ import Testing
 
                 // Every start is an attempt, except those a graceful stop gave back.
                 let startsPerTask = Dictionary(grouping: events.filter { $0.kind == .taskStarted }, by: { $0.taskID! })
-                let results = try store.results(batchID: batchID, afterTaskID: 0, limit: 100)
+                let results = try await store.results(batchID: batchID, afterTaskID: 0, limit: 100)
                 #expect(results.count == 16)
                 for (index, task) in results.enumerated() {
                     #expect(task.state == .completed)
@@ -94,7 +96,7 @@ import Testing
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(3)))
                 _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
                 await scheduler.shutdown()
-                return try store.lastEventSequence()
+                return try await store.lastEventSequence()
             }()
             let store = try SQLiteStore(path: path)
             let scheduler = try Self.makeScheduler(store)

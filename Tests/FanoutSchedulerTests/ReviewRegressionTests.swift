@@ -80,9 +80,9 @@ import Testing
             let (_, reopened) = try await new.retryFailed(inserted.batch.id, includeExpired: false, includeCancelled: false)
             #expect(reopened == 1)
             try await withDeadline(.seconds(10), "the retried batch to end") {
-                while try store.batch(inserted.batch.id)?.state.isTerminal != true { try await Task.sleep(for: .milliseconds(10)) }
+                while try await store.batch(inserted.batch.id)?.state.isTerminal != true { try await Task.sleep(for: .milliseconds(10)) }
             }
-            let task = try #require(try store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first)
+            let task = try #require(try await store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first)
             #expect(task.state == .failed)
             #expect(task.failure?.code == "no_runner")
             await new.shutdown()
@@ -102,16 +102,16 @@ import Testing
             try await Task.sleep(for: .milliseconds(30))
             _ = try await first.cancelBatch(inserted.batch.id, timeout: .milliseconds(1))
             await first.shutdown()
-            let stopped = try #require(try store.batch(inserted.batch.id))
+            let stopped = try #require(try await store.batch(inserted.batch.id))
             #expect(stopped.closing == .cancelled)
 
             let second = try Scheduler(store: store, configuration: SchedulerConfiguration(agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 64)]),
                                        runners: ["echo": EchoRunner()])
             try second.start()
             try await withDeadline(.seconds(30), "the cancel to finish after the restart") {
-                while try store.batch(inserted.batch.id)?.state.isTerminal != true { try await Task.sleep(for: .milliseconds(20)) }
+                while try await store.batch(inserted.batch.id)?.state.isTerminal != true { try await Task.sleep(for: .milliseconds(20)) }
             }
-            let final = try #require(try store.batch(inserted.batch.id))
+            let final = try #require(try await store.batch(inserted.batch.id))
             #expect(final.state == .cancelled)
             #expect(final.counters.completed <= stopped.counters.completed + 1, "nothing new ran after the restart")
             #expect(final.counters.completed + final.counters.cancelled == 20_000)

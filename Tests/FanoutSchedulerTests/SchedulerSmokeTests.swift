@@ -26,11 +26,11 @@ import Testing
             #expect(kinds.filter { $0 == .taskCompleted }.count == 200)
             #expect(kinds.filter { $0 == .batchCompleted }.count == 1)
             await scheduler.shutdown()
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.state == .completed)
             #expect(stored.counters.completed == 200)
             #expect(stored.progress.percent == 100)
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 1000)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1000)
             #expect(results.count == 200)
             #expect(results.first?.result == Array("{\"n\":0}".utf8))
         }

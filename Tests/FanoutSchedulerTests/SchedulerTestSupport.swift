@@ -58,9 +58,9 @@ func withScheduler<S: Store, T>(
 // MARK: Deadlines
 
 /// Polls `condition` every few milliseconds until it holds; throws `TimedOut` after `timeout`.
-func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () throws -> Bool) async throws {
+func waitUntil(_ what: String, timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
-    while try !condition() {
+    while try await !condition() {
         if ContinuousClock.now >= deadline { throw TimedOut(what: what, timeout: timeout) }
         try await Task.sleep(for: .milliseconds(2))
     }
@@ -87,8 +87,8 @@ func eventsUntilBatchEnds(_ scheduler: Scheduler, batch: BatchID, owner: String 
     }
 }
 
-func allEvents(_ store: SQLiteStore, _ filter: EventFilter = EventFilter(ownerID: "")) throws -> [EventRecord] {
-    try store.events(after: 0, upTo: nil, filter: filter, limit: 1_000_000)
+func allEvents(_ store: SQLiteStore, _ filter: EventFilter = EventFilter(ownerID: "")) async throws -> [EventRecord] {
+    try await store.events(after: 0, upTo: nil, filter: filter, limit: 1_000_000)
 }
 
 /// Shorthands for what `Scheduler.enqueue` answers.

@@ -21,7 +21,7 @@ import Testing
             let record = runner.snapshot
             #expect(record.starts == ["f", "b", "d", "h", "a", "e", "c", "g"])
             #expect(record.maxTotal == 1)
-            #expect(try store.batch(batch.id)?.counters.completed == 8)
+            #expect(try await store.batch(batch.id)?.counters.completed == 8)
         }
     }
 
@@ -49,8 +49,8 @@ import Testing
             }
             #expect(runner.snapshot.starts == ["first", "b4", "c2", "b2", "b5", "c1", "b1", "b3"])
             #expect(runner.snapshot.maxTotal == 1)
-            #expect(try store.batch(second.id)?.state == .completed)
-            #expect(try store.batch(third.id)?.state == .completed)
+            #expect(try await store.batch(second.id)?.state == .completed)
+            #expect(try await store.batch(third.id)?.state == .completed)
         }
     }
 
@@ -73,7 +73,7 @@ import Testing
                 let statistics = scheduler.statistics
                 for (agent, count) in statistics.runningByAgent { sampledMax[agent] = max(sampledMax[agent] ?? 0, count) }
                 sampledTotal = max(sampledTotal, statistics.running)
-                return try store.batch(batch.id)?.state == .completed
+                return try await store.batch(batch.id)?.state == .completed
             }
             let record = runner.snapshot
             #expect(record.starts.count == 24)
@@ -98,7 +98,7 @@ import Testing
         try await withScheduler(agents: agents, globalConcurrency: 1, runners: ["a": runner, "b": runner]) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "b", tasks: [Self.task("x"), Self.task("y", agent: "a")]))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.agent) == ["b", "a"])
             #expect(results.map(\.state) == [.completed, .completed])
         }
@@ -115,8 +115,8 @@ import Testing
             await #expect(throws: FanoutError.invalidArgument("owner_id is required")) {
                 _ = try await scheduler.enqueue(NewBatch(ownerID: "", agent: "echo", tasks: [NewTask(customID: "x", agent: "", payload: [])]))
             }
-            #expect(try store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).isEmpty)
-            #expect(try store.lastEventSequence() == 0)
+            #expect(try await store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).isEmpty)
+            #expect(try await store.lastEventSequence() == 0)
         }
     }
 

@@ -62,7 +62,7 @@ struct SpuriousCancellationRunner: Runner {
             let scheduler = try Scheduler(store: store, configuration: configuration, runners: ["echo": StubbornRunner(latch: latch)])
             try scheduler.start()
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
-            try await waitUntil("both tasks to run") { try store.batch(batch.id)?.counters.running == 2 }
+            try await waitUntil("both tasks to run") { try await store.batch(batch.id)?.counters.running == 2 }
             try await body(scheduler, store, batch, latch)
         }
     }
@@ -77,7 +77,7 @@ struct SpuriousCancellationRunner: Runner {
                                                               tasks: [NewTask(customID: "t", agent: "echo", payload: [])]))
             await scheduler.shutdown()
             await #expect(throws: FanoutError.self) { _ = try await pending.value }
-            #expect(try store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).isEmpty, "nothing was inserted")
+            #expect(try await store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).isEmpty, "nothing was inserted")
         }
     }
 
@@ -88,7 +88,7 @@ struct SpuriousCancellationRunner: Runner {
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2)))
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             #expect(events.filter { $0.kind == .taskStarted }.count == 2)
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.state) == [.failed, .failed])
             #expect(results.allSatisfy { $0.failure?.code == "runner_error" && $0.attempt == 1 })
         }
@@ -100,12 +100,12 @@ struct SpuriousCancellationRunner: Runner {
             let cancelling = Task { try await scheduler.cancelTask(batch.taskIDs[0], timeout: .milliseconds(100)) }
             _ = try await cancelling.value
             await scheduler.shutdown()
-            #expect(try store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
-            #expect(try store.task(batch.taskIDs[1], includePayload: false)?.state == .pending)
+            #expect(try await store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
+            #expect(try await store.task(batch.taskIDs[1], includePayload: false)?.state == .pending)
             // The runners return now, after the stop: their results must change nothing.
             latch.open()
             try await Task.sleep(for: .milliseconds(300))
-            #expect(try store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
+            #expect(try await store.task(batch.taskIDs[0], includePayload: false)?.state == .cancelled)
         }
     }
 
@@ -115,10 +115,10 @@ struct SpuriousCancellationRunner: Runner {
             let started = ContinuousClock.now
             await scheduler.shutdown()
             #expect(ContinuousClock.now - started < .seconds(5))
-            let stopped = try #require(try store.batch(batch.id))
+            let stopped = try #require(try await store.batch(batch.id))
             #expect(stopped.counters.pending == 2 && stopped.counters.running == 0)
             for id in batch.taskIDs {
-                let task = try #require(try store.task(id, includePayload: false))
+                let task = try #require(try await store.task(id, includePayload: false))
                 #expect(task.state == .pending)
                 #expect(task.attempt == 0, "a graceful stop gives the attempt back")
             }
@@ -126,8 +126,8 @@ struct SpuriousCancellationRunner: Runner {
             // The runners return now, after the stop: their results must change nothing.
             latch.open()
             try await Task.sleep(for: .milliseconds(300))
-            #expect(try store.batch(batch.id)?.counters.pending == 2)
-            #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 10).isEmpty)
+            #expect(try await store.batch(batch.id)?.counters.pending == 2)
+            #expect(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10).isEmpty)
         }
     }
 
@@ -143,7 +143,7 @@ struct SpuriousCancellationRunner: Runner {
             let cancelled = try await scheduler.cancelBatch(batch.id)
             _ = try await retried
             #expect(cancelled.state == .cancelled, "\(cancelled.state)")
-            let final = try #require(try store.batch(batch.id))
+            let final = try #require(try await store.batch(batch.id))
             #expect(final.state == .cancelled)
             #expect(final.counters.cancelled == 20)
         }

@@ -31,15 +31,15 @@ import Testing
                 #expect(error.message.contains("injected fault"), "\(error.message)")
             }
             // Reads still work meanwhile.
-            #expect(try store.batch(batch.id) != nil)
+            #expect(try await store.batch(batch.id) != nil)
             store.heal()
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(30))
             #expect(store.failedCommits > 0)
             #expect(scheduler.storeFailure == nil)
-            let stored = try #require(try store.batch(batch.id))
+            let stored = try #require(try await store.batch(batch.id))
             #expect(stored.state == .completed)
             #expect(stored.counters.completed == 200)
-            let events = try allEvents(store.base, EventFilter(ownerID: "alice", batchID: batch.id))
+            let events = try await allEvents(store.base, EventFilter(ownerID: "alice", batchID: batch.id))
             #expect(isStrictlyIncreasing(events.map(\.sequence)))
             let completed = Dictionary(grouping: events.filter { $0.kind == .taskCompleted }, by: { $0.taskID! })
             #expect(completed.count == 200 && completed.values.allSatisfy { $0.count == 1 })
@@ -57,7 +57,7 @@ import Testing
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(5)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(30))
             #expect(store.failedCommits == 60)
-            #expect(try store.batch(batch.id)?.counters.completed == 5)
+            #expect(try await store.batch(batch.id)?.counters.completed == 5)
         }
     }
 }

@@ -99,8 +99,8 @@ struct RetryingFanRunner: Runner {
                                              tasks: [NewTask(customID: "parent", agent: "fan", payload: [])]))
     }
 
-    static func result(_ store: SQLiteStore, _ batch: BatchID) throws -> String? {
-        try store.results(batchID: batch, afterTaskID: 0, limit: 1).first?.result.map { String(decoding: $0, as: UTF8.self) }
+    static func result(_ store: SQLiteStore, _ batch: BatchID) async throws -> String? {
+        try await store.results(batchID: batch, afterTaskID: 0, limit: 1).first?.result.map { String(decoding: $0, as: UTF8.self) }
     }
 
     @Test func aRunnerSpawnsChildrenThroughItsContextWaitsAndReadsThem() async throws {
@@ -108,9 +108,9 @@ struct RetryingFanRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Self.scheduler(store, fan: FanRunner(childAgent: "echo", count: 5), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(scheduler)
-            try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
-            #expect(try Self.result(store, inserted.batch.id) == "resumed=false children=5 completed=5")
-            let children = try store.childBatches(of: inserted.taskIDs[0], attempt: 1)
+            try await waitUntil("the parent to finish") { try await store.batch(inserted.batch.id)?.state == .completed }
+            #expect(try await Self.result(store, inserted.batch.id) == "resumed=false children=5 completed=5")
+            let children = try await store.childBatches(of: inserted.taskIDs[0], attempt: 1)
             #expect(children.count == 1)
             #expect(children.first?.ownerID == "alice", "children belong to their parent's owner")
             #expect(children.first?.creatorUID == 1000)
@@ -125,18 +125,18 @@ struct RetryingFanRunner: Runner {
             let first = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 3), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(first)
             try await waitUntil("the parent to wait, its children to run") {
-                let children = try store.childBatches(of: inserted.taskIDs[0], attempt: 1)
-                return try store.batch(inserted.batch.id)?.counters.waitingChildren == 1 && children.first?.counters.running == 3
+                let children = try await store.childBatches(of: inserted.taskIDs[0], attempt: 1)
+                return try await store.batch(inserted.batch.id)?.counters.waitingChildren == 1 && children.first?.counters.running == 3
             }
             #expect(first.statistics.running == 3, "a waiting parent holds no slot")
             await first.shutdown()
-            #expect(try store.task(inserted.taskIDs[0], includePayload: false)?.state == .waitingChildren)
+            #expect(try await store.task(inserted.taskIDs[0], includePayload: false)?.state == .waitingChildren)
 
             // Back up with children that now complete: the parent resumes, in a new run that finds their results.
             let second = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 3), hold: EchoRunner())
-            try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
-            #expect(try Self.result(store, inserted.batch.id) == "resumed=true children=3 completed=3")
-            #expect(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).count == 1, "not spawned twice")
+            try await waitUntil("the parent to finish") { try await store.batch(inserted.batch.id)?.state == .completed }
+            #expect(try await Self.result(store, inserted.batch.id) == "resumed=true children=3 completed=3")
+            #expect(try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).count == 1, "not spawned twice")
             await second.shutdown()
         }
     }
@@ -146,13 +146,13 @@ struct RetryingFanRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let first = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(first)
-            try await waitUntil("the parent to wait") { try store.batch(inserted.batch.id)?.counters.waitingChildren == 1 }
-            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
+            try await waitUntil("the parent to wait") { try await store.batch(inserted.batch.id)?.counters.waitingChildren == 1 }
+            try await waitUntil("the children to run") { try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
             await first.shutdown()
 
             // The children's last commit landed, the parent's resumption did not: what a crash in between leaves.
-            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
-            let pending = try store.pendingTasks(batchID: child.id, agent: "hold", after: nil, limit: 10, inlinePayloadBytes: 0)
+            let child = try #require(try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
+            let pending = try await store.pendingTasks(batchID: child.id, agent: "hold", after: nil, limit: 10, inlinePayloadBytes: 0)
             #expect(pending.count == 2)
             var changes = ChangeSet()
             for task in pending {
@@ -167,8 +167,8 @@ struct RetryingFanRunner: Runner {
 
             // The children's runner still blocks: only resuming the parent at start finishes the batch.
             let second = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
-            try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
-            #expect(try Self.result(store, inserted.batch.id) == "resumed=true children=2 completed=2")
+            try await waitUntil("the parent to finish") { try await store.batch(inserted.batch.id)?.state == .completed }
+            #expect(try await Self.result(store, inserted.batch.id) == "resumed=true children=2 completed=2")
             await second.shutdown()
         }
     }
@@ -178,14 +178,14 @@ struct RetryingFanRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let first = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2, blockAfterSpawning: true), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(first)
-            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
+            try await waitUntil("the children to run") { try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
             await first.shutdown()
             // The parent was running, not waiting: stopped, it goes back to pending and its children are orphans.
             let second = try Self.scheduler(store, fan: EchoRunner(), hold: BlockingRunner())
-            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
-            try await waitUntil("the orphans to be cancelled") { try store.batch(child.id)?.state == .cancelled }
-            #expect(try store.batch(child.id)?.counters.cancelled == 2)
-            try await waitUntil("the parent to run again") { try store.batch(inserted.batch.id)?.state == .completed }
+            let child = try #require(try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
+            try await waitUntil("the orphans to be cancelled") { try await store.batch(child.id)?.state == .cancelled }
+            #expect(try await store.batch(child.id)?.counters.cancelled == 2)
+            try await waitUntil("the parent to run again") { try await store.batch(inserted.batch.id)?.state == .completed }
             await second.shutdown()
         }
     }
@@ -195,8 +195,8 @@ struct RetryingFanRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Self.scheduler(store, fan: RecursiveRunner(), hold: BlockingRunner()) { $0.maxSpawnDepth = 2 }
             let inserted = try await Self.enqueueFan(scheduler)
-            try await waitUntil("the tree to finish") { try store.batch(inserted.batch.id)?.state == .completed }
-            let answer = try #require(try Self.result(store, inserted.batch.id))
+            try await waitUntil("the tree to finish") { try await store.batch(inserted.batch.id)?.state == .completed }
+            let answer = try #require(try await Self.result(store, inserted.batch.id))
             #expect(answer.contains("resourceExhausted") && answer.contains("max_spawn_depth"), "\(answer)")
             await scheduler.shutdown()
 
@@ -204,8 +204,8 @@ struct RetryingFanRunner: Runner {
                 $0.maxChildrenPerTask = 4
             }
             let refused = try await Self.enqueueFan(many)
-            try await waitUntil("the parent to fail") { try store.batch(refused.batch.id)?.state == .completed }
-            let task = try #require(try store.task(refused.taskIDs[0], includePayload: false))
+            try await waitUntil("the parent to fail") { try await store.batch(refused.batch.id)?.state == .completed }
+            let task = try #require(try await store.task(refused.taskIDs[0], includePayload: false))
             #expect(task.state == .failed)
             #expect(task.failure?.message.contains("max_children_per_task") == true, "\(String(describing: task.failure))")
             await many.shutdown()
@@ -217,11 +217,11 @@ struct RetryingFanRunner: Runner {
             let store = try SQLiteStore(path: directory + "/fanout.db")
             let scheduler = try Self.scheduler(store, fan: FanRunner(childAgent: "hold", count: 2), hold: BlockingRunner())
             let inserted = try await Self.enqueueFan(scheduler)
-            try await waitUntil("the children to run") { try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
-            let child = try #require(try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
+            try await waitUntil("the children to run") { try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first?.counters.running == 2 }
+            let child = try #require(try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first)
             _ = try await scheduler.cancelBatch(child.id)
-            try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
-            #expect(try Self.result(store, inserted.batch.id) == "resumed=false children=2 completed=0")
+            try await waitUntil("the parent to finish") { try await store.batch(inserted.batch.id)?.state == .completed }
+            #expect(try await Self.result(store, inserted.batch.id) == "resumed=false children=2 completed=0")
             await scheduler.shutdown()
         }
     }
@@ -236,13 +236,13 @@ struct RetryingFanRunner: Runner {
             // On a loaded machine the deadline may pass before the parent gets to wait; it must expire either way.
             var sawWaiting = false
             try await waitUntil("the parent's batch to fail") {
-                let batch = try store.batch(inserted.batch.id)
+                let batch = try await store.batch(inserted.batch.id)
                 if batch?.counters.waitingChildren == 1 { sawWaiting = true }
                 return batch?.state == .failed
             }
-            #expect(try store.task(inserted.taskIDs[0], includePayload: false)?.state == .expired)
-            if let child = try store.childBatches(of: inserted.taskIDs[0], attempt: 1).first {
-                try await waitUntil("the children to be cancelled") { try store.batch(child.id)?.state == .cancelled }
+            #expect(try await store.task(inserted.taskIDs[0], includePayload: false)?.state == .expired)
+            if let child = try await store.childBatches(of: inserted.taskIDs[0], attempt: 1).first {
+                try await waitUntil("the children to be cancelled") { try await store.batch(child.id)?.state == .cancelled }
             }
             if !sawWaiting { print("note: the deadline passed before the parent waited; the waiting case was not exercised") }
             await scheduler.shutdown()
@@ -256,8 +256,8 @@ struct RetryingFanRunner: Runner {
             let inserted = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "fan", creatorUID: 1000, tasks: [
                 NewTask(customID: "parent", agent: "fan", payload: [], maxAttempts: 2),
             ]))
-            try await waitUntil("the parent to finish") { try store.batch(inserted.batch.id)?.state == .completed }
-            #expect(try Self.result(store, inserted.batch.id) == "batches=1 results=3")
+            try await waitUntil("the parent to finish") { try await store.batch(inserted.batch.id)?.state == .completed }
+            #expect(try await Self.result(store, inserted.batch.id) == "batches=1 results=3")
             await scheduler.shutdown()
         }
     }

@@ -19,9 +19,9 @@ import Testing
             // Join mid-batch, several times, each starting a little behind the log so the replay has work to do.
             var subscriptions: [(since: EventSequence, task: Task<[EventRecord], any Error>)] = []
             for threshold in [12, 40, 90] as [EventSequence] {
-                try await waitUntil("\(threshold) events") { try store.lastEventSequence() >= threshold }
-                #expect(try store.batch(batch.id)?.state == .processing, "joined too late to test the seam")
-                let since = try store.lastEventSequence() - 8
+                try await waitUntil("\(threshold) events") { try await store.lastEventSequence() >= threshold }
+                #expect(try await store.batch(batch.id)?.state == .processing, "joined too late to test the seam")
+                let since = try await store.lastEventSequence() - 8
                 let task = Task {
                     try await collectEvents(scheduler, EventFilter(ownerID: ""), since: since) { $0.kind == .batchCompleted }
                 }
@@ -30,7 +30,7 @@ import Testing
             let whole = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             #expect(whole.first?.sequence == 1)
             #expect(isContiguous(whole.map(\.sequence)))
-            let log = try allEvents(store)
+            let log = try await allEvents(store)
             #expect(whole.map(\.sequence) == log.map(\.sequence))
             #expect(whole == log)
 
@@ -59,11 +59,12 @@ import Testing
             let alice = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(20, payload: { _ in payload })))
             let bob = try await scheduler.enqueue(NewBatch(ownerID: "bob", agent: "echo", tasks: echoTasks(20, payload: { _ in payload })))
             try await waitUntil("both batches to end") {
-                try store.batch(alice.id)?.state == .completed && store.batch(bob.id)?.state == .completed
+                let (first, second) = (try await store.batch(alice.id), try await store.batch(bob.id))
+                return first?.state == .completed && second?.state == .completed
             }
             let aliceEvents = try await aliceSub.value
             completions.cancel()
-            #expect(aliceEvents == (try allEvents(store, EventFilter(ownerID: "alice"))))
+            #expect(aliceEvents == (try await allEvents(store, EventFilter(ownerID: "alice"))))
             #expect(aliceEvents.allSatisfy { $0.ownerID == "alice" && $0.batchID == alice.id })
             #expect(aliceEvents.filter { $0.kind == .taskCompleted }.count == 20)
 
@@ -79,7 +80,7 @@ import Testing
         try await withScheduler { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(3)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let log = try allEvents(store)
+            let log = try await allEvents(store)
             let replay = try await withDeadline(.seconds(2), "a replay-only subscription to end") {
                 var events: [EventRecord] = []
                 for try await event in scheduler.subscribe(EventFilter(ownerID: "alice"), since: 2, follow: false, bufferSize: 1) {
@@ -95,8 +96,8 @@ import Testing
     @Test func replayLongerThanOnePage() async throws {
         try await withScheduler { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(600)))
-            _ = try await waitUntil("the batch to end") { try store.batch(batch.id)?.state == .completed }
-            let log = try allEvents(store)
+            _ = try await waitUntil("the batch to end") { try await store.batch(batch.id)?.state == .completed }
+            let log = try await allEvents(store)
             #expect(log.count > EventStream.replayPage)
             let events = try await collectEvents(scheduler, EventFilter(ownerID: "alice"), since: 0) { $0.kind == .batchCompleted }
             #expect(events.count == log.count)
@@ -113,7 +114,7 @@ import Testing
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(200)))
                 // The scheduler is not held back by the subscriber that never reads.
                 try await waitUntil("the batch to end while the subscriber sleeps", timeout: .seconds(10)) {
-                    try store.batch(batch.id)?.state == .completed
+                    try await store.batch(batch.id)?.state == .completed
                 }
                 #expect(scheduler.statistics.subscribers == 0)
                 var delivered: [EventSequence] = []
@@ -135,7 +136,7 @@ import Testing
             let resumed = try await collectEvents(scheduler, EventFilter(ownerID: "alice"), since: lagged.lastSequence) { $0.kind == .batchCompleted }
             #expect(resumed.first?.sequence == lagged.lastSequence + 1)
             #expect(isContiguous(resumed.map(\.sequence)))
-            #expect(resumed.last?.sequence == (try store.lastEventSequence()))
+            #expect(resumed.last?.sequence == (try await store.lastEventSequence()))
         }
     }
 

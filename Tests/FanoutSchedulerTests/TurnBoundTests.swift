@@ -38,12 +38,12 @@ final class BudgetRecordingRunner: Runner {
         try await withScheduler(agents: agents, runners: ["flood": TurnFloodRunner(turns: 200)]) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "flood", tasks: echoTasks(3)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let turns = try allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskTurn], batchID: batch.id))
+            let turns = try await allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskTurn], batchID: batch.id))
             #expect(turns.count == 15, "\(turns.count) turn events")
             #expect(Set(turns.compactMap(\.turn)) == Set(1...5))
-            let stored = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let stored = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(stored.map(\.turnsCompleted) == [5, 5, 5])
-            #expect(try store.batch(batch.id)?.progress.percent == 100)
+            #expect(try await store.batch(batch.id)?.progress.percent == 100)
         }
     }
 
@@ -55,11 +55,11 @@ final class BudgetRecordingRunner: Runner {
                                 configure: { $0.progressIntervalMs = 50 }) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "flood", tasks: echoTasks(1)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(60))
-            let turns = try allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskTurn], batchID: batch.id))
+            let turns = try await allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskTurn], batchID: batch.id))
             // One at the first turn, then at most one per 50 ms, and the last count before the end.
             #expect(turns.count < 2_000, "\(turns.count) turn events for \(count) turns")
             #expect(turns.last?.turn == count)
-            #expect(try store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first?.turnsCompleted == count)
+            #expect(try await store.results(batchID: batch.id, afterTaskID: 0, limit: 1).first?.turnsCompleted == count)
         }
     }
 
@@ -100,7 +100,7 @@ final class BudgetRecordingRunner: Runner {
                 NewTask(customID: "negative", agent: "", payload: json(["turns": -1]), maxAttempts: 3),
             ]))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-            let results = try store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.state) == [.failed, .failed, .failed])
             #expect(results.allSatisfy { $0.failure?.code == "invalid_payload" && $0.attempt == 1 }, "\(results)")
             #expect(results[0].failure?.message.contains("\(EchoRunner.maxTurns)") == true)
@@ -127,7 +127,7 @@ final class BudgetRecordingRunner: Runner {
             // Each of the 8 runners adds at most one change past the bound before it waits; the
             // scheduler's own decisions (starts, finishes, progress) add a few more.
             #expect(peak.withLock { $0 } < 500 + 200, "peak queue \(peak.withLock { $0 })")
-            #expect(try store.batch(batch.id)?.counters.completed == 8)
+            #expect(try await store.batch(batch.id)?.counters.completed == 8)
         }
     }
 }

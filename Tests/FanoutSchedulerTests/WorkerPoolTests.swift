@@ -72,7 +72,7 @@ final class CommandHolder: Sendable {
             try await Self.withPool { scheduler, pool in
                 let inserted = try await Self.enqueue(scheduler, 10)
                 try await Task.sleep(for: .milliseconds(100))
-                #expect(try scheduler.store.batch(inserted.batch.id)?.counters.completed == 0, "no worker, nothing runs")
+                #expect(try await scheduler.store.batch(inserted.batch.id)?.counters.completed == 0, "no worker, nothing runs")
 
                 let worker = try FakeWorker(pool, agents: ["work": 2])
                 var answered = Set<TaskID>()
@@ -82,10 +82,10 @@ final class CommandHolder: Sendable {
                     #expect(worker.assignments.count - answered.count <= 2, "never more than its slots")
                     completed += worker.completeAll(answered: &answered)
                 }
-                try await waitUntil("the batch to complete") { try scheduler.store.batch(inserted.batch.id)?.state == .completed }
-                let batch = try #require(try scheduler.store.batch(inserted.batch.id))
+                try await waitUntil("the batch to complete") { try await scheduler.store.batch(inserted.batch.id)?.state == .completed }
+                let batch = try #require(try await scheduler.store.batch(inserted.batch.id))
                 #expect(batch.usage.totalTokens == 30, "worker-reported usage is summed")
-                let result = try #require(try scheduler.store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first)
+                let result = try #require(try await scheduler.store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first)
                 #expect(result.result == Array("p0".utf8))
                 #expect(pool.workers.first?.freeSlots == ["work": 2])
             }
@@ -107,9 +107,9 @@ final class CommandHolder: Sendable {
                 #expect(pool.complete(first.id, taskID: taskID, output: RunOutput(result: [1])) == .leaseLost)
                 #expect(pool.complete(second.id, taskID: taskID, output: RunOutput(result: Array("ok".utf8))) == .accepted)
                 #expect(pool.complete(second.id, taskID: taskID, output: RunOutput(result: [2])) == .unknownTask)
-                try await waitUntil("completion") { try scheduler.store.batch(inserted.batch.id)?.state == .completed }
-                #expect(try scheduler.store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first?.result == Array("ok".utf8))
-                let retrying = try allEvents(scheduler.store as! SQLiteStore).filter { $0.kind == .taskRetrying }
+                try await waitUntil("completion") { try await scheduler.store.batch(inserted.batch.id)?.state == .completed }
+                #expect(try await scheduler.store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first?.result == Array("ok".utf8))
+                let retrying = try await allEvents(scheduler.store as! SQLiteStore).filter { $0.kind == .taskRetrying }
                 #expect(retrying.first?.failure?.code == "worker_lost")
             }
         }
@@ -209,7 +209,7 @@ final class CommandHolder: Sendable {
             }
             // The task may have reached the worker before it left (worker_lost, retried): either way it waits.
             try await waitUntil("the task waits for a worker again") {
-                guard let counters = try store.batch(inserted.batch.id)?.counters else { return false }
+                guard let counters = try await store.batch(inserted.batch.id)?.counters else { return false }
                 return counters.pending + counters.retryWait == 1 && counters.running == 0
             }
         }

@@ -39,22 +39,22 @@ import Testing
 
             let store = try SQLiteStore(path: path)
             _ = try store.recover(now: 100)
-            #expect(try store.batch(batchID)?.usage == TokenUsage(promptTokens: 6, completionTokens: 8, totalTokens: 14))
-            let first = try #require(try store.task(ids[0], includePayload: false))
+            #expect(try await store.batch(batchID)?.usage == TokenUsage(promptTokens: 6, completionTokens: 8, totalTokens: 14))
+            let first = try #require(try await store.task(ids[0], includePayload: false))
             #expect(first.url == "/v1/chat/completions")
             #expect(first.details.statusCode == 200)
             #expect(first.details.requestID == "req_1")
             #expect(first.details.usage?.totalTokens == 7)
-            let results = try store.results(batchID: batchID, afterTaskID: 0, limit: 10)
+            let results = try await store.results(batchID: batchID, afterTaskID: 0, limit: 10)
             #expect(results.map(\.details.statusCode) == [200, 200, 400])
             #expect(results[2].result == Array("{\"error\":{}}".utf8), "a refused task keeps the provider's body")
 
             // RetryFailed clears the failed task's answer and recounts the batch's usage from its rows.
-            _ = try store.reopenTasks(batchID: batchID, states: [.failed], now: 200)
-            let reopened = try #require(try store.task(ids[2], includePayload: false))
+            _ = try await store.reopenTasks(batchID: batchID, states: [.failed], now: 200)
+            let reopened = try #require(try await store.task(ids[2], includePayload: false))
             #expect(reopened.details == ResponseDetails())
             #expect(reopened.url == "/v1/chat/completions", "the url stays with the task")
-            #expect(try store.batch(batchID)?.usage == TokenUsage(promptTokens: 6, completionTokens: 8, totalTokens: 14))
+            #expect(try await store.batch(batchID)?.usage == TokenUsage(promptTokens: 6, completionTokens: 8, totalTokens: 14))
         }
     }
 }

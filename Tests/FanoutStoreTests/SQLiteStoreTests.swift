@@ -17,7 +17,7 @@ import Testing
             #expect(inserted.batch.state == .pending)
             #expect(inserted.batch.counters == BatchCounters(pending: 5))
 
-            let batch = try #require(try store.batch(inserted.batch.id))
+            let batch = try #require(try await store.batch(inserted.batch.id))
             #expect(batch == inserted.batch)
             #expect(batch.ownerID == "alice")
             #expect(batch.agent == "echo")
@@ -32,7 +32,7 @@ import Testing
             #expect(batch.creatorUID == 1000)
 
             for (index, id) in inserted.taskIDs.enumerated() {
-                let task = try #require(try store.task(id, includePayload: true))
+                let task = try #require(try await store.task(id, includePayload: true))
                 #expect(task.id == id)
                 #expect(task.batchID == batch.id)
                 #expect(task.customID == "t\(index)")
@@ -49,8 +49,8 @@ import Testing
                 #expect(task.failure == nil)
                 #expect(task.createdAt == 1_234)
                 #expect(task.payload == Array("payload-\(index)".utf8))
-                #expect(try store.payload(of: id) == Array("payload-\(index)".utf8))
-                #expect(try store.task(id, includePayload: false)?.payload == nil)
+                #expect(try await store.payload(of: id) == Array("payload-\(index)".utf8))
+                #expect(try await store.task(id, includePayload: false)?.payload == nil)
             }
         }
     }
@@ -62,8 +62,8 @@ import Testing
                 NewBatch(ownerID: "o", agent: "echo", tasks: [NewTask(customID: "bin", agent: "echo", payload: bytes),
                                                               NewTask(customID: "empty", agent: "echo", payload: [])]),
                 now: 1)
-            #expect(try store.payload(of: inserted.taskIDs[0]) == bytes)
-            #expect(try store.payload(of: inserted.taskIDs[1]) == [])
+            #expect(try await store.payload(of: inserted.taskIDs[0]) == bytes)
+            #expect(try await store.payload(of: inserted.taskIDs[1]) == [])
         }
     }
 
@@ -79,11 +79,11 @@ import Testing
 
     @Test func missingRowsAreNilOrNotFound() async throws {
         try await withStore { (store, _) async throws in
-            #expect(try store.batch(99) == nil)
-            #expect(try store.task(99, includePayload: true) == nil)
-            #expect(throws: FanoutError.notFound("task 99 does not exist")) { try store.payload(of: 99) }
-            #expect(try store.lastEventSequence() == 0)
-            #expect(try store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).isEmpty)
+            #expect(try await store.batch(99) == nil)
+            #expect(try await store.task(99, includePayload: true) == nil)
+            await #expect(throws: FanoutError.notFound("task 99 does not exist")) { try await store.payload(of: 99) }
+            #expect(try await store.lastEventSequence() == 0)
+            #expect(try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).isEmpty)
         }
     }
 
@@ -95,12 +95,12 @@ import Testing
                 batch.creatorUID = UInt32(100 + index % 2)
                 ids.append(try store.insertBatch(batch, now: Milliseconds(index)).batch.id)
             }
-            #expect(try store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).map(\.id) == ids.reversed())
-            #expect(try store.batches(ownerID: "alice", creatorUID: nil, limit: 10, beforeID: nil).map(\.id) == [ids[4], ids[2], ids[0]])
-            #expect(try store.batches(ownerID: nil, creatorUID: 101, limit: 10, beforeID: nil).map(\.id) == [ids[3], ids[1]])
-            #expect(try store.batches(ownerID: nil, creatorUID: nil, limit: 2, beforeID: nil).map(\.id) == [ids[4], ids[3]])
-            #expect(try store.batches(ownerID: nil, creatorUID: nil, limit: 2, beforeID: ids[3]).map(\.id) == [ids[2], ids[1]])
-            #expect(try store.batches(ownerID: "alice", creatorUID: 101, limit: 10, beforeID: nil).isEmpty)
+            #expect(try await store.batches(ownerID: nil, creatorUID: nil, limit: 10, beforeID: nil).map(\.id) == ids.reversed())
+            #expect(try await store.batches(ownerID: "alice", creatorUID: nil, limit: 10, beforeID: nil).map(\.id) == [ids[4], ids[2], ids[0]])
+            #expect(try await store.batches(ownerID: nil, creatorUID: 101, limit: 10, beforeID: nil).map(\.id) == [ids[3], ids[1]])
+            #expect(try await store.batches(ownerID: nil, creatorUID: nil, limit: 2, beforeID: nil).map(\.id) == [ids[4], ids[3]])
+            #expect(try await store.batches(ownerID: nil, creatorUID: nil, limit: 2, beforeID: ids[3]).map(\.id) == [ids[2], ids[1]])
+            #expect(try await store.batches(ownerID: "alice", creatorUID: 101, limit: 10, beforeID: nil).isEmpty)
         }
     }
 
@@ -134,9 +134,9 @@ import Testing
             let stored2 = try store.commit(second)
             #expect(stored2.map(\.sequence) == [3, 4, 5])
             #expect(stored2.map(\.kind) == [.taskCompleted, .taskRetrying, .taskStarted])
-            #expect(try store.lastEventSequence() == 5)
+            #expect(try await store.lastEventSequence() == 5)
 
-            let taskA = try #require(try store.task(a, includePayload: false))
+            let taskA = try #require(try await store.task(a, includePayload: false))
             #expect(taskA.state == .completed)
             #expect(taskA.attempt == 1)
             #expect(taskA.startedAt == 2_000)
@@ -145,17 +145,17 @@ import Testing
             #expect(taskA.result == Array("done".utf8))
             #expect(taskA.failure == nil)
 
-            let taskB = try #require(try store.task(b, includePayload: false))
+            let taskB = try #require(try await store.task(b, includePayload: false))
             #expect(taskB.state == .retryWait)
             #expect(taskB.attempt == 1)
             #expect(taskB.failure == TaskFailure(message: "busy", code: "429", retryable: true))
             #expect(taskB.finishedAt == nil)
 
-            let taskC = try #require(try store.task(c, includePayload: false))
+            let taskC = try #require(try await store.task(c, includePayload: false))
             #expect(taskC.state == .running)
             #expect(taskC.startedAt == 3_001)
 
-            let batch = try #require(try store.batch(batchID))
+            let batch = try #require(try await store.batch(batchID))
             #expect(batch.state == .processing)
             #expect(batch.counters.pending == 0)
             #expect(batch.counters.running == 1)
@@ -183,7 +183,7 @@ import Testing
                               taskEvent(.taskFailed, batch: inserted.batch.id, task: a)]
             #expect(try store.commit(changes).map(\.sequence) == [1, 2])
 
-            let taskA = try #require(try store.task(a, includePayload: false))
+            let taskA = try #require(try await store.task(a, includePayload: false))
             #expect(taskA.state == .failed)
             #expect(taskA.attempt == 2)
             #expect(taskA.startedAt == 2_000)
@@ -191,7 +191,7 @@ import Testing
             #expect(taskA.failure == TaskFailure(message: "no", code: "E1"))
             #expect(taskA.details == ResponseDetails(statusCode: 500, requestID: "req-1",
                                                      usage: TokenUsage(promptTokens: 3, completionTokens: 4, totalTokens: 7)))
-            let taskB = try #require(try store.task(b, includePayload: false))
+            let taskB = try #require(try await store.task(b, includePayload: false))
             #expect(taskB.state == .running)
             #expect(taskB.attempt == 1)
             #expect(taskB.startedAt == 2_001)
@@ -201,7 +201,7 @@ import Testing
     @Test func emptyCommitWritesNothing() async throws {
         try await withStore { (store, _) async throws in
             #expect(try store.commit(ChangeSet()).isEmpty)
-            #expect(try store.lastEventSequence() == 0)
+            #expect(try await store.lastEventSequence() == 0)
         }
     }
 
@@ -220,7 +220,7 @@ import Testing
                             progress: 62.5, counters: counters),
             ]
             let stored = try store.commit(changes)
-            let read = try store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10)
+            let read = try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10)
             #expect(read == stored)
             #expect(read[0].sequence == 1)
             #expect(read[0].retryDelayMs == 150)
@@ -264,7 +264,7 @@ import Testing
             changes.batches[inserted.batch.id] = BatchSnapshot(id: inserted.batch.id, state: .processing, counters: wrong,
                                                                progressUnits: 23, startedAt: 10, finishedAt: nil)
             _ = try store.commit(changes)
-            #expect(try store.batch(inserted.batch.id)?.counters.completed == 5)
+            #expect(try await store.batch(inserted.batch.id)?.counters.completed == 5)
 
             // A finished batch is left alone by recovery.
             let done = try store.insertBatch(newBatch(owner: "bob", count: 1), now: 2)
@@ -298,11 +298,11 @@ import Testing
             #expect(batch.counters.expired == 0)
             #expect(batch.progress.units == 20) // 4 + 4 + 4 + 4 + 4 + 0
             #expect(abs(batch.progress.percent - 100.0 * 20 / 24) < 1e-9)
-            #expect(try store.batch(inserted.batch.id) == batch)
+            #expect(try await store.batch(inserted.batch.id) == batch)
 
             // Pending again, in id order, keeping attempts and turns; read as the scheduler's window reads them.
             #expect(recovered.pendingAgents[inserted.batch.id] == ["echo"])
-            let window = try store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 100, inlinePayloadBytes: 0)
+            let window = try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 100, inlinePayloadBytes: 0)
             // The window comes in (priority desc, id) order.
             #expect(window.map(\.priority) == window.map(\.priority).sorted(by: >))
             let runnable = window.sorted { $0.id < $1.id }
@@ -314,13 +314,13 @@ import Testing
             #expect(runnable[0].maxAttempts == 2)
             #expect(runnable[0].timeoutMs == 500)
             #expect(runnable[0].maxTurns == 4)
-            let crashed = try #require(try store.task(ids[2], includePayload: false))
+            let crashed = try #require(try await store.task(ids[2], includePayload: false))
             #expect(crashed.state == .failed)
             #expect(crashed.attempt == 2)
             #expect(crashed.failure?.message.contains("stopped unexpectedly while this task was running, 1 time(s)") == true)
-            #expect(try store.task(ids[3], includePayload: false)?.state == .pending)
+            #expect(try await store.task(ids[3], includePayload: false)?.state == .pending)
 
-            let untouched = try #require(try store.batch(done.batch.id))
+            let untouched = try #require(try await store.batch(done.batch.id))
             #expect(untouched.state == .completed)
             #expect(untouched.counters == doneCounters)
 
@@ -350,7 +350,7 @@ import Testing
             #expect(batch.progress.units == 1)
             #expect(batch.progress.percent == 25)
             #expect(recovered.requeued == 1)
-            let window = try store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 100, inlinePayloadBytes: 0)
+            let window = try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 100, inlinePayloadBytes: 0)
             // The window comes in (priority desc, id) order.
             #expect(window.map(\.priority) == window.map(\.priority).sorted(by: >))
             let runnable = window.sorted { $0.id < $1.id }
@@ -379,22 +379,22 @@ import Testing
             changes.tasks.append(.finished(other.taskIDs[0], state: .completed, result: [], failure: nil, turnsCompleted: 0, at: 50))
             _ = try store.commit(changes)
 
-            let all = try store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 100)
+            let all = try await store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 100)
             #expect(all.map(\.id) == [0, 2, 3, 5, 8, 9].map { ids[$0] })
             #expect(all.map(\.state) == [.completed, .failed, .completed, .cancelled, .expired, .completed])
             #expect(all[0].result == [0])
             #expect(all[1].failure == TaskFailure(message: "bad 2"))
             #expect(all.allSatisfy { $0.payload == nil && $0.ownerID == "alice" && $0.batchID == inserted.batch.id })
 
-            let page1 = try store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 4)
+            let page1 = try await store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 4)
             #expect(page1.map(\.id) == [0, 2, 3, 5].map { ids[$0] })
-            let page2 = try store.results(batchID: inserted.batch.id, afterTaskID: page1.last!.id, limit: 4)
+            let page2 = try await store.results(batchID: inserted.batch.id, afterTaskID: page1.last!.id, limit: 4)
             #expect(page2.map(\.id) == [8, 9].map { ids[$0] })
-            let page3 = try store.results(batchID: inserted.batch.id, afterTaskID: page2.last!.id, limit: 4)
+            let page3 = try await store.results(batchID: inserted.batch.id, afterTaskID: page2.last!.id, limit: 4)
             #expect(page3.isEmpty)
             // Starting in the middle of the id range, between terminal tasks.
-            #expect(try store.results(batchID: inserted.batch.id, afterTaskID: ids[3], limit: 1).map(\.id) == [ids[5]])
-            #expect(try store.results(batchID: other.batch.id, afterTaskID: 0, limit: 10).map(\.id) == [other.taskIDs[0]])
+            #expect(try await store.results(batchID: inserted.batch.id, afterTaskID: ids[3], limit: 1).map(\.id) == [ids[5]])
+            #expect(try await store.results(batchID: other.batch.id, afterTaskID: 0, limit: 10).map(\.id) == [other.taskIDs[0]])
         }
     }
 
@@ -416,27 +416,27 @@ import Testing
                 EventRecord(kind: .batchCompleted, timestamp: 9, ownerID: "alice", batchID: alice2.batch.id, progress: 100), // 7
             ]
             _ = try store.commit(changes)
-            func sequences(after: EventSequence = 0, upTo: EventSequence? = nil, _ filter: EventFilter, limit: Int = 100) throws -> [EventSequence] {
-                try store.events(after: after, upTo: upTo, filter: filter, limit: limit).map(\.sequence)
+            func sequences(after: EventSequence = 0, upTo: EventSequence? = nil, _ filter: EventFilter, limit: Int = 100) async throws -> [EventSequence] {
+                try await store.events(after: after, upTo: upTo, filter: filter, limit: limit).map(\.sequence)
             }
-            #expect(try sequences(EventFilter(ownerID: "")) == [1, 2, 3, 4, 5, 6, 7])
-            #expect(try sequences(EventFilter(ownerID: "alice")) == [1, 3, 4, 6, 7])
-            #expect(try sequences(EventFilter(ownerID: "bob")) == [2, 5])
-            #expect(try sequences(EventFilter(ownerID: "carol")) == [])
-            #expect(try sequences(EventFilter(ownerID: "alice", batchID: alice2.batch.id)) == [4, 6, 7])
-            #expect(try sequences(EventFilter(ownerID: "", batchID: bob.batch.id)) == [2, 5])
-            #expect(try sequences(EventFilter(ownerID: "alice", kinds: [.taskCompleted])) == [3, 6])
-            #expect(try sequences(EventFilter(ownerID: "", kinds: [.taskStarted, .batchCompleted])) == [1, 2, 4, 7])
-            #expect(try sequences(EventFilter(ownerID: "alice", kinds: [.taskCompleted, .batchCompleted], batchID: alice2.batch.id)) == [6, 7])
-            #expect(try sequences(EventFilter(ownerID: "bob", kinds: [.taskCompleted])) == [])
+            #expect(try await sequences(EventFilter(ownerID: "")) == [1, 2, 3, 4, 5, 6, 7])
+            #expect(try await sequences(EventFilter(ownerID: "alice")) == [1, 3, 4, 6, 7])
+            #expect(try await sequences(EventFilter(ownerID: "bob")) == [2, 5])
+            #expect(try await sequences(EventFilter(ownerID: "carol")) == [])
+            #expect(try await sequences(EventFilter(ownerID: "alice", batchID: alice2.batch.id)) == [4, 6, 7])
+            #expect(try await sequences(EventFilter(ownerID: "", batchID: bob.batch.id)) == [2, 5])
+            #expect(try await sequences(EventFilter(ownerID: "alice", kinds: [.taskCompleted])) == [3, 6])
+            #expect(try await sequences(EventFilter(ownerID: "", kinds: [.taskStarted, .batchCompleted])) == [1, 2, 4, 7])
+            #expect(try await sequences(EventFilter(ownerID: "alice", kinds: [.taskCompleted, .batchCompleted], batchID: alice2.batch.id)) == [6, 7])
+            #expect(try await sequences(EventFilter(ownerID: "bob", kinds: [.taskCompleted])) == [])
             // Range (after, upTo] and limit.
-            #expect(try sequences(after: 2, EventFilter(ownerID: "")) == [3, 4, 5, 6, 7])
-            #expect(try sequences(after: 2, upTo: 5, EventFilter(ownerID: "")) == [3, 4, 5])
-            #expect(try sequences(after: 2, upTo: 5, EventFilter(ownerID: "alice")) == [3, 4])
-            #expect(try sequences(after: 0, EventFilter(ownerID: ""), limit: 3) == [1, 2, 3])
-            #expect(try sequences(after: 7, EventFilter(ownerID: "")) == [])
-            #expect(try sequences(after: 3, upTo: 3, EventFilter(ownerID: "")) == [])
-            let bobEvents = try store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "bob"), limit: 10)
+            #expect(try await sequences(after: 2, EventFilter(ownerID: "")) == [3, 4, 5, 6, 7])
+            #expect(try await sequences(after: 2, upTo: 5, EventFilter(ownerID: "")) == [3, 4, 5])
+            #expect(try await sequences(after: 2, upTo: 5, EventFilter(ownerID: "alice")) == [3, 4])
+            #expect(try await sequences(after: 0, EventFilter(ownerID: ""), limit: 3) == [1, 2, 3])
+            #expect(try await sequences(after: 7, EventFilter(ownerID: "")) == [])
+            #expect(try await sequences(after: 3, upTo: 3, EventFilter(ownerID: "")) == [])
+            let bobEvents = try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "bob"), limit: 10)
             #expect(bobEvents.map(\.kind) == [.taskStarted, .taskFailed])
             #expect(bobEvents.allSatisfy { $0.ownerID == "bob" && $0.taskID == bob.taskIDs[0] })
         }
@@ -462,16 +462,16 @@ import Testing
             }() // the store (and its pool) is released here
 
             let reopened = try SQLiteStore(path: path)
-            let batch = try #require(try reopened.batch(batchID))
+            let batch = try #require(try await reopened.batch(batchID))
             #expect(batch.state == .processing)
             #expect(batch.counters.completed == 1)
             #expect(batch.counters.pending == 2)
             #expect(batch.progress.units == 2)
             #expect(batch.progress.percent == 100.0 / 3.0)
-            #expect(try reopened.task(taskIDs[0], includePayload: false)?.result == Array("ok".utf8))
-            #expect(try reopened.payload(of: taskIDs[2]) == Array("payload-2".utf8))
-            #expect(try reopened.lastEventSequence() == 1)
-            #expect(try reopened.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "alice"), limit: 10).map(\.kind) == [.taskCompleted])
+            #expect(try await reopened.task(taskIDs[0], includePayload: false)?.result == Array("ok".utf8))
+            #expect(try await reopened.payload(of: taskIDs[2]) == Array("payload-2".utf8))
+            #expect(try await reopened.lastEventSequence() == 1)
+            #expect(try await reopened.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "alice"), limit: 10).map(\.kind) == [.taskCompleted])
             // New rows continue after the old ones.
             let next = try reopened.insertBatch(newBatch(count: 1), now: 8)
             #expect(next.batch.id == batchID + 1)
@@ -486,7 +486,7 @@ import Testing
         try await withStore { (store, path) async throws in
             let other = try SQLiteStore(path: path)
             let inserted = try store.insertBatch(newBatch(count: 1), now: 1)
-            #expect(try other.batch(inserted.batch.id)?.counters.total == 1)
+            #expect(try await other.batch(inserted.batch.id)?.counters.total == 1)
         }
     }
 }
