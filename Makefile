@@ -4,11 +4,12 @@ SWIFT ?= swift
 
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build proto proto-check test demo example bench stress fuzz clean
+.PHONY: help deps test-deps build proto proto-check test demo example bench stress fuzz clean
 
 help:
 	@echo "Fanout make targets:"
 	@echo "  make deps         check (and as root, install) the system packages the build needs"
+	@echo "  make test-deps    the same, plus what the tests need: PostgreSQL (Debian's postgresql)"
 	@echo "  make build        debug build of the package ($(SWIFT) build)"
 	@echo "  make proto        regenerate Sources/FanoutProtoC from proto/ with protoc-c"
 	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"
@@ -31,6 +32,10 @@ help:
 deps:
 	@SWIFT="$(SWIFT)" scripts/ensure-deps
 
+# After deps, so that under make -j two apt-get runs never race for the dpkg lock.
+test-deps: deps
+	@SWIFT="$(SWIFT)" scripts/ensure-deps --test
+
 build: deps
 	$(SWIFT) build
 
@@ -41,7 +46,7 @@ proto: deps
 proto-check: deps
 	scripts/generate-proto --check
 
-test: deps proto-check
+test: test-deps proto-check
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
 	@if [ -f clients/c/Makefile ]; then \

@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(
@@ -47,6 +48,14 @@ let package = Package(
         .target(
             name: "FanoutStore",
             dependencies: ["FanoutCore", "CSQLite", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        // The PostgreSQL store, for several daemons sharing one queue (postgres-nio).
+        .target(
+            name: "FanoutPostgresStore",
+            dependencies: ["FanoutCore", "FanoutStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .target(
             name: "FanoutScheduler",
@@ -144,7 +153,10 @@ let package = Package(
         ),
         .executableTarget(name: "fanout-openai-stub", dependencies: ["OpenAIStub"]),
         // Helpers every test target shares: temporary directories, deadlines, hand-made protobuf bytes.
-        .target(name: "FanoutTestSupport", path: "Tests/FanoutTestSupport"),
+        .target(
+            name: "FanoutTestSupport", dependencies: [.product(name: "Subprocess", package: "swift-subprocess")],
+            path: "Tests/FanoutTestSupport"
+        ),
         .testTarget(
             name: "FanoutWireTests",
             dependencies: [
@@ -171,7 +183,9 @@ let package = Package(
         ),
         .testTarget(
             name: "FanoutStoreTests",
-            dependencies: ["FanoutStore", "FanoutCore", "FanoutTestSupport"]
+            dependencies: ["FanoutStore", "FanoutPostgresStore", "FanoutCore", "FanoutTestSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ]
         ),
         .testTarget(
             name: "FanoutSchedulerTests",
