@@ -112,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "fanoutd",
             dependencies: [
-                "FanoutServer", "FanoutRunners", "FanoutWire", "FanoutGateway",
+                "FanoutServer", "FanoutRunners", "FanoutWire", "FanoutGateway", "FanoutPostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -154,7 +154,8 @@ let package = Package(
         .executableTarget(name: "fanout-openai-stub", dependencies: ["OpenAIStub"]),
         // Helpers every test target shares: temporary directories, deadlines, hand-made protobuf bytes.
         .target(
-            name: "FanoutTestSupport", dependencies: [.product(name: "Subprocess", package: "swift-subprocess")],
+            name: "FanoutTestSupport",
+            dependencies: ["FanoutPostgresStore", .product(name: "Subprocess", package: "swift-subprocess")],
             path: "Tests/FanoutTestSupport"
         ),
         .testTarget(
@@ -189,7 +190,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FanoutSchedulerTests",
-            dependencies: ["FanoutScheduler", "FanoutStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport"]
+            dependencies: ["FanoutScheduler", "FanoutStore", "FanoutPostgresStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport"]
         ),
         .testTarget(
             name: "FanoutIntegrationTests",

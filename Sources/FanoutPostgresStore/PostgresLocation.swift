@@ -11,7 +11,7 @@ import PostgresNIO
 /// PostgresNIO takes no URL: this maps one to its configuration. A Unix socket
 /// is named by its directory (`host=` parameter, or a host that is a path), as
 /// libpq does; the socket file in it is `.s.PGSQL.<port>`.
-public struct PostgresLocation: Sendable, Equatable {
+public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     public enum Endpoint: Sendable, Equatable {
         case tcp(host: String, port: Int)
         /// The socket file itself.
@@ -80,6 +80,14 @@ public struct PostgresLocation: Sendable, Equatable {
                                          tls: requiresTLS ? .require(.makeClientConfiguration()) : .disable)
         case let .unixSocket(path):
             PostgresClient.Configuration(unixSocketPath: path, username: user, password: password, database: database)
+        }
+    }
+
+    /// The location as a URL without its password, for logs.
+    public var description: String {
+        switch endpoint {
+        case let .tcp(host, port): "postgres://\(user)@\(host):\(port)/\(database)"
+        case let .unixSocket(path): "postgres://\(user)@/\(database)?host=\((path as NSString).deletingLastPathComponent)"
         }
     }
 

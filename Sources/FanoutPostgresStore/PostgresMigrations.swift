@@ -188,17 +188,17 @@ public enum PostgresMigrations {
     /// Applies the migrations the database lacks, all in one transaction; returns their versions.
     /// Refuses a database migrated by a newer fanoutd, which this one could damage.
     @discardableResult
-    public static func migrate(_ client: PostgresClient, logger: Logger) async throws -> [Int] {
+    public static func migrate(_ connection: PostgresConnection, logger: Logger) async throws -> [Int] {
         do {
-            return try await applyMissing(client, logger: logger)
+            return try await applyMissing(connection, logger: logger)
         } catch let error as PostgresTransactionError where error.closureError is PostgresSchemaError {
             // The refusal itself, not the transaction's wrapper around it: it is what the user must read.
             throw error.closureError!
         }
     }
 
-    private static func applyMissing(_ client: PostgresClient, logger: Logger) async throws -> [Int] {
-        try await client.withTransaction(logger: logger) { connection -> [Int] in
+    private static func applyMissing(_ connection: PostgresConnection, logger: Logger) async throws -> [Int] {
+        try await connection.withTransaction(logger: logger) { connection -> [Int] in
             try await connection.query("SELECT pg_advisory_xact_lock(\(lockKey))", logger: logger)
             try await connection.query("""
                 CREATE TABLE IF NOT EXISTS fanout_migrations (

@@ -116,14 +116,7 @@ public final class SQLiteStore: Store, StoreWriter {
         try write { db in
             let batchID = try Self.insertBatchRow(batch, state: "pending", taskCount: batch.tasks.count, now: now, in: db)
             let taskIDs = try Self.insertTasks(batch.tasks, batchID: batchID, parentTaskID: batch.parentTaskID, now: now, in: db)
-            var record = BatchRecord(
-                id: batchID, ownerID: batch.ownerID, agent: batch.agent, state: .pending,
-                counters: BatchCounters(pending: batch.tasks.count),
-                progress: BatchProgress(totalTasks: batch.tasks.count, maxTurns: batch.maxTurns),
-                metadata: batch.metadata, parentTaskID: batch.parentTaskID, createdAt: now,
-                deadlineAt: batch.deadlineAt, creatorUID: batch.creatorUID)
-            record.parentAttempt = batch.parentAttempt
-            return InsertedBatch(batch: record, taskIDs: taskIDs, tasks: batch.tasks)
+            return InsertedBatch(batch, id: batchID, taskIDs: taskIDs, now: now)
         }
     }
 
@@ -734,7 +727,7 @@ public final class SQLiteStore: Store, StoreWriter {
 
 extension BatchCounters {
     /// The counters an event row stores as JSON.
-    init?(json: String) {
+    public init?(json: String) {
         guard let decoded = try? JSONDecoder().decode(BatchCounters.self, from: Data(json.utf8)) else { return nil }
         self = decoded
     }

@@ -122,6 +122,18 @@ public struct InsertedBatch: Sendable {
         self.tasks = tasks
     }
 
+    /// `batch` as a store just inserted it, under `id`, with its tasks' ids in order.
+    public init(_ batch: NewBatch, id: BatchID, taskIDs: [TaskID], now: Milliseconds) {
+        var record = BatchRecord(
+            id: id, ownerID: batch.ownerID, agent: batch.agent, state: .pending,
+            counters: BatchCounters(pending: batch.tasks.count),
+            progress: BatchProgress(totalTasks: batch.tasks.count, maxTurns: batch.maxTurns),
+            metadata: batch.metadata, parentTaskID: batch.parentTaskID, createdAt: now,
+            deadlineAt: batch.deadlineAt, creatorUID: batch.creatorUID)
+        record.parentAttempt = batch.parentAttempt
+        self.init(batch: record, taskIDs: taskIDs, tasks: batch.tasks)
+    }
+
     /// The task at `index` as it was enqueued: pending, no attempt yet.
     public func taskRecord(at index: Int) -> TaskRecord {
         let task = tasks[index]
@@ -147,6 +159,14 @@ public struct RecoveredState: Sendable {
     /// Tasks of active batches that wait for their children (no payload).
     public var waitingTasks: [RunnableTask] = []
 
+    public init(activeBatches: [BatchRecord], pendingAgents: [BatchID: [String]], requeued: Int,
+                interruptedFailures: [EventRecord] = [], waitingTasks: [RunnableTask] = []) {
+        self.activeBatches = activeBatches
+        self.pendingAgents = pendingAgents
+        self.requeued = requeued
+        self.interruptedFailures = interruptedFailures
+        self.waitingTasks = waitingTasks
+    }
 }
 
 public struct ReopenedBatch: Sendable {
@@ -156,6 +176,12 @@ public struct ReopenedBatch: Sendable {
     public var reopened: Int
     /// The agents those tasks belong to.
     public var agents: [String]
+
+    public init(batch: BatchRecord, reopened: Int, agents: [String]) {
+        self.batch = batch
+        self.reopened = reopened
+        self.agents = agents
+    }
 }
 
 /// A position in a batch's pending tasks, in (priority desc, id) order.

@@ -1,5 +1,6 @@
 import Configuration
 import FanoutCore
+import FanoutPostgresStore
 import FanoutRunners
 import FanoutScheduler
 import FanoutServer
@@ -15,6 +16,8 @@ struct DaemonSettings {
     var socketPath: String
     var socketMode: UInt16
     var databasePath: String
+    /// A PostgreSQL store (`--store postgres://…`) instead of the SQLite file; nil: SQLite.
+    var postgres: PostgresLocation?
     var durability: Durability
     var logLevel: String
     var server: ServerConfiguration
@@ -30,7 +33,7 @@ struct DaemonSettings {
     /// The setting names, as keys of the config file; the environment
     /// variable is `FANOUT_` + the key in upper case.
     enum Key: String, CaseIterable {
-        case socket, socketMode = "socket_mode", db, durability, concurrency
+        case socket, socketMode = "socket_mode", db, store, durability, concurrency
         case logLevel = "log_level"
         case maxFrameBytes = "max_frame_bytes", maxConnections = "max_connections"
         case maxStreamsPerConnection = "max_streams_per_connection", subscriberBuffer = "subscriber_buffer"
@@ -146,13 +149,28 @@ struct DaemonSettings {
                 defaultAgent: config.string(forKey: Key.gatewayDefaultAgent.configKey), agents: agents)
         }
 
+        var postgres: PostgresLocation?
+        if let store = config.string(forKey: Key.store.configKey), !store.isEmpty {
+            do {
+                postgres = try PostgresLocation(url: store)
+            } catch {
+                throw FanoutError.invalidArgument("store: \(error)")
+            }
+            if gateway != nil {
+                throw FanoutError.invalidArgument("""
+                    the OpenAI-compatible gateway (--http, --http-socket) keeps its files in the SQLite store and does not \
+                    run with a PostgreSQL store yet: drop one of them
+                    """)
+            }
+        }
+
         let durabilityText = config.string(forKey: Key.durability.configKey) ?? Durability.normal.rawValue
         guard let durability = Durability(rawValue: durabilityText) else {
             throw FanoutError.invalidArgument("durability must be normal or full, not \"\(durabilityText)\"")
         }
         return DaemonSettings(
             socketPath: socket, socketMode: server.socketMode,
-            databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment),
+            databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment), postgres: postgres,
             durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
             server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway,
             workers: workers)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import FanoutGateway
+import FanoutPostgresStore
 import FanoutRunners
 import FanoutScheduler
 import FanoutServer
@@ -26,6 +27,9 @@ struct Fanoutd: AsyncParsableCommand {
 
     @Option(help: "SQLite database file (default: $XDG_STATE_HOME/fanout/fanout.db).")
     var db: String?
+
+    @Option(help: "A PostgreSQL store instead of the SQLite file: postgres://user[:password]@host[:port]/database (or ?host=/socket/dir).")
+    var store: String?
 
     @Option(help: "JSON configuration file: settings and the agents list.")
     var config: String?
@@ -70,6 +74,7 @@ struct Fanoutd: AsyncParsableCommand {
         var flags: [DaemonSettings.Key: String] = [:]
         flags[.socket] = socket
         flags[.db] = db
+        flags[.store] = store
         flags[.durability] = durability
         flags[.concurrency] = concurrency.map(String.init)
         flags[.socketMode] = socketMode
@@ -156,31 +161,53 @@ struct Daemon {
         try makeParent(of: settings.socketPath, mode: 0o700)
         // Before the store: a daemon refused here must not recover or run the live daemon's tasks.
         try FanoutServer.prepareSocketPath(settings.socketPath)
-        try makeParent(of: settings.databasePath, mode: 0o700)
-        let lock = try DatabaseLock(databasePath: settings.databasePath)
-        defer { withExtendedLifetime(lock) {} }
-        let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
-        // Once the scheduler's last commit is written: the writer then closes last and checkpoints.
-        defer { store.close() }
+        if let location = settings.postgres {
+            let store = PostgresStore(location: location, logger: Logger(label: "fanout.store"))
+            // The pool runs for as long as the daemon, and past the scheduler's last commit.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await store.run() }
+                defer {
+                    store.close()
+                    group.cancelAll()
+                }
+                try await store.migrate()
+                try store.claimDatabase()
+                try await serve(store: store, gatewayStore: nil, where: location.description,
+                                runners: runners, workerPool: workerPool, logger: logger)
+            }
+        } else {
+            try makeParent(of: settings.databasePath, mode: 0o700)
+            let lock = try DatabaseLock(databasePath: settings.databasePath)
+            defer { withExtendedLifetime(lock) {} }
+            let store = try SQLiteStore(path: settings.databasePath, durability: settings.durability)
+            // Once the scheduler's last commit is written: the writer then closes last and checkpoints.
+            defer { store.close() }
+            try await serve(store: store, gatewayStore: store, where: settings.databasePath, runners: runners, workerPool: workerPool,
+                            logger: logger)
+        }
+    }
 
+    /// Runs the scheduler, the server and the gateway on `store` until a signal.
+    private func serve(store: any Store, gatewayStore: (any GatewayStore)?, where storeDescription: String,
+                       runners: [String: any Runner], workerPool: WorkerPool, logger: Logger) async throws {
         let scheduler = try Scheduler(store: store, configuration: settings.scheduler, runners: runners, workerPool: workerPool,
                                       limits: settings.limits, logger: Logger(label: "fanout.scheduler"))
         try scheduler.start()
         let server = FanoutServer(configuration: settings.server, scheduler: scheduler, workerPool: workerPool,
                                   logger: Logger(label: "fanout.server"))
         var gatewayServices: [any Service] = []
-        if let gateway = settings.gateway {
+        if let gateway = settings.gateway, let gatewayStore {
             if let path = gateway.socketPath {
                 try makeParent(of: path, mode: 0o700)
                 try FanoutServer.prepareSocketPath(path)
             }
             gatewayServices = try FanoutGateway(configuration: gateway.configuration(limits: settings.limits), scheduler: scheduler,
-                                                store: store).services(socketMode: settings.socketMode) { address in
+                                                store: gatewayStore).services(socketMode: settings.socketMode) { address in
                 logger.info("OpenAI-compatible gateway listening", metadata: ["address": "\(address)"])
             }
         }
         logger.info("fanoutd starting", metadata: [
-            "version": "\(FanoutVersion.current)", "socket": "\(settings.socketPath)", "db": "\(settings.databasePath)",
+            "version": "\(FanoutVersion.current)", "socket": "\(settings.socketPath)", "store": "\(storeDescription)",
             "agents": "\(settings.scheduler.agents.map(\.name).joined(separator: ","))",
         ])
         // Shut down in reverse order: the server stops taking work first, then the scheduler puts

@@ -28,8 +28,8 @@ import Testing
 
     @Test func aFreshDatabaseGetsEveryMigrationOnceAndASecondRunChangesNothing() async throws {
         try await Self.withDatabase("migrate_twice") { client, server in
-            #expect(try await PostgresMigrations.migrate(client, logger: Self.logger) == PostgresMigrations.all.map(\.version))
-            #expect(try await PostgresMigrations.migrate(client, logger: Self.logger) == [])
+            #expect(try await client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) } == PostgresMigrations.all.map(\.version))
+            #expect(try await client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) } == [])
             #expect(try await PostgresMigrations.appliedVersions(client, logger: Self.logger) == PostgresMigrations.all.map(\.version))
             let tables = try await server.psql(
                 "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'",
@@ -41,8 +41,8 @@ import Testing
     @Test func daemonsStartingTogetherApplyTheMigrationsOnce() async throws {
         try await Self.withDatabase("migrate_together") { client, _ in
             // Two migrations at once, on two connections: the advisory lock makes the second wait and find nothing to do.
-            async let first = PostgresMigrations.migrate(client, logger: Self.logger)
-            async let second = PostgresMigrations.migrate(client, logger: Self.logger)
+            async let first = client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) }
+            async let second = client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) }
             let results = try await [first, second]
             #expect(results.filter(\.isEmpty).count == 1, "\(results)")
             #expect(results.flatMap { $0 } == PostgresMigrations.all.map(\.version))
@@ -51,10 +51,10 @@ import Testing
 
     @Test func aDatabaseMigratedByANewerFanoutdIsRefusedAndLeftAlone() async throws {
         try await Self.withDatabase("migrate_newer") { client, _ in
-            try await PostgresMigrations.migrate(client, logger: Self.logger)
+            _ = try await client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) }
             try await client.query("INSERT INTO fanout_migrations (version, name) VALUES (999, 'from the future')", logger: Self.logger)
             do {
-                try await PostgresMigrations.migrate(client, logger: Self.logger)
+                _ = try await client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) }
                 Issue.record("a schema at version 999 was accepted")
             } catch let error as PostgresSchemaError {
                 #expect(error.description.contains("version 999, newer than this fanoutd knows"))
@@ -65,7 +65,7 @@ import Testing
 
     @Test func eventSequencesComeFromTheDatabaseAndCannotBeSetByAWriter() async throws {
         try await Self.withDatabase("migrate_events") { client, _ in
-            try await PostgresMigrations.migrate(client, logger: Self.logger)
+            _ = try await client.withConnection { try await PostgresMigrations.migrate($0, logger: Self.logger) }
             await #expect(throws: PSQLError.self) {
                 try await client.query("""
                     INSERT INTO events (sequence, kind, timestamp, owner_id, batch_id) VALUES (5, 'task_started', 0, 'o', 1)

@@ -50,7 +50,7 @@ struct PostgresTestServerTests {
         struct SuiteFailed: Error {}
         let seen = Seen()
         await #expect(throws: SuiteFailed.self) {
-            try await PostgresServerTrait().provideScope(for: Test.current!, testCase: nil) {
+            try await PostgresServerTrait(shared: false).provideScope(for: Test.current!, testCase: nil) {
                 let server = try PostgresTestServer.current()
                 seen.set(server, try #require(server.postmasterPID()))
                 throw SuiteFailed()

@@ -1,0 +1,121 @@
+import FanoutCore
+import FanoutStore
+import Foundation
+import PostgresNIO
+
+/// The statements both sides of the store run (the commit loop's blocking
+/// connection and the async pool), as values: each side only executes them.
+enum PostgresStatements {
+    static func insertBatch(_ batch: NewBatch, state: String, taskCount: Int, now: Milliseconds) throws -> PostgresQuery {
+        let metadata = batch.metadata.isEmpty ? nil : String(decoding: try JSONEncoder().encode(batch.metadata), as: UTF8.self)
+        return """
+            INSERT INTO batches (owner_id, agent, state, total, pending, max_turns, metadata,
+                                 parent_task_id, parent_attempt, created_at, deadline_at, creator_uid)
+            VALUES (\(batch.ownerID), \(batch.agent), \(state), \(taskCount), \(taskCount), \(batch.maxTurns), \(metadata),
+                    \(batch.parentTaskID), \(batch.parentAttempt), \(now), \(batch.deadlineAt), \(Int64(batch.creatorUID)))
+            RETURNING id
+            """
+    }
+
+    static func insertTask(_ task: NewTask, batchID: BatchID, parentTaskID: TaskID?, now: Milliseconds) -> PostgresQuery {
+        """
+        INSERT INTO tasks (batch_id, custom_id, agent, state, priority, max_attempts, timeout_ms,
+                           max_turns, payload, parent_task_id, created_at, url)
+        VALUES (\(batchID), \(task.customID), \(task.agent), 'pending', \(task.priority), \(task.maxAttempts), \(task.timeoutMs),
+                \(task.maxTurns), \(ByteBuffer(bytes: task.payload)), \(parentTaskID), \(now), \(task.url))
+        RETURNING id
+        """
+    }
+
+    static func taskChange(_ change: TaskChange) -> PostgresQuery {
+        switch change {
+        case let .started(id, attempt, at):
+            "UPDATE tasks SET state = 'running', attempt = \(attempt), started_at = \(at) WHERE id = \(id)"
+        case let .turns(id, turns):
+            "UPDATE tasks SET turns_completed = \(turns) WHERE id = \(id)"
+        case let .waiting(id):
+            "UPDATE tasks SET state = 'waiting_children' WHERE id = \(id)"
+        case let .resumed(id):
+            "UPDATE tasks SET state = 'running' WHERE id = \(id)"
+        case let .released(id):
+            // A graceful stop is not the task's fault: the attempt it was on is given back.
+            "UPDATE tasks SET state = 'pending', attempt = greatest(attempt - 1, 0), claimed_by = NULL, lease_expires_at = NULL WHERE id = \(id)"
+        case let .requeued(id, state, failure):
+            """
+            UPDATE tasks SET state = \(state.rawValue), error_message = \(failure?.message), error_code = \(failure?.code),
+                error_retryable = \(failure?.retryable), claimed_by = NULL, lease_expires_at = NULL
+            WHERE id = \(id)
+            """
+        case let .finished(id, state, result, failure, turns, at, details):
+            """
+            UPDATE tasks SET state = \(state.rawValue), result = \(result.map { ByteBuffer(bytes: $0) }),
+                error_message = \(failure?.message), error_code = \(failure?.code), error_retryable = \(failure?.retryable),
+                turns_completed = \(turns), finished_at = \(at), status_code = \(details.statusCode),
+                request_id = \(details.requestID), prompt_tokens = \(details.usage?.promptTokens),
+                completion_tokens = \(details.usage?.completionTokens),
+                total_tokens = \(details.usage?.totalTokens), claimed_by = NULL, lease_expires_at = NULL
+            WHERE id = \(id)
+            """
+        }
+    }
+
+    static func batchSnapshot(_ snapshot: BatchSnapshot) -> PostgresQuery {
+        let counters = snapshot.counters
+        return """
+            UPDATE batches SET state = \(snapshot.state.rawValue), pending = \(counters.pending), running = \(counters.running),
+                waiting_children = \(counters.waitingChildren), retry_wait = \(counters.retryWait),
+                completed = \(counters.completed), failed = \(counters.failed), cancelled = \(counters.cancelled),
+                expired = \(counters.expired), progress_units = \(snapshot.progressUnits), started_at = \(snapshot.startedAt),
+                finished_at = \(snapshot.finishedAt), closing = \(snapshot.closing?.rawValue),
+                prompt_tokens = \(snapshot.usage.promptTokens), completion_tokens = \(snapshot.usage.completionTokens),
+                total_tokens = \(snapshot.usage.totalTokens)
+            WHERE id = \(snapshot.id)
+            """
+    }
+
+    static func insertEvent(_ event: EventRecord) -> PostgresQuery {
+        """
+        INSERT INTO events (kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress,
+                            counters, attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid)
+        VALUES (\(event.kind.rawValue), \(event.timestamp), \(event.ownerID), \(event.batchID), \(event.taskID), \(event.customID),
+                \(event.parentTaskID), \(event.progress), \(event.counters.flatMap(\.json)), \(event.attempt), \(event.turn),
+                \(event.retryDelayMs), \(event.failure?.message), \(event.failure?.code), \(event.failure?.retryable),
+                \(event.creatorUID.map { Int64($0) }))
+        RETURNING sequence
+        """
+    }
+
+    /// The identity sequence of `events.sequence`: its last value and whether it was handed out.
+    static let lastSequence: PostgresQuery = "SELECT last_value, is_called FROM events_sequence_seq"
+
+    /// A batch still being received, or a file still being uploaded, when the daemon stopped was never accepted.
+    static let discardUnfinishedUploads = [
+        "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')",
+        "DELETE FROM gateway_rejects WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')",
+        "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE state = 'uploading')",
+        "DELETE FROM files WHERE state = 'uploading'",
+        "DELETE FROM batches WHERE state = 'staging'",
+    ]
+
+    /// Counters, progress and token use of the active batches, from their task rows (the source of truth).
+    static let recountActiveBatches = recountBatch + " WHERE state IN ('pending', 'processing')"
+
+    /// The same for the batches a WHERE clause appended to it names.
+    static let recountBatch = """
+        UPDATE batches SET
+            pending = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'pending'),
+            running = 0, retry_wait = 0,
+            waiting_children = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'waiting_children'),
+            completed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'completed'),
+            failed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'failed'),
+            cancelled = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'cancelled'),
+            expired = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'expired'),
+            progress_units = (SELECT coalesce(sum(CASE
+                WHEN t.state IN ('completed', 'failed', 'cancelled', 'expired') THEN greatest(batches.max_turns, 1)
+                WHEN batches.max_turns > 0 THEN least(t.turns_completed, batches.max_turns)
+                ELSE 0 END), 0) FROM tasks t WHERE t.batch_id = batches.id),
+            prompt_tokens = (SELECT coalesce(sum(t.prompt_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id),
+            completion_tokens = (SELECT coalesce(sum(t.completion_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id),
+            total_tokens = (SELECT coalesce(sum(t.total_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id)
+        """
+}

@@ -1,0 +1,139 @@
+import FanoutCore
+import FanoutStore
+import Foundation
+import PostgresNIO
+
+/// The commit loop's writes and recovery, blocking on the writer's connection.
+extension PostgresStore {
+    public func insertBatch(_ batch: NewBatch, now: Milliseconds) throws -> InsertedBatch {
+        try writeTransaction { transaction in
+            let batchID = try Self.insertedID(transaction.query(PostgresStatements.insertBatch(batch, state: "pending",
+                                                                                              taskCount: batch.tasks.count, now: now)))
+            var taskIDs: [TaskID] = []
+            taskIDs.reserveCapacity(batch.tasks.count)
+            for task in batch.tasks {
+                taskIDs.append(try Self.insertedID(transaction.query(
+                    PostgresStatements.insertTask(task, batchID: batchID, parentTaskID: batch.parentTaskID, now: now))))
+            }
+            return InsertedBatch(batch, id: batchID, taskIDs: taskIDs, now: now)
+        }
+    }
+
+    static func insertedID(_ result: PostgresQueryResult) throws -> Int64 {
+        guard let row = result.rows.first else { throw PostgresSchemaError("an INSERT … RETURNING returned no row") }
+        return try row.decode(Int64.self)
+    }
+
+    public func commit(_ changes: ChangeSet) throws -> [EventRecord] {
+        guard !changes.isEmpty else { return [] }
+        return try writeTransaction { transaction in
+            for change in changes.tasks {
+                try transaction.query(PostgresStatements.taskChange(change))
+            }
+            for snapshot in changes.batches.values {
+                try transaction.query(PostgresStatements.batchSnapshot(snapshot))
+            }
+            guard !changes.events.isEmpty else { return [] }
+            try transaction.query("SELECT pg_advisory_xact_lock(\(Self.eventsLockKey))")
+            var stored: [EventRecord] = []
+            stored.reserveCapacity(changes.events.count)
+            for var event in changes.events {
+                event.sequence = try Self.insertedID(transaction.query(PostgresStatements.insertEvent(event)))
+                stored.append(event)
+            }
+            return stored
+        }
+    }
+
+    public func lastEventSequence() throws -> EventSequence {
+        try writeTransaction { transaction in try Self.lastSequence(transaction.query(PostgresStatements.lastSequence)) }
+    }
+
+    static func lastSequence(_ result: PostgresQueryResult) throws -> EventSequence {
+        // The identity's sequence remembers the highest number handed out, also after retention removed it.
+        guard let row = result.rows.first else { return 0 }
+        let (lastValue, isCalled) = try row.decode((Int64, Bool).self)
+        return isCalled ? lastValue : 0
+    }
+
+    public func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int {
+        guard limit > 0, keepingLast != nil || olderThan != nil else { return 0 }
+        return try writeTransaction { transaction in
+            guard let bounds = try transaction.query("SELECT min(sequence), max(sequence) FROM events").rows.first,
+                  case let (first?, last?) = try bounds.decode((Int64?, Int64?).self)
+            else { return 0 }
+            // As in SQLiteStore.trimEvents: at most `limit` from the oldest end, the log kept contiguous.
+            let (end, overflow) = first.addingReportingOverflow(EventSequence(limit) - 1)
+            let stepEnd = overflow ? last : min(last, end)
+            var through = first - 1
+            if let keepingLast { through = max(through, last - EventSequence(max(0, keepingLast))) }
+            if let olderThan, through < stepEnd {
+                let kept = try transaction.query("""
+                    SELECT sequence FROM events WHERE sequence > \(through) AND sequence <= \(stepEnd) AND timestamp >= \(olderThan)
+                    ORDER BY sequence LIMIT 1
+                    """).rows.first.map { try $0.decode(Int64.self) }
+                through = max(through, (kept ?? stepEnd + 1) - 1)
+            }
+            through = min(through, stepEnd)
+            guard through >= first else { return 0 }
+            return try transaction.query("DELETE FROM events WHERE sequence <= \(through)").metadata.rows ?? 0
+        }
+    }
+
+    public func recover(now: Milliseconds) throws -> RecoveredState {
+        try writeTransaction { transaction in
+            for statement in PostgresStatements.discardUnfinishedUploads { try transaction.execute(statement) }
+            // A task found running was cut short by a crash: that attempt counts (see SQLiteStore.recover).
+            let active = "batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing'))"
+            try transaction.execute("UPDATE tasks SET crashes = crashes + 1 WHERE \(active) AND state = 'running'")
+            var interrupted: [EventRecord] = []
+            let exhausted = try transaction.query(PostgresQuery(unsafeSQL: """
+                SELECT t.id, t.batch_id, t.custom_id, t.attempt, t.max_attempts, t.crashes, t.parent_task_id, b.owner_id, b.creator_uid
+                FROM tasks t JOIN batches b ON b.id = t.batch_id
+                WHERE t.\(active) AND t.state = 'running' AND t.attempt >= t.max_attempts
+                """))
+            for row in exhausted.rows {
+                let (id, batchID, customID, attempt, maxAttempts, crashes, parentTaskID, ownerID, creator) =
+                    try row.decode((Int64, Int64, String, Int32, Int32, Int32, Int64?, String, Int64).self)
+                let failure = TaskFailure(
+                    message: "fanoutd stopped unexpectedly while this task was running, \(crashes) time(s); "
+                        + "its \(maxAttempts) attempt(s) are used up (max_attempts)",
+                    code: "interrupted", retryable: false)
+                try transaction.query("""
+                    UPDATE tasks SET state = 'failed', error_message = \(failure.message), error_code = \(failure.code),
+                        error_retryable = false, finished_at = \(now) WHERE id = \(id)
+                    """)
+                interrupted.append(EventRecord(
+                    kind: .taskFailed, timestamp: now, ownerID: ownerID, batchID: batchID, taskID: id, customID: customID,
+                    parentTaskID: parentTaskID, attempt: Int(attempt), failure: failure, creatorUID: UInt32(truncatingIfNeeded: creator)))
+            }
+            let requeued = try transaction.query(PostgresQuery(unsafeSQL: """
+                UPDATE tasks SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
+                WHERE \(active) AND state IN ('running', 'retry_wait')
+                """)).metadata.rows ?? 0
+            try transaction.execute(PostgresStatements.recountActiveBatches)
+            let batches = try transaction.query("SELECT * FROM batches WHERE state IN ('pending', 'processing') ORDER BY id")
+                .rows.map(PostgresRows.batch)
+            let waiting = try transaction.query("""
+                SELECT t.id, t.batch_id, t.custom_id, t.agent, t.priority, t.attempt, t.max_attempts, t.timeout_ms,
+                       t.turns_completed, t.max_turns, t.parent_task_id, t.url, b.owner_id
+                FROM tasks t JOIN batches b ON b.id = t.batch_id
+                WHERE b.state IN ('pending', 'processing') AND t.state = 'waiting_children' ORDER BY t.id
+                """).rows.map { row in
+                let cells = row.makeRandomAccess()
+                return try PostgresRows.runnable(row, batchID: try cells["batch_id"].decode(Int64.self),
+                                                 ownerID: try cells["owner_id"].decode(String.self), agent: try cells["agent"].decode(String.self))
+            }
+            var pendingAgents: [BatchID: [String]] = [:]
+            for row in try transaction.query("""
+                SELECT DISTINCT t.batch_id, t.agent FROM tasks t JOIN batches b ON b.id = t.batch_id
+                WHERE b.state IN ('pending', 'processing') AND t.state = 'pending'
+                """).rows {
+                let (batchID, agent) = try row.decode((Int64, String).self)
+                pendingAgents[batchID, default: []].append(agent)
+            }
+            return RecoveredState(activeBatches: batches, pendingAgents: pendingAgents, requeued: requeued,
+                                  interruptedFailures: interrupted, waitingTasks: waiting)
+        }
+    }
+}

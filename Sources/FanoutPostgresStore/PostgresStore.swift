@@ -1,0 +1,166 @@
+import FanoutCore
+import FanoutStore
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import Synchronization
+
+/// The store on PostgreSQL, for several daemons sharing one queue.
+///
+/// Async calls go through a `PostgresClient` (a connection pool) that the
+/// owner runs (`run()`, a `Service` of the daemon). The commit loop's writes
+/// (`StoreWriter`) go through one connection of their own, on which the commit
+/// thread blocks with NIO futures: that thread exists to block (decision 49),
+/// and a future's `wait()` needs no thread of the cooperative pool.
+public final class PostgresStore: Store, StoreWriter {
+    public let location: PostgresLocation
+    let client: PostgresClient
+    let logger: Logger
+    private let writerConnection = Mutex<PostgresConnection?>(nil)
+    private let eventLoop: any EventLoop
+
+    /// Advisory lock a transaction takes before it inserts events and holds to its commit:
+    /// sequence order is then commit order, across daemons, so a reader that has seen sequence
+    /// N will never find an event below N committed later.
+    static let eventsLockKey: Int64 = 0x66_61_6E_65_76_74
+
+    public var writer: any StoreWriter { self }
+
+    /// A store for `location`; `run()` must run (the pool) before it is used.
+    public init(location: PostgresLocation, logger: Logger = Logger(label: "fanout.store.postgres")) {
+        self.location = location
+        self.logger = logger
+        client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
+        eventLoop = MultiThreadedEventLoopGroup.singleton.any()
+    }
+
+    /// Runs the connection pool until the calling task is cancelled.
+    public func run() async {
+        await client.run()
+    }
+
+    /// Applies the schema's migrations, on a connection of their own (the pool may not run yet).
+    public func migrate() async throws {
+        let connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(), id: 1, logger: logger)
+        let applied: [Int]
+        do {
+            applied = try await PostgresMigrations.migrate(connection, logger: logger)
+        } catch {
+            try? await connection.close()
+            throw Self.unavailable(error)
+        }
+        try? await connection.close()
+        if !applied.isEmpty { logger.info("migrated the PostgreSQL schema", metadata: ["versions": "\(applied)"]) }
+    }
+
+    /// Opens the commit loop's connection, which holds the database for this daemon: until tasks
+    /// carry leases that other daemons honour, one daemon per database (as with SQLite's lock file).
+    /// Throws FAILED_PRECONDITION when another daemon holds it.
+    public func claimDatabase() throws {
+        _ = try writerConnectionOpened()
+    }
+
+    /// Closes the commit loop's connection (the pool ends with `run()`).
+    public func close() {
+        let connection = writerConnection.withLock { connection in
+            defer { connection = nil }
+            return connection
+        }
+        try? (connection?.close() as EventLoopFuture<Void>?)?.wait()
+    }
+
+    // MARK: The writer's connection
+
+    /// Runs `body` in a transaction on the writer's connection, blocking the calling thread.
+    /// A connection that failed is replaced at the next call.
+    func writeTransaction<T>(_ body: (WriterTransaction) throws -> T) throws -> T {
+        let connection = try writerConnectionOpened()
+        let transaction = WriterTransaction(connection: connection, logger: logger)
+        do {
+            try transaction.execute("BEGIN")
+            let value = try body(transaction)
+            try transaction.execute("COMMIT")
+            return value
+        } catch {
+            if (try? transaction.execute("ROLLBACK")) == nil {
+                // The connection is broken (or mid-protocol): open a new one next time.
+                writerConnection.withLock { if $0 === connection { $0 = nil } }
+                // Waited for: a connection must be closed before it goes away.
+                try? (connection.close() as EventLoopFuture<Void>).wait()
+            }
+            throw Self.unavailable(error)
+        }
+    }
+
+    private func writerConnectionOpened() throws -> PostgresConnection {
+        if let open = writerConnection.withLock({ $0 }), !open.isClosed { return open }
+        let connection: PostgresConnection
+        do {
+            connection = try PostgresConnection.connect(on: eventLoop, configuration: try connectionConfiguration(), id: 0,
+                                                        logger: logger).wait()
+        } catch {
+            throw Self.unavailable(error)
+        }
+        // A session lock: it lasts as long as this connection, and a new connection takes it again.
+        let claimed = try? connection.query("SELECT pg_try_advisory_lock(\(Self.daemonLockKey))", logger: logger).wait()
+            .rows.first?.decode(Bool.self)
+        guard claimed == true else {
+            try? (connection.close() as EventLoopFuture<Void>).wait()
+            throw FanoutError.failedPrecondition("""
+                another fanoutd is using the PostgreSQL database \(location): one daemon per database for now \
+                (several daemons sharing one come with task leases)
+                """)
+        }
+        writerConnection.withLock { $0 = connection }
+        return connection
+    }
+
+    /// The advisory lock the daemon using the database holds ("fanoutd" in ASCII).
+    static let daemonLockKey: Int64 = 0x66_61_6E_6F_75_74_64
+
+    /// A single connection's configuration (the pool has its own, from the same location).
+    private func connectionConfiguration() throws -> PostgresConnection.Configuration {
+        switch location.endpoint {
+        case let .tcp(host, port):
+            PostgresConnection.Configuration(
+                host: host, port: port, username: location.user, password: location.password, database: location.database,
+                tls: location.requiresTLS ? .require(try NIOSSLContext(configuration: .makeClientConfiguration())) : .disable)
+        case let .unixSocket(path):
+            PostgresConnection.Configuration(
+                unixSocketPath: path, username: location.user, password: location.password, database: location.database)
+        }
+    }
+
+    /// The server's errors as UNAVAILABLE when they are about reaching it (the commit loop
+    /// retries those); others, a bug or a constraint, as they are.
+    static func unavailable(_ error: any Error) -> any Error {
+        guard let error = error as? PSQLError else { return error }
+        switch error.code {
+        case .serverClosedConnection, .connectionError, .clientClosedConnection, .failedToAddSSLHandler, .unexpectedBackendMessage,
+             .uncleanShutdown:
+            return FanoutError.unavailable("the PostgreSQL store cannot be reached: \(error.code)")
+        default:
+            if let sqlState = error.serverInfo?[.sqlState], sqlState.hasPrefix("53") || sqlState.hasPrefix("57") || sqlState.hasPrefix("08") {
+                // Insufficient resources, operator intervention, connection exceptions.
+                return FanoutError.unavailable("the PostgreSQL store refuses writes: \(error.serverInfo?[.message] ?? sqlState) (\(sqlState))")
+            }
+            return error
+        }
+    }
+}
+
+/// One transaction on the writer's connection; every statement blocks until answered.
+struct WriterTransaction {
+    let connection: PostgresConnection
+    let logger: Logger
+
+    @discardableResult
+    func query(_ query: PostgresQuery) throws -> PostgresQueryResult {
+        try connection.query(query, logger: logger).wait()
+    }
+
+    func execute(_ sql: String) throws {
+        _ = try connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).wait()
+    }
+}

@@ -1,0 +1,53 @@
+import FanoutClient
+import FanoutTestSupport
+import Foundation
+import Testing
+
+/// The real `fanoutd` on a PostgreSQL store (`--store postgres://…`), against a real server.
+@Suite(.postgresServer) struct PostgresDaemonProcessTests {
+    @Test func aDaemonOnPostgresRunsABatchAndASecondDaemonOnTheSameDatabaseIsRefused() async throws {
+        let server = try PostgresTestServer.current()
+        try await server.createDatabase(named: "daemon_run")
+        let url = server.connectionURL(database: "daemon_run")
+        try await withTemporaryDirectory { directory in
+            let socketPath = directory + "/d.sock"
+            try await withDaemonProcess(["--socket", socketPath, "--store", url], logPath: directory + "/first.log") { first in
+                try await withDeadline(.seconds(60)) {
+                    try await first.waitUntilListening(socketPath)
+                    try await withClient(socketPath) { client in
+                        let batch = try await client.enqueueBatch(
+                            ownerID: "pg", agent: "echo", tasks: (0..<50).map { TaskSpec(customID: "t\($0)", payload: Array("r\($0)".utf8)) })
+                        let seen = try await events(of: batch.id, owner: "pg", on: client)
+                        #expect(seen.last?.type == .batchCompleted)
+                        #expect(seen.filter { $0.type == .taskCompleted }.count == 50)
+                        var results: [TaskResult] = []
+                        for try await result in client.results(batchID: batch.id) { results.append(result) }
+                        #expect(results.map(\.customID) == (0..<50).map { "t\($0)" })
+                        #expect(results.first?.result == Array("r0".utf8))
+                    }
+
+                    // The database is this daemon's: a second one, on another socket, stops with why.
+                    let other = directory + "/other.sock"
+                    try await withDaemonProcess(["--socket", other, "--store", url], logPath: directory + "/second.log") { second in
+                        let status = await second.waitForExit(seconds: 20)
+                        #expect(status != nil && status != 0, "second fanoutd: status \(String(describing: status))\n\(second.output)")
+                        #expect(second.output.contains("another fanoutd is using the PostgreSQL database"), "\(second.output)")
+                    }
+                    #expect(first.isRunning)
+                    try await withClient(socketPath) { client in try await expectClientWorks(client) }
+                }
+            }
+        }
+    }
+
+    @Test func aWrongStoreURLStopsTheDaemonWithWhatIsWrong() async throws {
+        try await withTemporaryDirectory { directory in
+            let arguments = ["--socket", directory + "/d.sock", "--store", "postgres://localhost/fanout"]
+            try await withDaemonProcess(arguments, logPath: directory + "/d.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 20)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("the store URL names no user"), "\(daemon.output)")
+            }
+        }
+    }
+}

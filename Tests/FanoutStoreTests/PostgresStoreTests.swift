@@ -1,0 +1,145 @@
+import FanoutCore
+import FanoutPostgresStore
+import FanoutStore
+import FanoutTestSupport
+import Testing
+
+/// `PostgresStore` against a real PostgreSQL: each test on a database of its own.
+@Suite(.postgresServer) struct PostgresStoreTests {
+    func withStore<T: Sendable>(_ name: String, _ body: @Sendable (PostgresStore) async throws -> T) async throws -> T {
+        try await PostgresTestServer.current().withStore(database: name, body)
+    }
+
+    @Test func anInsertedBatchReadsBackWithItsTasksInWindowOrder() async throws {
+        try await withStore("insert_read") { store in
+            let batch = newBatch(count: 6, metadata: ["team": "search"])
+            let inserted = try store.insertBatch(batch, now: 1_000)
+            #expect(inserted.taskIDs.count == 6)
+            let read = try #require(try await store.batch(inserted.batch.id))
+            #expect(read.counters.total == 6 && read.counters.pending == 6 && read.state == .pending)
+            #expect(read.metadata == ["team": "search"] && read.creatorUID == 1000)
+            let task = try #require(try await store.task(inserted.taskIDs[2], includePayload: true))
+            #expect(task.customID == "t2" && task.ownerID == "alice" && task.priority == 2 && task.maxAttempts == 2)
+            #expect(task.payload == Array("payload-2".utf8))
+            #expect(try await store.payload(of: inserted.taskIDs[5]) == Array("payload-5".utf8))
+
+            // Highest priority first, then by id; the cursor continues where a window stopped.
+            let first = try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 4, inlinePayloadBytes: 1_000)
+            #expect(first.map(\.customID) == ["t2", "t5", "t1", "t4"])
+            #expect(first[0].payload == Array("payload-2".utf8))
+            let rest = try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: first.last?.cursor, limit: 4,
+                                                    inlinePayloadBytes: 0)
+            #expect(rest.map(\.customID) == ["t0", "t3"])
+            #expect(rest.allSatisfy { $0.payload == nil })
+        }
+    }
+
+    @Test func aCommitWritesTaskChangesSnapshotsAndEventsWithOneGaplessSequence() async throws {
+        try await withStore("commit_events") { store in
+            let inserted = try store.insertBatch(newBatch(count: 2), now: 1_000)
+            let (batchID, ids) = (inserted.batch.id, inserted.taskIDs)
+            #expect(try store.writer.lastEventSequence() == 0)
+            var changes = ChangeSet()
+            changes.tasks = [.started(ids[0], attempt: 1, at: 2_000), .started(ids[1], attempt: 1, at: 2_000)]
+            changes.events = [taskEvent(.taskStarted, batch: batchID, task: ids[0]), taskEvent(.taskStarted, batch: batchID, task: ids[1])]
+            changes.batches[batchID] = snapshot(inserted.batch, state: .processing, { $0.pending = 0; $0.running = 2 }, units: 0)
+            #expect(try store.commit(changes).map(\.sequence) == [1, 2])
+
+            changes = ChangeSet()
+            changes.tasks = [
+                .finished(ids[0], state: .completed, result: Array("ok".utf8), failure: nil, turnsCompleted: 0, at: 3_000,
+                          details: ResponseDetails(statusCode: 200, requestID: "req-1", usage: TokenUsage(promptTokens: 3, completionTokens: 4, totalTokens: 7))),
+                .finished(ids[1], state: .failed, result: nil, failure: TaskFailure(message: "boom", code: "E1", retryable: true),
+                          turnsCompleted: 0, at: 3_000),
+            ]
+            changes.events = [taskEvent(.taskCompleted, batch: batchID, task: ids[0]), taskEvent(.taskFailed, batch: batchID, task: ids[1])]
+            changes.batches[batchID] = snapshot(inserted.batch, state: .completed, { $0.pending = 0; $0.completed = 1; $0.failed = 1 }, units: 2)
+            #expect(try store.commit(changes).map(\.sequence) == [3, 4])
+
+            let batch = try #require(try await store.batch(batchID))
+            #expect(batch.state == .completed && batch.counters.completed == 1 && batch.counters.failed == 1 && batch.progress.units == 2)
+            let results = try await store.results(batchID: batchID, afterTaskID: 0, limit: 10)
+            #expect(results.map(\.state) == [.completed, .failed])
+            #expect(results[0].result == Array("ok".utf8) && results[0].details.statusCode == 200 && results[0].details.usage?.totalTokens == 7)
+            #expect(results[1].failure == TaskFailure(message: "boom", code: "E1", retryable: true))
+            // Paged by bytes: the first result alone fills a page of one byte, the second comes next.
+            #expect(try await store.results(batchID: batchID, afterTaskID: 0, limit: 10, maxBytes: 1).map(\.id) == [ids[0]])
+
+            let all = try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "alice"), limit: 100)
+            #expect(all.map(\.sequence) == [1, 2, 3, 4])
+            #expect(all.map(\.kind) == [.taskStarted, .taskStarted, .taskCompleted, .taskFailed])
+            let page = try await store.eventPage(after: 1, upTo: 3, filter: EventFilter(ownerID: "alice", kinds: [.taskStarted]), limit: 10)
+            #expect(page.events.map(\.sequence) == [2] && page.firstAvailable == 1)
+            #expect(try await store.lastEventSequence() == 4)
+            #expect(try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "bob"), limit: 10).isEmpty)
+
+            // Retention from the oldest end; numbers are never reused afterwards.
+            #expect(try store.trimEvents(keepingLast: 1, olderThan: nil, limit: 100) == 3)
+            #expect(try await store.firstEventSequence() == 4)
+            let next = try store.commit({ var more = ChangeSet(); more.events = [taskEvent(.batchProgress, batch: batchID, task: ids[0])]; return more }())
+            #expect(next.map(\.sequence) == [5])
+        }
+    }
+
+    @Test func aStagedBatchIsInvisibleUntilPublishedAndGoneWhenDiscarded() async throws {
+        try await withStore("staging") { store in
+            var header = newBatch(count: 0)
+            header.tasks = []
+            let staged = try await store.createStagedBatch(header, now: 1_000)
+            try await store.appendStagedTasks(newBatch(count: 3).tasks, to: staged, parentTaskID: nil, now: 1_000)
+            try await store.appendStagedTasks(newBatch(count: 2).tasks, to: staged, parentTaskID: nil, now: 1_000)
+            #expect(try await store.batch(staged) == nil)
+            let published = try await store.publishStagedBatch(staged)
+            #expect(published.counters.total == 5 && published.state == .pending)
+            #expect(try await store.batches(ownerID: "alice", creatorUID: nil, limit: 10, beforeID: nil).map(\.id) == [staged])
+
+            let dropped = try await store.createStagedBatch(header, now: 1_000)
+            try await store.appendStagedTasks(newBatch(count: 2).tasks, to: dropped, parentTaskID: nil, now: 1_000)
+            try await store.discardStagedBatch(dropped)
+            await #expect(throws: FanoutError.self) { try await store.publishStagedBatch(dropped) }
+        }
+    }
+
+    @Test func recoveryRequeuesRunningTasksAndFailsThoseWithoutAttemptsLeft() async throws {
+        try await withStore("recover") { store in
+            let inserted = try store.insertBatch(newBatch(count: 3), now: 1_000)
+            let ids = inserted.taskIDs
+            var changes = ChangeSet()
+            // Task 0 on its first of two attempts, task 1 on its last; task 2 still pending.
+            changes.tasks = [.started(ids[0], attempt: 1, at: 2_000), .started(ids[1], attempt: 2, at: 2_000)]
+            changes.batches[inserted.batch.id] = snapshot(inserted.batch, state: .processing, { $0.pending = 1; $0.running = 2 }, units: 0)
+            _ = try store.commit(changes)
+
+            let recovered = try store.recover(now: 5_000)
+            #expect(recovered.requeued == 1)
+            #expect(recovered.interruptedFailures.map(\.taskID) == [ids[1]])
+            #expect(recovered.interruptedFailures.first?.failure?.code == "interrupted")
+            let batch = try #require(recovered.activeBatches.first)
+            #expect(batch.counters.pending == 2 && batch.counters.failed == 1 && batch.counters.running == 0)
+            #expect(recovered.pendingAgents[inserted.batch.id] == ["echo"])
+            #expect(try await store.task(ids[1], includePayload: false)?.state == .failed)
+        }
+    }
+
+    @Test func retryFailedReopensOnlyTheAskedStatesOfAFinishedBatch() async throws {
+        try await withStore("reopen") { store in
+            let inserted = try store.insertBatch(newBatch(count: 2), now: 1_000)
+            let ids = inserted.taskIDs
+            await #expect(throws: FanoutError.self) {
+                try await store.reopenTasks(batchID: inserted.batch.id, states: [.failed], now: 2_000)
+            }
+            var changes = ChangeSet()
+            changes.tasks = [
+                .finished(ids[0], state: .completed, result: [1], failure: nil, turnsCompleted: 0, at: 2_000),
+                .finished(ids[1], state: .failed, result: nil, failure: TaskFailure(message: "no"), turnsCompleted: 0, at: 2_000),
+            ]
+            changes.batches[inserted.batch.id] = snapshot(inserted.batch, state: .completed, { $0.pending = 0; $0.completed = 1; $0.failed = 1 },
+                                                          units: 2)
+            _ = try store.commit(changes)
+            let reopened = try await store.reopenTasks(batchID: inserted.batch.id, states: [.failed], now: 3_000)
+            #expect(reopened.reopened == 1 && reopened.agents == ["echo"])
+            #expect(reopened.batch.state == .processing && reopened.batch.counters.pending == 1 && reopened.batch.counters.completed == 1)
+            #expect(try await store.task(ids[1], includePayload: false)?.state == .pending)
+        }
+    }
+}
