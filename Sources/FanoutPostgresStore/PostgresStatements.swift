@@ -17,14 +17,29 @@ enum PostgresStatements {
             """
     }
 
-    static func insertTask(_ task: NewTask, batchID: BatchID, parentTaskID: TaskID?, now: Milliseconds) -> PostgresQuery {
+    /// Tasks per INSERT: one statement (and one round trip) per chunk, its columns sent as arrays.
+    static let tasksPerInsert = 2_000
+
+    /// `tasks` in one statement, their columns as arrays `unnest` turns back into rows. The rows are
+    /// inserted in the order given, so their ids ascend in that order (`insertedTaskIDs`).
+    static func insertTasks(_ tasks: ArraySlice<NewTask>, batchID: BatchID, parentTaskID: TaskID?, now: Milliseconds) -> PostgresQuery {
         """
         INSERT INTO tasks (batch_id, custom_id, agent, state, priority, max_attempts, timeout_ms,
                            max_turns, payload, parent_task_id, created_at, url)
-        VALUES (\(batchID), \(task.customID), \(task.agent), 'pending', \(task.priority), \(task.maxAttempts), \(task.timeoutMs),
-                \(task.maxTurns), \(ByteBuffer(bytes: task.payload)), \(parentTaskID), \(now), \(task.url))
+        SELECT \(batchID), t.custom_id, t.agent, 'pending', t.priority, t.max_attempts, t.timeout_ms,
+               t.max_turns, t.payload, \(parentTaskID), \(now), CASE WHEN t.has_url THEN t.url END
+        FROM unnest(\(tasks.map(\.customID)), \(tasks.map(\.agent)), \(tasks.map(\.priority)), \(tasks.map { Int32(clamping: $0.maxAttempts) }),
+                    \(tasks.map(\.timeoutMs)), \(tasks.map { Int32(clamping: $0.maxTurns) }), \(tasks.map { ByteBuffer(bytes: $0.payload) }),
+                    \(tasks.map { $0.url ?? "" }), \(tasks.map { $0.url != nil }))
+            WITH ORDINALITY AS t(custom_id, agent, priority, max_attempts, timeout_ms, max_turns, payload, url, has_url, position)
+        ORDER BY t.position
         RETURNING id
         """
+    }
+
+    /// The ids an `insertTasks` returned, in the order of its tasks: ascending, as they were assigned.
+    static func insertedTaskIDs(_ rows: [PostgresRow]) throws -> [TaskID] {
+        try rows.map { try $0.decode(Int64.self) }.sorted()
     }
 
     static func taskChange(_ change: TaskChange) -> PostgresQuery {

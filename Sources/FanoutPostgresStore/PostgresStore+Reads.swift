@@ -35,8 +35,9 @@ extension PostgresStore {
     public func appendStagedTasks(_ tasks: [NewTask], to batch: BatchID, parentTaskID: TaskID?, now: Milliseconds) async throws {
         let logger = self.logger
         try await transaction { connection in
-            for task in tasks {
-                try await connection.query(PostgresStatements.insertTask(task, batchID: batch, parentTaskID: parentTaskID, now: now),
+            for start in stride(from: 0, to: tasks.count, by: PostgresStatements.tasksPerInsert) {
+                let chunk = tasks[start..<min(start + PostgresStatements.tasksPerInsert, tasks.count)]
+                try await connection.query(PostgresStatements.insertTasks(chunk, batchID: batch, parentTaskID: parentTaskID, now: now),
                                            logger: logger)
             }
             try await connection.query("""

@@ -11,9 +11,11 @@ extension PostgresStore {
                                                                                               taskCount: batch.tasks.count, now: now)))
             var taskIDs: [TaskID] = []
             taskIDs.reserveCapacity(batch.tasks.count)
-            for task in batch.tasks {
-                taskIDs.append(try Self.insertedID(transaction.query(
-                    PostgresStatements.insertTask(task, batchID: batchID, parentTaskID: batch.parentTaskID, now: now))))
+            for start in stride(from: 0, to: batch.tasks.count, by: PostgresStatements.tasksPerInsert) {
+                let chunk = batch.tasks[start..<min(start + PostgresStatements.tasksPerInsert, batch.tasks.count)]
+                let inserted = try transaction.query(PostgresStatements.insertTasks(chunk, batchID: batchID, parentTaskID: batch.parentTaskID,
+                                                                                    now: now))
+                taskIDs += try PostgresStatements.insertedTaskIDs(inserted.rows)
             }
             return InsertedBatch(batch, id: batchID, taskIDs: taskIDs, now: now)
         }

@@ -1,5 +1,5 @@
 import FanoutCore
-import FanoutPostgresStore
+@testable import FanoutPostgresStore
 import FanoutStore
 import FanoutTestSupport
 import Testing
@@ -31,6 +31,20 @@ import Testing
                                                     inlinePayloadBytes: 0)
             #expect(rest.map(\.customID) == ["t0", "t3"])
             #expect(rest.allSatisfy { $0.payload == nil })
+        }
+    }
+
+    @Test func aBatchOfSeveralInsertStatementsKeepsItsOrderAndItsURLs() async throws {
+        try await withStore("insert_chunks") { store in
+            var batch = newBatch(count: PostgresStatements.tasksPerInsert * 2 + 500)
+            for index in stride(from: 0, to: batch.tasks.count, by: 3) { batch.tasks[index].url = "/v1/chat/completions" }
+            let inserted = try store.insertBatch(batch, now: 1_000)
+            #expect(inserted.taskIDs.count == batch.tasks.count && inserted.taskIDs == inserted.taskIDs.sorted())
+            for index in [0, 1, 2_000, 2_001, batch.tasks.count - 1] {
+                let task = try #require(try await store.task(inserted.taskIDs[index], includePayload: true))
+                #expect(task.customID == "t\(index)" && task.payload == Array("payload-\(index)".utf8))
+                #expect(task.url == (index % 3 == 0 ? "/v1/chat/completions" : nil))
+            }
         }
     }
 
