@@ -81,7 +81,10 @@ struct FileUpload {
             try await store.completeFile(id: created.id, filename: filename, bytes: bytes, lines: lines)
             return file
         } catch {
-            _ = try? await store.deleteFile(id: created.id)
+            // In a task of its own: the upload may have failed because the request was cancelled, and a
+            // cancelled task's store writes do not start.
+            let id = created.id
+            await Task { _ = try? await store.deleteFile(id: id) }.value
             throw error
         }
     }

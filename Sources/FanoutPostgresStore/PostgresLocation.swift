@@ -77,10 +77,17 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         switch endpoint {
         case let .tcp(host, port):
             PostgresClient.Configuration(host: host, port: port, username: user, password: password, database: database,
-                                         tls: requiresTLS ? .require(.makeClientConfiguration()) : .disable)
+                                         tls: requiresTLS ? .require(Self.requireTLS) : .disable)
         case let .unixSocket(path):
             PostgresClient.Configuration(unixSocketPath: path, username: user, password: password, database: database)
         }
+    }
+
+    /// libpq's `sslmode=require`: encrypted, the certificate not verified (as with psql).
+    static var requireTLS: TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateVerification = .none
+        return configuration
     }
 
     /// The location as a URL without its password, for logs.

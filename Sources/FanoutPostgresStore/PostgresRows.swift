@@ -63,6 +63,14 @@ enum PostgresRows {
                            retryable: try cells["error_retryable"].decode(Bool?.self) ?? false)
     }
 
+    /// What `task` reads but the payload, which only a call that asks for it reads (results never do).
+    static let taskColumns = """
+        t.id, t.batch_id, t.custom_id, t.agent, t.state, t.priority, t.attempt, t.max_attempts, t.timeout_ms,
+        t.turns_completed, t.max_turns, t.result, t.error_message, t.error_code, t.error_retryable, t.parent_task_id,
+        t.created_at, t.started_at, t.finished_at, t.url, t.status_code, t.request_id, t.prompt_tokens,
+        t.completion_tokens, t.total_tokens
+        """
+
     static let eventColumns = """
         sequence, kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress, counters,
         attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid

@@ -88,7 +88,10 @@ extension PostgresStore {
     }
 
     public func task(_ id: TaskID, includePayload: Bool) async throws -> TaskRecord? {
-        try await rows("SELECT t.*, b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = \(id)")
+        let columns = PostgresRows.taskColumns + (includePayload ? ", t.payload" : "")
+        return try await rows(PostgresQuery(unsafeSQL: """
+            SELECT \(columns), b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = $1
+            """, binds: { var binds = PostgresBindings(); binds.append(id); return binds }()))
             .first.map { try PostgresRows.task($0, includePayload: includePayload) }
     }
 
@@ -100,11 +103,18 @@ extension PostgresStore {
     }
 
     public func results(batchID: BatchID, afterTaskID: TaskID, limit: Int, maxBytes: Int) async throws -> [TaskRecord] {
-        let page = try await rows("""
-            SELECT t.*, b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id
-            WHERE t.batch_id = \(batchID) AND t.id > \(afterTaskID) AND t.state IN ('completed', 'failed', 'cancelled', 'expired')
-            ORDER BY t.id LIMIT \(limit)
-            """)
+        // Cut by bytes in the query too: a running sum of the result sizes, so a page of big results
+        // does not read the rows after its cut (the exact cut, by `resultPageBytes`, is made below).
+        var query = DynamicQuery("SELECT \(PostgresRows.taskColumns), b.owner_id FROM (SELECT t.*, sum(coalesce(octet_length(t.result), 0)")
+        query.sql += " + coalesce(octet_length(t.error_message), 0)) OVER (ORDER BY t.id) AS running_bytes FROM tasks t"
+        query.sql += " WHERE t.batch_id = \(query.bind(batchID)) AND t.id > \(query.bind(afterTaskID))"
+        query.sql += " AND t.state IN ('completed', 'failed', 'cancelled', 'expired') ORDER BY t.id LIMIT \(query.bind(limit))) t"
+        query.sql += " JOIN batches b ON b.id = t.batch_id"
+        // The first row always, then rows while the results alone fit.
+        query.sql += " WHERE t.running_bytes <= \(query.bind(maxBytes)) OR t.id = (SELECT min(id) FROM tasks"
+        query.sql += " WHERE batch_id = \(query.bind(batchID)) AND id > \(query.bind(afterTaskID))"
+        query.sql += " AND state IN ('completed', 'failed', 'cancelled', 'expired')) ORDER BY t.id"
+        let page = try await rows(query.query)
         var records: [TaskRecord] = []
         var bytes = 0
         for row in page {

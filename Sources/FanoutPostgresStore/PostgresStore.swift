@@ -17,7 +17,13 @@ public final class PostgresStore: Store, StoreWriter {
     public let location: PostgresLocation
     let client: PostgresClient
     let logger: Logger
-    private let writerConnection = Mutex<PostgresConnection?>(nil)
+    private let writerState = Mutex(WriterState())
+
+    /// The commit loop's connection, and whether the store was closed (no connection opens after).
+    private struct WriterState: ~Copyable {
+        var connection: PostgresConnection?
+        var closed = false
+    }
     private let eventLoop: any EventLoop
 
     /// Advisory lock a transaction takes before it inserts events and holds to its commit:
@@ -42,7 +48,12 @@ public final class PostgresStore: Store, StoreWriter {
 
     /// Applies the schema's migrations, on a connection of their own (the pool may not run yet).
     public func migrate() async throws {
-        let connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(), id: 1, logger: logger)
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(), id: 1, logger: logger)
+        } catch {
+            throw Self.unavailable(error)
+        }
         let applied: [Int]
         do {
             applied = try await PostgresMigrations.migrate(connection, logger: logger)
@@ -63,9 +74,10 @@ public final class PostgresStore: Store, StoreWriter {
 
     /// Closes the commit loop's connection (the pool ends with `run()`).
     public func close() {
-        let connection = writerConnection.withLock { connection in
-            defer { connection = nil }
-            return connection
+        let connection = writerState.withLock { state in
+            state.closed = true
+            defer { state.connection = nil }
+            return state.connection
         }
         try? (connection?.close() as EventLoopFuture<Void>?)?.wait()
     }
@@ -85,7 +97,7 @@ public final class PostgresStore: Store, StoreWriter {
         } catch {
             if (try? transaction.execute("ROLLBACK")) == nil {
                 // The connection is broken (or mid-protocol): open a new one next time.
-                writerConnection.withLock { if $0 === connection { $0 = nil } }
+                writerState.withLock { if $0.connection === connection { $0.connection = nil } }
                 // Waited for: a connection must be closed before it goes away.
                 try? (connection.close() as EventLoopFuture<Void>).wait()
             }
@@ -94,7 +106,9 @@ public final class PostgresStore: Store, StoreWriter {
     }
 
     private func writerConnectionOpened() throws -> PostgresConnection {
-        if let open = writerConnection.withLock({ $0 }), !open.isClosed { return open }
+        let (open, closed) = writerState.withLock { ($0.connection, $0.closed) }
+        if closed { throw FanoutError.unavailable("the PostgreSQL store is closed") }
+        if let open, !open.isClosed { return open }
         let connection: PostgresConnection
         do {
             connection = try PostgresConnection.connect(on: eventLoop, configuration: try connectionConfiguration(), id: 0,
@@ -102,17 +116,33 @@ public final class PostgresStore: Store, StoreWriter {
         } catch {
             throw Self.unavailable(error)
         }
-        // A session lock: it lasts as long as this connection, and a new connection takes it again.
-        let claimed = try? connection.query("SELECT pg_try_advisory_lock(\(Self.daemonLockKey))", logger: logger).wait()
-            .rows.first?.decode(Bool.self)
-        guard claimed == true else {
+        // A session lock: it lasts as long as this connection, and a new connection (after a failure)
+        // takes it again, or stops here if another daemon took it meanwhile.
+        let claimed: Bool
+        do {
+            claimed = try connection.query("SELECT pg_try_advisory_lock(\(Self.daemonLockKey))", logger: logger).wait()
+                .rows.first?.decode(Bool.self) ?? false
+        } catch {
+            try? (connection.close() as EventLoopFuture<Void>).wait()
+            throw Self.unavailable(error)
+        }
+        guard claimed else {
             try? (connection.close() as EventLoopFuture<Void>).wait()
             throw FanoutError.failedPrecondition("""
                 another fanoutd is using the PostgreSQL database \(location): one daemon per database for now \
                 (several daemons sharing one come with task leases)
                 """)
         }
-        writerConnection.withLock { $0 = connection }
+        let kept = writerState.withLock { state -> Bool in
+            guard !state.closed, state.connection == nil || state.connection!.isClosed else { return false }
+            state.connection = connection
+            return true
+        }
+        guard kept else {
+            // Closed meanwhile, or another thread opened one first: this one goes, closed.
+            try? (connection.close() as EventLoopFuture<Void>).wait()
+            return try writerConnectionOpened()
+        }
         return connection
     }
 
@@ -125,27 +155,32 @@ public final class PostgresStore: Store, StoreWriter {
         case let .tcp(host, port):
             PostgresConnection.Configuration(
                 host: host, port: port, username: location.user, password: location.password, database: location.database,
-                tls: location.requiresTLS ? .require(try NIOSSLContext(configuration: .makeClientConfiguration())) : .disable)
+                tls: location.requiresTLS ? .require(try NIOSSLContext(configuration: PostgresLocation.requireTLS)) : .disable)
         case let .unixSocket(path):
             PostgresConnection.Configuration(
                 unixSocketPath: path, username: location.user, password: location.password, database: location.database)
         }
     }
 
-    /// The server's errors as UNAVAILABLE when they are about reaching it (the commit loop
-    /// retries those); others, a bug or a constraint, as they are.
+    /// The server's errors in words a user can act on (PostgresNIO's own description hides
+    /// them): UNAVAILABLE when they are about reaching or using the server (the commit loop
+    /// retries those), FAILED_PRECONDITION for the rest (a wrong password, a missing database,
+    /// a constraint), with the server's message and SQLSTATE.
     static func unavailable(_ error: any Error) -> any Error {
         guard let error = error as? PSQLError else { return error }
+        let sqlState = error.serverInfo?[.sqlState]
+        let said = error.serverInfo?[.message].map { "\($0) (SQLSTATE \(sqlState ?? "?"))" } ?? "\(error.code)"
         switch error.code {
         case .serverClosedConnection, .connectionError, .clientClosedConnection, .failedToAddSSLHandler, .unexpectedBackendMessage,
              .uncleanShutdown:
-            return FanoutError.unavailable("the PostgreSQL store cannot be reached: \(error.code)")
+            let cause = error.underlying.map { ": \($0)" } ?? ""
+            return FanoutError.unavailable("the PostgreSQL store cannot be reached: \(error.code)\(cause)")
         default:
-            if let sqlState = error.serverInfo?[.sqlState], sqlState.hasPrefix("53") || sqlState.hasPrefix("57") || sqlState.hasPrefix("08") {
-                // Insufficient resources, operator intervention, connection exceptions.
-                return FanoutError.unavailable("the PostgreSQL store refuses writes: \(error.serverInfo?[.message] ?? sqlState) (\(sqlState))")
+            // Insufficient resources, operator intervention, connection exceptions: passing conditions.
+            if let sqlState, ["53", "57", "08"].contains(where: sqlState.hasPrefix) {
+                return FanoutError.unavailable("the PostgreSQL store refuses the work: \(said)")
             }
-            return error
+            return FanoutError.failedPrecondition("the PostgreSQL store refused: \(said)")
         }
     }
 }

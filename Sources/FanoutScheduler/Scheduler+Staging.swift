@@ -147,9 +147,11 @@ extension Scheduler {
         return batch
     }
 
-    /// Drops a staged batch and its stored tasks.
+    /// Drops a staged batch and its stored tasks, also when the caller was cancelled (a client that
+    /// hung up mid-batch): GRDB's async writes refuse to start in a cancelled task, so the delete
+    /// runs in a task of its own, awaited.
     public func discardStagedBatch(_ staged: StagedBatch) async {
-        let id = staged.id
-        try? await store.discardStagedBatch(id)
+        let (id, store) = (staged.id, store)
+        await Task { try? await store.discardStagedBatch(id) }.value
     }
 }

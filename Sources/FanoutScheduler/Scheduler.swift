@@ -402,7 +402,8 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
-    /// Called the moment a batch's commit returns, before it is admitted: a cancel from now on waits for the admission.
+    /// Called before a batch is admitted (an enqueue's commit returned; a staged batch or a RetryFailed
+    /// is about to commit): a cancel from now on waits for the admission, or for `unmarkAdmitting`.
     func markAdmitting(_ id: BatchID) {
         state.withLock { _ = $0.admitting.insert(id) }
     }

@@ -170,8 +170,9 @@ struct Daemon {
                     store.close()
                     group.cancelAll()
                 }
-                try await store.migrate()
+                // Claimed first: a daemon refused here must not migrate the live daemon's schema.
                 try store.claimDatabase()
+                try await store.migrate()
                 try await serve(store: store, gatewayStore: nil, where: location.description,
                                 runners: runners, workerPool: workerPool, logger: logger)
             }

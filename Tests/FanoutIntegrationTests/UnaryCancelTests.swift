@@ -63,6 +63,16 @@ import Testing
                 // All or nothing: a cancel that arrived after the last chunk may still see the batch committed.
                 let listed = try await client.batches(ownerID: "o").batches
                 #expect(listed.isEmpty || (listed.count == 1 && listed[0].counts.total == 20_000), "\(listed)")
+                // Nothing left behind either: the staged rows of the dropped batch are deleted, though the
+                // task that wrote them was cancelled (GRDB does not start a cancelled task's writes).
+                if listed.isEmpty {
+                    var firstTask = try await daemon.store.task(1, includePayload: false)
+                    for _ in 0..<250 where firstTask != nil {
+                        try await Task.sleep(for: .milliseconds(20))
+                        firstTask = try await daemon.store.task(1, includePayload: false)
+                    }
+                    #expect(firstTask == nil, "the dropped batch's first staged task is still stored")
+                }
                 await client.close()
             }
         }
