@@ -180,6 +180,14 @@ public enum PostgresMigrations {
             )
             """,
         ]),
+        // The identity sequence's last value counts numbers handed to transactions still open (and
+        // to rolled-back ones): a reader could take an event not yet committed for the newest. The
+        // newest committed sequence is kept here instead, written under the events lock by the commit
+        // that inserted it, read in the reader's snapshot.
+        Migration(version: 2, name: "the newest committed event sequence", statements: [
+            "CREATE TABLE event_log (singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton), last_sequence BIGINT NOT NULL)",
+            "INSERT INTO event_log (last_sequence) SELECT coalesce(max(sequence), 0) FROM events",
+        ]),
     ]
 
     /// The newest schema version this build knows.

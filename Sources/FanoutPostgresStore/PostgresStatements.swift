@@ -100,8 +100,12 @@ enum PostgresStatements {
         """
     }
 
-    /// The identity sequence of `events.sequence`: its last value and whether it was handed out.
-    static let lastSequence: PostgresQuery = "SELECT last_value, is_called FROM events_sequence_seq"
+    /// The newest committed event sequence (migration 2), also after retention removed that event.
+    static let lastSequence: PostgresQuery = "SELECT last_sequence FROM event_log"
+
+    static func recordLastSequence(_ sequence: EventSequence) -> PostgresQuery {
+        "UPDATE event_log SET last_sequence = \(sequence)"
+    }
 
     /// A batch still being received, or a file still being uploaded, when the daemon stopped was never accepted.
     static let discardUnfinishedUploads = [

@@ -234,9 +234,7 @@ extension PostgresStore {
     }
 
     static func lastSequence(rows: [PostgresRow]) throws -> EventSequence {
-        guard let row = rows.first else { return 0 }
-        let (lastValue, isCalled) = try row.decode((Int64, Bool).self)
-        return isCalled ? lastValue : 0
+        try rows.first?.decode(Int64.self) ?? 0
     }
 
     public func firstEventSequence() async throws -> EventSequence? {

@@ -43,19 +43,13 @@ extension PostgresStore {
                 event.sequence = try Self.insertedID(transaction.query(PostgresStatements.insertEvent(event)))
                 stored.append(event)
             }
+            try transaction.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence))
             return stored
         }
     }
 
     public func lastEventSequence() throws -> EventSequence {
-        try writeTransaction { transaction in try Self.lastSequence(transaction.query(PostgresStatements.lastSequence)) }
-    }
-
-    static func lastSequence(_ result: PostgresQueryResult) throws -> EventSequence {
-        // The identity's sequence remembers the highest number handed out, also after retention removed it.
-        guard let row = result.rows.first else { return 0 }
-        let (lastValue, isCalled) = try row.decode((Int64, Bool).self)
-        return isCalled ? lastValue : 0
+        try writeTransaction { transaction in try Self.lastSequence(rows: transaction.query(PostgresStatements.lastSequence).rows) }
     }
 
     public func trimEvents(keepingLast: Int?, olderThan: Milliseconds?, limit: Int) throws -> Int {

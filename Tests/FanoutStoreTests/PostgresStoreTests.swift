@@ -92,6 +92,10 @@ import Testing
             #expect(try await store.firstEventSequence() == 4)
             let next = try store.commit({ var more = ChangeSet(); more.events = [taskEvent(.batchProgress, batch: batchID, task: ids[0])]; return more }())
             #expect(next.map(\.sequence) == [5])
+            // An empty log still knows the newest number, and a reader learns nothing before it is left.
+            #expect(try store.trimEvents(keepingLast: 0, olderThan: nil, limit: 100) == 2)
+            #expect(try await store.lastEventSequence() == 5)
+            #expect(try await store.eventPage(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).firstAvailable == 6)
         }
     }
 
