@@ -34,8 +34,17 @@ public final class PostgresStore: Store, StoreWriter {
     public var writer: any StoreWriter { self }
 
     /// A store for `location`; `run()` must run (the pool) before it is used.
-    public init(location: PostgresLocation, logger: Logger = Logger(label: "fanout.store.postgres")) {
+    /// The longest a statement of the commit loop may run before the server cancels it: the loop
+    /// blocks on each, so a stuck server or a lock held elsewhere must not hold it (and shutdown) for ever.
+    /// The commit fails, is retried, and the store's failure is reported meanwhile.
+    public let writerStatementTimeoutMs: Int
+
+    public static let defaultWriterStatementTimeoutMs = 30_000
+
+    public init(location: PostgresLocation, writerStatementTimeoutMs: Int = defaultWriterStatementTimeoutMs,
+                logger: Logger = Logger(label: "fanout.store.postgres")) {
         self.location = location
+        self.writerStatementTimeoutMs = writerStatementTimeoutMs
         self.logger = logger
         client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
         eventLoop = MultiThreadedEventLoopGroup.singleton.any()
@@ -120,6 +129,8 @@ public final class PostgresStore: Store, StoreWriter {
         // takes it again, or stops here if another daemon took it meanwhile.
         let claimed: Bool
         do {
+            _ = try connection.query(PostgresQuery(unsafeSQL: "SET statement_timeout = \(max(0, writerStatementTimeoutMs))"),
+                                     logger: logger).wait()
             claimed = try connection.query("SELECT pg_try_advisory_lock(\(Self.daemonLockKey))", logger: logger).wait()
                 .rows.first?.decode(Bool.self) ?? false
         } catch {

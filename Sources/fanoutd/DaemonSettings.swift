@@ -18,6 +18,8 @@ struct DaemonSettings {
     var databasePath: String
     /// A PostgreSQL store (`--store postgres://…`) instead of the SQLite file; nil: SQLite.
     var postgres: PostgresLocation?
+    /// How long a statement of the commit loop may run on PostgreSQL before the server cancels it.
+    var postgresStatementTimeoutMs = PostgresStore.defaultWriterStatementTimeoutMs
     var durability: Durability
     var logLevel: String
     var server: ServerConfiguration
@@ -50,6 +52,7 @@ struct DaemonSettings {
         case http, httpSocket = "http_socket", httpTokenFile = "http_token_file"
         case gatewayDefaultAgent = "gateway_default_agent"
         case workerLeaseMs = "worker_lease_ms", workerCancelGraceMs = "worker_cancel_grace_ms"
+        case postgresStatementTimeoutMs = "postgres_statement_timeout_ms"
         case maxSpawnDepth = "max_spawn_depth", maxChildrenPerTask = "max_children_per_task"
 
         // One component: a snake_case name is not split on its underscores.
@@ -168,10 +171,12 @@ struct DaemonSettings {
         guard let durability = Durability(rawValue: durabilityText) else {
             throw FanoutError.invalidArgument("durability must be normal or full, not \"\(durabilityText)\"")
         }
+        let postgresStatementTimeoutMs = try int(.postgresStatementTimeoutMs, PostgresStore.defaultWriterStatementTimeoutMs,
+                                                 max: SettingBounds.maxDurationMs)
         return DaemonSettings(
             socketPath: socket, socketMode: server.socketMode,
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment), postgres: postgres,
-            durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
+            postgresStatementTimeoutMs: postgresStatementTimeoutMs, durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
             server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway,
             workers: workers)
     }

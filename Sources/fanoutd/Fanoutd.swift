@@ -162,7 +162,8 @@ struct Daemon {
         // Before the store: a daemon refused here must not recover or run the live daemon's tasks.
         try FanoutServer.prepareSocketPath(settings.socketPath)
         if let location = settings.postgres {
-            let store = PostgresStore(location: location, logger: Logger(label: "fanout.store"))
+            let store = PostgresStore(location: location, writerStatementTimeoutMs: settings.postgresStatementTimeoutMs,
+                                      logger: Logger(label: "fanout.store"))
             // The pool runs for as long as the daemon, and past the scheduler's last commit.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await store.run() }

@@ -49,17 +49,27 @@ import Testing
             try await waitUntil("two tasks to run") { try await store.batch(batch.id)?.counters.running == 2 }
             await first.shutdown()
             #expect(try await store.batch(batch.id)?.counters.pending == 6)
-
-            let second = try Self.makeScheduler(store, concurrency: 6)
-            try second.start()
-            try await waitUntil("the batch to finish after the restart", timeout: .seconds(20)) {
-                try await store.batch(batch.id)?.state == .completed
+            // A new daemon's store: the first one's lock goes with its connection.
+            store.close()
+            let restarted = PostgresStore(location: store.location)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await restarted.run() }
+                defer {
+                    restarted.close()
+                    group.cancelAll()
+                }
+                try restarted.claimDatabase()
+                let second = try Self.makeScheduler(restarted, concurrency: 6)
+                try second.start()
+                try await waitUntil("the batch to finish after the restart", timeout: .seconds(20)) {
+                    try await restarted.batch(batch.id)?.state == .completed
+                }
+                await second.shutdown()
+                let results = try await restarted.results(batchID: batch.id, afterTaskID: 0, limit: 10)
+                #expect(results.map(\.state) == Array(repeating: .completed, count: 6))
+                // A graceful stop gives the interrupted attempt back: every task completed on attempt 1.
+                #expect(results.allSatisfy { $0.attempt == 1 }, "\(results.map(\.attempt))")
             }
-            await second.shutdown()
-            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
-            #expect(results.map(\.state) == Array(repeating: .completed, count: 6))
-            // A graceful stop gives the interrupted attempt back: every task completed on attempt 1.
-            #expect(results.allSatisfy { $0.attempt == 1 }, "\(results.map(\.attempt))")
         }
     }
 }

@@ -99,6 +99,30 @@ import Testing
         }
     }
 
+    @Test func aCommitStuckBehindAnotherSessionsLockFailsAfterTheStatementTimeout() async throws {
+        try await PostgresTestServer.current().withStore(database: "writer_timeout", writerStatementTimeoutMs: 300) { store in
+            let inserted = try store.insertBatch(newBatch(count: 1), now: 1_000)
+            var changes = ChangeSet()
+            changes.batches[inserted.batch.id] = snapshot(inserted.batch, state: .processing, { $0.running = 1 }, units: 0)
+            // Another session holds the batch row: the commit loop must not wait for it for ever.
+            try await store.client.withTransaction(logger: store.logger) { connection in
+                try await connection.query("SELECT id FROM batches WHERE id = \(inserted.batch.id) FOR UPDATE", logger: store.logger)
+                let started = ContinuousClock.now
+                do {
+                    _ = try store.commit(changes)
+                    Issue.record("the commit went through a row another session held")
+                } catch let error as FanoutError {
+                    #expect(error.kind == .unavailable, "\(error)")
+                    #expect(error.message.contains("statement timeout"), "\(error)")
+                }
+                #expect(ContinuousClock.now - started < .seconds(10))
+            }
+            // The lock released, the same commit goes through (the writer's connection survived the timeout).
+            _ = try store.commit(changes)
+            #expect(try await store.batch(inserted.batch.id)?.state == .processing)
+        }
+    }
+
     @Test func aStagedBatchIsInvisibleUntilPublishedAndGoneWhenDiscarded() async throws {
         try await withStore("staging") { store in
             var header = newBatch(count: 0)
