@@ -122,9 +122,3 @@ extension PostgresRandomAccessRow {
     }
 }
 
-extension BatchCounters {
-    /// The counters an event row stores, as JSON (the form `init(json:)` reads, SQLite's too).
-    var json: String? {
-        (try? JSONEncoder().encode(self)).map { String(decoding: $0, as: UTF8.self) }
-    }
-}

@@ -88,12 +88,12 @@ enum PostgresStatements {
             """
     }
 
-    static func insertEvent(_ event: EventRecord) -> PostgresQuery {
+    static func insertEvent(_ event: EventRecord) throws -> PostgresQuery {
         """
         INSERT INTO events (kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress,
                             counters, attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid)
         VALUES (\(event.kind.rawValue), \(event.timestamp), \(event.ownerID), \(event.batchID), \(event.taskID), \(event.customID),
-                \(event.parentTaskID), \(event.progress), \(event.counters.flatMap(\.json)), \(event.attempt), \(event.turn),
+                \(event.parentTaskID), \(event.progress), \(try event.counters.map { try $0.json() }), \(event.attempt), \(event.turn),
                 \(event.retryDelayMs), \(event.failure?.message), \(event.failure?.code), \(event.failure?.retryable),
                 \(event.creatorUID.map { Int64($0) }))
         RETURNING sequence

@@ -9,7 +9,7 @@ extension PostgresStore {
         do {
             return try await client.query(query, logger: logger).collect()
         } catch {
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
     }
 
@@ -18,9 +18,9 @@ extension PostgresStore {
         do {
             return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
         } catch let error as PostgresTransactionError {
-            throw Self.unavailable(error.closureError ?? error.beginError ?? error.commitError ?? error)
+            throw Self.storeError(error.closureError ?? error.beginError ?? error.commitError ?? error)
         } catch {
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
     }
 
@@ -88,11 +88,9 @@ extension PostgresStore {
     }
 
     public func task(_ id: TaskID, includePayload: Bool) async throws -> TaskRecord? {
-        let columns = PostgresRows.taskColumns + (includePayload ? ", t.payload" : "")
-        return try await rows(PostgresQuery(unsafeSQL: """
-            SELECT \(columns), b.owner_id FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = $1
-            """, binds: { var binds = PostgresBindings(); binds.append(id); return binds }()))
-            .first.map { try PostgresRows.task($0, includePayload: includePayload) }
+        var query = DynamicQuery("SELECT \(PostgresRows.taskColumns)\(includePayload ? ", t.payload" : ""), b.owner_id")
+        query.sql += " FROM tasks t JOIN batches b ON b.id = t.batch_id WHERE t.id = \(query.bind(id))"
+        return try await rows(query.query).first.map { try PostgresRows.task($0, includePayload: includePayload) }
     }
 
     public func payload(of task: TaskID) async throws -> [UInt8] {

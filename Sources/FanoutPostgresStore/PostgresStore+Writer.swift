@@ -40,7 +40,7 @@ extension PostgresStore {
             var stored: [EventRecord] = []
             stored.reserveCapacity(changes.events.count)
             for var event in changes.events {
-                event.sequence = try Self.insertedID(transaction.query(PostgresStatements.insertEvent(event)))
+                event.sequence = try Self.insertedID(transaction.query(try PostgresStatements.insertEvent(event)))
                 stored.append(event)
             }
             try transaction.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence))

@@ -55,20 +55,37 @@ public final class PostgresStore: Store, StoreWriter {
         await client.run()
     }
 
+    /// Runs `body` with the pool running and the database claimed and migrated; afterwards
+    /// (also when `body` throws) closes the writer, then stops the pool. For a daemon's life
+    /// and a test's.
+    public func withRunning<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await self.run() }
+            defer {
+                close()
+                group.cancelAll()
+            }
+            // Claimed first: a daemon refused here must not migrate the live daemon's schema.
+            try claimDatabase()
+            try await migrate()
+            return try await body()
+        }
+    }
+
     /// Applies the schema's migrations, on a connection of their own (the pool may not run yet).
     public func migrate() async throws {
         let connection: PostgresConnection
         do {
             connection = try await PostgresConnection.connect(configuration: try connectionConfiguration(), id: 1, logger: logger)
         } catch {
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
         let applied: [Int]
         do {
             applied = try await PostgresMigrations.migrate(connection, logger: logger)
         } catch {
             try? await connection.close()
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
         try? await connection.close()
         if !applied.isEmpty { logger.info("migrated the PostgreSQL schema", metadata: ["versions": "\(applied)"]) }
@@ -110,7 +127,7 @@ public final class PostgresStore: Store, StoreWriter {
                 // Waited for: a connection must be closed before it goes away.
                 try? (connection.close() as EventLoopFuture<Void>).wait()
             }
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
     }
 
@@ -123,7 +140,7 @@ public final class PostgresStore: Store, StoreWriter {
             connection = try PostgresConnection.connect(on: eventLoop, configuration: try connectionConfiguration(), id: 0,
                                                         logger: logger).wait()
         } catch {
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
         // A session lock: it lasts as long as this connection, and a new connection (after a failure)
         // takes it again, or stops here if another daemon took it meanwhile.
@@ -135,7 +152,7 @@ public final class PostgresStore: Store, StoreWriter {
                 .rows.first?.decode(Bool.self) ?? false
         } catch {
             try? (connection.close() as EventLoopFuture<Void>).wait()
-            throw Self.unavailable(error)
+            throw Self.storeError(error)
         }
         guard claimed else {
             try? (connection.close() as EventLoopFuture<Void>).wait()
@@ -177,7 +194,7 @@ public final class PostgresStore: Store, StoreWriter {
     /// them): UNAVAILABLE when they are about reaching or using the server (the commit loop
     /// retries those), FAILED_PRECONDITION for the rest (a wrong password, a missing database,
     /// a constraint), with the server's message and SQLSTATE.
-    static func unavailable(_ error: any Error) -> any Error {
+    static func storeError(_ error: any Error) -> any Error {
         guard let error = error as? PSQLError else { return error }
         let sqlState = error.serverInfo?[.sqlState]
         let said = error.serverInfo?[.message].map { "\($0) (SQLSTATE \(sqlState ?? "?"))" } ?? "\(error.code)"

@@ -257,7 +257,7 @@ public final class SQLiteStore: Store, StoreWriter {
                 bound.bind(event.customID, at: 6)
                 bound.bind(event.parentTaskID, at: 7)
                 bound.bind(event.progress, at: 8)
-                bound.bind(try event.counters.map { try String(decoding: JSONEncoder().encode($0), as: UTF8.self) }, at: 9)
+                bound.bind(try event.counters.map { try $0.json() }, at: 9)
                 bound.bind(event.attempt, at: 10)
                 bound.bind(event.turn, at: 11)
                 bound.bind(event.retryDelayMs, at: 12)
@@ -730,5 +730,10 @@ extension BatchCounters {
     public init?(json: String) {
         guard let decoded = try? JSONDecoder().decode(BatchCounters.self, from: Data(json.utf8)) else { return nil }
         self = decoded
+    }
+
+    /// The JSON `init(json:)` reads, as an event row stores it.
+    public func json() throws -> String {
+        String(decoding: try JSONEncoder().encode(self), as: UTF8.self)
     }
 }

@@ -165,15 +165,7 @@ struct Daemon {
             let store = PostgresStore(location: location, writerStatementTimeoutMs: settings.postgresStatementTimeoutMs,
                                       logger: Logger(label: "fanout.store"))
             // The pool runs for as long as the daemon, and past the scheduler's last commit.
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await store.run() }
-                defer {
-                    store.close()
-                    group.cancelAll()
-                }
-                // Claimed first: a daemon refused here must not migrate the live daemon's schema.
-                try store.claimDatabase()
-                try await store.migrate()
+            try await store.withRunning {
                 try await serve(store: store, gatewayStore: nil, where: location.description,
                                 runners: runners, workerPool: workerPool, logger: logger)
             }

@@ -52,13 +52,7 @@ import Testing
             // A new daemon's store: the first one's lock goes with its connection.
             store.close()
             let restarted = PostgresStore(location: store.location)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { await restarted.run() }
-                defer {
-                    restarted.close()
-                    group.cancelAll()
-                }
-                try restarted.claimDatabase()
+            try await restarted.withRunning {
                 let second = try Self.makeScheduler(restarted, concurrency: 6)
                 try second.start()
                 try await waitUntil("the batch to finish after the restart", timeout: .seconds(20)) {

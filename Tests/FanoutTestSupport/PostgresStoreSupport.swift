@@ -13,14 +13,6 @@ extension PostgresTestServer {
         logger.logLevel = .warning
         let store = PostgresStore(location: try PostgresLocation(url: connectionURL(database: name)),
                                   writerStatementTimeoutMs: writerStatementTimeoutMs, logger: logger)
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await store.run() }
-            defer {
-                store.close()
-                group.cancelAll()
-            }
-            try await store.migrate()
-            return try await body(store)
-        }
+        return try await store.withRunning { try await body(store) }
     }
 }
