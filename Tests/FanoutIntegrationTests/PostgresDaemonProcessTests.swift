@@ -40,6 +40,18 @@ import Testing
         }
     }
 
+    @Test func theGatewayWithAPostgresStoreIsRefusedAtStart() async throws {
+        try await withTemporaryDirectory { directory in
+            let arguments = ["--socket", directory + "/d.sock", "--store", "postgres://fanout@localhost/fanout",
+                             "--http-socket", directory + "/http.sock"]
+            try await withDaemonProcess(arguments, logPath: directory + "/d.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 20)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("does not run with a PostgreSQL store yet"), "\(daemon.output)")
+            }
+        }
+    }
+
     @Test func aWrongStoreURLStopsTheDaemonWithWhatIsWrong() async throws {
         try await withTemporaryDirectory { directory in
             let arguments = ["--socket", directory + "/d.sock", "--store", "postgres://localhost/fanout"]
