@@ -105,7 +105,7 @@ import Testing
             try await withDeadline(.seconds(30)) {
                 let socket = ["--socket", daemon.socketPath]
                 let client = try await daemon.client()
-                let slow = Array(#"{"delay_ms": 5000}"#.utf8)
+                let slow = Array(#"{"delay_ms": 600000}"#.utf8)
                 let batch = try await client.enqueueBatch(ownerID: "carol", agent: "echo",
                                                           tasks: (0..<5).map { TaskSpec(customID: "s\($0)", payload: slow) })
                 let other = try await client.enqueueTask(ownerID: "carol", task: TaskSpec(customID: "one", agent: "echo", payload: slow))

@@ -50,7 +50,7 @@ import Testing
             let arguments = Self.flags(directory, ["--config", config])
             var batchID: UInt64 = 0
             for life in 1...3 {
-                let daemon = try DaemonProcess(arguments: arguments, logPath: directory + "/life\(life).log")
+                let daemon = try await DaemonProcess(arguments: arguments, logPath: directory + "/life\(life).log")
                 defer { daemon.kill() }
                 try await daemon.waitUntilListening(socket)
                 if life == 1 {
@@ -142,7 +142,7 @@ import Testing
                 }
                 // A follower as the other user, started before more work arrives.
                 let cli = try Self.publicCLI(in: directory)
-                let follower = try BackgroundProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", cli,
+                let follower = try await BackgroundProcess("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", cli,
                                                                           "events", "--owner", "shared", "--follow", "--json", "--socket", socket],
                                                      logPrefix: directory + "/follower")
                 defer { follower.stop() }
@@ -191,7 +191,7 @@ import Testing
             // large enough that once the filler is gone SQLite's WAL and its checkpoint have room again.
             let mount = try await ChildProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=32m", "tmpfs", disk])
             guard mount.status == 0 else { return }
-            defer { _ = try? ChildProcess.runBlocking("/bin/umount", ["-l", disk]) }
+            defer { _ = ChildProcess.runBlocking("/bin/umount", ["-l", disk]) }
             let socket = directory + "/d.sock"
             try await withDaemonProcess(["--socket", socket, "--db", disk + "/fanout.db", "--concurrency", "4"],
                                         logPath: directory + "/fanoutd.log") { daemon in

@@ -321,51 +321,34 @@ enum FanoutdExecutable {
     }()
 }
 
-/// A `fanoutd` child process. Output goes to `DIR/fanoutd-N.log`.
-final class DaemonProcess: @unchecked Sendable {
-    // @unchecked: `process` is only started in init and then only read
-    // (isRunning, terminationStatus, processIdentifier), which Foundation's
-    // Process allows from any thread.
-    let process: Process
+/// A `fanoutd` child process; its stdout and stderr go to `logPath`.
+final class DaemonProcess: Sendable {
+    let process: SpawnedProcess
     let logPath: String
 
-    init(arguments: [String], environment: [String: String] = [:], logPath: String) throws {
+    init(arguments: [String], environment: [String: String] = [:], logPath: String) async throws {
         let executable = try #require(FanoutdExecutable.path,
                                       "fanoutd not found next to the tests; build it with `swift build --build-tests`")
         self.logPath = logPath
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
+        let log = try openLog(logPath)
         // The daemon reads FANOUT_* variables: only the ones a test sets reach it.
         var inherited = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("FANOUT_") }
         inherited.merge(environment) { _, new in new }
-        process.environment = inherited
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
-        try? log.close()
+        process = try await SpawnedProcess(executable, arguments, environment: inherited, stdout: fcntl(log, F_DUPFD_CLOEXEC, 0), stderr: log)
     }
 
-    var pid: pid_t { process.processIdentifier }
+    var pid: pid_t { process.pid }
     var isRunning: Bool { process.isRunning }
 
     var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     func signal(_ number: Int32) {
-        if process.isRunning { sendSignal(number, to: pid) }
+        process.signal(number)
     }
 
     /// Waits for the process to exit; returns its status, or nil after `seconds`.
     func waitForExit(seconds: Double) async -> Int32? {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while process.isRunning {
-            if ContinuousClock.now > deadline { return nil }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return process.terminationStatus
+        await process.waitForExit(seconds: seconds)
     }
 
     /// Waits until the daemon accepts connections on `socketPath`; fails if it exits first.
@@ -373,7 +356,7 @@ final class DaemonProcess: @unchecked Sendable {
         let deadline = ContinuousClock.now + .seconds(seconds)
         while !socketAcceptsConnections(socketPath) {
             guard process.isRunning else {
-                throw DaemonProcessError.exited(process.terminationStatus, output)
+                throw DaemonProcessError.exited(await process.exitStatus(), output)
             }
             guard ContinuousClock.now < deadline else {
                 throw DaemonProcessError.notListening(seconds, output)
@@ -382,16 +365,17 @@ final class DaemonProcess: @unchecked Sendable {
         }
     }
 
-    /// SIGKILL and reap; safe to call more than once. For cleanup paths.
+    /// SIGKILL and wait for the exit; safe to call more than once. For cleanup paths.
     func kill() {
-        signal(SIGKILL)
-        process.waitUntilExit()
+        process.signalAndWait(SIGKILL)
     }
 }
 
-/// `kill(2)`, outside `DaemonProcess` whose own `kill()` would shadow it.
-private func sendSignal(_ number: Int32, to pid: pid_t) {
-    _ = kill(pid, number)
+/// Creates (or truncates) `path` for a child's output; returns its descriptor.
+func openLog(_ path: String) throws -> CInt {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    return fd
 }
 
 enum DaemonProcessError: Error, CustomStringConvertible {
@@ -412,7 +396,7 @@ func withDaemonProcess<T: Sendable>(
     _ arguments: [String], environment: [String: String] = [:], logPath: String,
     _ body: (DaemonProcess) async throws -> T
 ) async throws -> T {
-    let daemon = try DaemonProcess(arguments: arguments, environment: environment, logPath: logPath)
+    let daemon = try await DaemonProcess(arguments: arguments, environment: environment, logPath: logPath)
     defer { daemon.kill() }
     return try await body(daemon)
 }

@@ -8,13 +8,13 @@ import Testing
 /// (built on FanoutWorker) as separate processes that are killed mid-work.
 @Suite(.serialized) struct WorkerProcessTests {
     static func startWorker(_ socket: String, _ arguments: [String], as user: UnprivilegedUser? = nil,
-                            directory: String, name: String) throws -> BackgroundProcess {
+                            directory: String, name: String) async throws -> BackgroundProcess {
         let cli = try #require(FanoutCLI.path)
         let command = ["worker", "--socket", socket] + arguments
         if let user {
-            return try BackgroundProcess("/usr/sbin/runuser", ["-u", user.name, "--", cli] + command, logPrefix: directory + "/" + name)
+            return try await BackgroundProcess("/usr/sbin/runuser", ["-u", user.name, "--", cli] + command, logPrefix: directory + "/" + name)
         }
-        return try BackgroundProcess(cli, command, logPrefix: directory + "/" + name)
+        return try await BackgroundProcess(cli, command, logPrefix: directory + "/" + name)
     }
 
     /// Waits until `count` workers are connected.
@@ -27,7 +27,7 @@ import Testing
             try await withDeadline(.seconds(60)) {
                 try await withClient(socket) { client in
                     // The first worker's command never finishes in time; the second one's answers at once.
-                    let stuck = try Self.startWorker(socket, ["--agent", "job", "--", "sleep", "8"], directory: directory, name: "stuck")
+                    let stuck = try await Self.startWorker(socket, ["--agent", "job", "--", "sleep", "8"], directory: directory, name: "stuck")
                     defer { stuck.kill() }
                     try await Self.waitForWorkers(client, 1)
                     let batch = try await client.enqueueBatch(ownerID: "ops", agent: "job",
@@ -36,7 +36,7 @@ import Testing
                         try await Task.sleep(for: .milliseconds(20))
                     }
                     stuck.kill()
-                    let rescuer = try Self.startWorker(socket, ["--agent", "job", "--", "cat"], directory: directory, name: "rescuer")
+                    let rescuer = try await Self.startWorker(socket, ["--agent", "job", "--", "cat"], directory: directory, name: "rescuer")
                     defer { rescuer.stop() }
                     let seen = try await events(of: batch.id, owner: "ops", on: client)
                     #expect(seen.last?.type == .batchCompleted)
@@ -54,7 +54,7 @@ import Testing
         try await withListeningDaemon { _, socket, directory in
             try await withDeadline(.seconds(60)) {
                 try await withClient(socket) { client in
-                    let worker = try Self.startWorker(socket, ["--agent", "slow", "--", "sh", "-c", "sleep 1; cat"],
+                    let worker = try await Self.startWorker(socket, ["--agent", "slow", "--", "sh", "-c", "sleep 1; cat"],
                                                       directory: directory, name: "draining")
                     defer { worker.kill() }
                     try await Self.waitForWorkers(client, 1)
@@ -65,7 +65,7 @@ import Testing
                         try await Task.sleep(for: .milliseconds(20))
                     }
                     worker.stop()   // SIGTERM, then wait for the exit
-                    #expect(worker.status == 0, "a drained worker exits cleanly: \(worker.errors)")
+                    #expect(await worker.exitStatus() == 0, "a drained worker exits cleanly: \(worker.errors)")
                     // Its last result was sent before it exited; the daemon records it as it comes.
                     for try await event in client.subscribe(batchID: batch.id, since: 0) where event.type == .taskCompleted { break }
                     let info = try await client.batch(batch.id)
@@ -159,7 +159,7 @@ import Testing
                     #expect(refused.err.contains("may not serve agent \"private\""), "\(refused.err)")
 
                     // Its own agent, though, it may declare; it runs that uid's tasks and no one else's.
-                    let own = try Self.startWorker(socket, ["--agent", "mine", "--", "tr", "a-z", "A-Z"], as: user,
+                    let own = try await Self.startWorker(socket, ["--agent", "mine", "--", "tr", "a-z", "A-Z"], as: user,
                                                    directory: directory, name: "own")
                     defer { own.stop() }
                     try await withClient(socket) { client in

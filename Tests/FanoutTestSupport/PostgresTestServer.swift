@@ -343,12 +343,7 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
         }
         try output.seek(toOffset: 0)
         let text = String(decoding: try output.readToEnd() ?? Data(), as: UTF8.self)
-        let code: Int32
-        switch status {
-        case .exited(let exit): code = exit
-        case .signaled(let signal): code = 128 + signal // the shell's convention
-        }
-        return CommandResult(status: code, output: text.trimmingCharacters(in: .whitespacesAndNewlines))
+        return CommandResult(status: status.shellStatus, output: text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     private static let urlUnreserved = CharacterSet(
