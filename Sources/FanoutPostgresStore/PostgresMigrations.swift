@@ -188,6 +188,16 @@ public enum PostgresMigrations {
             "CREATE TABLE event_log (singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton), last_sequence BIGINT NOT NULL)",
             "INSERT INTO event_log (last_sequence) SELECT coalesce(max(sequence), 0) FROM events",
         ]),
+        // Daemons claim pending tasks (claimed_by, lease_expires_at) and keep claimed_by once a task
+        // is finished, as a record of who ran it; only live claims carry a lease. Claims read the
+        // unclaimed pending tasks; renewals and reclaims read the live leases.
+        Migration(version: 3, name: "claims and leases", statements: [
+            "DROP INDEX tasks_pending",
+            "CREATE INDEX tasks_claimable ON tasks (batch_id, agent, priority DESC, id) WHERE state = 'pending' AND claimed_by IS NULL",
+            "DROP INDEX tasks_leases",
+            "CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL",
+            "CREATE INDEX tasks_claims ON tasks (claimed_by) WHERE lease_expires_at IS NOT NULL",
+        ]),
     ]
 
     /// The newest schema version this build knows.

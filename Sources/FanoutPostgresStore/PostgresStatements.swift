@@ -42,10 +42,17 @@ enum PostgresStatements {
         try rows.map { try $0.decode(Int64.self) }.sorted()
     }
 
-    static func taskChange(_ change: TaskChange) -> PostgresQuery {
+    /// One change of a task, by `daemon`. A task stays claimed by the daemon that runs it while it
+    /// is live (running, waiting, back in its window); once finished it keeps `claimed_by`, as a
+    /// record of who ran it, and loses its lease.
+    static func taskChange(_ change: TaskChange, daemon: String, leaseMs: Int) -> PostgresQuery {
         switch change {
         case let .started(id, attempt, at):
-            "UPDATE tasks SET state = 'running', attempt = \(attempt), started_at = \(at) WHERE id = \(id)"
+            """
+            UPDATE tasks SET state = 'running', attempt = \(attempt), started_at = \(at), claimed_by = \(daemon),
+                lease_expires_at = \(unescaped: ClaimStatements.serverNowMs) + \(leaseMs)
+            WHERE id = \(id)
+            """
         case let .turns(id, turns):
             "UPDATE tasks SET turns_completed = \(turns) WHERE id = \(id)"
         case let .waiting(id):
@@ -58,7 +65,7 @@ enum PostgresStatements {
         case let .requeued(id, state, failure):
             """
             UPDATE tasks SET state = \(state.rawValue), error_message = \(failure?.message), error_code = \(failure?.code),
-                error_retryable = \(failure?.retryable), claimed_by = NULL, lease_expires_at = NULL
+                error_retryable = \(failure?.retryable)
             WHERE id = \(id)
             """
         case let .finished(id, state, result, failure, turns, at, details):
@@ -68,7 +75,7 @@ enum PostgresStatements {
                 turns_completed = \(turns), finished_at = \(at), status_code = \(details.statusCode),
                 request_id = \(details.requestID), prompt_tokens = \(details.usage?.promptTokens),
                 completion_tokens = \(details.usage?.completionTokens),
-                total_tokens = \(details.usage?.totalTokens), claimed_by = NULL, lease_expires_at = NULL
+                total_tokens = \(details.usage?.totalTokens), lease_expires_at = NULL
             WHERE id = \(id)
             """
         }
@@ -123,7 +130,8 @@ enum PostgresStatements {
     static let recountBatch = """
         UPDATE batches SET
             pending = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'pending'),
-            running = 0, retry_wait = 0,
+            running = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'running'),
+            retry_wait = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'retry_wait'),
             waiting_children = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'waiting_children'),
             completed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'completed'),
             failed = (SELECT count(*) FROM tasks t WHERE t.batch_id = batches.id AND t.state = 'failed'),

@@ -125,28 +125,6 @@ extension PostgresStore {
         return records
     }
 
-    public func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
-                             inlinePayloadBytes: Int) async throws -> [RunnableTask] {
-        var query = DynamicQuery("""
-            SELECT t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed, t.max_turns,
-                   t.parent_task_id, t.url, b.owner_id
-            """)
-        query.sql += ", CASE WHEN length(t.payload) <= \(query.bind(inlinePayloadBytes)) THEN t.payload END AS inline_payload"
-        query.sql += " FROM tasks t JOIN batches b ON b.id = t.batch_id"
-        query.sql += " WHERE t.batch_id = \(query.bind(batchID)) AND t.agent = \(query.bind(agent)) AND t.state = 'pending'"
-        if let cursor {
-            let priority = query.bind(cursor.priority)
-            query.sql += " AND (t.priority < \(priority) OR (t.priority = \(priority) AND t.id > \(query.bind(cursor.id))))"
-        }
-        query.sql += " ORDER BY t.priority DESC, t.id LIMIT \(query.bind(limit))"
-        return try await rows(query.query).map { row in
-            let cells = row.makeRandomAccess()
-            var task = try PostgresRows.runnable(row, batchID: batchID, ownerID: try cells["owner_id"].decode(String.self), agent: agent)
-            task.payload = try cells.bytes("inline_payload")
-            return task
-        }
-    }
-
     public func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch {
         let logger = self.logger
         return try await transaction { connection -> ReopenedBatch in
@@ -162,7 +140,8 @@ extension PostgresStore {
             var reopen = DynamicQuery("""
                 UPDATE tasks SET state = 'pending', attempt = 0, turns_completed = 0, result = NULL,
                     error_message = NULL, error_code = NULL, error_retryable = NULL, started_at = NULL, finished_at = NULL,
-                    status_code = NULL, request_id = NULL, prompt_tokens = NULL, completion_tokens = NULL, total_tokens = NULL
+                    status_code = NULL, request_id = NULL, prompt_tokens = NULL, completion_tokens = NULL, total_tokens = NULL,
+                    claimed_by = NULL, lease_expires_at = NULL
                 """)
             reopen.sql += " WHERE batch_id = \(reopen.bind(batchID)) AND state IN (\(list.map { reopen.bind($0) }.joined(separator: ", ")))"
             reopen.sql += " RETURNING id"

@@ -30,7 +30,7 @@ extension PostgresStore {
         guard !changes.isEmpty else { return [] }
         return try writeTransaction { transaction in
             for change in changes.tasks {
-                try transaction.query(PostgresStatements.taskChange(change))
+                try transaction.query(PostgresStatements.taskChange(change, daemon: daemonID, leaseMs: leaseMs))
             }
             for snapshot in changes.batches.values {
                 try transaction.query(PostgresStatements.batchSnapshot(snapshot))
@@ -107,6 +107,8 @@ extension PostgresStore {
                 UPDATE tasks SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
                 WHERE \(active) AND state IN ('running', 'retry_wait')
                 """)).metadata.rows ?? 0
+            // One daemon per database for now (see claimDatabase): claims left by an earlier life are void.
+            try transaction.execute("UPDATE tasks SET claimed_by = NULL, lease_expires_at = NULL WHERE state = 'pending' AND lease_expires_at IS NOT NULL")
             try transaction.execute(PostgresStatements.recountActiveBatches)
             let batches = try transaction.query("SELECT * FROM batches WHERE state IN ('pending', 'processing') ORDER BY id")
                 .rows.map(PostgresRows.batch)

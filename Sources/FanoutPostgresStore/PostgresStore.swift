@@ -41,10 +41,22 @@ public final class PostgresStore: Store, StoreWriter {
 
     public static let defaultWriterStatementTimeoutMs = 30_000
 
+    /// This daemon's name in `claimed_by` and the `daemons` table: host, pid and a random part,
+    /// so a restarted daemon (same host, maybe the same pid) is a new claimant.
+    public let daemonID: String
+
+    /// How long a claim holds without renewal. The daemon renews every third of it; once it
+    /// passes, another daemon takes the task back (a dead daemon's tasks wait this long).
+    public let leaseMs: Int
+
+    public static let defaultLeaseMs = 30_000
+
     public init(location: PostgresLocation, writerStatementTimeoutMs: Int = defaultWriterStatementTimeoutMs,
-                logger: Logger = Logger(label: "fanout.store.postgres")) {
+                leaseMs: Int = defaultLeaseMs, logger: Logger = Logger(label: "fanout.store.postgres")) {
         self.location = location
         self.writerStatementTimeoutMs = writerStatementTimeoutMs
+        self.leaseMs = leaseMs
+        daemonID = "\(Self.hostName)/\(getpid())/\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
         self.logger = logger
         client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
         eventLoop = MultiThreadedEventLoopGroup.singleton.any()
@@ -68,6 +80,8 @@ public final class PostgresStore: Store, StoreWriter {
             // Claimed first: a daemon refused here must not migrate the live daemon's schema.
             try claimDatabase()
             try await migrate()
+            try await renewLeases()
+            group.addTask { await self.keepLeases() }
             return try await body()
         }
     }
@@ -98,8 +112,36 @@ public final class PostgresStore: Store, StoreWriter {
         _ = try writerConnectionOpened()
     }
 
-    /// Closes the commit loop's connection (the pool ends with `run()`).
+    /// Renews this daemon's leases and reclaims expired ones, every third of a lease, until
+    /// the calling task is cancelled. A failed pass is logged and tried again at the next.
+    func keepLeases() async {
+        let interval = Duration.milliseconds(max(1, leaseMs / 3))
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: interval)
+                try await renewLeases()
+                let reclaimed = try await reclaimExpiredLeases(now: WallClock.now)
+                if reclaimed != ReclaimedTasks() {
+                    logger.warning("reclaimed tasks whose lease had expired", metadata: [
+                        "released": "\(reclaimed.released)", "requeued": "\(reclaimed.requeued)",
+                        "failed": "\(reclaimed.failures.count)", "batches": "\(reclaimed.batches)"])
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.error("renewing or reclaiming leases failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Gives back this daemon's pending claims and forgets it, then closes the commit loop's
+    /// connection (the pool ends with `run()`).
     public func close() {
+        if let connection = writerState.withLock({ $0.closed ? nil : $0.connection }) {
+            let transaction = WriterTransaction(connection: connection, logger: logger)
+            _ = try? transaction.query(ClaimStatements.releasePending(daemon: daemonID, ids: nil))
+            _ = try? transaction.query(ClaimStatements.forgetDaemon(daemonID))
+        }
         let connection = writerState.withLock { state in
             state.closed = true
             defer { state.connection = nil }

@@ -261,7 +261,8 @@ public final class Scheduler: Service, Sendable {
     /// what was just inserted instead of reading it back (a read and two thread hops less
     /// between an enqueue and its first start). Nil for bigger batches.
     private func firstWindows(of batch: NewBatch, inserted: InsertedBatch) -> [String: [RunnableTask]]? {
-        guard batch.tasks.count < configuration.windowSize else { return nil }
+        // A shared store's tasks run where they are claimed, which only its window read does.
+        guard batch.tasks.count < configuration.windowSize, !store.claimsPendingTasks else { return nil }
         var windows: [String: [RunnableTask]] = [:]
         for (task, id) in zip(batch.tasks, inserted.taskIDs) {
             var runnable = RunnableTask(
@@ -489,9 +490,18 @@ public final class Scheduler: Service, Sendable {
                 mutate { state, effects in state.refillFailed(order.key, generation: order.generation, effects: &effects) }
                 return
             }
-            mutate { state, effects in
+            let kept = mutate { state, effects in
                 state.refilled(order.key, generation: order.generation, tasks: tasks, requested: order.limit, now: WallClock.now,
                                effects: &effects)
+            }
+            if !kept && store.claimsPendingTasks {
+                // Claimed for a window that is gone: other daemons (or this one's next window) may run them.
+                do {
+                    try await store.releaseClaims(tasks.map(\.id))
+                } catch {
+                    logger.warning("releasing unused claims failed; they return when their lease expires",
+                                   metadata: ["batch": "\(order.key.batchID)", "error": "\(error)"])
+                }
             }
         }
     }
@@ -574,11 +584,6 @@ public struct SchedulerStatistics: Sendable, Hashable {
     public var queuedChanges: Int
     /// Running, retry-waiting and windowed tasks the scheduler holds: bounded, whatever the batch sizes.
     public var tasksInMemory: Int
-}
-
-/// Wall-clock milliseconds, read in one place.
-enum WallClock {
-    static var now: Milliseconds { Milliseconds((Date().timeIntervalSince1970 * 1000).rounded()) }
 }
 
 struct AttemptTimedOut: Error {}

@@ -247,11 +247,13 @@ struct SchedulerState {
         return Source(key: key, ownerID: ownerID, generation: sourceGenerations)
     }
 
-    /// A window read from the store arrived.
+    /// A window read from the store arrived. Returns false when it came too late and was
+    /// dropped (a store that claims what it reads must then release it).
+    @discardableResult
     mutating func refilled(_ key: SourceKey, generation: Int, tasks: [RunnableTask], requested limit: Int, now: Milliseconds,
-                           effects: inout Effects) {
+                           effects: inout Effects) -> Bool {
         // A read of a source dropped since (its batch finished, then RetryFailed admitted it again) is stale.
-        guard var source = sources[key], source.generation == generation, let batch = batches[key.batchID] else { return }
+        guard var source = sources[key], source.generation == generation, let batch = batches[key.batchID] else { return false }
         source.refilling = false
         for task in tasks where slots[task.id] == nil && !batch.cancelledInStore.contains(task.id) {
             source.window.append(task)
@@ -261,14 +263,14 @@ struct SchedulerState {
         sources[key] = source
         if let closing = batch.closing {
             drain(key, as: closing, now: now, effects: &effects)
-            return
+            return true
         }
         if agents[key.agent] == nil && !agentsMayAppear {
             // Tasks of an agent this daemon no longer runs (a retried batch, a changed
             // configuration) fail rather than wait forever.
             drain(key, as: .failed, failure: TaskFailure(message: "agent \"\(key.agent)\" is not configured on this daemon",
                                                         code: "no_runner"), now: now, effects: &effects)
-            return
+            return true
         }
         // With workers, an agent no runner serves now may be declared by a worker that connects
         // later: its tasks wait, listed but not dispatched, until then (or the batch's deadline).
@@ -277,6 +279,7 @@ struct SchedulerState {
         if sources[key]!.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
         relist(key)
         dispatch(now: now, effects: &effects)
+        return true
     }
 
     /// A window read failed: let the next dispatch ask again.

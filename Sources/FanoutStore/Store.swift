@@ -38,6 +38,14 @@ public protocol Store: Sendable {
     func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
                       inlinePayloadBytes: Int) async throws -> [RunnableTask]
 
+    /// True when `pendingTasks` claims what it returns for this daemon, because other daemons
+    /// share the store: only tasks read through it may run here, never ones known otherwise
+    /// (a batch just inserted), and tasks read but not kept must be released.
+    var claimsPendingTasks: Bool { get }
+
+    /// Gives back pending tasks `pendingTasks` returned that this daemon will not run.
+    func releaseClaims(_ ids: [TaskID]) async throws
+
     /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
     /// keeping the completed results.
     func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch
@@ -85,6 +93,11 @@ public protocol StoreWriter: Sendable {
 }
 
 extension Store {
+    /// A store of one daemon: reading a pending task claims nothing.
+    public var claimsPendingTasks: Bool { false }
+
+    public func releaseClaims(_ ids: [TaskID]) async throws {}
+
     public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) async throws -> [BatchRecord] {
         try await batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
     }

@@ -20,6 +20,8 @@ struct DaemonSettings {
     var postgres: PostgresLocation?
     /// How long a statement of the commit loop may run on PostgreSQL before the server cancels it.
     var postgresStatementTimeoutMs = PostgresStore.defaultWriterStatementTimeoutMs
+    /// How long this daemon's claim on a task holds on PostgreSQL without renewal.
+    var postgresLeaseMs = PostgresStore.defaultLeaseMs
     var durability: Durability
     var logLevel: String
     var server: ServerConfiguration
@@ -52,7 +54,7 @@ struct DaemonSettings {
         case http, httpSocket = "http_socket", httpTokenFile = "http_token_file"
         case gatewayDefaultAgent = "gateway_default_agent"
         case workerLeaseMs = "worker_lease_ms", workerCancelGraceMs = "worker_cancel_grace_ms"
-        case postgresStatementTimeoutMs = "postgres_statement_timeout_ms"
+        case postgresStatementTimeoutMs = "postgres_statement_timeout_ms", postgresLeaseMs = "postgres_lease_ms"
         case maxSpawnDepth = "max_spawn_depth", maxChildrenPerTask = "max_children_per_task"
 
         // One component: a snake_case name is not split on its underscores.
@@ -80,10 +82,10 @@ struct DaemonSettings {
         }
         let config = ConfigReader(providers: providers)
         // Every number has an upper bound too, so arithmetic on it (deadlines, progress units) cannot overflow.
-        func int(_ key: Key, _ fallback: Int, max: Int = SettingBounds.maxSetting) throws -> Int {
+        func int(_ key: Key, _ fallback: Int, min: Int = 1, max: Int = SettingBounds.maxSetting) throws -> Int {
             guard let text = config.string(forKey: key.configKey) else { return fallback }
-            guard let value = Int(text), value > 0, value <= max else {
-                throw FanoutError.invalidArgument("\(key.rawValue) must be a whole number from 1 to \(max), not \"\(text)\"")
+            guard let value = Int(text), value >= min, value <= max else {
+                throw FanoutError.invalidArgument("\(key.rawValue) must be a whole number from \(min) to \(max), not \"\(text)\"")
             }
             return value
         }
@@ -173,10 +175,12 @@ struct DaemonSettings {
         }
         let postgresStatementTimeoutMs = try int(.postgresStatementTimeoutMs, PostgresStore.defaultWriterStatementTimeoutMs,
                                                  max: SettingBounds.maxDurationMs)
+        // At least a few round trips: it is renewed every third of it.
+        let postgresLeaseMs = try int(.postgresLeaseMs, PostgresStore.defaultLeaseMs, min: 300, max: SettingBounds.maxDurationMs)
         return DaemonSettings(
             socketPath: socket, socketMode: server.socketMode,
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment), postgres: postgres,
-            postgresStatementTimeoutMs: postgresStatementTimeoutMs, durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
+            postgresStatementTimeoutMs: postgresStatementTimeoutMs, postgresLeaseMs: postgresLeaseMs, durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
             server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway,
             workers: workers)
     }

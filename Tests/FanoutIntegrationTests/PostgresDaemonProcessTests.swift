@@ -60,6 +60,13 @@ import Testing
                 #expect(status != nil && status != 0)
                 #expect(daemon.output.contains("the store URL names no user"), "\(daemon.output)")
             }
+            // A lease too short to be renewed in time is refused as well, saying what it may be.
+            try await withDaemonProcess(["--socket", directory + "/d.sock", "--store", "postgres://fanout@localhost/fanout"],
+                                        environment: ["FANOUT_POSTGRES_LEASE_MS": "100"], logPath: directory + "/lease.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 20)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("postgres_lease_ms must be a whole number from 300 to"), "\(daemon.output)")
+            }
         }
     }
 }

@@ -1,0 +1,98 @@
+import FanoutCore
+import FanoutStore
+import PostgresNIO
+
+/// The statements of claiming: pending tasks taken by one daemon, their leases
+/// renewed, released, and reclaimed from a daemon that stopped renewing them.
+/// Lease times are the server's clock, never a daemon's: daemons on several
+/// machines disagree on the time, the database is the one clock they share.
+enum ClaimStatements {
+    /// The server's wall clock in Unix milliseconds, as a SQL expression.
+    static let serverNowMs = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+    /// Claims up to `limit` unclaimed pending tasks of a batch and agent, highest priority
+    /// first, then oldest; rows another daemon is claiming at the same moment are skipped,
+    /// not waited for. The rows come back unordered (UPDATE … RETURNING keeps no order).
+    static func claimPending(batchID: BatchID, agent: String, limit: Int, daemon: String, leaseMs: Int,
+                             inlinePayloadBytes: Int) -> PostgresQuery {
+        var query = DynamicQuery("WITH claimable AS (SELECT id FROM tasks")
+        query.sql += " WHERE batch_id = \(query.bind(batchID)) AND agent = \(query.bind(agent))"
+        query.sql += " AND state = 'pending' AND claimed_by IS NULL"
+        query.sql += " ORDER BY priority DESC, id LIMIT \(query.bind(limit)) FOR UPDATE SKIP LOCKED)"
+        query.sql += " UPDATE tasks t SET claimed_by = \(query.bind(daemon)),"
+        query.sql += " lease_expires_at = \(serverNowMs) + \(query.bind(leaseMs))"
+        query.sql += " FROM claimable c, batches b WHERE t.id = c.id AND b.id = t.batch_id"
+        query.sql += """
+             RETURNING t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed,
+                t.max_turns, t.parent_task_id, t.url, b.owner_id
+            """
+        query.sql += ", CASE WHEN length(t.payload) <= \(query.bind(inlinePayloadBytes)) THEN t.payload END AS inline_payload"
+        return query.query
+    }
+
+    /// Pushes back the expiry of every live claim of `daemon`; returns how many it holds.
+    static func renewLeases(daemon: String, leaseMs: Int) -> PostgresQuery {
+        """
+        UPDATE tasks SET lease_expires_at = \(unescaped: serverNowMs) + \(leaseMs)
+        WHERE claimed_by = \(daemon) AND lease_expires_at IS NOT NULL
+        """
+    }
+
+    /// Records the daemon (or its heartbeat, when it is known already).
+    static func heartbeat(daemon: String, host: String, pid: Int32) -> PostgresQuery {
+        """
+        INSERT INTO daemons (id, host, pid, started_at, heartbeat_at)
+        VALUES (\(daemon), \(host), \(pid), \(unescaped: serverNowMs), \(unescaped: serverNowMs))
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+        """
+    }
+
+    static func forgetDaemon(_ daemon: String) -> PostgresQuery {
+        "DELETE FROM daemons WHERE id = \(daemon)"
+    }
+
+    /// Gives back pending tasks `daemon` claimed but will not run (a window it dropped, or all of
+    /// them when it stops): other daemons may claim them at once, without waiting for the lease.
+    static func releasePending(daemon: String, ids: [TaskID]?) -> PostgresQuery {
+        var query = DynamicQuery("UPDATE tasks SET claimed_by = NULL, lease_expires_at = NULL")
+        query.sql += " WHERE claimed_by = \(query.bind(daemon)) AND state = 'pending' AND lease_expires_at IS NOT NULL"
+        if let ids { query.sql += " AND id = ANY(\(query.bind(ids)))" }
+        return query.query
+    }
+
+    /// Claims whose lease passed while their task waited (pending in a window, or in retry_wait):
+    /// back to the queue, unclaimed; nothing ran, so no attempt is counted.
+    static let reclaimWaiting = PostgresQuery(unsafeSQL: """
+        UPDATE tasks SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
+        WHERE lease_expires_at < \(serverNowMs) AND state IN ('pending', 'retry_wait')
+        RETURNING batch_id
+        """)
+
+    /// Running tasks whose lease passed: their daemon died (or lost the database) mid-attempt.
+    /// Locked, so two daemons reclaiming at once take each task once.
+    static let expiredRunning = PostgresQuery(unsafeSQL: """
+        SELECT t.id, t.batch_id, t.custom_id, t.attempt, t.max_attempts, t.crashes, t.parent_task_id, t.claimed_by,
+               b.owner_id, b.creator_uid
+        FROM tasks t JOIN batches b ON b.id = t.batch_id
+        WHERE t.lease_expires_at < \(serverNowMs) AND t.state = 'running'
+        ORDER BY t.id
+        FOR UPDATE OF t SKIP LOCKED
+        """)
+
+    /// The attempt a dead daemon was running counts: the task runs again, unclaimed.
+    static func requeueCrashed(_ ids: [TaskID]) -> PostgresQuery {
+        """
+        UPDATE tasks SET state = 'pending', crashes = crashes + 1, claimed_by = NULL, lease_expires_at = NULL
+        WHERE id = ANY(\(ids))
+        """
+    }
+
+    /// The attempt a dead daemon was running was its last: the task fails, saying why.
+    static func failCrashed(_ id: TaskID, failure: TaskFailure, now: Milliseconds) -> PostgresQuery {
+        """
+        UPDATE tasks SET state = 'failed', crashes = crashes + 1, error_message = \(failure.message),
+            error_code = \(failure.code), error_retryable = false, finished_at = \(now), lease_expires_at = NULL
+        WHERE id = \(id)
+        """
+    }
+}

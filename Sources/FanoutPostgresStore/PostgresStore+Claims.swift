@@ -1,0 +1,122 @@
+import FanoutCore
+import FanoutStore
+import Foundation
+import PostgresNIO
+
+/// Claims and leases: every pending task a daemon reads to run is claimed for it
+/// (`claimed_by`, `lease_expires_at`), so no other daemon runs it; the daemon
+/// renews its leases while it lives, and a claim whose lease passed is
+/// reclaimed by whichever daemon sees it first.
+extension PostgresStore {
+    /// The scheduler's window read claims what it returns: the cursor is not needed, a
+    /// claimed task is no longer claimable. Highest priority first, then oldest.
+    public func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
+                             inlinePayloadBytes: Int) async throws -> [RunnableTask] {
+        let claim = ClaimStatements.claimPending(batchID: batchID, agent: agent, limit: limit, daemon: daemonID,
+                                                 leaseMs: leaseMs, inlinePayloadBytes: inlinePayloadBytes)
+        let tasks = try await rows(claim).map { row in
+            let cells = row.makeRandomAccess()
+            var task = try PostgresRows.runnable(row, batchID: batchID, ownerID: try cells["owner_id"].decode(String.self), agent: agent)
+            task.payload = try cells.bytes("inline_payload")
+            return task
+        }
+        return tasks.sorted { ($0.priority, $1.id) > ($1.priority, $0.id) }
+    }
+
+    public var claimsPendingTasks: Bool { true }
+
+    public func releaseClaims(_ ids: [TaskID]) async throws {
+        guard !ids.isEmpty else { return }
+        _ = try await rows(ClaimStatements.releasePending(daemon: daemonID, ids: ids))
+    }
+
+    /// Pushes back this daemon's leases and records its heartbeat; returns how many tasks it holds.
+    @discardableResult
+    public func renewLeases() async throws -> Int {
+        let (daemon, leaseMs, logger) = (daemonID, leaseMs, logger)
+        return try await transaction { connection in
+            try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid()), logger: logger)
+            return try await connection.query(ClaimStatements.renewLeases(daemon: daemon, leaseMs: leaseMs), logger: logger)
+                .collect().count
+        }
+    }
+
+    /// Takes back the claims whose lease passed, from any daemon: waiting tasks return to the
+    /// queue; a running task's attempt counts, as after a crash of a single daemon, and the task
+    /// fails once its attempts are used up. The batches' counters are recounted from their rows.
+    public func reclaimExpiredLeases(now: Milliseconds) async throws -> ReclaimedTasks {
+        let logger = self.logger
+        return try await transaction { connection in
+            var touched = Set<BatchID>()
+            for try await batch in try await connection.query(ClaimStatements.reclaimWaiting, logger: logger).decode(Int64.self) {
+                touched.insert(batch)
+            }
+            let waiting = touched.count
+            var reclaimed = ReclaimedTasks()
+            var requeue: [TaskID] = []
+            for row in try await connection.query(ClaimStatements.expiredRunning, logger: logger).collect() {
+                let (id, batchID, customID, attempt, maxAttempts, crashes, parentTaskID, daemon, ownerID, creator) =
+                    try row.decode((Int64, Int64, String, Int32, Int32, Int32, Int64?, String?, String, Int64).self)
+                touched.insert(batchID)
+                guard attempt >= maxAttempts else {
+                    requeue.append(id)
+                    continue
+                }
+                let failure = TaskFailure(
+                    message: "the fanoutd running this task (\(daemon ?? "unknown")) stopped renewing its lease, "
+                        + "\(crashes + 1) time(s) in all; its \(maxAttempts) attempt(s) are used up (max_attempts)",
+                    code: "interrupted", retryable: false)
+                try await connection.query(ClaimStatements.failCrashed(id, failure: failure, now: now), logger: logger)
+                reclaimed.failures.append(EventRecord(
+                    kind: .taskFailed, timestamp: now, ownerID: ownerID, batchID: batchID, taskID: id, customID: customID,
+                    parentTaskID: parentTaskID, attempt: Int(attempt), failure: failure, creatorUID: UInt32(truncatingIfNeeded: creator)))
+            }
+            if !requeue.isEmpty { try await connection.query(ClaimStatements.requeueCrashed(requeue), logger: logger) }
+            if !touched.isEmpty {
+                try await connection.query(PostgresQuery(unsafeSQL: PostgresStatements.recountBatch + " WHERE id = ANY($1)",
+                                                         binds: Self.bindings(Array(touched))), logger: logger)
+            }
+            reclaimed.failures = try await Self.insertEvents(reclaimed.failures, on: connection, logger: logger)
+            reclaimed.requeued = requeue.count
+            reclaimed.released = waiting
+            reclaimed.batches = touched.sorted()
+            return reclaimed
+        }
+    }
+
+    /// Inserts `events` under the events lock (see `eventsLockKey`); returns them with their sequences.
+    static func insertEvents(_ events: [EventRecord], on connection: PostgresConnection, logger: Logger) async throws -> [EventRecord] {
+        guard !events.isEmpty else { return [] }
+        try await connection.query("SELECT pg_advisory_xact_lock(\(eventsLockKey))", logger: logger)
+        var stored: [EventRecord] = []
+        for var event in events {
+            event.sequence = try await connection.query(try PostgresStatements.insertEvent(event), logger: logger).collect()[0]
+                .decode(Int64.self)
+            stored.append(event)
+        }
+        try await connection.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence), logger: logger)
+        return stored
+    }
+
+    private static func bindings(_ ids: [Int64]) -> PostgresBindings {
+        var bindings = PostgresBindings()
+        bindings.append(ids)
+        return bindings
+    }
+
+    static let hostName = ProcessInfo.processInfo.hostName
+}
+
+/// What one reclaim pass took back.
+public struct ReclaimedTasks: Sendable, Equatable {
+    /// Waiting claims (pending or retry_wait) returned to the queue.
+    public var released = 0
+    /// Running tasks put back to pending, their attempt counted.
+    public var requeued = 0
+    /// Running tasks failed for good, as committed (with their sequences).
+    public var failures: [EventRecord] = []
+    /// The batches whose tasks changed, recounted.
+    public var batches: [BatchID] = []
+
+    public init() {}
+}
