@@ -42,43 +42,87 @@ enum PostgresStatements {
         try rows.map { try $0.decode(Int64.self) }.sorted()
     }
 
-    /// One change of a task, by `daemon`. A task stays claimed by the daemon that runs it while it
-    /// is live (running, waiting, back in its window); once finished it keeps `claimed_by`, as a
-    /// record of who ran it, and loses its lease.
+    /// One change of a task, by `daemon`, returning what it moved (`TaskMove`). A task stays
+    /// claimed by the daemon that runs it while it is live (running, waiting, back in its
+    /// window); once finished it keeps `claimed_by`, as a record of who ran it, and loses its
+    /// lease. A task another daemon holds is not changed (no row comes back): this daemon lost
+    /// its claim (its lease expired and the task was reclaimed), and its late word must not
+    /// overwrite the new holder's.
     static func taskChange(_ change: TaskChange, daemon: String, leaseMs: Int) -> PostgresQuery {
+        var query = DynamicQuery("UPDATE tasks t SET ")
         switch change {
-        case let .started(id, attempt, at):
-            """
-            UPDATE tasks SET state = 'running', attempt = \(attempt), started_at = \(at), claimed_by = \(daemon),
-                lease_expires_at = \(unescaped: ClaimStatements.serverNowMs) + \(leaseMs)
-            WHERE id = \(id)
-            """
-        case let .turns(id, turns):
-            "UPDATE tasks SET turns_completed = \(turns) WHERE id = \(id)"
-        case let .waiting(id):
-            "UPDATE tasks SET state = 'waiting_children' WHERE id = \(id)"
-        case let .resumed(id):
-            "UPDATE tasks SET state = 'running' WHERE id = \(id)"
-        case let .released(id):
+        case let .started(_, attempt, at):
+            query.sql += "state = 'running', attempt = \(query.bind(attempt)), started_at = \(query.bind(at)), "
+            query.sql += "claimed_by = \(query.bind(daemon)), lease_expires_at = \(ClaimStatements.serverNowMs) + \(query.bind(leaseMs))"
+        case let .turns(_, turns):
+            query.sql += "turns_completed = \(query.bind(turns))"
+        case .waiting:
+            query.sql += "state = 'waiting_children'"
+        case .resumed:
+            query.sql += "state = 'running'"
+        case .released:
             // A graceful stop is not the task's fault: the attempt it was on is given back.
-            "UPDATE tasks SET state = 'pending', attempt = greatest(attempt - 1, 0), claimed_by = NULL, lease_expires_at = NULL WHERE id = \(id)"
-        case let .requeued(id, state, failure):
-            """
-            UPDATE tasks SET state = \(state.rawValue), error_message = \(failure?.message), error_code = \(failure?.code),
-                error_retryable = \(failure?.retryable)
-            WHERE id = \(id)
-            """
-        case let .finished(id, state, result, failure, turns, at, details):
-            """
-            UPDATE tasks SET state = \(state.rawValue), result = \(result.map { ByteBuffer(bytes: $0) }),
-                error_message = \(failure?.message), error_code = \(failure?.code), error_retryable = \(failure?.retryable),
-                turns_completed = \(turns), finished_at = \(at), status_code = \(details.statusCode),
-                request_id = \(details.requestID), prompt_tokens = \(details.usage?.promptTokens),
-                completion_tokens = \(details.usage?.completionTokens),
-                total_tokens = \(details.usage?.totalTokens), lease_expires_at = NULL
-            WHERE id = \(id)
-            """
+            query.sql += "state = 'pending', attempt = greatest(attempt - 1, 0), claimed_by = NULL, lease_expires_at = NULL"
+        case let .requeued(_, state, failure):
+            query.sql += "state = \(query.bind(state.rawValue)), error_message = \(query.bind(failure?.message)), "
+            query.sql += "error_code = \(query.bind(failure?.code)), error_retryable = \(query.bind(failure?.retryable))"
+        case let .finished(_, state, result, failure, turns, at, details):
+            query.sql += "state = \(query.bind(state.rawValue)), result = \(query.bind(result.map { ByteBuffer(bytes: $0) })), "
+            query.sql += "error_message = \(query.bind(failure?.message)), error_code = \(query.bind(failure?.code)), "
+            query.sql += "error_retryable = \(query.bind(failure?.retryable)), turns_completed = \(query.bind(turns)), "
+            query.sql += "finished_at = \(query.bind(at)), status_code = \(query.bind(details.statusCode)), "
+            query.sql += "request_id = \(query.bind(details.requestID)), prompt_tokens = \(query.bind(details.usage?.promptTokens)), "
+            query.sql += "completion_tokens = \(query.bind(details.usage?.completionTokens)), "
+            query.sql += "total_tokens = \(query.bind(details.usage?.totalTokens)), lease_expires_at = NULL"
         }
+        let id = query.bind(change.taskID)
+        query.sql += """
+             FROM (SELECT id AS old_id, state AS old_state, turns_completed AS old_turns,
+                          coalesce(prompt_tokens, 0) AS old_prompt, coalesce(completion_tokens, 0) AS old_completion,
+                          coalesce(total_tokens, 0) AS old_total
+                   FROM tasks WHERE id = \(id) FOR UPDATE) old, batches b
+            WHERE t.id = old.old_id AND b.id = t.batch_id AND (t.claimed_by IS NULL OR t.claimed_by = \(query.bind(daemon)))
+            RETURNING t.batch_id, old.old_state, t.state AS new_state, old.old_turns, t.turns_completed AS new_turns, b.max_turns,
+                coalesce(t.prompt_tokens, 0) - old.old_prompt AS prompt_delta,
+                coalesce(t.completion_tokens, 0) - old.old_completion AS completion_delta,
+                coalesce(t.total_tokens, 0) - old.old_total AS total_delta
+            """
+        return query.query
+    }
+
+    /// Adds a commit's `BatchDelta` to a batch's counters, progress and token use, and takes the
+    /// snapshot's own fields (start time, closing). The counters are never set from a snapshot:
+    /// each daemon's snapshot counts only its own tasks.
+    static func applyDelta(_ delta: BatchDelta, to id: BatchID, snapshot: BatchSnapshot?) -> PostgresQuery {
+        let counters = delta.counters
+        return """
+            UPDATE batches SET pending = pending + \(counters.pending), running = running + \(counters.running),
+                waiting_children = waiting_children + \(counters.waitingChildren), retry_wait = retry_wait + \(counters.retryWait),
+                completed = completed + \(counters.completed), failed = failed + \(counters.failed),
+                cancelled = cancelled + \(counters.cancelled), expired = expired + \(counters.expired),
+                progress_units = progress_units + \(delta.progressUnits),
+                prompt_tokens = prompt_tokens + \(delta.usage.promptTokens),
+                completion_tokens = completion_tokens + \(delta.usage.completionTokens),
+                total_tokens = total_tokens + \(delta.usage.totalTokens),
+                started_at = coalesce(started_at, \(snapshot?.startedAt)),
+                closing = coalesce(\(snapshot?.closing?.rawValue), closing),
+                state = CASE WHEN state = 'pending' AND \(snapshot.map { $0.state != .pending } ?? !delta.isEmpty) THEN 'processing'
+                             ELSE state END
+            WHERE id = \(id)
+            RETURNING *
+            """
+    }
+
+    /// Ends a batch once none of its tasks is left to run, whichever daemon's commit got it there:
+    /// the batch row is locked by this transaction's update, so exactly one commit sees it happen.
+    /// A batch being cancelled ends cancelled; one past its deadline, failed.
+    static func finishIfDone(_ id: BatchID, now: Milliseconds) -> PostgresQuery {
+        """
+        UPDATE batches SET state = CASE closing WHEN 'cancelled' THEN 'cancelled' WHEN 'expired' THEN 'failed' ELSE 'completed' END,
+            finished_at = \(now), started_at = coalesce(started_at, \(now))
+        WHERE id = \(id) AND state IN ('pending', 'processing') AND completed + failed + cancelled + expired = total
+        RETURNING *
+        """
     }
 
     static func batchSnapshot(_ snapshot: BatchSnapshot) -> PostgresQuery {

@@ -72,11 +72,19 @@ extension PostgresStore {
                     parentTaskID: parentTaskID, attempt: Int(attempt), failure: failure, creatorUID: UInt32(truncatingIfNeeded: creator)))
             }
             if !requeue.isEmpty { try await connection.query(ClaimStatements.requeueCrashed(requeue), logger: logger) }
+            var batchEvents = CommittedBatchEvents(fenced: [])
             if !touched.isEmpty {
                 try await connection.query(PostgresQuery(unsafeSQL: PostgresStatements.recountBatch + " WHERE id = ANY($1)",
                                                          binds: Self.bindings(Array(touched))), logger: logger)
+                // The last task of a batch may have failed here: then this pass ends the batch.
+                for id in touched.sorted() {
+                    if let ended = try await connection.query(PostgresStatements.finishIfDone(id, now: now), logger: logger).collect().first {
+                        batchEvents.ended(try PostgresRows.batch(ended), at: now)
+                    }
+                }
             }
-            reclaimed.failures = try await Self.insertEvents(reclaimed.failures, on: connection, logger: logger)
+            reclaimed.failures = try await Self.insertEvents(batchEvents.rewrite(reclaimed.failures), on: connection, logger: logger)
+            reclaimed.endedBatches = batchEvents.endedBatches.map(\.id)
             reclaimed.requeued = requeue.count
             reclaimed.released = waiting
             reclaimed.batches = touched.sorted()
@@ -113,10 +121,12 @@ public struct ReclaimedTasks: Sendable, Equatable {
     public var released = 0
     /// Running tasks put back to pending, their attempt counted.
     public var requeued = 0
-    /// Running tasks failed for good, as committed (with their sequences).
+    /// The events committed: running tasks failed for good, and the end of batches this ended.
     public var failures: [EventRecord] = []
     /// The batches whose tasks changed, recounted.
     public var batches: [BatchID] = []
+    /// The batches that ended because of it (their last task failed here).
+    public var endedBatches: [BatchID] = []
 
     public init() {}
 }

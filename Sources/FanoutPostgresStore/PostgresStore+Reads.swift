@@ -234,5 +234,11 @@ struct DynamicQuery {
         return "$\(binds.count)"
     }
 
+    /// Binds `value`, or NULL (typed by where it goes), and returns its placeholder.
+    mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value?) -> String {
+        if let value { binds.append(value) } else { binds.appendNull() }
+        return "$\(binds.count)"
+    }
+
     var query: PostgresQuery { PostgresQuery(unsafeSQL: sql, binds: binds) }
 }

@@ -27,24 +27,53 @@ extension PostgresStore {
     }
 
     public func commit(_ changes: ChangeSet) throws -> [EventRecord] {
-        guard !changes.isEmpty else { return [] }
+        try commitReportingEnded(changes).events
+    }
+
+    /// Several daemons change one batch's tasks at once: each task change returns what it moved,
+    /// the batch row takes the sums (`BatchDelta`), and the commit that leaves it nothing to run
+    /// ends it and writes its terminal events (`CommittedBatchEvents`). Changes to tasks another
+    /// daemon holds now are dropped, with their events.
+    public func commitReportingEnded(_ changes: ChangeSet) throws -> (events: [EventRecord], endedBatches: [BatchRecord]) {
+        guard !changes.isEmpty else { return ([], []) }
         return try writeTransaction { transaction in
+            var deltas: [BatchID: BatchDelta] = [:]
+            var fenced = Set<TaskID>()
             for change in changes.tasks {
-                try transaction.query(PostgresStatements.taskChange(change, daemon: daemonID, leaseMs: leaseMs))
+                guard let row = try transaction.query(PostgresStatements.taskChange(change, daemon: daemonID, leaseMs: leaseMs)).rows.first
+                else {
+                    fenced.insert(change.taskID)
+                    continue
+                }
+                let move = try TaskMove(row)
+                deltas[move.batchID, default: BatchDelta()].add(move)
             }
-            for snapshot in changes.batches.values {
-                try transaction.query(PostgresStatements.batchSnapshot(snapshot))
+            if !fenced.isEmpty {
+                logger.warning("changes to tasks another daemon has reclaimed were dropped", metadata: ["tasks": "\(fenced.sorted())"])
             }
-            guard !changes.events.isEmpty else { return [] }
+            var batchEvents = CommittedBatchEvents(fenced: fenced)
+            // In id order, the order every daemon locks batch rows in: no deadlock between two commits.
+            for id in Set(deltas.keys).union(changes.batches.keys).sorted() {
+                let snapshot = changes.batches[id]
+                guard let row = try transaction.query(PostgresStatements.applyDelta(deltas[id] ?? BatchDelta(), to: id, snapshot: snapshot))
+                    .rows.first else { continue }
+                batchEvents.counted(try PostgresRows.batch(row))
+                let now = snapshot?.finishedAt ?? WallClock.now
+                if let ended = try transaction.query(PostgresStatements.finishIfDone(id, now: now)).rows.first {
+                    batchEvents.ended(try PostgresRows.batch(ended), at: now)
+                }
+            }
+            let events = batchEvents.rewrite(changes.events)
+            guard !events.isEmpty else { return ([], batchEvents.endedBatches) }
             try transaction.query("SELECT pg_advisory_xact_lock(\(Self.eventsLockKey))")
             var stored: [EventRecord] = []
-            stored.reserveCapacity(changes.events.count)
-            for var event in changes.events {
+            stored.reserveCapacity(events.count)
+            for var event in events {
                 event.sequence = try Self.insertedID(transaction.query(try PostgresStatements.insertEvent(event)))
                 stored.append(event)
             }
             try transaction.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence))
-            return stored
+            return (stored, batchEvents.endedBatches)
         }
     }
 

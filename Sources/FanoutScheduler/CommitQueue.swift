@@ -41,6 +41,8 @@ final class CommitQueue: Sendable {
     /// Wall-clock milliseconds; tests pass their own.
     private let now: @Sendable () -> Milliseconds
     private let state = Mutex(State())
+    /// Told of the batches a commit ended, when the store decides that (`StoreWriter.commitReportingEnded`).
+    private let endedBatchesHandler = Mutex<(@Sendable ([BatchRecord]) -> Void)?>(nil)
     /// The loop runs on a thread of its own: SQLite's writes block, and would hold up every
     /// stream and runner on the cooperative pool; and a submit wakes it directly, with no
     /// hop through the pool and back between a change and its commit.
@@ -61,6 +63,12 @@ final class CommitQueue: Sendable {
         self.retention = retention
         self.now = now
         (healthChanges, health) = AsyncStream.makeStream(of: Bool.self)
+    }
+
+    /// Sets what is told of batches the store ended in a commit; called on the commit thread,
+    /// after the commit's events are published.
+    func onBatchesEnded(_ handler: @escaping @Sendable ([BatchRecord]) -> Void) {
+        endedBatchesHandler.withLock { $0 = handler }
     }
 
     /// Queues changes; `onCommit` runs once they are durable (or failed for good).
@@ -255,7 +263,7 @@ final class CommitQueue: Sendable {
         var failures = 0
         while true {
             do {
-                let events = try store.commit(changes)
+                let (events, endedBatches) = try store.commitReportingEnded(changes)
                 state.withLock { $0.eventsSinceTrimSlice += events.count }
                 if failures > 0 {
                     state.withLock { $0.failing = nil }
@@ -263,6 +271,7 @@ final class CommitQueue: Sendable {
                     logger.notice("the store accepts commits again", metadata: ["failed_attempts": "\(failures)"])
                 }
                 hub.publish(events)
+                if !endedBatches.isEmpty, let handler = endedBatchesHandler.withLock({ $0 }) { handler(endedBatches) }
                 return .success(())
             } catch {
                 failures += 1

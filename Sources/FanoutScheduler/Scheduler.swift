@@ -52,6 +52,9 @@ public final class Scheduler: Service, Sendable {
         hub = EventHub(lastSequence: try store.writer.lastEventSequence())
         commits = CommitQueue(store: store.writer, hub: hub, logger: logger, retention: configuration.eventRetention,
                               maxQueuedChanges: configuration.maxChangesPerCommit, retryBackoff: configuration.storeRetry)
+        commits.onBatchesEnded { [weak self] batches in
+            self?.mutate { state, effects in state.batchesEndedInStore(batches, now: WallClock.now, effects: &effects) }
+        }
         if let workerPool {
             // Worker-served agents run only as many tasks as connected workers have slots: none until one registers.
             state.withLock { state in

@@ -781,6 +781,32 @@ struct SchedulerState {
         batch.record.state = state
         batch.record.finishedAt = now
         if batch.record.startedAt == nil { batch.record.startedAt = now }
+        forget(batch)
+        childFinished(batch.record, now: now, effects: &effects)
+        effects.changes.batches[id] = batch.snapshot
+        // Always one progress event at 100 %, then exactly one terminal event.
+        effects.changes.events.append(batchEvent(.batchProgress, batch.record, now: now))
+        effects.changes.events.append(batchEvent(kind, batch.record, now: now))
+        effects.afterCommit.append(contentsOf: batch.finishWaiters)
+        return true
+    }
+
+    /// Batches a shared store ended: the commit of whichever daemon ran their last task did,
+    /// and wrote their terminal events. A batch this daemon still holds (it ran some of its
+    /// tasks, not the last) goes here too, without events of its own.
+    mutating func batchesEndedInStore(_ records: [BatchRecord], now: Milliseconds, effects: inout Effects) {
+        for record in records {
+            guard let batch = batches[record.id] else { continue }
+            pendingCount -= batch.record.counters.pending
+            forget(batch)
+            childFinished(record, now: now, effects: &effects)
+            effects.afterCommit.append(contentsOf: batch.finishWaiters)
+        }
+    }
+
+    /// Drops an ended batch and its sources.
+    private mutating func forget(_ batch: ActiveBatch) {
+        let id = batch.record.id
         for agent in batch.agents {
             let key = SourceKey(batchID: id, agent: agent)
             if let source = sources[key], let listed = source.listedAt {
@@ -790,13 +816,6 @@ struct SchedulerState {
         }
         batches[id] = nil
         openSlots[id] = nil
-        childFinished(batch.record, now: now, effects: &effects)
-        effects.changes.batches[id] = batch.snapshot
-        // Always one progress event at 100 %, then exactly one terminal event.
-        effects.changes.events.append(batchEvent(.batchProgress, batch.record, now: now))
-        effects.changes.events.append(batchEvent(kind, batch.record, now: now))
-        effects.afterCommit.append(contentsOf: batch.finishWaiters)
-        return true
     }
 
     private mutating func noteProgress(_ id: BatchID, now: Milliseconds, effects: inout Effects) {

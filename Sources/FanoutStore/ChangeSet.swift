@@ -38,6 +38,17 @@ public enum TaskChange: Sendable, Hashable {
                   details: ResponseDetails = ResponseDetails())
 }
 
+extension TaskChange {
+    /// The task it changes.
+    public var taskID: TaskID {
+        switch self {
+        case .started(let id, _, _), .turns(let id, _), .requeued(let id, _, _), .released(let id), .waiting(let id),
+             .resumed(let id), .finished(let id, _, _, _, _, _, _):
+            id
+        }
+    }
+}
+
 /// The columns of a batch row the scheduler owns while the batch is active.
 public struct BatchSnapshot: Sendable, Hashable {
     public var id: BatchID

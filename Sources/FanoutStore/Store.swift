@@ -75,6 +75,10 @@ public protocol StoreWriter: Sendable {
     /// with their sequence numbers assigned.
     func commit(_ changes: ChangeSet) throws -> [EventRecord]
 
+    /// `commit`, also returning the batches that ended in it when the store, not the scheduler,
+    /// decides that (several daemons share it, and each sees only its own tasks end).
+    func commitReportingEnded(_ changes: ChangeSet) throws -> (events: [EventRecord], endedBatches: [BatchRecord])
+
     /// One bounded step of event retention, in its own short transaction.
     ///
     /// Deletes the oldest events that are beyond the newest `keepingLast`, or
@@ -90,6 +94,13 @@ public protocol StoreWriter: Sendable {
 
     /// The newest sequence number ever assigned (see `Store.lastEventSequence`).
     func lastEventSequence() throws -> EventSequence
+}
+
+extension StoreWriter {
+    /// A store of one daemon: the scheduler's snapshots say when a batch ends.
+    public func commitReportingEnded(_ changes: ChangeSet) throws -> (events: [EventRecord], endedBatches: [BatchRecord]) {
+        (try commit(changes), [])
+    }
 }
 
 extension Store {

@@ -66,12 +66,24 @@ import Testing
                 .finished(ids[1], state: .failed, result: nil, failure: TaskFailure(message: "boom", code: "E1", retryable: true),
                           turnsCompleted: 0, at: 3_000),
             ]
-            changes.events = [taskEvent(.taskCompleted, batch: batchID, task: ids[0]), taskEvent(.taskFailed, batch: batchID, task: ids[1])]
-            changes.batches[batchID] = snapshot(inserted.batch, state: .completed, { $0.pending = 0; $0.completed = 1; $0.failed = 1 }, units: 2)
-            #expect(try store.commit(changes).map(\.sequence) == [3, 4])
+            // This daemon's own count is off (as when others ran some of the batch), and it announces an end:
+            // the row takes the tasks' moves, and the end is the database's, announced once.
+            var stale = inserted.batch
+            stale.counters.pending = 2
+            changes.events = [taskEvent(.taskCompleted, batch: batchID, task: ids[0]), taskEvent(.taskFailed, batch: batchID, task: ids[1]),
+                              EventRecord(kind: .batchCompleted, timestamp: 3_000, ownerID: "alice", batchID: batchID, progress: 0,
+                                          counters: stale.counters)]
+            changes.batches[batchID] = snapshot(stale, state: .completed, { $0.running = 5 }, units: 0)
+            changes.batches[batchID]?.finishedAt = 3_000
+            let (committed, ended) = try store.commitReportingEnded(changes)
+            #expect(committed.map(\.sequence) == [3, 4, 5, 6])
+            #expect(committed.map(\.kind) == [.taskCompleted, .taskFailed, .batchProgress, .batchCompleted])
+            #expect(committed.last?.counters?.completed == 1 && committed.last?.counters?.failed == 1 && committed.last?.progress == 100)
+            #expect(ended.map(\.id) == [batchID] && ended.first?.state == .completed)
 
             let batch = try #require(try await store.batch(batchID))
             #expect(batch.state == .completed && batch.counters.completed == 1 && batch.counters.failed == 1 && batch.progress.units == 2)
+            #expect(batch.counters.pending == 0 && batch.counters.running == 0 && batch.usage.totalTokens == 7 && batch.finishedAt == 3_000)
             let results = try await store.results(batchID: batchID, afterTaskID: 0, limit: 10)
             #expect(results.map(\.state) == [.completed, .failed])
             #expect(results[0].result == Array("ok".utf8) && results[0].details.statusCode == 200 && results[0].details.usage?.totalTokens == 7)
@@ -80,22 +92,22 @@ import Testing
             #expect(try await store.results(batchID: batchID, afterTaskID: 0, limit: 10, maxBytes: 1).map(\.id) == [ids[0]])
 
             let all = try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "alice"), limit: 100)
-            #expect(all.map(\.sequence) == [1, 2, 3, 4])
-            #expect(all.map(\.kind) == [.taskStarted, .taskStarted, .taskCompleted, .taskFailed])
+            #expect(all.map(\.sequence) == [1, 2, 3, 4, 5, 6])
+            #expect(all.map(\.kind) == [.taskStarted, .taskStarted, .taskCompleted, .taskFailed, .batchProgress, .batchCompleted])
             let page = try await store.eventPage(after: 1, upTo: 3, filter: EventFilter(ownerID: "alice", kinds: [.taskStarted]), limit: 10)
             #expect(page.events.map(\.sequence) == [2] && page.firstAvailable == 1)
-            #expect(try await store.lastEventSequence() == 4)
+            #expect(try await store.lastEventSequence() == 6)
             #expect(try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: "bob"), limit: 10).isEmpty)
 
             // Retention from the oldest end; numbers are never reused afterwards.
-            #expect(try store.trimEvents(keepingLast: 1, olderThan: nil, limit: 100) == 3)
-            #expect(try await store.firstEventSequence() == 4)
-            let next = try store.commit({ var more = ChangeSet(); more.events = [taskEvent(.batchProgress, batch: batchID, task: ids[0])]; return more }())
-            #expect(next.map(\.sequence) == [5])
+            #expect(try store.trimEvents(keepingLast: 1, olderThan: nil, limit: 100) == 5)
+            #expect(try await store.firstEventSequence() == 6)
+            let next = try store.commit({ var more = ChangeSet(); more.events = [taskEvent(.taskTurn, batch: batchID, task: ids[0])]; return more }())
+            #expect(next.map(\.sequence) == [7])
             // An empty log still knows the newest number, and a reader learns nothing before it is left.
             #expect(try store.trimEvents(keepingLast: 0, olderThan: nil, limit: 100) == 2)
-            #expect(try await store.lastEventSequence() == 5)
-            #expect(try await store.eventPage(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).firstAvailable == 6)
+            #expect(try await store.lastEventSequence() == 7)
+            #expect(try await store.eventPage(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).firstAvailable == 8)
         }
     }
 
