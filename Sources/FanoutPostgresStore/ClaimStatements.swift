@@ -30,11 +30,21 @@ enum ClaimStatements {
         return query.query
     }
 
+    /// The active batches, oldest first, each with whether any task of it is unclaimed (one probe of
+    /// the claimable index per batch).
+    static func activeBatches(limit: Int) -> PostgresQuery {
+        """
+        SELECT b.*, EXISTS (SELECT 1 FROM tasks t WHERE t.batch_id = b.id AND t.state = 'pending' AND t.claimed_by IS NULL) AS unclaimed
+        FROM batches b WHERE b.state IN ('pending', 'processing') ORDER BY b.id LIMIT \(limit)
+        """
+    }
+
     /// Pushes back the expiry of every live claim of `daemon`; returns how many it holds.
     static func renewLeases(daemon: String, leaseMs: Int) -> PostgresQuery {
         """
         UPDATE tasks SET lease_expires_at = \(unescaped: serverNowMs) + \(leaseMs)
         WHERE claimed_by = \(daemon) AND lease_expires_at IS NOT NULL
+        RETURNING 1
         """
     }
 
@@ -49,6 +59,11 @@ enum ClaimStatements {
 
     static func forgetDaemon(_ daemon: String) -> PostgresQuery {
         "DELETE FROM daemons WHERE id = \(daemon)"
+    }
+
+    /// Daemons not heard from for ten leases: gone, and their claims long reclaimed.
+    static func forgetSilentDaemons(leaseMs: Int) -> PostgresQuery {
+        "DELETE FROM daemons WHERE heartbeat_at < \(unescaped: serverNowMs) - \(Int64(max(0, leaseMs)) * 10)"
     }
 
     /// Gives back pending tasks `daemon` claimed but will not run (a window it dropped, or all of
@@ -69,12 +84,14 @@ enum ClaimStatements {
         """)
 
     /// Running tasks whose lease passed: their daemon died (or lost the database) mid-attempt.
-    /// Locked, so two daemons reclaiming at once take each task once.
+    /// A task it left waiting for its children counts the same: the attempt that waited is gone,
+    /// and the task runs again from the start. Locked, so two daemons reclaiming at once take
+    /// each task once.
     static let expiredRunning = PostgresQuery(unsafeSQL: """
         SELECT t.id, t.batch_id, t.custom_id, t.attempt, t.max_attempts, t.crashes, t.parent_task_id, t.claimed_by,
                b.owner_id, b.creator_uid
         FROM tasks t JOIN batches b ON b.id = t.batch_id
-        WHERE t.lease_expires_at < \(serverNowMs) AND t.state = 'running'
+        WHERE t.lease_expires_at < \(serverNowMs) AND t.state IN ('running', 'waiting_children')
         ORDER BY t.id
         FOR UPDATE OF t SKIP LOCKED
         """)

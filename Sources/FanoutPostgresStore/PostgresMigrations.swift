@@ -198,6 +198,11 @@ public enum PostgresMigrations {
             "CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL",
             "CREATE INDEX tasks_claims ON tasks (claimed_by) WHERE lease_expires_at IS NOT NULL",
         ]),
+        // A batch being received belongs to the daemon receiving it: another daemon's start must not
+        // discard it, only the staging of daemons no longer alive.
+        Migration(version: 4, name: "who stages a batch", statements: [
+            "ALTER TABLE batches ADD COLUMN staged_by TEXT",
+        ]),
     ]
 
     /// The newest schema version this build knows.

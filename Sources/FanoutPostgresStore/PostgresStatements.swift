@@ -6,13 +6,16 @@ import PostgresNIO
 /// The statements both sides of the store run (the commit loop's blocking
 /// connection and the async pool), as values: each side only executes them.
 enum PostgresStatements {
-    static func insertBatch(_ batch: NewBatch, state: String, taskCount: Int, now: Milliseconds) throws -> PostgresQuery {
+    /// `stagedBy`: the daemon receiving a batch in chunks (state `staging`).
+    static func insertBatch(_ batch: NewBatch, state: String, taskCount: Int, stagedBy: String? = nil, now: Milliseconds) throws
+        -> PostgresQuery
+    {
         let metadata = batch.metadata.isEmpty ? nil : String(decoding: try JSONEncoder().encode(batch.metadata), as: UTF8.self)
         return """
             INSERT INTO batches (owner_id, agent, state, total, pending, max_turns, metadata,
-                                 parent_task_id, parent_attempt, created_at, deadline_at, creator_uid)
+                                 parent_task_id, parent_attempt, created_at, deadline_at, creator_uid, staged_by)
             VALUES (\(batch.ownerID), \(batch.agent), \(state), \(taskCount), \(taskCount), \(batch.maxTurns), \(metadata),
-                    \(batch.parentTaskID), \(batch.parentAttempt), \(now), \(batch.deadlineAt), \(Int64(batch.creatorUID)))
+                    \(batch.parentTaskID), \(batch.parentAttempt), \(now), \(batch.deadlineAt), \(Int64(batch.creatorUID)), \(stagedBy))
             RETURNING id
             """
     }
@@ -45,9 +48,9 @@ enum PostgresStatements {
     /// One change of a task, by `daemon`, returning what it moved (`TaskMove`). A task stays
     /// claimed by the daemon that runs it while it is live (running, waiting, back in its
     /// window); once finished it keeps `claimed_by`, as a record of who ran it, and loses its
-    /// lease. A task another daemon holds is not changed (no row comes back): this daemon lost
-    /// its claim (its lease expired and the task was reclaimed), and its late word must not
-    /// overwrite the new holder's.
+    /// lease. A task this daemon does not hold is not changed (no row comes back, see `fence`):
+    /// it lost its claim (its lease expired and the task was reclaimed), and its late word must
+    /// not overwrite the new holder's.
     static func taskChange(_ change: TaskChange, daemon: String, leaseMs: Int) -> PostgresQuery {
         var query = DynamicQuery("UPDATE tasks t SET ")
         switch change {
@@ -81,13 +84,24 @@ enum PostgresStatements {
                           coalesce(prompt_tokens, 0) AS old_prompt, coalesce(completion_tokens, 0) AS old_completion,
                           coalesce(total_tokens, 0) AS old_total
                    FROM tasks WHERE id = \(id) FOR UPDATE) old, batches b
-            WHERE t.id = old.old_id AND b.id = t.batch_id AND (t.claimed_by IS NULL OR t.claimed_by = \(query.bind(daemon)))
+            WHERE t.id = old.old_id AND b.id = t.batch_id AND \(fence(change, daemon: query.bind(daemon)))
             RETURNING t.batch_id, old.old_state, t.state AS new_state, old.old_turns, t.turns_completed AS new_turns, b.max_turns,
                 coalesce(t.prompt_tokens, 0) - old.old_prompt AS prompt_delta,
                 coalesce(t.completion_tokens, 0) - old.old_completion AS completion_delta,
                 coalesce(t.total_tokens, 0) - old.old_total AS total_delta
             """
         return query.query
+    }
+
+    /// Which holder a change needs. Only this daemon's claim lets it start, run or end a task; a
+    /// cancel or an expiry may also end a pending task nobody claimed (one never read into a
+    /// window). A task reclaimed from this daemon (its lease ran out) is pending and unclaimed
+    /// too, but the late result of the attempt it lost is not a cancel, so it is refused.
+    private static func fence(_ change: TaskChange, daemon: String) -> String {
+        if case .finished(_, let state, _, _, _, _, _) = change, state == .cancelled || state == .expired {
+            return "(t.claimed_by = \(daemon) OR (t.claimed_by IS NULL AND t.state = 'pending'))"
+        }
+        return "t.claimed_by = \(daemon)"
     }
 
     /// Adds a commit's `BatchDelta` to a batch's counters, progress and token use, and takes the
@@ -158,17 +172,28 @@ enum PostgresStatements {
         "UPDATE event_log SET last_sequence = \(sequence)"
     }
 
-    /// A batch still being received, or a file still being uploaded, when the daemon stopped was never accepted.
-    static let discardUnfinishedUploads = [
-        "DELETE FROM tasks WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')",
-        "DELETE FROM gateway_rejects WHERE batch_id IN (SELECT id FROM batches WHERE state = 'staging')",
-        "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE state = 'uploading')",
-        "DELETE FROM files WHERE state = 'uploading'",
-        "DELETE FROM batches WHERE state = 'staging'",
-    ]
+    /// A batch still being received when the daemon receiving it stopped was never accepted; nor a
+    /// file still being uploaded. Other daemons' staging goes on: only that of daemons whose
+    /// heartbeat is older than `leaseMs` is discarded.
+    static func discardUnfinishedUploads(leaseMs: Int) -> [String] {
+        let abandoned = """
+            SELECT id FROM batches WHERE state = 'staging' AND (staged_by IS NULL OR staged_by NOT IN (
+                SELECT id FROM daemons WHERE heartbeat_at > \(ClaimStatements.serverNowMs) - \(max(0, leaseMs))))
+            """
+        return [
+            "DELETE FROM tasks WHERE batch_id IN (\(abandoned))",
+            "DELETE FROM gateway_rejects WHERE batch_id IN (\(abandoned))",
+            "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE state = 'uploading')",
+            "DELETE FROM files WHERE state = 'uploading'",
+            "DELETE FROM batches WHERE id IN (\(abandoned))",
+        ]
+    }
 
-    /// Counters, progress and token use of the active batches, from their task rows (the source of truth).
-    static let recountActiveBatches = recountBatch + " WHERE state IN ('pending', 'processing')"
+    /// Locks batch rows in id order before a recount: a commit that changed their tasks has then
+    /// committed, or will add its sums after the recount (see `applyDelta`).
+    static func lockBatches(_ ids: [BatchID]) -> PostgresQuery {
+        "SELECT id FROM batches WHERE id = ANY(\(ids)) ORDER BY id FOR UPDATE"
+    }
 
     /// The same for the batches a WHERE clause appended to it names.
     static let recountBatch = """

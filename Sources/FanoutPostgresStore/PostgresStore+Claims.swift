@@ -25,6 +25,12 @@ extension PostgresStore {
 
     public var claimsPendingTasks: Bool { true }
 
+    public func sharedActiveBatches(limit: Int) async throws -> [SharedBatch] {
+        try await rows(ClaimStatements.activeBatches(limit: limit)).map { row in
+            SharedBatch(record: try PostgresRows.batch(row), hasUnclaimedTasks: try row.makeRandomAccess()["unclaimed"].decode(Bool.self))
+        }
+    }
+
     public func releaseClaims(_ ids: [TaskID]) async throws {
         guard !ids.isEmpty else { return }
         _ = try await rows(ClaimStatements.releasePending(daemon: daemonID, ids: ids))
@@ -36,6 +42,7 @@ extension PostgresStore {
         let (daemon, leaseMs, logger) = (daemonID, leaseMs, logger)
         return try await transaction { connection in
             try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid()), logger: logger)
+            try await connection.query(ClaimStatements.forgetSilentDaemons(leaseMs: leaseMs), logger: logger)
             return try await connection.query(ClaimStatements.renewLeases(daemon: daemon, leaseMs: leaseMs), logger: logger)
                 .collect().count
         }
@@ -48,10 +55,11 @@ extension PostgresStore {
         let logger = self.logger
         return try await transaction { connection in
             var touched = Set<BatchID>()
+            var waiting = 0
             for try await batch in try await connection.query(ClaimStatements.reclaimWaiting, logger: logger).decode(Int64.self) {
                 touched.insert(batch)
+                waiting += 1
             }
-            let waiting = touched.count
             var reclaimed = ReclaimedTasks()
             var requeue: [TaskID] = []
             for row in try await connection.query(ClaimStatements.expiredRunning, logger: logger).collect() {
@@ -74,8 +82,10 @@ extension PostgresStore {
             if !requeue.isEmpty { try await connection.query(ClaimStatements.requeueCrashed(requeue), logger: logger) }
             var batchEvents = CommittedBatchEvents(fenced: [])
             if !touched.isEmpty {
+                let ids = touched.sorted()
+                try await connection.query(PostgresStatements.lockBatches(ids), logger: logger)
                 try await connection.query(PostgresQuery(unsafeSQL: PostgresStatements.recountBatch + " WHERE id = ANY($1)",
-                                                         binds: Self.bindings(Array(touched))), logger: logger)
+                                                         binds: Self.bindings(ids)), logger: logger)
                 // The last task of a batch may have failed here: then this pass ends the batch.
                 for id in touched.sorted() {
                     if let ended = try await connection.query(PostgresStatements.finishIfDone(id, now: now), logger: logger).collect().first {

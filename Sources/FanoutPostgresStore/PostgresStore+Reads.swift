@@ -27,7 +27,7 @@ extension PostgresStore {
     // MARK: Staging
 
     public func createStagedBatch(_ batch: NewBatch, now: Milliseconds) async throws -> BatchID {
-        let insert = try PostgresStatements.insertBatch(batch, state: "staging", taskCount: 0, now: now)
+        let insert = try PostgresStatements.insertBatch(batch, state: "staging", taskCount: 0, stagedBy: daemonID, now: now)
         guard let row = try await rows(insert).first else { throw PostgresSchemaError("an INSERT … RETURNING returned no row") }
         return try row.decode(Int64.self)
     }

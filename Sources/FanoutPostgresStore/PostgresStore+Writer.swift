@@ -105,17 +105,28 @@ extension PostgresStore {
         }
     }
 
+    /// Recovery on a database other daemons may be using while this one starts: what they hold
+    /// stays theirs. The tasks of a daemon that died are taken back when their leases expire
+    /// (`reclaimExpiredLeases`), also this daemon's own from before a crash, since it starts
+    /// with a new id. Only rows no claim covers (written before claims existed) are recovered
+    /// here as a single daemon would. Active batches come back for the scheduler to take up;
+    /// it claims their tasks for the agents it runs.
     public func recover(now: Milliseconds) throws -> RecoveredState {
         try writeTransaction { transaction in
-            for statement in PostgresStatements.discardUnfinishedUploads { try transaction.execute(statement) }
-            // A task found running was cut short by a crash: that attempt counts (see SQLiteStore.recover).
-            let active = "batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing'))"
-            try transaction.execute("UPDATE tasks SET crashes = crashes + 1 WHERE \(active) AND state = 'running'")
+            for statement in PostgresStatements.discardUnfinishedUploads(leaseMs: leaseMs) { try transaction.execute(statement) }
+            // A task found running without a claim was cut short by a crash: that attempt counts (see SQLiteStore.recover).
+            let unclaimed = "batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing')) AND claimed_by IS NULL"
+            var touched = Set<BatchID>()
+            for row in try transaction.query(PostgresQuery(unsafeSQL: """
+                UPDATE tasks SET crashes = crashes + 1 WHERE \(unclaimed) AND state = 'running' RETURNING batch_id
+                """)).rows {
+                touched.insert(try row.decode(Int64.self))
+            }
             var interrupted: [EventRecord] = []
             let exhausted = try transaction.query(PostgresQuery(unsafeSQL: """
                 SELECT t.id, t.batch_id, t.custom_id, t.attempt, t.max_attempts, t.crashes, t.parent_task_id, b.owner_id, b.creator_uid
                 FROM tasks t JOIN batches b ON b.id = t.batch_id
-                WHERE t.\(active) AND t.state = 'running' AND t.attempt >= t.max_attempts
+                WHERE t.\(unclaimed) AND t.state = 'running' AND t.attempt >= t.max_attempts
                 """))
             for row in exhausted.rows {
                 let (id, batchID, customID, attempt, maxAttempts, crashes, parentTaskID, ownerID, creator) =
@@ -132,34 +143,37 @@ extension PostgresStore {
                     kind: .taskFailed, timestamp: now, ownerID: ownerID, batchID: batchID, taskID: id, customID: customID,
                     parentTaskID: parentTaskID, attempt: Int(attempt), failure: failure, creatorUID: UInt32(truncatingIfNeeded: creator)))
             }
-            let requeued = try transaction.query(PostgresQuery(unsafeSQL: """
-                UPDATE tasks SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
-                WHERE \(active) AND state IN ('running', 'retry_wait')
-                """)).metadata.rows ?? 0
-            // One daemon per database for now (see claimDatabase): claims left by an earlier life are void.
-            try transaction.execute("UPDATE tasks SET claimed_by = NULL, lease_expires_at = NULL WHERE state = 'pending' AND lease_expires_at IS NOT NULL")
-            try transaction.execute(PostgresStatements.recountActiveBatches)
+            var requeued = 0
+            for row in try transaction.query(PostgresQuery(unsafeSQL: """
+                UPDATE tasks SET state = 'pending' WHERE \(unclaimed) AND state IN ('running', 'retry_wait') RETURNING batch_id
+                """)).rows {
+                touched.insert(try row.decode(Int64.self))
+                requeued += 1
+            }
+            if !touched.isEmpty {
+                let ids = touched.sorted()
+                try transaction.query(PostgresStatements.lockBatches(ids))
+                var recount = DynamicQuery(PostgresStatements.recountBatch)
+                recount.sql += " WHERE id = ANY(\(recount.bind(ids)))"
+                try transaction.query(recount.query)
+            }
             let batches = try transaction.query("SELECT * FROM batches WHERE state IN ('pending', 'processing') ORDER BY id")
                 .rows.map(PostgresRows.batch)
+            // Waiting tasks nobody holds: this daemon takes them, and resumes them when their children end.
             let waiting = try transaction.query("""
-                SELECT t.id, t.batch_id, t.custom_id, t.agent, t.priority, t.attempt, t.max_attempts, t.timeout_ms,
-                       t.turns_completed, t.max_turns, t.parent_task_id, t.url, b.owner_id
-                FROM tasks t JOIN batches b ON b.id = t.batch_id
-                WHERE b.state IN ('pending', 'processing') AND t.state = 'waiting_children' ORDER BY t.id
+                UPDATE tasks t SET claimed_by = \(daemonID),
+                    lease_expires_at = \(unescaped: ClaimStatements.serverNowMs) + \(leaseMs)
+                FROM batches b
+                WHERE b.id = t.batch_id AND b.state IN ('pending', 'processing') AND t.state = 'waiting_children' AND t.claimed_by IS NULL
+                RETURNING t.id, t.batch_id, t.custom_id, t.agent, t.priority, t.attempt, t.max_attempts, t.timeout_ms,
+                          t.turns_completed, t.max_turns, t.parent_task_id, t.url, b.owner_id
                 """).rows.map { row in
                 let cells = row.makeRandomAccess()
                 return try PostgresRows.runnable(row, batchID: try cells["batch_id"].decode(Int64.self),
                                                  ownerID: try cells["owner_id"].decode(String.self), agent: try cells["agent"].decode(String.self))
-            }
-            var pendingAgents: [BatchID: [String]] = [:]
-            for row in try transaction.query("""
-                SELECT DISTINCT t.batch_id, t.agent FROM tasks t JOIN batches b ON b.id = t.batch_id
-                WHERE b.state IN ('pending', 'processing') AND t.state = 'pending'
-                """).rows {
-                let (batchID, agent) = try row.decode((Int64, String).self)
-                pendingAgents[batchID, default: []].append(agent)
-            }
-            return RecoveredState(activeBatches: batches, pendingAgents: pendingAgents, requeued: requeued,
+            }.sorted { $0.id < $1.id }
+            // Which agents' tasks to claim is the scheduler's to say (the agents it runs): none listed here.
+            return RecoveredState(activeBatches: batches, pendingAgents: [:], requeued: requeued,
                                   interruptedFailures: interrupted, waitingTasks: waiting)
         }
     }

@@ -77,8 +77,8 @@ public final class PostgresStore: Store, StoreWriter {
                 close()
                 group.cancelAll()
             }
-            // Claimed first: a daemon refused here must not migrate the live daemon's schema.
-            try claimDatabase()
+            // First: a database this daemon cannot use stops it before anything else.
+            try openWriter()
             try await migrate()
             try await renewLeases()
             group.addTask { await self.keepLeases() }
@@ -105,10 +105,10 @@ public final class PostgresStore: Store, StoreWriter {
         if !applied.isEmpty { logger.info("migrated the PostgreSQL schema", metadata: ["versions": "\(applied)"]) }
     }
 
-    /// Opens the commit loop's connection, which holds the database for this daemon: until tasks
-    /// carry leases that other daemons honour, one daemon per database (as with SQLite's lock file).
-    /// Throws FAILED_PRECONDITION when another daemon holds it.
-    public func claimDatabase() throws {
+    /// Opens the commit loop's connection: a database that cannot be reached, or refuses this
+    /// user, stops the daemon at start rather than at its first commit. Other daemons may use
+    /// the same database (decision 51).
+    public func openWriter() throws {
         _ = try writerConnectionOpened()
     }
 
@@ -184,24 +184,12 @@ public final class PostgresStore: Store, StoreWriter {
         } catch {
             throw Self.storeError(error)
         }
-        // A session lock: it lasts as long as this connection, and a new connection (after a failure)
-        // takes it again, or stops here if another daemon took it meanwhile.
-        let claimed: Bool
         do {
             _ = try connection.query(PostgresQuery(unsafeSQL: "SET statement_timeout = \(max(0, writerStatementTimeoutMs))"),
                                      logger: logger).wait()
-            claimed = try connection.query("SELECT pg_try_advisory_lock(\(Self.daemonLockKey))", logger: logger).wait()
-                .rows.first?.decode(Bool.self) ?? false
         } catch {
             try? (connection.close() as EventLoopFuture<Void>).wait()
             throw Self.storeError(error)
-        }
-        guard claimed else {
-            try? (connection.close() as EventLoopFuture<Void>).wait()
-            throw FanoutError.failedPrecondition("""
-                another fanoutd is using the PostgreSQL database \(location): one daemon per database for now \
-                (several daemons sharing one come with task leases)
-                """)
         }
         let kept = writerState.withLock { state -> Bool in
             guard !state.closed, state.connection == nil || state.connection!.isClosed else { return false }
@@ -215,9 +203,6 @@ public final class PostgresStore: Store, StoreWriter {
         }
         return connection
     }
-
-    /// The advisory lock the daemon using the database holds ("fanoutd" in ASCII).
-    static let daemonLockKey: Int64 = 0x66_61_6E_6F_75_74_64
 
     /// A single connection's configuration (the pool has its own, from the same location).
     private func connectionConfiguration() throws -> PostgresConnection.Configuration {

@@ -59,7 +59,11 @@ public struct SchedulerConfiguration: Sendable {
     public var maxSpawnDepth: Int = 8
     /// One task spawns at most this many child tasks, over all its spawns.
     public var maxChildrenPerTask: Int = 10_000
-
+    /// On a store other daemons share: how often this one looks for work they enqueued or gave
+    /// back, batches cancelled through them, and batches that ended there.
+    public var sharedStorePollMs: Int64 = 1_000
+    /// Active batches looked at per look, oldest first.
+    public var sharedBatchesPerPoll: Int = 1_000
 
     public init(globalConcurrency: Int = 64, agents: [AgentConfiguration]) {
         self.globalConcurrency = globalConcurrency

@@ -165,15 +165,50 @@ public final class Scheduler: Service, Sendable {
                 }
             }
         }
-        background.withLock { $0 = [commitLoop, health, ticker] }
+        var background = [commitLoop, health, ticker]
+        if store.claimsPendingTasks {
+            background.append(Task { [weak self, configuration] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(max(10, configuration.sharedStorePollMs)))
+                    await self?.followSharedStore()
+                }
+            })
+        }
+        self.background.withLock { [background] in $0 = background }
         mutate { state, effects in
             let now = WallClock.now
             state.recovering = true
+            // A shared store's tasks are claimed for the agents this daemon runs.
+            let served = store.claimsPendingTasks ? state.agents.keys.sorted() : nil
             for batch in recovered.activeBatches {
-                state.admit(batch, agents: recovered.pendingAgents[batch.id] ?? [], now: now, effects: &effects)
+                state.admit(batch, agents: served ?? recovered.pendingAgents[batch.id] ?? [], now: now, effects: &effects)
             }
             state.recoverWaiting(recovered.waitingTasks, now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
+        }
+    }
+
+    /// On a store other daemons share: adopts batches with tasks nobody claimed (enqueued
+    /// elsewhere, or given back by a daemon that stopped or died), closes batches cancelled
+    /// elsewhere, and forgets those that ended elsewhere.
+    func followSharedStore() async {
+        let active: [SharedBatch]
+        do {
+            active = try await store.sharedActiveBatches(limit: configuration.sharedBatchesPerPoll)
+        } catch is CancellationError {
+            return
+        } catch {
+            logger.warning("looking at the shared store's batches failed", metadata: ["error": "\(error)"])
+            return
+        }
+        let unlisted = mutate { state, effects in state.follow(active, now: WallClock.now, effects: &effects) }
+        var ended: [BatchRecord] = []
+        for id in unlisted {
+            // Not active in the store: it ended, unless it was enqueued after the list was read.
+            if let record = try? await store.batch(id), record.state.isTerminal { ended.append(record) }
+        }
+        if !ended.isEmpty {
+            mutate { state, effects in state.batchesEndedInStore(ended, now: WallClock.now, effects: &effects) }
         }
     }
 
@@ -204,7 +239,7 @@ public final class Scheduler: Service, Sendable {
                            metadata: ["tasks": "\(abandoned)"])
         }
         let tasks = background.withLock { $0 }
-        tasks.last?.cancel()
+        for task in tasks.dropFirst() { task.cancel() }
         commits.close()
         await tasks.first?.value
         hub.finishAll()

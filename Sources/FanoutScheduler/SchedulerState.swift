@@ -211,7 +211,10 @@ struct SchedulerState {
         }
     }
 
-    private mutating func admitBatch(_ batch: BatchRecord, agents taskAgents: [String], now: Milliseconds, effects: inout Effects) {
+    /// `adopted`: a batch of a shared store enqueued through another daemon; its parent task, if
+    /// any, runs wherever that daemon put it, not necessarily here.
+    mutating func admitBatch(_ batch: BatchRecord, agents taskAgents: [String], adopted: Bool = false, now: Milliseconds,
+                             effects: inout Effects) {
         var active = ActiveBatch(record: batch)
         for agent in Set(taskAgents) {
             let key = SourceKey(batchID: batch.id, agent: agent)
@@ -233,7 +236,7 @@ struct SchedulerState {
             closeBatch(batch.id, as: closing, now: now, effects: &effects)
             return
         }
-        if !recovering, let parent = batch.parentTaskID, !isSpawning(parent, attempt: batch.parentAttempt) {
+        if !recovering, !adopted, let parent = batch.parentTaskID, !isSpawning(parent, attempt: batch.parentAttempt) {
             // The attempt that spawned these children ended (or is being cancelled) before they were admitted: they go too.
             closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
             return
@@ -242,7 +245,7 @@ struct SchedulerState {
         finishIfDone(batch.id, now: now, effects: &effects)
     }
 
-    private mutating func makeSource(_ key: SourceKey, ownerID: String) -> Source {
+    mutating func makeSource(_ key: SourceKey, ownerID: String) -> Source {
         sourceGenerations += 1
         return Source(key: key, ownerID: ownerID, generation: sourceGenerations)
     }
@@ -289,7 +292,7 @@ struct SchedulerState {
         requestRefill(key, effects: &effects)
     }
 
-    private mutating func requestRefill(_ key: SourceKey, effects: inout Effects) {
+    mutating func requestRefill(_ key: SourceKey, effects: inout Effects) {
         guard var source = sources[key], !source.refilling, !source.exhausted else { return }
         source.refilling = true
         sources[key] = source

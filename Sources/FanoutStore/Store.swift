@@ -46,6 +46,10 @@ public protocol Store: Sendable {
     /// Gives back pending tasks `pendingTasks` returned that this daemon will not run.
     func releaseClaims(_ ids: [TaskID]) async throws
 
+    /// The active batches of a store other daemons share, oldest first, at most `limit`:
+    /// what this daemon follows (adopts, closes, forgets) besides what it enqueued itself.
+    func sharedActiveBatches(limit: Int) async throws -> [SharedBatch]
+
     /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
     /// keeping the completed results.
     func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch
@@ -108,6 +112,8 @@ extension Store {
     public var claimsPendingTasks: Bool { false }
 
     public func releaseClaims(_ ids: [TaskID]) async throws {}
+
+    public func sharedActiveBatches(limit: Int) async throws -> [SharedBatch] { [] }
 
     public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) async throws -> [BatchRecord] {
         try await batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
@@ -255,4 +261,16 @@ public struct RunnableTask: Sendable, Hashable {
     }
 
     public var cursor: QueueCursor { QueueCursor(priority: priority, id: id) }
+}
+
+/// An active batch of a shared store, and whether it has tasks nobody claimed.
+public struct SharedBatch: Sendable, Hashable {
+    public var record: BatchRecord
+    /// Pending tasks no daemon holds: enqueued elsewhere, or given back by a daemon that stopped or died.
+    public var hasUnclaimedTasks: Bool
+
+    public init(record: BatchRecord, hasUnclaimedTasks: Bool) {
+        self.record = record
+        self.hasUnclaimedTasks = hasUnclaimedTasks
+    }
 }

@@ -55,6 +55,7 @@ struct DaemonSettings {
         case gatewayDefaultAgent = "gateway_default_agent"
         case workerLeaseMs = "worker_lease_ms", workerCancelGraceMs = "worker_cancel_grace_ms"
         case postgresStatementTimeoutMs = "postgres_statement_timeout_ms", postgresLeaseMs = "postgres_lease_ms"
+        case postgresPollMs = "postgres_poll_ms"
         case maxSpawnDepth = "max_spawn_depth", maxChildrenPerTask = "max_children_per_task"
 
         // One component: a snake_case name is not split on its underscores.
@@ -133,6 +134,7 @@ struct DaemonSettings {
         for agent in agents { try SettingBounds.check(agent, against: limits) }
         var scheduler = SchedulerConfiguration(globalConcurrency: try int(.concurrency, 64, max: SettingBounds.maxConcurrency), agents: agents)
         scheduler.progressIntervalMs = Int64(try int(.progressIntervalMs, Int(scheduler.progressIntervalMs), max: 3_600_000))
+        scheduler.sharedStorePollMs = Int64(try int(.postgresPollMs, Int(scheduler.sharedStorePollMs), min: 10, max: 3_600_000))
         scheduler.backoff = Backoff(baseMs: Int64(try int(.retryBaseMs, Int(scheduler.backoff.baseMs), max: SettingBounds.maxDurationMs)),
                                     maxMs: Int64(try int(.retryMaxMs, Int(scheduler.backoff.maxMs), max: SettingBounds.maxDurationMs)))
         scheduler.eventRetention.maxEvents = try limit(.eventRetentionCount, scheduler.eventRetention.maxEvents)

@@ -53,6 +53,8 @@ import Testing
             let inserted = try store.insertBatch(newBatch(count: 2), now: 1_000)
             let (batchID, ids) = (inserted.batch.id, inserted.taskIDs)
             #expect(try store.writer.lastEventSequence() == 0)
+            // Tasks start where they were claimed: through the window read.
+            #expect(try await store.pendingTasks(batchID: batchID, agent: "echo", after: nil, limit: 10, inlinePayloadBytes: 0).count == 2)
             var changes = ChangeSet()
             changes.tasks = [.started(ids[0], attempt: 1, at: 2_000), .started(ids[1], attempt: 1, at: 2_000)]
             changes.events = [taskEvent(.taskStarted, batch: batchID, task: ids[0]), taskEvent(.taskStarted, batch: batchID, task: ids[1])]
@@ -154,24 +156,30 @@ import Testing
         }
     }
 
-    @Test func recoveryRequeuesRunningTasksAndFailsThoseWithoutAttemptsLeft() async throws {
+    @Test func recoveryTakesBackOnlyWhatNoDaemonHolds() async throws {
         try await withStore("recover") { store in
-            let inserted = try store.insertBatch(newBatch(count: 3), now: 1_000)
+            let inserted = try store.insertBatch(newBatch(count: 4), now: 1_000)
             let ids = inserted.taskIDs
-            var changes = ChangeSet()
-            // Task 0 on its first of two attempts, task 1 on its last; task 2 still pending.
-            changes.tasks = [.started(ids[0], attempt: 1, at: 2_000), .started(ids[1], attempt: 2, at: 2_000)]
-            changes.batches[inserted.batch.id] = snapshot(inserted.batch, state: .processing, { $0.pending = 1; $0.running = 2 }, units: 0)
-            _ = try store.commit(changes)
+            // Rows no claim covers (written before claims existed): task 0 on its first of two attempts,
+            // task 1 on its last. Task 2 runs on another daemon, which is alive; task 3 is still pending.
+            _ = try await store.rows("""
+                UPDATE tasks SET state = 'running', attempt = CASE WHEN id = \(ids[1]) THEN 2 ELSE 1 END,
+                    claimed_by = CASE WHEN id = \(ids[2]) THEN 'another-daemon' END,
+                    lease_expires_at = CASE WHEN id = \(ids[2]) THEN 9000000000000 END
+                WHERE id = ANY(\(Array(ids[0...2])))
+                """)
+            _ = try await store.rows("UPDATE batches SET pending = 1, running = 3 WHERE id = \(inserted.batch.id)")
 
             let recovered = try store.recover(now: 5_000)
             #expect(recovered.requeued == 1)
             #expect(recovered.interruptedFailures.map(\.taskID) == [ids[1]])
             #expect(recovered.interruptedFailures.first?.failure?.code == "interrupted")
             let batch = try #require(recovered.activeBatches.first)
-            #expect(batch.counters.pending == 2 && batch.counters.failed == 1 && batch.counters.running == 0)
-            #expect(recovered.pendingAgents[inserted.batch.id] == ["echo"])
+            #expect(batch.counters.pending == 2 && batch.counters.failed == 1 && batch.counters.running == 1)
+            // Which agents to claim for is the scheduler's call (the agents it runs).
+            #expect(recovered.pendingAgents.isEmpty)
             #expect(try await store.task(ids[1], includePayload: false)?.state == .failed)
+            #expect(try await store.task(ids[2], includePayload: false)?.state == .running)
         }
     }
 
@@ -182,6 +190,7 @@ import Testing
             await #expect(throws: FanoutError.self) {
                 try await store.reopenTasks(batchID: inserted.batch.id, states: [.failed], now: 2_000)
             }
+            _ = try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 10, inlinePayloadBytes: 0)
             var changes = ChangeSet()
             changes.tasks = [
                 .finished(ids[0], state: .completed, result: [1], failure: nil, turnsCompleted: 0, at: 2_000),

@@ -1,0 +1,39 @@
+import FanoutCore
+import FanoutStore
+
+/// Following a store other daemons share (decision 51): each daemon runs what
+/// it claims, so it must learn of work it did not enqueue itself.
+extension SchedulerState {
+    /// Takes the shared store's active batches into account: adopts those with unclaimed tasks
+    /// it does not hold, reads again for those it holds whose tasks were given back, and closes
+    /// those cancelled (or expired) through another daemon. Returns the batches it holds that
+    /// are not in the list: ended elsewhere, unless enqueued after the list was read.
+    mutating func follow(_ shared: [SharedBatch], now: Milliseconds, effects: inout Effects) -> [BatchID] {
+        guard !stopping else { return [] }
+        // The agents this daemon runs: configured ones, and those its workers declared.
+        let served = agents.keys.sorted()
+        var listed = Set<BatchID>()
+        for batch in shared {
+            let record = batch.record
+            listed.insert(record.id)
+            guard !admitting.contains(record.id) else { continue }
+            guard let held = batches[record.id] else {
+                if batch.hasUnclaimedTasks { admitBatch(record, agents: served, adopted: true, now: now, effects: &effects) }
+                continue
+            }
+            if let closing = record.closing, held.closing == nil {
+                closeBatch(record.id, as: closing, now: now, effects: &effects)
+                continue
+            }
+            guard batch.hasUnclaimedTasks, held.closing == nil else { continue }
+            for agent in served where sources[SourceKey(batchID: record.id, agent: agent)] == nil {
+                let key = SourceKey(batchID: record.id, agent: agent)
+                sources[key] = makeSource(key, ownerID: record.ownerID)
+                batches[record.id]?.agents.insert(agent)
+                requestRefill(key, effects: &effects)
+            }
+        }
+        dispatch(now: now, effects: &effects)
+        return batches.keys.filter { !listed.contains($0) && !admitting.contains($0) }.sorted()
+    }
+}

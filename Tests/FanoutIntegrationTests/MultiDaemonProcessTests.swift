@@ -1,0 +1,146 @@
+import FanoutClient
+import FanoutTestSupport
+import Foundation
+import Testing
+
+/// Several real `fanoutd` processes sharing one PostgreSQL database (decision 51).
+@Suite(.postgresServer) struct MultiDaemonProcessTests {
+    /// `count` daemons on one database, each on its own socket, all listening; killed afterwards.
+    static func withDaemons<T: Sendable>(
+        _ count: Int, database: String, in directory: String, environment: [String: String] = [:],
+        _ body: @escaping @Sendable (_ daemons: [DaemonProcess], _ sockets: [String]) async throws -> T
+    ) async throws -> T {
+        let server = try PostgresTestServer.current()
+        try await server.createDatabase(named: database)
+        let url = server.connectionURL(database: database)
+        // Looks for other daemons' work ten times a second, so the test need not wait.
+        let environment = ["FANOUT_POSTGRES_POLL_MS": "100"].merging(environment) { _, new in new }
+        func start(_ index: Int, _ started: [DaemonProcess]) async throws -> T {
+            guard index < count else {
+                let sockets = (0..<count).map { directory + "/d\($0).sock" }
+                for (daemon, socket) in zip(started, sockets) { try await daemon.waitUntilListening(socket) }
+                return try await body(started, sockets)
+            }
+            return try await withDaemonProcess(["--socket", directory + "/d\(index).sock", "--store", url, "--concurrency", "4"],
+                                               environment: environment, logPath: directory + "/d\(index).log") { daemon in
+                try await start(index + 1, started + [daemon])
+            }
+        }
+        return try await start(0, [])
+    }
+
+    /// Waits until the batch has ended, asking `client`; returns it.
+    static func waitForEnd(of batchID: UInt64, on client: FanoutClient) async throws -> BatchInfo {
+        while true {
+            let batch = try await client.batch(batchID)
+            if [.completed, .failed, .cancelled].contains(batch.status) { return batch }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    static func results(of batchID: UInt64, socket: String) async throws -> [TaskResult] {
+        try await withClient(socket) { client in
+            var results: [TaskResult] = []
+            for try await result in client.results(batchID: batchID) { results.append(result) }
+            return results
+        }
+    }
+
+    /// How many of the batch's tasks each daemon ran, by pid (`claimed_by` is host/pid/random).
+    static func tasksRun(in batchID: UInt64, database: String) async throws -> [pid_t: Int] {
+        let output = try await PostgresTestServer.current().psql(
+            "SELECT split_part(claimed_by, '/', 2), count(*) FROM tasks WHERE batch_id = \(batchID) GROUP BY 1", database: database)
+        var counts: [pid_t: Int] = [:]
+        for line in output.split(separator: "\n") {
+            let cells = line.split(separator: "|", omittingEmptySubsequences: false)
+            if cells.count == 2, let pid = pid_t(cells[0]), let count = Int(cells[1]) { counts[pid] = count }
+        }
+        return counts
+    }
+
+    static func count(_ sql: String, database: String) async throws -> Int {
+        Int(try await PostgresTestServer.current().psql(sql, database: database)) ?? -1
+    }
+
+    @Test func aBatchEnqueuedOnOneDaemonRunsOnAllThreeEachTaskOnce() async throws {
+        try await withTemporaryDirectory { directory in
+            try await Self.withDaemons(3, database: "three_daemons", in: directory) { daemons, sockets in
+                try await withDeadline(.seconds(90)) {
+                    let total = 3_000
+                    let payload = Array(#"{"delay_ms": 5}"#.utf8)
+                    let batchID = try await withClient(sockets[0]) { client in
+                        try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
+                                                      tasks: (0..<total).map { TaskSpec(customID: "t\($0)", payload: payload) }).id
+                    }
+                    // Seen ending from another daemon than the one it was enqueued on.
+                    let ended = try await withClient(sockets[2]) { client in try await Self.waitForEnd(of: batchID, on: client) }
+                    #expect(ended.status == .completed && ended.counts.completed == UInt32(total))
+
+                    let results = try await Self.results(of: batchID, socket: sockets[1])
+                    #expect(results.count == total && Set(results.map(\.customID)).count == total)
+                    #expect(results.allSatisfy { $0.status == .completed && $0.attempt == 1 && $0.result == payload })
+
+                    // Every daemon ran a share, and nothing ran anywhere else.
+                    let shares = try await Self.tasksRun(in: batchID, database: "three_daemons")
+                    #expect(Set(shares.keys) == Set(daemons.map(\.pid)), "shares by pid: \(shares), daemons \(daemons.map(\.pid))")
+                    #expect(shares.values.reduce(0, +) == total)
+
+                    // The counters equal a recount, and the end was announced once.
+                    let database = "three_daemons"
+                    #expect(try await Self.count("SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND state = 'completed'",
+                                                 database: database) == total)
+                    #expect(try await Self.count("SELECT completed FROM batches WHERE id = \(batchID)", database: database) == total)
+                    #expect(try await Self.count("SELECT count(*) FROM events WHERE batch_id = \(batchID) AND kind = 'batch_completed'",
+                                                 database: database) == 1)
+                    #expect(try await Self.count("SELECT count(*) FROM events WHERE batch_id = \(batchID) AND kind = 'task_completed'",
+                                                 database: database) == total)
+                    for daemon in daemons { #expect(daemon.isRunning, "\(daemon.output)") }
+                }
+            }
+        }
+    }
+
+    @Test func theTasksOfADaemonKilledMidBatchAreFinishedByTheOthers() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = "killed_daemon"
+            try await Self.withDaemons(3, database: database, in: directory, environment: ["FANOUT_POSTGRES_LEASE_MS": "5000"]) {
+                daemons, sockets in
+                try await withDeadline(.seconds(90)) {
+                    let total = 3_000
+                    let payload = Array(#"{"delay_ms": 20}"#.utf8)
+                    let batchID = try await withClient(sockets[0]) { client in
+                        try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
+                                                      tasks: (0..<total).map { TaskSpec(customID: "t\($0)", payload: payload) }).id
+                    }
+                    // The second daemon dies without a word once it holds work and has run some.
+                    let victim = daemons[1]
+                    while try await Self.count("""
+                        SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND state = 'completed' AND claimed_by LIKE '%/\(victim.pid)/%'
+                        """, database: database) < 20 {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    victim.kill()
+                    let held = try await Self.count("""
+                        SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND lease_expires_at IS NOT NULL
+                            AND claimed_by LIKE '%/\(victim.pid)/%'
+                        """, database: database)
+                    #expect(held > 0, "the killed daemon held no task: nothing was left to reclaim")
+
+                    let ended = try await withClient(sockets[0]) { client in try await Self.waitForEnd(of: batchID, on: client) }
+                    #expect(ended.status == .completed && ended.counts.completed == UInt32(total), "\(ended.counts)")
+                    let results = try await Self.results(of: batchID, socket: sockets[2])
+                    #expect(results.count == total && Set(results.map(\.customID)).count == total)
+                    #expect(results.allSatisfy { $0.status == .completed })
+                    // The attempts it was running count; nothing else ran twice.
+                    let crashed = try await Self.count("SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND crashes > 0",
+                                                       database: database)
+                    #expect(crashed >= 1 && crashed <= 4, "\(crashed) tasks counted a crash; the killed daemon ran at most 4 at once")
+                    #expect(results.filter { $0.attempt > 1 }.count == crashed)
+                    #expect(try await Self.count("SELECT count(*) FROM events WHERE batch_id = \(batchID) AND kind = 'batch_completed'",
+                                                 database: database) == 1)
+                    #expect(daemons[0].isRunning && daemons[2].isRunning)
+                }
+            }
+        }
+    }
+}
