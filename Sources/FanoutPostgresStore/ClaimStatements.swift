@@ -30,29 +30,39 @@ enum ClaimStatements {
         return query.query
     }
 
-    /// The active batches, oldest first, each with whether any task of it is unclaimed (one probe of
-    /// the claimable index per batch).
-    static func activeBatches(limit: Int) -> PostgresQuery {
+    /// The active batches, oldest first, each with which of `agents` have unclaimed tasks (one
+    /// probe of the claimable index per batch and agent).
+    static func activeBatches(agents: [String], limit: Int) -> PostgresQuery {
         """
-        SELECT b.*, EXISTS (SELECT 1 FROM tasks t WHERE t.batch_id = b.id AND t.state = 'pending' AND t.claimed_by IS NULL) AS unclaimed
+        SELECT b.*, ARRAY(SELECT a.agent FROM unnest(\(agents)::text[]) AS a(agent) WHERE EXISTS (
+                   SELECT 1 FROM tasks t WHERE t.batch_id = b.id AND t.agent = a.agent AND t.state = 'pending' AND t.claimed_by IS NULL)
+               ORDER BY a.agent) AS unclaimed_agents
         FROM batches b WHERE b.state IN ('pending', 'processing') ORDER BY b.id LIMIT \(limit)
         """
     }
 
-    /// Pushes back the expiry of every live claim of `daemon`; returns how many it holds.
+    /// Pushes back the expiry of the live claims of `daemon`; returns how many it renewed. Rows
+    /// the daemon's own commit is changing are skipped, not waited for (waiting could deadlock with
+    /// that commit, which locks them in another order): the change renews their lease itself.
     static func renewLeases(daemon: String, leaseMs: Int) -> PostgresQuery {
         """
         UPDATE tasks SET lease_expires_at = \(unescaped: serverNowMs) + \(leaseMs)
-        WHERE claimed_by = \(daemon) AND lease_expires_at IS NOT NULL
+        WHERE id IN (SELECT id FROM tasks WHERE claimed_by = \(daemon) AND lease_expires_at IS NOT NULL FOR UPDATE SKIP LOCKED)
         RETURNING 1
         """
     }
 
-    /// Records the daemon (or its heartbeat, when it is known already).
-    static func heartbeat(daemon: String, host: String, pid: Int32) -> PostgresQuery {
+    /// A claim is taken back only once its lease passed *and* its daemon has stopped beating:
+    /// a daemon alive but slow to renew one row (a long commit held it) keeps its tasks.
+    static let claimantSilent = """
+        NOT EXISTS (SELECT 1 FROM daemons d WHERE d.id = t.claimed_by AND d.heartbeat_at + d.lease_ms > \(serverNowMs))
         """
-        INSERT INTO daemons (id, host, pid, started_at, heartbeat_at)
-        VALUES (\(daemon), \(host), \(pid), \(unescaped: serverNowMs), \(unescaped: serverNowMs))
+
+    /// Records the daemon (or its heartbeat, when it is known already).
+    static func heartbeat(daemon: String, host: String, pid: Int32, leaseMs: Int) -> PostgresQuery {
+        """
+        INSERT INTO daemons (id, host, pid, started_at, heartbeat_at, lease_ms)
+        VALUES (\(daemon), \(host), \(pid), \(unescaped: serverNowMs), \(unescaped: serverNowMs), \(Int64(leaseMs)))
         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
         """
     }
@@ -61,10 +71,29 @@ enum ClaimStatements {
         "DELETE FROM daemons WHERE id = \(daemon)"
     }
 
-    /// Daemons not heard from for ten leases: gone, and their claims long reclaimed.
-    static func forgetSilentDaemons(leaseMs: Int) -> PostgresQuery {
-        "DELETE FROM daemons WHERE heartbeat_at < \(unescaped: serverNowMs) - \(Int64(max(0, leaseMs)) * 10)"
+    /// Marks a cancel for the daemon holding a live task, when that is another daemon than
+    /// `daemon`; returns a row when it did.
+    static func requestCancel(_ id: TaskID, daemon: String) -> PostgresQuery {
+        """
+        UPDATE tasks SET cancel_requested = true
+        WHERE id = \(id) AND lease_expires_at IS NOT NULL AND claimed_by <> \(daemon)
+            AND state IN ('pending', 'running', 'waiting_children', 'retry_wait')
+        RETURNING 1
+        """
     }
+
+    /// Tasks `daemon` holds that a cancel sent elsewhere asks it to stop.
+    static func cancelRequests(daemon: String, limit: Int) -> PostgresQuery {
+        """
+        SELECT id FROM tasks WHERE claimed_by = \(daemon) AND cancel_requested AND lease_expires_at IS NOT NULL
+        ORDER BY id LIMIT \(limit)
+        """
+    }
+
+    /// Daemons not heard from for ten of their leases: gone, and their claims long reclaimed.
+    static let forgetSilentDaemons = PostgresQuery(unsafeSQL: """
+        DELETE FROM daemons WHERE heartbeat_at + lease_ms * 10 < \(serverNowMs)
+        """)
 
     /// Gives back pending tasks `daemon` claimed but will not run (a window it dropped, or all of
     /// them when it stops): other daemons may claim them at once, without waiting for the lease.
@@ -78,9 +107,10 @@ enum ClaimStatements {
     /// Claims whose lease passed while their task waited (pending in a window, or in retry_wait):
     /// back to the queue, unclaimed; nothing ran, so no attempt is counted.
     static let reclaimWaiting = PostgresQuery(unsafeSQL: """
-        UPDATE tasks SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
-        WHERE lease_expires_at < \(serverNowMs) AND state IN ('pending', 'retry_wait')
-        RETURNING batch_id
+        UPDATE tasks t SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
+        WHERE t.id IN (SELECT t.id FROM tasks t WHERE t.lease_expires_at < \(serverNowMs) AND t.state IN ('pending', 'retry_wait')
+                       AND \(claimantSilent) FOR UPDATE SKIP LOCKED)
+        RETURNING t.batch_id
         """)
 
     /// Running tasks whose lease passed: their daemon died (or lost the database) mid-attempt.
@@ -91,7 +121,7 @@ enum ClaimStatements {
         SELECT t.id, t.batch_id, t.custom_id, t.attempt, t.max_attempts, t.crashes, t.parent_task_id, t.claimed_by,
                b.owner_id, b.creator_uid
         FROM tasks t JOIN batches b ON b.id = t.batch_id
-        WHERE t.lease_expires_at < \(serverNowMs) AND t.state IN ('running', 'waiting_children')
+        WHERE t.lease_expires_at < \(serverNowMs) AND t.state IN ('running', 'waiting_children') AND \(claimantSilent)
         ORDER BY t.id
         FOR UPDATE OF t SKIP LOCKED
         """)

@@ -203,6 +203,14 @@ public enum PostgresMigrations {
         Migration(version: 4, name: "who stages a batch", statements: [
             "ALTER TABLE batches ADD COLUMN staged_by TEXT",
         ]),
+        // A cancel sent to one daemon for a task another runs: marked on the row, and the daemon
+        // holding the task stops it when it next looks.
+        Migration(version: 5, name: "cancels across daemons, each daemon's lease", statements: [
+            "ALTER TABLE tasks ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false",
+            "CREATE INDEX tasks_cancel_requests ON tasks (claimed_by) WHERE cancel_requested AND lease_expires_at IS NOT NULL",
+            // A claim is reclaimed once its lease passed and its daemon stopped beating, by the daemon's own lease.
+            "ALTER TABLE daemons ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 30000",
+        ]),
     ]
 
     /// The newest schema version this build knows.

@@ -58,17 +58,18 @@ enum PostgresStatements {
             query.sql += "state = 'running', attempt = \(query.bind(attempt)), started_at = \(query.bind(at)), "
             query.sql += "claimed_by = \(query.bind(daemon)), lease_expires_at = \(ClaimStatements.serverNowMs) + \(query.bind(leaseMs))"
         case let .turns(_, turns):
-            query.sql += "turns_completed = \(query.bind(turns))"
+            query.sql += "turns_completed = \(query.bind(turns)), \(renewedLease(&query, leaseMs))"
         case .waiting:
-            query.sql += "state = 'waiting_children'"
+            query.sql += "state = 'waiting_children', \(renewedLease(&query, leaseMs))"
         case .resumed:
-            query.sql += "state = 'running'"
+            query.sql += "state = 'running', \(renewedLease(&query, leaseMs))"
         case .released:
             // A graceful stop is not the task's fault: the attempt it was on is given back.
             query.sql += "state = 'pending', attempt = greatest(attempt - 1, 0), claimed_by = NULL, lease_expires_at = NULL"
         case let .requeued(_, state, failure):
             query.sql += "state = \(query.bind(state.rawValue)), error_message = \(query.bind(failure?.message)), "
-            query.sql += "error_code = \(query.bind(failure?.code)), error_retryable = \(query.bind(failure?.retryable))"
+            query.sql += "error_code = \(query.bind(failure?.code)), error_retryable = \(query.bind(failure?.retryable)), "
+            query.sql += renewedLease(&query, leaseMs)
         case let .finished(_, state, result, failure, turns, at, details):
             query.sql += "state = \(query.bind(state.rawValue)), result = \(query.bind(result.map { ByteBuffer(bytes: $0) })), "
             query.sql += "error_message = \(query.bind(failure?.message)), error_code = \(query.bind(failure?.code)), "
@@ -91,6 +92,11 @@ enum PostgresStatements {
                 coalesce(t.total_tokens, 0) - old.old_total AS total_delta
             """
         return query.query
+    }
+
+    /// A change to a live task renews its lease: the renewal pass skips rows a commit holds.
+    private static func renewedLease(_ query: inout DynamicQuery, _ leaseMs: Int) -> String {
+        "lease_expires_at = \(ClaimStatements.serverNowMs) + \(query.bind(leaseMs))"
     }
 
     /// Which holder a change needs. Only this daemon's claim lets it start, run or end a task; a
@@ -172,22 +178,30 @@ enum PostgresStatements {
         "UPDATE event_log SET last_sequence = \(sequence)"
     }
 
-    /// A batch still being received when the daemon receiving it stopped was never accepted; nor a
-    /// file still being uploaded. Other daemons' staging goes on: only that of daemons whose
-    /// heartbeat is older than `leaseMs` is discarded.
-    static func discardUnfinishedUploads(leaseMs: Int) -> [String] {
-        let abandoned = """
-            SELECT id FROM batches WHERE state = 'staging' AND (staged_by IS NULL OR staged_by NOT IN (
-                SELECT id FROM daemons WHERE heartbeat_at > \(ClaimStatements.serverNowMs) - \(max(0, leaseMs))))
-            """
-        return [
-            "DELETE FROM tasks WHERE batch_id IN (\(abandoned))",
-            "DELETE FROM gateway_rejects WHERE batch_id IN (\(abandoned))",
-            "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE state = 'uploading')",
-            "DELETE FROM files WHERE state = 'uploading'",
-            "DELETE FROM batches WHERE id IN (\(abandoned))",
+    /// Wakes every daemon's event feed (delivered at commit, one per transaction whatever its events).
+    static let notifyEvents = PostgresQuery(unsafeSQL: "SELECT pg_notify('\(PostgresStore.eventsChannel)', '')")
+
+    /// Batches still being received by a daemon that is no longer alive (or by none): never
+    /// accepted. Other daemons' staging goes on.
+    static let abandonedStagedBatches = PostgresQuery(unsafeSQL: """
+        SELECT id FROM batches WHERE state = 'staging' AND (staged_by IS NULL OR staged_by NOT IN (
+            SELECT id FROM daemons WHERE heartbeat_at + lease_ms > \(ClaimStatements.serverNowMs)))
+        """)
+
+    /// Removes the abandoned staged batches `ids`.
+    static func discardStagedBatches(_ ids: [BatchID]) -> [PostgresQuery] {
+        [
+            "DELETE FROM tasks WHERE batch_id = ANY(\(ids))",
+            "DELETE FROM gateway_rejects WHERE batch_id = ANY(\(ids))",
+            "DELETE FROM batches WHERE id = ANY(\(ids))",
         ]
     }
+
+    /// Files still being uploaded when the daemon stopped (the gateway runs on SQLite only, so these are its own).
+    static let discardUnfinishedFiles = [
+        "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE state = 'uploading')",
+        "DELETE FROM files WHERE state = 'uploading'",
+    ]
 
     /// Locks batch rows in id order before a recount: a commit that changed their tasks has then
     /// committed, or will add its sums after the recount (see `applyDelta`).

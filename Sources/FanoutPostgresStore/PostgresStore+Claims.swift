@@ -25,10 +25,46 @@ extension PostgresStore {
 
     public var claimsPendingTasks: Bool { true }
 
-    public func sharedActiveBatches(limit: Int) async throws -> [SharedBatch] {
-        try await rows(ClaimStatements.activeBatches(limit: limit)).map { row in
-            SharedBatch(record: try PostgresRows.batch(row), hasUnclaimedTasks: try row.makeRandomAccess()["unclaimed"].decode(Bool.self))
+    public func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch] {
+        try await rows(ClaimStatements.activeBatches(agents: agents, limit: limit)).map { row in
+            SharedBatch(record: try PostgresRows.batch(row),
+                        unclaimedAgents: try row.makeRandomAccess()["unclaimed_agents"].decode([String].self))
         }
+    }
+
+    public func requestCancelElsewhere(_ id: TaskID) async throws -> Bool {
+        try await !rows(ClaimStatements.requestCancel(id, daemon: daemonID)).isEmpty
+    }
+
+    public func committedEvents(after: EventSequence, limit: Int) async throws -> [EventRecord] {
+        // One statement, one snapshot: the events and the newest committed number agree.
+        try await rows("""
+            SELECT e.* FROM events e, event_log l WHERE e.sequence > \(after) AND e.sequence <= l.last_sequence
+            ORDER BY e.sequence LIMIT \(limit)
+            """).map(PostgresRows.event)
+    }
+
+    public func listenForCommittedEvents(_ onCommit: @escaping @Sendable () -> Void) async throws {
+        do {
+            try await client.withConnection { connection in
+                try await connection.listen(on: Self.eventsChannel) { notifications in
+                    for try await _ in notifications { onCommit() }
+                }
+            }
+        } catch {
+            throw Self.storeError(error)
+        }
+    }
+
+    public func requestBatchClose(_ id: BatchID, as state: TaskState) async throws -> Bool {
+        try await !rows("""
+            UPDATE batches SET closing = \(state.rawValue)
+            WHERE id = \(id) AND state IN ('pending', 'processing') AND closing IS NULL RETURNING 1
+            """).isEmpty
+    }
+
+    public func cancelRequests(limit: Int) async throws -> [TaskID] {
+        try await rows(ClaimStatements.cancelRequests(daemon: daemonID, limit: limit)).map { try $0.decode(Int64.self) }
     }
 
     public func releaseClaims(_ ids: [TaskID]) async throws {
@@ -41,8 +77,9 @@ extension PostgresStore {
     public func renewLeases() async throws -> Int {
         let (daemon, leaseMs, logger) = (daemonID, leaseMs, logger)
         return try await transaction { connection in
-            try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid()), logger: logger)
-            try await connection.query(ClaimStatements.forgetSilentDaemons(leaseMs: leaseMs), logger: logger)
+            try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid(), leaseMs: leaseMs),
+                                       logger: logger)
+            try await connection.query(ClaimStatements.forgetSilentDaemons, logger: logger)
             return try await connection.query(ClaimStatements.renewLeases(daemon: daemon, leaseMs: leaseMs), logger: logger)
                 .collect().count
         }
@@ -54,6 +91,12 @@ extension PostgresStore {
     public func reclaimExpiredLeases(now: Milliseconds) async throws -> ReclaimedTasks {
         let logger = self.logger
         return try await transaction { connection in
+            // Staging left by a daemon that died after its start-up (its own recovery never ran for it).
+            let abandoned = try await connection.query(PostgresStatements.abandonedStagedBatches, logger: logger).collect()
+                .map { try $0.decode(Int64.self) }
+            if !abandoned.isEmpty {
+                for statement in PostgresStatements.discardStagedBatches(abandoned) { try await connection.query(statement, logger: logger) }
+            }
             var touched = Set<BatchID>()
             var waiting = 0
             for try await batch in try await connection.query(ClaimStatements.reclaimWaiting, logger: logger).decode(Int64.self) {
@@ -113,6 +156,7 @@ extension PostgresStore {
             stored.append(event)
         }
         try await connection.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence), logger: logger)
+        try await connection.query(PostgresStatements.notifyEvents, logger: logger)
         return stored
     }
 

@@ -73,6 +73,7 @@ extension PostgresStore {
                 stored.append(event)
             }
             try transaction.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence))
+            try transaction.query(PostgresStatements.notifyEvents)
             return (stored, batchEvents.endedBatches)
         }
     }
@@ -113,7 +114,9 @@ extension PostgresStore {
     /// it claims their tasks for the agents it runs.
     public func recover(now: Milliseconds) throws -> RecoveredState {
         try writeTransaction { transaction in
-            for statement in PostgresStatements.discardUnfinishedUploads(leaseMs: leaseMs) { try transaction.execute(statement) }
+            let abandoned = try transaction.query(PostgresStatements.abandonedStagedBatches).rows.map { try $0.decode(Int64.self) }
+            for statement in PostgresStatements.discardStagedBatches(abandoned) { try transaction.query(statement) }
+            for statement in PostgresStatements.discardUnfinishedFiles { try transaction.execute(statement) }
             // A task found running without a claim was cut short by a crash: that attempt counts (see SQLiteStore.recover).
             let unclaimed = "batch_id IN (SELECT id FROM batches WHERE state IN ('pending', 'processing')) AND claimed_by IS NULL"
             var touched = Set<BatchID>()

@@ -31,6 +31,9 @@ public final class PostgresStore: Store, StoreWriter {
     /// N will never find an event below N committed later.
     static let eventsLockKey: Int64 = 0x66_61_6E_65_76_74
 
+    /// The channel a commit with events notifies, for every daemon's event feed.
+    static let eventsChannel = "fanout_events"
+
     public var writer: any StoreWriter { self }
 
     /// A store for `location`; `run()` must run (the pool) before it is used.

@@ -32,6 +32,9 @@ final class CommitQueue: Sendable {
 
     private let store: any StoreWriter
     private let hub: EventHub
+    /// When set, committed events are not published here: this is told instead (the shared
+    /// store's feed publishes every daemon's events in the store's order).
+    private let eventsWritten: (@Sendable () -> Void)?
     private let logger: Logger
     let retention: EventRetention
     /// Producers that can wait (turn reports, window reads) do while more changes than this are queued.
@@ -51,7 +54,8 @@ final class CommitQueue: Sendable {
     let healthChanges: AsyncStream<Bool>
     private let health: AsyncStream<Bool>.Continuation
 
-    init(store: any StoreWriter, hub: EventHub, logger: Logger = Logger(label: "fanout.commit"),
+    init(store: any StoreWriter, hub: EventHub, eventsWritten: (@Sendable () -> Void)? = nil,
+         logger: Logger = Logger(label: "fanout.commit"),
          retention: EventRetention = EventRetention(), maxQueuedChanges: Int = 20_000,
          retryBackoff: Backoff = Backoff(baseMs: 50, maxMs: 2_000),
          now: @escaping @Sendable () -> Milliseconds = { WallClock.now }) {
@@ -59,6 +63,7 @@ final class CommitQueue: Sendable {
         self.maxQueuedChanges = max(1, maxQueuedChanges)
         self.store = store
         self.hub = hub
+        self.eventsWritten = eventsWritten
         self.logger = logger
         self.retention = retention
         self.now = now
@@ -270,7 +275,11 @@ final class CommitQueue: Sendable {
                     health.yield(true)
                     logger.notice("the store accepts commits again", metadata: ["failed_attempts": "\(failures)"])
                 }
-                hub.publish(events)
+                if let eventsWritten {
+                    if !events.isEmpty { eventsWritten() }
+                } else {
+                    hub.publish(events)
+                }
                 if !endedBatches.isEmpty, let handler = endedBatchesHandler.withLock({ $0 }) { handler(endedBatches) }
                 return .success(())
             } catch {

@@ -46,7 +46,11 @@ final class EventHub: Sendable {
 
     var subscriberCount: Int { state.withLock { $0.subscribers.count } }
 
-    /// Called by the commit loop only, one commit at a time, so groups reach
+    /// The newest sequence published.
+    var lastPublished: EventSequence { state.withLock { $0.lastPublished } }
+
+    /// Called by one publisher only (the commit loop, or the shared store's feed), one group at
+    /// a time, in sequence order, so groups reach
     /// each subscriber in order. Filtering runs outside the hub's lock: a
     /// subscriber joining meanwhile replays these events from the store (they
     /// are committed, and it joins after `lastPublished`).

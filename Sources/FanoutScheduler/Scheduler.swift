@@ -28,6 +28,8 @@ public final class Scheduler: Service, Sendable {
     private let state: Mutex<SchedulerState>
     private let hub: EventHub
     private let commits: CommitQueue
+    /// On a store other daemons share: publishes every daemon's events, in the store's order.
+    private let sharedEvents: SharedEventFeed?
     private let background = Mutex<[Task<Void, Never>]>([])
     /// Attempts launched and not yet finished; shutdown waits for them.
     private let inFlight = InFlightCount()
@@ -48,9 +50,16 @@ public final class Scheduler: Service, Sendable {
         configuredAgents = Set(runners.keys).intersection(configuration.agents.map(\.name))
         self.limits = limits
         self.logger = logger
-        state = Mutex(SchedulerState(configuration: configuration, now: WallClock.now))
+        var initial = SchedulerState(configuration: configuration, now: WallClock.now)
+        initial.sharedStore = store.claimsPendingTasks
+        state = Mutex(initial)
         hub = EventHub(lastSequence: try store.writer.lastEventSequence())
-        commits = CommitQueue(store: store.writer, hub: hub, logger: logger, retention: configuration.eventRetention,
+        let feed = store.claimsPendingTasks ? SharedEventFeed(store: store, hub: hub, logger: logger) : nil
+        sharedEvents = feed
+        var eventsWritten: (@Sendable () -> Void)?
+        if let feed { eventsWritten = { feed.poke() } }
+        commits = CommitQueue(store: store.writer, hub: hub, eventsWritten: eventsWritten, logger: logger,
+                              retention: configuration.eventRetention,
                               maxQueuedChanges: configuration.maxChangesPerCommit, retryBackoff: configuration.storeRetry)
         commits.onBatchesEnded { [weak self] batches in
             self?.mutate { state, effects in state.batchesEndedInStore(batches, now: WallClock.now, effects: &effects) }
@@ -166,6 +175,11 @@ public final class Scheduler: Service, Sendable {
             }
         }
         var background = [commitLoop, health, ticker]
+        if let sharedEvents {
+            background.append(Task { [sharedEvents, configuration] in
+                await sharedEvents.run(pollMs: configuration.sharedStorePollMs, pageSize: configuration.sharedBatchesPerPoll)
+            })
+        }
         if store.claimsPendingTasks {
             background.append(Task { [weak self, configuration] in
                 while !Task.isCancelled {
@@ -179,7 +193,7 @@ public final class Scheduler: Service, Sendable {
             let now = WallClock.now
             state.recovering = true
             // A shared store's tasks are claimed for the agents this daemon runs.
-            let served = store.claimsPendingTasks ? state.agents.keys.sorted() : nil
+            let served = store.claimsPendingTasks ? state.servedAgents : nil
             for batch in recovered.activeBatches {
                 state.admit(batch, agents: served ?? recovered.pendingAgents[batch.id] ?? [], now: now, effects: &effects)
             }
@@ -194,7 +208,8 @@ public final class Scheduler: Service, Sendable {
     func followSharedStore() async {
         let active: [SharedBatch]
         do {
-            active = try await store.sharedActiveBatches(limit: configuration.sharedBatchesPerPoll)
+            let agents = state.withLock { $0.servedAgents }
+            active = try await store.sharedActiveBatches(agents: agents, limit: configuration.sharedBatchesPerPoll)
         } catch is CancellationError {
             return
         } catch {
@@ -202,6 +217,13 @@ public final class Scheduler: Service, Sendable {
             return
         }
         let unlisted = mutate { state, effects in state.follow(active, now: WallClock.now, effects: &effects) }
+        // Cancels sent to other daemons for tasks this one runs.
+        if let requested = try? await store.cancelRequests(limit: configuration.sharedBatchesPerPoll) {
+            for id in requested {
+                guard let task = try? await store.task(id, includePayload: false) else { continue }
+                mutate { state, effects in _ = state.cancelTask(task, now: WallClock.now, effects: &effects) }
+            }
+        }
         var ended: [BatchRecord] = []
         for id in unlisted {
             // Not active in the store: it ended, unless it was enqueued after the list was read.
@@ -322,9 +344,15 @@ public final class Scheduler: Service, Sendable {
         guard let task = try await store.task(id, includePayload: false) else {
             throw FanoutError.notFound("task \(id) does not exist")
         }
+        if try await store.requestCancelElsewhere(id) {
+            // Another daemon sharing the store holds it, and stops it when it next looks.
+            try await waitUntilEnded(task: id, of: task, timeout: timeout)
+            return try await store.task(id, includePayload: false) ?? task
+        }
         let stopped = AsyncStream<Void>.makeStream()
         let active = mutate { state, effects in
-            state.cancelTask(task, now: WallClock.now, onStopped: { stopped.continuation.finish() }, effects: &effects)
+            state.cancelTask(task, now: WallClock.now, onStopped: { stopped.continuation.finish() },
+                             effects: &effects)
         }
         if active { await waitForSignal(stopped.stream, timeout: timeout) }
         return try await store.task(id, includePayload: false) ?? task
@@ -371,11 +399,53 @@ public final class Scheduler: Service, Sendable {
         let active = mutate { state, effects in
             state.cancelActiveOrAdmitting(id, now: WallClock.now, onFinished: { finished.continuation.finish() }, effects: &effects)
         }
-        if active { await waitForSignal(finished.stream, timeout: timeout) }
+        if active {
+            await waitForSignal(finished.stream, timeout: timeout)
+        } else if try await store.requestBatchClose(id, as: .cancelled), let batch = try await store.batch(id) {
+            // Only other daemons sharing the store run it: they close it when they next look.
+            try await waitUntilEnded(batch: id, ownerID: batch.ownerID, timeout: timeout)
+        }
         guard let batch = try await store.batch(id) else {
             throw FanoutError.notFound("batch \(id) does not exist")
         }
         return batch
+    }
+
+    /// Waits until the task has ended, or `timeout` passed: for its terminal event, which on a
+    /// shared store comes whichever daemon ended it.
+    private func waitUntilEnded(task id: TaskID, of task: TaskRecord, timeout: Duration) async throws {
+        let filter = EventFilter(ownerID: task.ownerID, kinds: [.taskCompleted, .taskFailed, .taskCancelled, .taskExpired],
+                                 batchID: task.batchID)
+        try await waitForEvent(filter, timeout: timeout, { $0.taskID == id }) {
+            try await self.store.task(id, includePayload: false)?.state.isTerminal != false
+        }
+    }
+
+    /// Waits until the batch has ended, or `timeout` passed (see `waitUntilEnded(task:)`).
+    private func waitUntilEnded(batch id: BatchID, ownerID: String, timeout: Duration) async throws {
+        let filter = EventFilter(ownerID: ownerID, kinds: [.batchCompleted, .batchFailed, .batchCancelled], batchID: id)
+        try await waitForEvent(filter, timeout: timeout, { _ in true }) {
+            try await self.store.batch(id)?.state.isTerminal != false
+        }
+    }
+
+    /// Waits for a published event matching `filter` and `matches`, unless `alreadyDone` says
+    /// (after the subscription started, so nothing is missed in between) it happened before.
+    private func waitForEvent(_ filter: EventFilter, timeout: Duration, _ matches: @escaping @Sendable (EventRecord) -> Bool,
+                              alreadyDone: () async throws -> Bool) async throws {
+        let live = hub.subscribe(filter: filter, bufferSize: 10_000)
+        if try await alreadyDone() { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await events in live.events {
+                    live.backlog.taken(events.count)
+                    if events.contains(where: matches) { return }
+                }
+            }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     // MARK: Children

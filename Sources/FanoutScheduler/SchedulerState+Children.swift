@@ -149,7 +149,8 @@ extension SchedulerState {
             if let limit = agents[task.agent]?.configuration.childrenTimeoutMs, limit > 0 { waitDeadlines[task.id] = now + limit }
         }
         recovering = false
-        for (parent, children) in childBatches.sorted(by: { $0.key < $1.key }) {
+        // On a shared store a parent may run on another daemon: only a daemon holding it knows.
+        for (parent, children) in childBatches.sorted(by: { $0.key < $1.key }) where !sharedStore {
             for child in children.sorted() where !isSpawning(parent, attempt: batches[child]?.record.parentAttempt) {
                 closeBatch(child, as: .cancelled, now: now, effects: &effects)
             }

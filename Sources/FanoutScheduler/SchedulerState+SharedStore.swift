@@ -8,25 +8,30 @@ extension SchedulerState {
     /// it does not hold, reads again for those it holds whose tasks were given back, and closes
     /// those cancelled (or expired) through another daemon. Returns the batches it holds that
     /// are not in the list: ended elsewhere, unless enqueued after the list was read.
+    /// The agents this daemon runs: configured ones, and those its workers declared.
+    var servedAgents: [String] { agents.keys.sorted() }
+
     mutating func follow(_ shared: [SharedBatch], now: Milliseconds, effects: inout Effects) -> [BatchID] {
         guard !stopping else { return [] }
-        // The agents this daemon runs: configured ones, and those its workers declared.
-        let served = agents.keys.sorted()
         var listed = Set<BatchID>()
         for batch in shared {
             let record = batch.record
             listed.insert(record.id)
             guard !admitting.contains(record.id) else { continue }
+            // Only agents this daemon runs were asked about (see `servedAgents`).
             guard let held = batches[record.id] else {
-                if batch.hasUnclaimedTasks { admitBatch(record, agents: served, adopted: true, now: now, effects: &effects) }
+                if !batch.unclaimedAgents.isEmpty {
+                    admitBatch(record, agents: batch.unclaimedAgents, adopted: true, now: now, effects: &effects)
+                }
                 continue
             }
             if let closing = record.closing, held.closing == nil {
                 closeBatch(record.id, as: closing, now: now, effects: &effects)
                 continue
             }
-            guard batch.hasUnclaimedTasks, held.closing == nil else { continue }
-            for agent in served where sources[SourceKey(batchID: record.id, agent: agent)] == nil {
+            // Tasks given back (a daemon stopped or died) are claimed again: to run them, or, for a
+            // closing batch, to end them.
+            for agent in batch.unclaimedAgents where sources[SourceKey(batchID: record.id, agent: agent)] == nil {
                 let key = SourceKey(batchID: record.id, agent: agent)
                 sources[key] = makeSource(key, ownerID: record.ownerID)
                 batches[record.id]?.agents.insert(agent)

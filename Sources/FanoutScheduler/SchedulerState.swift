@@ -156,6 +156,8 @@ struct SchedulerState {
     var agentsMayAppear = false
     /// Set while recovery admits what the store holds: a child batch may come before its waiting parent's slot.
     var recovering = false
+    /// Other daemons share the store (it claims what it lists): tasks of a batch held here may run elsewhere.
+    var sharedStore = false
     /// Cancels of batches in `admitting`: admitting them closes them at once.
     var cancelsAwaitingAdmission: [BatchID: [@Sendable () -> Void]] = [:]
     /// False while the store refuses commits: nothing new starts, so results do not pile up in memory.
@@ -624,6 +626,8 @@ struct SchedulerState {
     /// Cancels one task of an active batch; `task` is its stored row. Returns
     /// false if there is nothing to do here. `onStopped` runs once it stopped.
     @discardableResult
+    /// On a shared store, a pending task outside every window is one nobody claimed (a claimed one
+    /// is another daemon's, asked through the store): the cursor says nothing about it.
     mutating func cancelTask(_ task: TaskRecord, now: Milliseconds, onStopped: (@Sendable () -> Void)? = nil,
                              effects: inout Effects) -> Bool {
         guard var batch = batches[task.batchID] else { return false }
@@ -658,7 +662,7 @@ struct SchedulerState {
             runnable = source.window.remove(at: index)
             sources[key] = source
             relist(key)
-        } else if task.state == .pending, source.cursor.map({ runnable.isAfter($0) }) ?? true {
+        } else if task.state == .pending, sharedStore || source.cursor.map({ runnable.isAfter($0) }) ?? true {
             batch.cancelledInStore.insert(task.id)
         } else {
             return false

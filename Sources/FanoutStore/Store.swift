@@ -46,9 +46,29 @@ public protocol Store: Sendable {
     /// Gives back pending tasks `pendingTasks` returned that this daemon will not run.
     func releaseClaims(_ ids: [TaskID]) async throws
 
-    /// The active batches of a store other daemons share, oldest first, at most `limit`:
-    /// what this daemon follows (adopts, closes, forgets) besides what it enqueued itself.
-    func sharedActiveBatches(limit: Int) async throws -> [SharedBatch]
+    /// Asks the daemon holding a live task to cancel it, when that is another daemon sharing the
+    /// store; returns whether it asked (false: this daemon holds it, or nobody does).
+    func requestCancelElsewhere(_ id: TaskID) async throws -> Bool
+
+    /// Events every daemon sharing the store committed, after `after` and up to the newest
+    /// committed one (never one still being written below it), oldest first, at most `limit`.
+    func committedEvents(after: EventSequence, limit: Int) async throws -> [EventRecord]
+
+    /// Calls `onCommit` whenever a daemon sharing the store commits events, until the calling
+    /// task is cancelled or the store's connection fails; returns at once on a store of one daemon.
+    func listenForCommittedEvents(_ onCommit: @escaping @Sendable () -> Void) async throws
+
+    /// Marks an active batch as closing (cancelled, expired) for the daemons sharing the store that
+    /// run its tasks; returns whether it did (false: not active, or already closing).
+    func requestBatchClose(_ id: BatchID, as state: TaskState) async throws -> Bool
+
+    /// Tasks this daemon holds that a cancel sent to another daemon asks it to stop, at most `limit`.
+    func cancelRequests(limit: Int) async throws -> [TaskID]
+
+    /// The active batches of a store other daemons share, oldest first, at most `limit`, each
+    /// with which of `agents` have tasks nobody claimed: what this daemon follows (adopts,
+    /// closes, forgets) besides what it enqueued itself.
+    func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch]
 
     /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
     /// keeping the completed results.
@@ -113,7 +133,19 @@ extension Store {
 
     public func releaseClaims(_ ids: [TaskID]) async throws {}
 
-    public func sharedActiveBatches(limit: Int) async throws -> [SharedBatch] { [] }
+    public func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch] { [] }
+
+    public func requestCancelElsewhere(_ id: TaskID) async throws -> Bool { false }
+
+    public func cancelRequests(limit: Int) async throws -> [TaskID] { [] }
+
+    public func requestBatchClose(_ id: BatchID, as state: TaskState) async throws -> Bool { false }
+
+    public func committedEvents(after: EventSequence, limit: Int) async throws -> [EventRecord] {
+        try await events(after: after, upTo: nil, filter: EventFilter(ownerID: ""), limit: limit)
+    }
+
+    public func listenForCommittedEvents(_ onCommit: @escaping @Sendable () -> Void) async throws {}
 
     public func batches(ownerID: String?, creatorUID: UInt32?, limit: Int, beforeID: BatchID?) async throws -> [BatchRecord] {
         try await batches(ownerID: ownerID, creatorUID: creatorUID, parentBatchID: nil, limit: limit, beforeID: beforeID)
@@ -263,14 +295,15 @@ public struct RunnableTask: Sendable, Hashable {
     public var cursor: QueueCursor { QueueCursor(priority: priority, id: id) }
 }
 
-/// An active batch of a shared store, and whether it has tasks nobody claimed.
+/// An active batch of a shared store, and the agents of its tasks nobody claimed.
 public struct SharedBatch: Sendable, Hashable {
     public var record: BatchRecord
-    /// Pending tasks no daemon holds: enqueued elsewhere, or given back by a daemon that stopped or died.
-    public var hasUnclaimedTasks: Bool
+    /// Agents (of those asked about) with pending tasks no daemon holds: enqueued elsewhere, or
+    /// given back by a daemon that stopped or died.
+    public var unclaimedAgents: [String]
 
-    public init(record: BatchRecord, hasUnclaimedTasks: Bool) {
+    public init(record: BatchRecord, unclaimedAgents: [String]) {
         self.record = record
-        self.hasUnclaimedTasks = hasUnclaimedTasks
+        self.unclaimedAgents = unclaimedAgents
     }
 }

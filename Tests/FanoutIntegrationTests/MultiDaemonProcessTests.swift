@@ -3,8 +3,9 @@ import FanoutTestSupport
 import Foundation
 import Testing
 
-/// Several real `fanoutd` processes sharing one PostgreSQL database (decision 51).
-@Suite(.postgresServer) struct MultiDaemonProcessTests {
+/// Several real `fanoutd` processes sharing one PostgreSQL database (decision 51). One test at a
+/// time: each runs two or three daemons, which is load enough beside the other suites.
+@Suite(.postgresServer, .serialized) struct MultiDaemonProcessTests {
     /// `count` daemons on one database, each on its own socket, all listening; killed afterwards.
     static func withDaemons<T: Sendable>(
         _ count: Int, database: String, in directory: String, environment: [String: String] = [:],
@@ -66,7 +67,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             try await Self.withDaemons(3, database: "three_daemons", in: directory) { daemons, sockets in
                 try await withDeadline(.seconds(90)) {
-                    let total = 3_000
+                    let total = 2_000
                     let payload = Array(#"{"delay_ms": 5}"#.utf8)
                     let batchID = try await withClient(sockets[0]) { client in
                         try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
@@ -106,7 +107,7 @@ import Testing
             try await Self.withDaemons(3, database: database, in: directory, environment: ["FANOUT_POSTGRES_LEASE_MS": "5000"]) {
                 daemons, sockets in
                 try await withDeadline(.seconds(90)) {
-                    let total = 3_000
+                    let total = 2_000
                     let payload = Array(#"{"delay_ms": 20}"#.utf8)
                     let batchID = try await withClient(sockets[0]) { client in
                         try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
@@ -139,6 +140,67 @@ import Testing
                     #expect(try await Self.count("SELECT count(*) FROM events WHERE batch_id = \(batchID) AND kind = 'batch_completed'",
                                                  database: database) == 1)
                     #expect(daemons[0].isRunning && daemons[2].isRunning)
+                }
+            }
+        }
+    }
+
+    @Test func aCancelSentToOneDaemonStopsTasksRunningOnAnother() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = "cancel_across"
+            try await Self.withDaemons(2, database: database, in: directory) { daemons, sockets in
+                try await withDeadline(.seconds(60)) {
+                    let slow = Array(#"{"delay_ms": 600000}"#.utf8)
+                    // Enqueued on the first daemon, which claims and runs them (four at a time).
+                    let (single, batch) = try await withClient(sockets[0]) { client in
+                        let single = try await client.enqueueTask(ownerID: "fleet", task: TaskSpec(customID: "one", agent: "echo", payload: slow))
+                        let batch = try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
+                                                                  tasks: (0..<6).map { TaskSpec(customID: "b\($0)", payload: slow) })
+                        return (single.id, batch.id)
+                    }
+                    while try await Self.count("""
+                        SELECT count(*) FROM tasks WHERE state = 'running' AND claimed_by LIKE '%/\(daemons[0].pid)/%'
+                        """, database: database) < 4 {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    try await withClient(sockets[1]) { client in
+                        let cancelled = try await client.cancelTask(single)
+                        #expect(cancelled.status == .cancelled, "the task is \(cancelled.status)")
+                        let closed = try await client.cancelBatch(batch)
+                        #expect(closed.status == .cancelled && closed.counts.cancelled == 6, "\(closed.status) \(closed.counts)")
+                    }
+                    // Nothing of theirs runs any more on the first daemon.
+                    #expect(try await Self.count("SELECT count(*) FROM tasks WHERE state NOT IN ('cancelled')", database: database) == 0)
+                    #expect(daemons.allSatisfy { $0.isRunning })
+                }
+            }
+        }
+    }
+
+    @Test func aSubscriberOnOneDaemonSeesEveryDaemonsEventsInSequenceOrder() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = "events_across"
+            try await Self.withDaemons(2, database: database, in: directory) { daemons, sockets in
+                try await withDeadline(.seconds(60)) {
+                    let total = 1_000
+                    let payload = Array(#"{"delay_ms": 5}"#.utf8)
+                    let batchID = try await withClient(sockets[0]) { client in
+                        try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
+                                                      tasks: (0..<total).map { TaskSpec(customID: "t\($0)", payload: payload) }).id
+                    }
+                    // Followed through the second daemon, from the start of the log to the end of the batch.
+                    let seen = try await withClient(sockets[1]) { client in try await events(of: batchID, owner: "fleet", on: client) }
+                    #expect(seen.last?.type == .batchCompleted)
+                    #expect(seen.filter { $0.type == .batchCompleted }.count == 1)
+                    // Gap-free and in order: the log holds this batch's events only.
+                    #expect(seen.map(\.sequence) == Array(1...UInt64(seen.count)), "sequences out of order or with gaps")
+                    let completed = seen.filter { $0.type == .taskCompleted }.map(\.taskID)
+                    #expect(completed.count == total && Set(completed).count == total)
+                    let logged = try await Self.count("SELECT count(*) FROM events WHERE batch_id = \(batchID)", database: database)
+                    #expect(seen.count == logged)
+                    // Both daemons ran tasks, so the subscriber saw the other daemon's events.
+                    let shares = try await Self.tasksRun(in: batchID, database: database)
+                    #expect(Set(shares.keys) == Set(daemons.map(\.pid)), "shares by pid: \(shares)")
                 }
             }
         }

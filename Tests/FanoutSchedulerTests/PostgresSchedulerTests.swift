@@ -22,7 +22,10 @@ import Testing
             try scheduler.start()
             // Over the 512-task window: the rest is read from the store in windows as slots free up.
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(700))).batch
-            let events = try await collectEvents(scheduler, EventFilter(ownerID: "alice", batchID: batch.id)) { $0.kind == .batchCompleted }
+            // A generous bound: beside the other suites (three-daemon tests included) one server serves every test.
+            let events = try await collectEvents(scheduler, EventFilter(ownerID: "alice", batchID: batch.id), timeout: .seconds(90)) {
+                $0.kind == .batchCompleted
+            }
             await scheduler.shutdown()
 
             let completed = Dictionary(grouping: events.filter { $0.kind == .taskCompleted }, by: { $0.taskID! })
