@@ -90,6 +90,43 @@ enum ClaimStatements {
         """
     }
 
+    /// Creates an agent's shared bucket of `kind` (requests, tokens), full, unless it exists.
+    static func createBucket(agent: String, kind: String, perMinute: Int) -> PostgresQuery {
+        """
+        INSERT INTO rate_limits (agent, kind, level, updated_at) VALUES (\(agent), \(kind), \(Double(perMinute)), \(unescaped: serverNowMs))
+        ON CONFLICT (agent, kind) DO NOTHING
+        """
+    }
+
+    /// Refills the token bucket for the time passed and charges `tokens` to it (down to at most a
+    /// day's debt, as `RateLimit`), under the row's lock; returns the level after.
+    static func chargeTokens(agent: String, perMinute: Int, tokens: Int64) -> PostgresQuery {
+        let perMinute = Double(max(1, perMinute))
+        return """
+            WITH clock AS (SELECT \(unescaped: serverNowMs) AS now),
+                 bucket AS (SELECT least(\(perMinute), level + greatest(0, clock.now - updated_at) * \(perMinute) / 60000.0) AS level
+                            FROM rate_limits, clock WHERE agent = \(agent) AND kind = 'tokens' FOR UPDATE OF rate_limits)
+            UPDATE rate_limits SET level = greatest(bucket.level - \(Double(tokens)), -\(perMinute) * 1440), updated_at = clock.now
+            FROM bucket, clock WHERE agent = \(agent) AND kind = 'tokens'
+            RETURNING rate_limits.level
+            """
+    }
+
+    /// Refills the bucket for the time passed (up to a minute's worth) and takes up to `want`
+    /// whole requests from it, under the row's lock; returns what it took and what is left.
+    static func takeRequests(agent: String, perMinute: Int, want: Int) -> PostgresQuery {
+        let perMinute = Double(max(1, perMinute))
+        return """
+            WITH clock AS (SELECT \(unescaped: serverNowMs) AS now),
+                 bucket AS (SELECT least(\(perMinute), level + greatest(0, clock.now - updated_at) * \(perMinute) / 60000.0) AS level
+                            FROM rate_limits, clock WHERE agent = \(agent) AND kind = 'requests' FOR UPDATE OF rate_limits),
+                 grant_ AS (SELECT level, greatest(0, least(\(want), floor(level)))::integer AS granted FROM bucket)
+            UPDATE rate_limits SET level = grant_.level - grant_.granted, updated_at = clock.now
+            FROM grant_, clock WHERE agent = \(agent) AND kind = 'requests'
+            RETURNING grant_.granted, rate_limits.level
+            """
+    }
+
     /// Daemons not heard from for ten of their leases: gone, and their claims long reclaimed.
     static let forgetSilentDaemons = PostgresQuery(unsafeSQL: """
         DELETE FROM daemons WHERE heartbeat_at + lease_ms * 10 < \(serverNowMs)

@@ -56,6 +56,31 @@ extension PostgresStore {
         }
     }
 
+    public func takeSharedRequests(agent: String, perMinute: Int, want: Int) async throws -> (granted: Int, retryAfterMs: Int64) {
+        let logger = self.logger
+        return try await transaction { connection in
+            try await connection.query(ClaimStatements.createBucket(agent: agent, kind: "requests", perMinute: perMinute), logger: logger)
+            let row = try await connection.query(ClaimStatements.takeRequests(agent: agent, perMinute: perMinute, want: want),
+                                                 logger: logger).collect()
+            guard let (granted, level) = try row.first?.decode((Int32, Double).self) else { return (0, 1_000) }
+            // Until the level is back to one whole request.
+            let wait = granted > 0 ? 0 : Int64(((1 - level) * 60_000 / Double(max(1, perMinute))).rounded(.up))
+            return (Int(granted), max(0, wait))
+        }
+    }
+
+    public func chargeSharedTokens(agent: String, perMinute: Int, tokens: Int64) async throws -> Int64 {
+        let logger = self.logger
+        return try await transaction { connection in
+            try await connection.query(ClaimStatements.createBucket(agent: agent, kind: "tokens", perMinute: perMinute), logger: logger)
+            let level = try await connection.query(ClaimStatements.chargeTokens(agent: agent, perMinute: perMinute, tokens: tokens),
+                                                   logger: logger).collect().first?.decode(Double.self) ?? 0
+            // Above zero: go on. Otherwise until a thousandth of a token is back, as `RateLimit` waits.
+            guard level <= 0 else { return 0 }
+            return Int64(((0.001 - level) * 60_000 / Double(max(1, perMinute))).rounded(.up))
+        }
+    }
+
     public func requestBatchClose(_ id: BatchID, as state: TaskState) async throws -> Bool {
         try await !rows("""
             UPDATE batches SET closing = \(state.rawValue)

@@ -556,6 +556,8 @@ public final class Scheduler: Service, Sendable {
         for order in effects.starts { launch(order) }
         for retry in effects.retries { scheduleRetry(retry.id, attempt: retry.attempt, afterMs: retry.delayMs) }
         for refill in effects.refills { load(refill) }
+        for order in effects.requestGrants { askForRequests(order) }
+        for order in effects.tokenCharges { chargeTokens(order) }
         if let wakeAt = effects.wakeAt { scheduleWake(at: wakeAt) }
         return value
     }
@@ -580,6 +582,41 @@ public final class Scheduler: Service, Sendable {
         }
         let keep = state.withLock { $0.attach(handle, to: order.task.id, attempt: order.attempt, run: order.run) }
         if !keep { handle.cancel() }
+    }
+
+    /// Takes requests from a rate limit other daemons share, then dispatches with them.
+    private func askForRequests(_ order: RequestGrantOrder) {
+        let store = self.store
+        Task {
+            let grant: (granted: Int, retryAfterMs: Int64)?
+            do {
+                grant = try await store.takeSharedRequests(agent: order.agent, perMinute: order.perMinute, want: order.want)
+            } catch {
+                logger.warning("taking requests from the shared rate limit failed; asking again shortly",
+                               metadata: ["agent": "\(order.agent)", "error": "\(error)"])
+                grant = nil
+            }
+            mutate { state, effects in
+                state.requestsGranted(order.agent, granted: grant?.granted, retryAfterMs: grant?.retryAfterMs ?? 500,
+                                      now: WallClock.now, effects: &effects)
+            }
+        }
+    }
+
+    /// Charges tokens to (or looks at) a rate limit other daemons share.
+    private func chargeTokens(_ order: TokenChargeOrder) {
+        let store = self.store
+        Task {
+            let wait: Int64?
+            do {
+                wait = try await store.chargeSharedTokens(agent: order.agent, perMinute: order.perMinute, tokens: order.tokens)
+            } catch {
+                logger.warning("charging tokens to the shared rate limit failed; looking again shortly",
+                               metadata: ["agent": "\(order.agent)", "error": "\(error)"])
+                wait = nil
+            }
+            mutate { state, effects in state.tokensCharged(order.agent, retryAfterMs: wait, now: WallClock.now, effects: &effects) }
+        }
     }
 
     /// Reads the next window of a source's pending tasks.

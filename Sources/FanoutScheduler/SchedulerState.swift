@@ -9,6 +9,10 @@ struct Effects: Sendable {
     var cancellations: [Task<Void, Never>] = []
     var retries: [(id: TaskID, attempt: Int, delayMs: Int64)] = []
     var refills: [RefillOrder] = []
+    /// Requests per minute to take from a bucket other daemons share.
+    var requestGrants: [RequestGrantOrder] = []
+    /// Tokens used (or 0: a look) to charge to a bucket other daemons share.
+    var tokenCharges: [TokenChargeOrder] = []
     /// Dispatch again at this time: an agent is paused or rate-limited until then.
     var wakeAt: Milliseconds?
     /// Run once `changes` is committed.
@@ -102,6 +106,12 @@ struct AgentRuntime {
     var capacity: Int?
     var requests: RateLimit?
     var tokens: RateLimit?
+    /// On a shared store, requests per minute are taken from a bucket every daemon shares, in
+    /// small grants; this replaces `requests`.
+    var sharedRequests: SharedRequestPermits?
+    /// On a shared store, tokens per minute are charged to a bucket every daemon shares; this
+    /// replaces `tokens`.
+    var sharedTokens: SharedTokenBudget?
     /// A runner asked to wait (Retry-After) until then.
     var pausedUntil: Milliseconds = 0
 
@@ -119,6 +129,13 @@ struct AgentRuntime {
         if var requests {
             if !requests.canTake(1, now: now) { at = max(at ?? 0, requests.availableAt(1)) }
             self.requests = requests
+        }
+        if let sharedTokens, !sharedTokens.left {
+            at = max(at ?? 0, sharedTokens.retryAt.map { max($0, now + 1) } ?? .max)
+        }
+        if let sharedRequests, sharedRequests.permits < 1 {
+            // Not ready until a grant comes; a refusal says when to ask again.
+            at = max(at ?? 0, sharedRequests.retryAt.map { max($0, now + 1) } ?? .max)
         }
         if var tokens {
             // Token use is known afterwards: start while the bucket is above zero.
@@ -156,8 +173,11 @@ struct SchedulerState {
     var agentsMayAppear = false
     /// Set while recovery admits what the store holds: a child batch may come before its waiting parent's slot.
     var recovering = false
-    /// Other daemons share the store (it claims what it lists): tasks of a batch held here may run elsewhere.
-    var sharedStore = false
+    /// Other daemons share the store (it claims what it lists): tasks of a batch held here may run
+    /// elsewhere, and requests per minute come from a bucket they share.
+    var sharedStore = false {
+        didSet { for name in agents.keys { agents[name]!.shareRateLimits(sharedStore) } }
+    }
     /// Cancels of batches in `admitting`: admitting them closes them at once.
     var cancelsAwaitingAdmission: [BatchID: [@Sendable () -> Void]] = [:]
     /// False while the store refuses commits: nothing new starts, so results do not pile up in memory.
@@ -187,6 +207,7 @@ struct SchedulerState {
     mutating func setCapacity(_ configuration: AgentConfiguration, slots: Int, now: Milliseconds, effects: inout Effects) {
         if agents[configuration.name] == nil {
             agents[configuration.name] = AgentRuntime(configuration, now: now)
+            agents[configuration.name]!.shareRateLimits(sharedStore)
             agentOrder.append(configuration.name)
         }
         agents[configuration.name]?.capacity = slots
@@ -355,9 +376,20 @@ struct SchedulerState {
             // A resumed parent goes first: it holds its children's work, and its batch cannot end without it.
             let resuming = resumable[agent]?.isEmpty == false
             guard let priority = resuming ? Int32.max : queues[agent]?.topPriority, var runtime = agents[agent] else { continue }
+            if let want = runtime.sharedRequestsWanted(now: now) {
+                // Until the answer comes (it dispatches), nothing to wake for.
+                runtime.sharedRequests?.asking = true
+                runtime.sharedRequests?.retryAt = nil
+                effects.requestGrants.append(RequestGrantOrder(agent: agent, perMinute: runtime.configuration.requestsPerMinute, want: want))
+            }
+            if runtime.sharedTokensCheckWanted(now: now) {
+                runtime.sharedTokens?.checking = true
+                runtime.sharedTokens?.retryAt = nil
+                effects.tokenCharges.append(TokenChargeOrder(agent: agent, perMinute: runtime.configuration.tokensPerMinute, tokens: 0))
+            }
             let (ready, retryAt) = runtime.readiness(now: now)
             agents[agent] = runtime
-            if let retryAt { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
+            if let retryAt, retryAt < .max { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
             guard ready else { continue }
             if best == nil || priority > best!.priority { best = (agent, priority) }
         }
@@ -370,6 +402,7 @@ struct SchedulerState {
         task.attempt += 1
         agents[task.agent]?.running += 1
         agents[task.agent]?.requests?.consume(1, now: now)
+        agents[task.agent]?.sharedRequests?.permits -= 1
         running += 1
         pendingCount -= 1
         var stored = task
@@ -457,7 +490,12 @@ struct SchedulerState {
 
         switch outcome {
         case .succeeded(let output):
-            if let tokens = output.details.usage?.totalTokens, tokens > 0 { agents[agent]?.tokens?.consume(Double(tokens), now: now) }
+            if let tokens = output.details.usage?.totalTokens, tokens > 0 {
+                agents[agent]?.tokens?.consume(Double(tokens), now: now)
+                if let runtime = agents[agent], runtime.sharedTokens != nil {
+                    effects.tokenCharges.append(TokenChargeOrder(agent: agent, perMinute: runtime.configuration.tokensPerMinute, tokens: tokens))
+                }
+            }
             close(&slot, as: .completed, result: output.result, failure: nil, details: output.details, now: now, effects: &effects)
         case .interrupted:
             if let state = slot.interruptAs {

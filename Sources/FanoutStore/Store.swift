@@ -58,6 +58,16 @@ public protocol Store: Sendable {
     /// task is cancelled or the store's connection fails; returns at once on a store of one daemon.
     func listenForCommittedEvents(_ onCommit: @escaping @Sendable () -> Void) async throws
 
+    /// Takes up to `want` requests from the per-minute bucket of `agent` that every daemon
+    /// sharing the store draws from (`perMinute`, refilled continuously, holding at most a
+    /// minute's worth). Returns how many it got and, when none, how long until the next one.
+    func takeSharedRequests(agent: String, perMinute: Int, want: Int) async throws -> (granted: Int, retryAfterMs: Int64)
+
+    /// Charges `tokens` (0: only looks) to the per-minute token bucket of `agent` that every daemon
+    /// sharing the store draws from; returns 0 when the bucket is above zero afterwards, else how
+    /// long until it is.
+    func chargeSharedTokens(agent: String, perMinute: Int, tokens: Int64) async throws -> Int64
+
     /// Marks an active batch as closing (cancelled, expired) for the daemons sharing the store that
     /// run its tasks; returns whether it did (false: not active, or already closing).
     func requestBatchClose(_ id: BatchID, as state: TaskState) async throws -> Bool
@@ -140,6 +150,13 @@ extension Store {
     public func cancelRequests(limit: Int) async throws -> [TaskID] { [] }
 
     public func requestBatchClose(_ id: BatchID, as state: TaskState) async throws -> Bool { false }
+
+    public func chargeSharedTokens(agent: String, perMinute: Int, tokens: Int64) async throws -> Int64 { 0 }
+
+    /// A store of one daemon keeps its rate limits in the scheduler: everything asked is granted.
+    public func takeSharedRequests(agent: String, perMinute: Int, want: Int) async throws -> (granted: Int, retryAfterMs: Int64) {
+        (want, 0)
+    }
 
     public func committedEvents(after: EventSequence, limit: Int) async throws -> [EventRecord] {
         try await events(after: after, upTo: nil, filter: EventFilter(ownerID: ""), limit: limit)

@@ -8,7 +8,7 @@ import Testing
 @Suite(.postgresServer, .serialized) struct MultiDaemonProcessTests {
     /// `count` daemons on one database, each on its own socket, all listening; killed afterwards.
     static func withDaemons<T: Sendable>(
-        _ count: Int, database: String, in directory: String, environment: [String: String] = [:],
+        _ count: Int, database: String, in directory: String, arguments: [String] = [], environment: [String: String] = [:],
         _ body: @escaping @Sendable (_ daemons: [DaemonProcess], _ sockets: [String]) async throws -> T
     ) async throws -> T {
         let server = try PostgresTestServer.current()
@@ -22,7 +22,7 @@ import Testing
                 for (daemon, socket) in zip(started, sockets) { try await daemon.waitUntilListening(socket) }
                 return try await body(started, sockets)
             }
-            return try await withDaemonProcess(["--socket", directory + "/d\(index).sock", "--store", url, "--concurrency", "4"],
+            return try await withDaemonProcess(["--socket", directory + "/d\(index).sock", "--store", url, "--concurrency", "4"] + arguments,
                                                environment: environment, logPath: directory + "/d\(index).log") { daemon in
                 try await start(index + 1, started + [daemon])
             }
@@ -201,6 +201,48 @@ import Testing
                     // Both daemons ran tasks, so the subscriber saw the other daemon's events.
                     let shares = try await Self.tasksRun(in: batchID, database: database)
                     #expect(Set(shares.keys) == Set(daemons.map(\.pid)), "shares by pid: \(shares)")
+                }
+            }
+        }
+    }
+
+    @Test func aRequestsPerMinuteLimitHoldsForAllDaemonsTogether() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = "shared_rate_limit"
+            let config = directory + "/fanout.json"
+            try #"{"agents": [{"name": "echo", "runner": "echo", "concurrency": 4, "requests_per_minute": 600}]}"#
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            try await Self.withDaemons(2, database: database, in: directory, arguments: ["--config", config]) { daemons, sockets in
+                try await withDeadline(.seconds(60)) {
+                    // An empty bucket: from here on, 10 requests a second for both daemons together.
+                    _ = try await PostgresTestServer.current().psql("""
+                        INSERT INTO rate_limits (agent, kind, level, updated_at)
+                        VALUES ('echo', 'requests', 0, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                        """, database: database)
+                    let total = 40
+                    let batches = try await withThrowingTaskGroup(of: UInt64.self) { group in
+                        // Half through each daemon, so both have work of their own from the start.
+                        for socket in sockets {
+                            group.addTask {
+                                try await withClient(socket) { client in
+                                    try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
+                                                                  tasks: (0..<total / 2).map { TaskSpec(customID: "t\($0)", payload: [1]) }).id
+                                }
+                            }
+                        }
+                        return try await group.reduce(into: []) { $0.append($1) }
+                    }
+                    for batch in batches {
+                        let ended = try await withClient(sockets[0]) { client in try await Self.waitForEnd(of: batch, on: client) }
+                        #expect(ended.status == .completed)
+                    }
+                    // 40 starts at 10 a second take about 4 s; two daemons each with the limit to itself
+                    // would have started them all at once (a full bucket holds a minute's worth).
+                    let span = try await Self.count("SELECT max(started_at) - min(started_at) FROM tasks", database: database)
+                    #expect(span >= 3_300, "40 starts within \(span) ms: more than 10 a second")
+                    let shares = try await Self.count("SELECT count(DISTINCT claimed_by) FROM tasks", database: database)
+                    #expect(shares == 2, "both daemons ran tasks")
+                    _ = daemons
                 }
             }
         }
