@@ -302,7 +302,7 @@ struct SchedulerState {
         // later: its tasks wait, listed but not dispatched, until then (or the batch's deadline).
         // A page whose tasks were all filtered out (cancelled meanwhile) leaves the
         // window empty: read on, or the source would wait for a refill nobody asks for.
-        if sources[key]!.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
+        if sources[key]!.window.count < max(1, windowSize / 4) { requestRefill(key, effects: &effects) }
         relist(key)
         dispatch(now: now, effects: &effects)
         return true
@@ -320,7 +320,7 @@ struct SchedulerState {
         source.refilling = true
         sources[key] = source
         // A closing batch's tasks are only read to be closed: bigger pages, fewer round trips.
-        let window = max(1, configuration.windowSize)
+        let window = max(1, windowSize)
         let limit = batches[key.batchID]?.closing == nil ? window : window * 8
         effects.refills.append(RefillOrder(key: key, generation: source.generation, cursor: source.cursor, limit: limit))
     }
@@ -343,6 +343,14 @@ struct SchedulerState {
         }
     }
 
+    /// Pending tasks read at a time per batch and agent. On a shared store a read claims them for
+    /// this daemon, so it takes about what it can start soon (twice its concurrency), leaving the
+    /// rest to the others: a small batch spreads, and a daemon that dies strands little.
+    var windowSize: Int {
+        guard sharedStore else { return configuration.windowSize }
+        return min(configuration.windowSize, max(16, configuration.globalConcurrency * 2))
+    }
+
     // MARK: Dispatch
 
     mutating func dispatch(now: Milliseconds, effects: inout Effects) {
@@ -360,7 +368,7 @@ struct SchedulerState {
                 continue
             }
             // Below a quarter, and at least when empty: a window under 4 would otherwise never be refilled.
-            if sources[key]!.window.count < max(1, configuration.windowSize / 4) { requestRefill(key, effects: &effects) }
+            if sources[key]!.window.count < max(1, windowSize / 4) { requestRefill(key, effects: &effects) }
             relist(key)
             start(&task, now: now, effects: &effects)
         }
