@@ -9,6 +9,8 @@ let package = Package(
         .executable(name: "fanoutd", targets: ["fanoutd"]),
         .executable(name: "fanout", targets: ["fanout"]),
         .executable(name: "fanout-openai-stub", targets: ["fanout-openai-stub"]),
+        // For Benchmarks/ (a package of its own): PostgreSQL rows on a server it starts itself.
+        .library(name: "PostgresTestServer", targets: ["PostgresTestServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -155,8 +157,14 @@ let package = Package(
         // Helpers every test target shares: temporary directories, deadlines, hand-made protobuf bytes.
         .target(
             name: "FanoutTestSupport",
-            dependencies: ["FanoutPostgresStore", .product(name: "Subprocess", package: "swift-subprocess")],
+            dependencies: ["FanoutPostgresStore", "PostgresTestServer", .product(name: "Subprocess", package: "swift-subprocess")],
             path: "Tests/FanoutTestSupport"
+        ),
+        // A throwaway PostgreSQL server (initdb and pg_ctl in a temporary directory): the tests' and `make bench`'s.
+        .target(
+            name: "PostgresTestServer",
+            dependencies: [.product(name: "Subprocess", package: "swift-subprocess")],
+            path: "Tests/PostgresTestServer"
         ),
         .testTarget(
             name: "FanoutWireTests",

@@ -17,6 +17,7 @@ let package = Package(
             name: "FanoutBench",
             dependencies: [
                 .product(name: "FanoutClient", package: "Fanout"),
+                .product(name: "PostgresTestServer", package: "Fanout"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 "CSQLiteBaseline",
             ]

@@ -98,16 +98,6 @@ public final class SpawnedProcess: Sendable {
     }
 }
 
-extension TerminationStatus {
-    /// `exited(n)` as n, `signaled(s)` as 128 + s, as a shell reports them.
-    var shellStatus: Int32 {
-        switch self {
-        case .exited(let code): code
-        case .signaled(let signal): 128 + signal
-        }
-    }
-}
-
 /// The exit status, once swift-subprocess has reaped the child.
 private final class ReapedStatus: Sendable {
     private let status = Mutex<Int32?>(nil)

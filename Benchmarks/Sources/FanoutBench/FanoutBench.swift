@@ -39,6 +39,7 @@ struct FanoutBench {
       --latency-samples N   single tasks timed from enqueue to task_started, idle and under the backlog (default 1000; 0: skip)
       --backlog N           pending tasks held while the second latency series runs; fanoutd's RSS is read then (default 1000000)
       --durable-tasks N     tasks enqueued with --durability full (default 100000; 0: skip)
+      --postgres-tasks N    zero-delay echo tasks through 1, 2 and 3 daemons on one PostgreSQL it starts (default 20000; 0: skip)
     """
 
     static func main() async {
@@ -153,11 +154,26 @@ struct FanoutBench {
             durable = result
         }
 
+        var postgres: PostgresResult?
+        if options.postgresTasks > 0 {
+            log("PostgreSQL: \(options.postgresTasks) zero-delay echo tasks through 1, 2 and 3 daemons sharing one database...")
+            let result = await PostgresRun.run(tasks: options.postgresTasks, daemonCounts: [1, 2, 3], concurrency: 64,
+                                               fanoutd: options.fanoutd)
+            for run in result.runs {
+                log(run.status == "ok"
+                    ? String(format: "PostgreSQL, %d daemon(s): %.2f s, %.0f tasks/s, per daemon %@", run.daemons, run.seconds ?? 0,
+                             run.tasksPerSecond ?? 0, (run.tasksPerDaemon ?? []).map(String.init).joined(separator: "/"))
+                    : "PostgreSQL, \(run.daemons) daemon(s): \(run.status): \(run.error ?? "")")
+            }
+            if result.runs.isEmpty { log("PostgreSQL: \(result.status): \(result.error ?? "")") }
+            postgres = result
+        }
+
         var report = Report(generatedAt: ISO8601DateFormatter().string(from: Date()), gitCommit: commit,
                             machine: machine, fanoutd: Report.relative(options.fanoutd, to: options.repo),
                             concurrency: options.concurrency,
                             payloadBytes: options.payloadBytes, results: results, sqliteBaseline: baselines, llm: llm, gateway: gateway,
-                            workers: workers, latency: latency, durableEnqueue: durable)
+                            workers: workers, latency: latency, durableEnqueue: durable, postgres: postgres)
         report.targets = Targets.checks(report)
         print(report.table())
         do {
@@ -174,7 +190,7 @@ struct FanoutBench {
         }
         let extrasOK = (llm.map { $0.status == "ok" } ?? true) && (gateway.map { $0.status == "ok" } ?? true)
             && (workers.map { $0.status == "ok" } ?? true) && (latency.map { $0.status == "ok" } ?? true)
-            && (durable.map { $0.status == "ok" } ?? true)
+            && (durable.map { $0.status == "ok" } ?? true) && (postgres.map { $0.status == "ok" } ?? true)
         exit(results.allSatisfy { $0.status == "ok" } && baselines.allSatisfy { $0.status == "ok" } && extrasOK ? 0 : 1)
     }
 
@@ -199,6 +215,7 @@ struct Options {
     var latencySamples = 1_000
     var backlog = 1_000_000
     var durableTasks = 100_000
+    var postgresTasks = 20_000
     var stub = ""
 
     static func parse(_ arguments: [String]) throws -> Options {
@@ -243,6 +260,7 @@ struct Options {
             case "--latency-samples": options.latencySamples = try count(value(), "--latency-samples")
             case "--backlog": options.backlog = try count(value(), "--backlog")
             case "--durable-tasks": options.durableTasks = try count(value(), "--durable-tasks")
+            case "--postgres-tasks": options.postgresTasks = try count(value(), "--postgres-tasks")
             case "--gateway-lines":
                 let text = try value()
                 guard let count = Int(text), count >= 0 else { throw BenchError("--gateway-lines: not a count: \(text)") }

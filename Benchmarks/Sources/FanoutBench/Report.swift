@@ -76,6 +76,8 @@ struct Report: Codable {
     var workers: WorkerResult?
     var latency: LatencyResult?
     var durableEnqueue: DurableEnqueueResult?
+    /// Run-through with 1, 2 and 3 daemons sharing one PostgreSQL database.
+    var postgres: PostgresResult?
     /// Each figure the performance issue sets a target for, beside what this run measured.
     var targets: [TargetCheck] = []
 
@@ -184,6 +186,17 @@ struct Report: Codable {
             } else {
                 lines.append("gateway: \(gateway.status): \(gateway.error ?? "")")
             }
+        }
+        if let postgres {
+            lines.append(String(format: "PostgreSQL: %d zero-delay echo tasks enqueued through the first of N fanoutd sharing one database "
+                                + "(--concurrency %d each), enqueue to batch_completed:", postgres.tasks, postgres.concurrencyPerDaemon))
+            for run in postgres.runs {
+                lines.append(run.status == "ok"
+                    ? String(format: "  %d daemon(s): %.2f s, %.0f tasks/s; tasks run per daemon %@", run.daemons, run.seconds ?? 0,
+                             run.tasksPerSecond ?? 0, (run.tasksPerDaemon ?? []).map(String.init).joined(separator: " / "))
+                    : "  \(run.daemons) daemon(s): \(run.status): \(run.error ?? "")")
+            }
+            if postgres.runs.isEmpty { lines.append("  \(postgres.status): \(postgres.error ?? "")") }
         }
         if let workers {
             if workers.status == "ok", let seconds = workers.seconds, let rate = workers.tasksPerSecond,
