@@ -198,7 +198,8 @@ let package = Package(
         ),
         .testTarget(
             name: "FanoutSchedulerTests",
-            dependencies: ["FanoutScheduler", "FanoutStore", "FanoutPostgresStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport"]
+            dependencies: ["FanoutScheduler", "FanoutStore", "FanoutPostgresStore", "FanoutCore", "FanoutRunners", "FanoutTestSupport",
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "FanoutIntegrationTests",

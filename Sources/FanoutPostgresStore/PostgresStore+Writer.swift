@@ -51,9 +51,11 @@ extension PostgresStore {
             if !fenced.isEmpty {
                 logger.warning("changes to tasks another daemon has reclaimed were dropped", metadata: ["tasks": "\(fenced.sorted())"])
             }
-            var batchEvents = CommittedBatchEvents(fenced: fenced)
+            var batchEvents = CommittedBatchEvents(fenced: fenced, snapshots: changes.batches)
             // In id order, the order every daemon locks batch rows in: no deadlock between two commits.
-            for id in Set(deltas.keys).union(changes.batches.keys).sorted() {
+            // Batches with events but no change are read too: an event for a batch another daemon ended is dropped.
+            let announced = changes.events.lazy.filter(\.kind.isBatchEvent).map(\.batchID)
+            for id in Set(deltas.keys).union(changes.batches.keys).union(announced).sorted() {
                 let snapshot = changes.batches[id]
                 guard let row = try transaction.query(PostgresStatements.applyDelta(deltas[id] ?? BatchDelta(), to: id, snapshot: snapshot))
                     .rows.first else { continue }

@@ -319,9 +319,8 @@ struct SchedulerState {
         guard var source = sources[key], !source.refilling, !source.exhausted else { return }
         source.refilling = true
         sources[key] = source
-        // A closing batch's tasks are only read to be closed: bigger pages, fewer round trips.
-        let window = max(1, windowSize)
-        let limit = batches[key.batchID]?.closing == nil ? window : window * 8
+        // A closing batch's tasks are only read (claimed) to be closed: bigger pages, fewer round trips.
+        let limit = batches[key.batchID]?.closing == nil ? max(1, windowSize) : max(1, configuration.windowSize) * 8
         effects.refills.append(RefillOrder(key: key, generation: source.generation, cursor: source.cursor, limit: limit))
     }
 

@@ -135,7 +135,8 @@ import Testing
                     // The attempts it was running count; nothing else ran twice.
                     let crashed = try await Self.count("SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND crashes > 0",
                                                        database: database)
-                    #expect(crashed >= 1 && crashed <= 4, "\(crashed) tasks counted a crash; the killed daemon ran at most 4 at once")
+                    // It may have been between two claims, running nothing, when it died.
+                    #expect(crashed <= 4, "\(crashed) tasks counted a crash; the killed daemon ran at most 4 at once")
                     #expect(results.filter { $0.attempt > 1 }.count == crashed)
                     #expect(try await Self.count("SELECT count(*) FROM events WHERE batch_id = \(batchID) AND kind = 'batch_completed'",
                                                  database: database) == 1)

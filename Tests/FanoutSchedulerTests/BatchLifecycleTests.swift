@@ -33,6 +33,7 @@ final class FailOnceRunner: Runner {
 }
 
 extension SchedulerTimingTests {
+    // SQLite only: it times SQLite's path (PostgreSQL writes row by row, docs/PERFORMANCE.md).
     @Suite struct BoundedMemoryTests {
         @Test func windowKeepsTasksInMemoryBoundedAndEveryTaskCompletesOnce() async throws {
             let windowSize = 64, concurrency = 4, count = 20_000
@@ -69,7 +70,7 @@ extension SchedulerTimingTests {
     }
 }
 
-@Suite struct SmallWindowTests {
+@Suite(.postgresServer) struct SmallWindowTests {
     /// A window is refilled when it runs low (below a quarter); with fewer
     /// than four slots a quarter is zero (and 0 is read as 1), and a batch bigger than its window
     /// must still run to the end rather than stall once the first page is used.
@@ -87,9 +88,9 @@ extension SchedulerTimingTests {
 }
 
 extension SchedulerTimingTests {
-    @Suite struct DeadlineTests {
-        @Test func deadlineExpiresUnfinishedTasksAndFailsTheBatchKeepingResults() async throws {
-            try await withScheduler(globalConcurrency: 2) { scheduler, store in
+    @Suite(.postgresServer) struct DeadlineTests {
+        @Test(arguments: StoreKind.allCases) func deadlineExpiresUnfinishedTasksAndFailsTheBatchKeepingResults(on kind: StoreKind) async throws {
+            try await withScheduler(on: kind, globalConcurrency: 2) { scheduler, store in
                 let slow = json(["delay_ms": 5_000])
                 let fast = Array("quick".utf8)
                 let payloads = (0..<10).map { $0 < 2 ? fast : slow }
@@ -132,11 +133,11 @@ extension SchedulerTimingTests {
     }
 }
 
-@Suite struct RetryFailedTests {
-    @Test func retryFailedRerunsOnlyTheFailedTasksAndKeepsCompletedResults() async throws {
+@Suite(.postgresServer) struct RetryFailedTests {
+    @Test(arguments: StoreKind.allCases) func retryFailedRerunsOnlyTheFailedTasksAndKeepsCompletedResults(on kind: StoreKind) async throws {
         let runner = FailOnceRunner(failFirst: ["bad0", "bad1", "bad2"])
         let agents = [AgentConfiguration(name: "work", runner: "test")]
-        try await withScheduler(agents: agents, runners: ["work": runner]) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents, runners: ["work": runner]) { scheduler, store in
             let ids = ["ok0", "bad0", "ok1", "bad1", "ok2", "bad2"]
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "work",
                                                              tasks: ids.map { NewTask(customID: $0, agent: "", payload: []) }))
@@ -185,10 +186,10 @@ extension SchedulerTimingTests {
         }
     }
 
-    @Test func retryFailedOnAProcessingBatchIsAFailedPrecondition() async throws {
+    @Test(arguments: StoreKind.allCases) func retryFailedOnAProcessingBatchIsAFailedPrecondition(on kind: StoreKind) async throws {
         let gate = Gate()
         let runner = RecordingRunner(gate: gate, gated: ["held"])
-        try await withScheduler(agents: [AgentConfiguration(name: "work", runner: "test")], runners: ["work": runner]) { scheduler, store in
+        try await withScheduler(on: kind, agents: [AgentConfiguration(name: "work", runner: "test")], runners: ["work": runner]) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "work",
                                                              tasks: [NewTask(customID: "held", agent: "", payload: [])]))
             try await waitUntil("the task to run") { runner.snapshot.starts == ["held"] }
@@ -206,10 +207,10 @@ extension SchedulerTimingTests {
         }
     }
 
-    @Test func includeCancelledRerunsCancelledTasks() async throws {
+    @Test(arguments: StoreKind.allCases) func includeCancelledRerunsCancelledTasks(on kind: StoreKind) async throws {
         let gate = Gate()
         let runner = RecordingRunner(gate: gate, gated: ["held"])
-        try await withScheduler(agents: [AgentConfiguration(name: "work", runner: "test")], globalConcurrency: 1,
+        try await withScheduler(on: kind, agents: [AgentConfiguration(name: "work", runner: "test")], globalConcurrency: 1,
                                 runners: ["work": runner]) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "work", tasks: [
                 NewTask(customID: "held", agent: "", payload: []), NewTask(customID: "dropped", agent: "", payload: []),
@@ -242,7 +243,7 @@ extension SchedulerTimingTests {
     }
 }
 
-@Suite struct PartWayProgressTests {
+@Suite(.postgresServer) struct PartWayProgressTests {
     /// With max_turns 4, tasks that fail after some turns (or none), or fail
     /// and retry, still add up to exactly 100 %, and progress never goes back.
     @Test(arguments: [Int64(0), 100])
@@ -283,6 +284,7 @@ extension SchedulerTimingTests {
 }
 
 extension SchedulerTimingTests {
+    // SQLite only: it times SQLite's path (PostgreSQL writes row by row, docs/PERFORMANCE.md).
     @Suite struct LargeCancelTests {
         @Test func cancellingATenThousandTaskBatchCancelsEachTaskOnce() async throws {
             let count = 10_000

@@ -5,11 +5,12 @@ import Testing
 
 @testable import FanoutScheduler
 
-@Suite struct CancellationTests {
+/// On both stores: each test runs on SQLite and on PostgreSQL.
+@Suite(.postgresServer) struct CancellationTests {
     static let slow = json(["delay_ms": 10_000])
 
-    @Test func cancelPendingThenRunningTask() async throws {
-        try await withScheduler(globalConcurrency: 1) { scheduler, store in
+    @Test(arguments: StoreKind.allCases) func cancelPendingThenRunningTask(on kind: StoreKind) async throws {
+        try await withScheduler(on: kind, globalConcurrency: 1) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [
                 NewTask(customID: "running", agent: "", payload: Self.slow),
                 NewTask(customID: "waiting", agent: "", payload: Array("x".utf8)),
@@ -84,9 +85,9 @@ import Testing
         }
     }
 
-    @Test func cancelBatchCancelsEverythingOnceAndIsIdempotent() async throws {
+    @Test(arguments: StoreKind.allCases) func cancelBatchCancelsEverythingOnceAndIsIdempotent(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 3)]
-        try await withScheduler(agents: agents) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo",
                                                              tasks: echoTasks(10, payload: { _ in Self.slow })))
             try await waitUntil("three tasks to run") { try await store.batch(batch.id)?.counters.running == 3 }
@@ -127,9 +128,9 @@ import Testing
         }
     }
 
-    @Test func cancelBatchOfPendingOnlyTasks() async throws {
+    @Test(arguments: StoreKind.allCases) func cancelBatchOfPendingOnlyTasks(on kind: StoreKind) async throws {
         // The only slot is held by another batch, so nothing of this one has started.
-        try await withScheduler(globalConcurrency: 1) { scheduler, store in
+        try await withScheduler(on: kind, globalConcurrency: 1) { scheduler, store in
             let blocker = try await scheduler.enqueue(NewBatch(ownerID: "bob", agent: "echo", tasks: echoTasks(1, payload: { _ in Self.slow })))
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(4)))
             let cancelled = try await scheduler.cancelBatch(batch.id)

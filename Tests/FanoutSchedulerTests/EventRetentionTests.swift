@@ -180,7 +180,7 @@ final class ManualClock: Sendable {
 
     func replayAll(_ scheduler: Scheduler, _ filter: EventFilter = EventFilter(ownerID: ""),
                    since: EventSequence) async throws -> [EventRecord] {
-        try await withDeadline(.seconds(3), "a replay since \(since)") {
+        try await withDeadline(.seconds(30), "a replay since \(since)") {
             var events: [EventRecord] = []
             for try await event in scheduler.subscribe(filter, since: since, follow: false, bufferSize: 100) {
                 events.append(event)

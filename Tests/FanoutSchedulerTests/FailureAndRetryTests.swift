@@ -19,7 +19,8 @@ struct FlakyRunner: Runner {
     }
 }
 
-@Suite struct FailureAndRetryTests {
+/// On both stores: each test runs on SQLite and on PostgreSQL.
+@Suite(.postgresServer) struct FailureAndRetryTests {
     func events(_ all: [EventRecord], task: TaskID) -> [EventRecord] { all.filter { $0.taskID == task } }
 
     @Test func failingTaskDoesNotFailTheBatch() async throws {
@@ -94,9 +95,9 @@ struct FlakyRunner: Runner {
         }
     }
 
-    @Test func retryThatSucceedsHonoursRetryAfter() async throws {
+    @Test(arguments: StoreKind.allCases) func retryThatSucceedsHonoursRetryAfter(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "flaky", runner: "test")]
-        try await withScheduler(agents: agents, runners: ["flaky": FlakyRunner(succeedOn: 3, retryAfterMs: 30)]) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents, runners: ["flaky": FlakyRunner(succeedOn: 3, retryAfterMs: 30)]) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "flaky", tasks: [
                 NewTask(customID: "x", agent: "", payload: [], maxAttempts: 5),
             ]))
@@ -130,9 +131,9 @@ struct FlakyRunner: Runner {
         }
     }
 
-    @Test func attemptTimeoutIsARetryableFailure() async throws {
+    @Test(arguments: StoreKind.allCases) func attemptTimeoutIsARetryableFailure(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", timeoutMs: 50)]
-        try await withScheduler(agents: agents) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
             let started = ContinuousClock.now
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [
                 NewTask(customID: "slow", agent: "", payload: json(["delay_ms": 10_000]), maxAttempts: 2),
@@ -155,9 +156,9 @@ struct FlakyRunner: Runner {
         }
     }
 
-    @Test func taskTimeoutOverridesTheAgentDefault() async throws {
+    @Test(arguments: StoreKind.allCases) func taskTimeoutOverridesTheAgentDefault(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", timeoutMs: 10_000)]
-        try await withScheduler(agents: agents) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [
                 NewTask(customID: "slow", agent: "", payload: json(["delay_ms": 10_000]), maxAttempts: 1, timeoutMs: 30),
                 NewTask(customID: "fast", agent: "", payload: json(["delay_ms": 1]), maxAttempts: 1, timeoutMs: 5_000),
@@ -170,9 +171,9 @@ struct FlakyRunner: Runner {
         }
     }
 
-    @Test func agentMaxAttemptsIsTheDefaultForTasksThatSetNone() async throws {
+    @Test(arguments: StoreKind.allCases) func agentMaxAttemptsIsTheDefaultForTasksThatSetNone(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxAttempts: 2)]
-        try await withScheduler(agents: agents) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [
                 NewTask(customID: "x", agent: "", payload: json(["fail": "again", "retryable": true]), maxAttempts: 0),
             ]))

@@ -5,7 +5,7 @@ import Testing
 
 @testable import FanoutScheduler
 
-@Suite struct ProgressEventTests {
+@Suite(.postgresServer) struct ProgressEventTests {
     func distinct(_ values: [Double]) -> [Double] { Array(Set(values)).sorted() }
 
     /// k × 100 / units for k in 1...units: every value progress takes when each unit is reported.
@@ -25,9 +25,9 @@ import Testing
         return progress
     }
 
-    @Test func maxTurnsProgressMovesEveryTurnAndEndsAtHundred() async throws {
+    @Test(arguments: StoreKind.allCases) func maxTurnsProgressMovesEveryTurnAndEndsAtHundred(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxTurns: 4)]
-        try await withScheduler(agents: agents) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
             let payload = json(["turns": 4, "delay_ms": 5])
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(6, payload: { _ in payload })))
             #expect(batch.progress.maxTurns == 4)
@@ -48,9 +48,9 @@ import Testing
         }
     }
 
-    @Test func everyTurnIsAProgressStepWithoutCoalescing() async throws {
+    @Test(arguments: StoreKind.allCases) func everyTurnIsAProgressStepWithoutCoalescing(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxTurns: 4)]
-        try await withScheduler(agents: agents, configure: { $0.progressIntervalMs = 0 }) { scheduler, _ in
+        try await withScheduler(on: kind, agents: agents, configure: { $0.progressIntervalMs = 0 }) { scheduler, _ in
             let payload = json(["turns": 4, "delay_ms": 2])
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(5, payload: { _ in payload })))
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
@@ -64,9 +64,9 @@ import Testing
         }
     }
 
-    @Test func turnsBeyondMaxTurnsAreCapped() async throws {
+    @Test(arguments: StoreKind.allCases) func turnsBeyondMaxTurnsAreCapped(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxTurns: 4)]
-        try await withScheduler(agents: agents, configure: { $0.progressIntervalMs = 0 }) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents, configure: { $0.progressIntervalMs = 0 }) { scheduler, store in
             let payload = json(["turns": 6, "delay_ms": 1])
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2, payload: { _ in payload })))
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
@@ -80,9 +80,9 @@ import Testing
         }
     }
 
-    @Test func fewerTurnsThanMaxTurnsJumpToDoneAtTheEnd() async throws {
+    @Test(arguments: StoreKind.allCases) func fewerTurnsThanMaxTurnsJumpToDoneAtTheEnd(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", maxTurns: 4)]
-        try await withScheduler(agents: agents, globalConcurrency: 1, configure: { $0.progressIntervalMs = 0 }) { scheduler, _ in
+        try await withScheduler(on: kind, agents: agents, globalConcurrency: 1, configure: { $0.progressIntervalMs = 0 }) { scheduler, _ in
             let payload = json(["turns": 1, "delay_ms": 1])
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(2, payload: { _ in payload })))
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
@@ -92,8 +92,8 @@ import Testing
         }
     }
 
-    @Test func withoutMaxTurnsProgressCountsFinishedTasks() async throws {
-        try await withScheduler(globalConcurrency: 1, configure: { $0.progressIntervalMs = 0 }) { scheduler, store in
+    @Test(arguments: StoreKind.allCases) func withoutMaxTurnsProgressCountsFinishedTasks(on kind: StoreKind) async throws {
+        try await withScheduler(on: kind, globalConcurrency: 1, configure: { $0.progressIntervalMs = 0 }) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: [
                 NewTask(customID: "a", agent: "", payload: []),
                 NewTask(customID: "b", agent: "", payload: json(["fail": "no"])),
@@ -108,8 +108,8 @@ import Testing
         }
     }
 
-    @Test func coalescedProgressStillAlwaysReachesHundred() async throws {
-        try await withScheduler(configure: { $0.progressIntervalMs = 10_000 }) { scheduler, _ in
+    @Test(arguments: StoreKind.allCases) func coalescedProgressStillAlwaysReachesHundred(on kind: StoreKind) async throws {
+        try await withScheduler(on: kind, configure: { $0.progressIntervalMs = 10_000 }) { scheduler, _ in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(50)))
             let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             let progress = checkProgressStream(events)

@@ -1,8 +1,10 @@
 import FanoutCore
+import FanoutPostgresStore
 import FanoutRunners
 import FanoutStore
 import FanoutTestSupport
 import Foundation
+import Logging
 import Synchronization
 import Testing
 
@@ -24,6 +26,41 @@ func withScheduler<T>(
                             workerPool: workerPool, configure: configure, body)
 }
 
+/// The stores a test can run on: the suites that run on both carry `.postgresServer`.
+enum StoreKind: String, CaseIterable, Sendable {
+    case sqlite, postgres
+}
+
+/// A started scheduler over a fresh store of `kind` (a SQLite file, or a database of its own on
+/// the suite's PostgreSQL server); shut down afterwards even when `body` throws.
+@discardableResult
+func withScheduler<T: Sendable>(
+    on kind: StoreKind,
+    agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo")],
+    globalConcurrency: Int = 64,
+    runners: [String: any Runner]? = nil,
+    configure: (inout SchedulerConfiguration) -> Void = { _ in },
+    _ body: (Scheduler, any Store) async throws -> T
+) async throws -> T {
+    switch kind {
+    case .sqlite:
+        return try await withScheduler(agents: agents, globalConcurrency: globalConcurrency, runners: runners, configure: configure) {
+            scheduler, store in try await body(scheduler, store)
+        }
+    case .postgres:
+        let server = try PostgresTestServer.current()
+        let database = "s_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(20)
+        try await server.createDatabase(named: database)
+        var logger = Logger(label: "fanout.test.postgres")
+        logger.logLevel = .warning
+        let store = PostgresStore(location: try PostgresLocation(url: server.connectionURL(database: database)), logger: logger)
+        return try await store.withRunning {
+            try await runScheduler(on: store, agents: agents, globalConcurrency: globalConcurrency, runners: runners, workerPool: nil,
+                                   configure: configure, body)
+        }
+    }
+}
+
 /// The same over a store built on the SQLite file (a fault-injecting wrapper, say).
 @discardableResult
 func withScheduler<S: Store, T>(
@@ -36,22 +73,30 @@ func withScheduler<S: Store, T>(
     _ body: (Scheduler, S) async throws -> T
 ) async throws -> T {
     try await withTemporaryDirectory { directory in
-        let store = makeStore(try SQLiteStore(path: directory + "/fanout.db"))
-        var configuration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
-        configuration.backoff = Backoff(baseMs: 10, maxMs: 50)
-        configuration.storeRetry = Backoff(baseMs: 5, maxMs: 20)
-        configure(&configuration)
-        let runnerMap = runners ?? Dictionary(uniqueKeysWithValues: agents.map { ($0.name, EchoRunner() as any Runner) })
-        let scheduler = try Scheduler(store: store, configuration: configuration, runners: runnerMap, workerPool: workerPool)
-        try scheduler.start()
-        do {
-            let value = try await body(scheduler, store)
-            await scheduler.shutdown()
-            return value
-        } catch {
-            await scheduler.shutdown()
-            throw error
-        }
+        try await runScheduler(on: makeStore(try SQLiteStore(path: directory + "/fanout.db")), agents: agents,
+                               globalConcurrency: globalConcurrency, runners: runners, workerPool: workerPool, configure: configure, body)
+    }
+}
+
+/// Starts a scheduler on `store` with the tests' short backoffs, runs `body`, shuts it down.
+private func runScheduler<S: Store, T>(
+    on store: S, agents: [AgentConfiguration], globalConcurrency: Int, runners: [String: any Runner]?, workerPool: WorkerPool?,
+    configure: (inout SchedulerConfiguration) -> Void, _ body: (Scheduler, S) async throws -> T
+) async throws -> T {
+    var configuration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
+    configuration.backoff = Backoff(baseMs: 10, maxMs: 50)
+    configuration.storeRetry = Backoff(baseMs: 5, maxMs: 20)
+    configure(&configuration)
+    let runnerMap = runners ?? Dictionary(uniqueKeysWithValues: agents.map { ($0.name, EchoRunner() as any Runner) })
+    let scheduler = try Scheduler(store: store, configuration: configuration, runners: runnerMap, workerPool: workerPool)
+    try scheduler.start()
+    do {
+        let value = try await body(scheduler, store)
+        await scheduler.shutdown()
+        return value
+    } catch {
+        await scheduler.shutdown()
+        throw error
     }
 }
 
@@ -87,7 +132,7 @@ func eventsUntilBatchEnds(_ scheduler: Scheduler, batch: BatchID, owner: String 
     }
 }
 
-func allEvents(_ store: SQLiteStore, _ filter: EventFilter = EventFilter(ownerID: "")) async throws -> [EventRecord] {
+func allEvents(_ store: any Store, _ filter: EventFilter = EventFilter(ownerID: "")) async throws -> [EventRecord] {
     try await store.events(after: 0, upTo: nil, filter: filter, limit: 1_000_000)
 }
 

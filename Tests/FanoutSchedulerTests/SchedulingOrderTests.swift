@@ -5,6 +5,7 @@ import Testing
 
 @testable import FanoutScheduler
 
+// SQLite only: on a shared store the order across batches also depends on when each batch's claim answers.
 @Suite struct SchedulingOrderTests {
     static func task(_ id: String, priority: Int32 = 0, agent: String = "") -> NewTask {
         NewTask(customID: id, agent: agent, payload: [], priority: priority)

@@ -6,15 +6,16 @@ import Testing
 
 @testable import FanoutScheduler
 
-@Suite struct SubscriptionTests {
+@Suite(.postgresServer) struct SubscriptionTests {
     func isContiguous(_ sequences: [EventSequence]) -> Bool {
         zip(sequences, sequences.dropFirst()).allSatisfy { $1 == $0 + 1 }
     }
 
-    @Test func replayThenLiveHasNoGapAndNoDuplicate() async throws {
+    @Test(arguments: StoreKind.allCases) func replayThenLiveHasNoGapAndNoDuplicate(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4)]
-        try await withScheduler(agents: agents) { scheduler, store in
-            let payload = json(["delay_ms": 4])
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
+            // Slow enough that a loaded machine still joins mid-batch (about 0.5 s in all).
+            let payload = json(["delay_ms": 25])
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(80, payload: { _ in payload })))
             // Join mid-batch, several times, each starting a little behind the log so the replay has work to do.
             var subscriptions: [(since: EventSequence, task: Task<[EventRecord], any Error>)] = []
@@ -45,9 +46,9 @@ import Testing
         }
     }
 
-    @Test func filteredSubscriptionsSeeExactlyTheirEvents() async throws {
+    @Test(arguments: StoreKind.allCases) func filteredSubscriptionsSeeExactlyTheirEvents(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 3)]
-        try await withScheduler(agents: agents) { scheduler, store in
+        try await withScheduler(on: kind, agents: agents) { scheduler, store in
             let payload = json(["delay_ms": 2])
             let aliceSub = Task {
                 try await collectEvents(scheduler, EventFilter(ownerID: "alice"), since: 0) { $0.kind == .batchCompleted }

@@ -37,7 +37,7 @@ final class BudgetRecordingRunner: Runner {
         let agents = [AgentConfiguration(name: "flood", runner: "flood", maxTurns: 5)]
         try await withScheduler(agents: agents, runners: ["flood": TurnFloodRunner(turns: 200)]) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "flood", tasks: echoTasks(3)))
-            _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
+            _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(60))
             let turns = try await allEvents(store, EventFilter(ownerID: "alice", kinds: [.taskTurn], batchID: batch.id))
             #expect(turns.count == 15, "\(turns.count) turn events")
             #expect(Set(turns.compactMap(\.turn)) == Set(1...5))

@@ -157,8 +157,9 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
     }
 
     private func startServer() async throws {
-        // fsync and the rest off: a test cluster never has to survive a crash.
-        let options = "-k \(socketDirectory) -p \(port) -c listen_addresses='' -c fsync=off"
+        // fsync and the rest off: a test cluster never has to survive a crash. Many stores at once
+        // (each a pool of up to 20 connections, several daemons per test): more clients than the default 100.
+        let options = "-k \(socketDirectory) -p \(port) -c listen_addresses='' -c fsync=off -c max_connections=500"
             + " -c synchronous_commit=off -c full_page_writes=off"
         let result = try await runServerCommand("pg_ctl", ["-D", dataDirectory, "-l", logPath, "-w", "-o", options,
                                                            "start"])
