@@ -205,7 +205,7 @@ let package = Package(
             name: "FanoutIntegrationTests",
             dependencies: [
                 "FanoutServer", "FanoutClient", "FanoutRunners", "FanoutWire", "FanoutScheduler", "FanoutStore",
-                "FanoutTestSupport",
+                "FanoutPostgresStore", "FanoutTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import FanoutTestSupport
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -13,11 +14,11 @@ import Foundation
 import Testing
 
 /// The in-process daemon through its real socket, driven with `FanoutClient`.
-@Suite struct ClientOverSocketTests {
+@Suite(.postgresServer) struct ClientOverSocketTests {
     // MARK: 1. Multiplexing
 
-    @Test func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let first = try await client.enqueueBatch(
@@ -90,9 +91,9 @@ import Testing
 
     // MARK: 2. Chunked enqueue and paged results under a small frame limit
 
-    @Test func chunkedEnqueueAndPagedResultsUnderSmallFrameLimit() async throws {
+    @Test(arguments: StoreKind.allCases) func chunkedEnqueueAndPagedResultsUnderSmallFrameLimit(on kind: StoreKind) async throws {
         let maxFrame = 64 * 1024
-        try await withTestDaemon(configure: { $0.maxFrameBytes = maxFrame }) { daemon in
+        try await withTestDaemon(on: kind, configure: { $0.maxFrameBytes = maxFrame }) { daemon in
             // The client refuses any frame above the daemon's limit too.
             try await withClient(daemon.socketPath, maxFrameBytes: maxFrame) { client in
                 #expect(client.welcome.maxFrameBytes == UInt32(maxFrame))
@@ -146,8 +147,8 @@ import Testing
 
     // MARK: 3. Validation errors
 
-    @Test func validationErrorsCarryCodeAndMessage() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func validationErrorsCarryCodeAndMessage(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let empty = await caughtClientError { _ = try await client.enqueueBatch(ownerID: "v", agent: "echo", tasks: []) }
@@ -209,8 +210,8 @@ import Testing
 
     // MARK: 6. Subscribe resume
 
-    @Test func subscribeResumesExactlyAfterTheGivenSequence() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func subscribeResumesExactlyAfterTheGivenSequence(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let batch = try await client.enqueueBatch(
@@ -252,8 +253,8 @@ import Testing
 
     /// Resuming while the batch is still running: the replay of stored
     /// events hands over to live ones without a gap or a duplicate.
-    @Test func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     // Slow enough that events keep coming while the second subscriber replays.
@@ -279,8 +280,8 @@ import Testing
 
     // MARK: 7. Cancellation
 
-    @Test func cancelBatchIsPromptAndPublishesOneBatchCancelled() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func cancelBatchIsPromptAndPublishesOneBatchCancelled(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let slow = Array("{\"delay_ms\":5000}".utf8)
@@ -325,9 +326,9 @@ import Testing
         }
     }
 
-    @Test func enqueueTaskAnswersWithTheTaskAsEnqueued() async throws {
+    @Test(arguments: StoreKind.allCases) func enqueueTaskAnswersWithTheTaskAsEnqueued(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 5)]
-        try await withTestDaemon(agents: agents) { daemon in
+        try await withTestDaemon(on: kind, agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let task = try await client.enqueueTask(ownerID: "solo", task: TaskSpec(
@@ -349,12 +350,12 @@ import Testing
         }
     }
 
-    @Test func cancelTaskOnAPendingTaskLetsTheBatchComplete() async throws {
+    @Test(arguments: StoreKind.allCases) func cancelTaskOnAPendingTaskLetsTheBatchComplete(on kind: StoreKind) async throws {
         let agents = [
             AgentConfiguration(name: "echo", runner: "echo", concurrency: 32),
             AgentConfiguration(name: "serial", runner: "echo", concurrency: 1),
         ]
-        try await withTestDaemon(agents: agents) { daemon in
+        try await withTestDaemon(on: kind, agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     // The first task runs long enough that the last is still pending when the cancel
@@ -504,8 +505,8 @@ import Testing
 
     // MARK: 9. Socket file
 
-    @Test func socketFileIsPrivate() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func socketFileIsPrivate(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             let mode = try #require(fileMode(daemon.socketPath))
             #expect((mode & S_IFMT) == S_IFSOCK)
             #expect(mode & 0o777 == 0o600, "mode is \(String(mode & 0o777, radix: 8))")

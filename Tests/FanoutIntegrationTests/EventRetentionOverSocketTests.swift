@@ -36,7 +36,7 @@ import Testing
 
                     // What the daemon's commit loop does with a small retention, done at once.
                     let keep = 6
-                    #expect(try daemon.store.trimEvents(keepingLast: keep, olderThan: nil, limit: 10_000) == all.count - keep)
+                    #expect(try daemon.store.writer.trimEvents(keepingLast: keep, olderThan: nil, limit: 10_000) == all.count - keep)
                     let first = UInt64(try #require(try await daemon.store.firstEventSequence()))
                     #expect(first == all[all.count - keep].sequence)
 

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import FanoutTestSupport
 import Glibc
 #elseif canImport(Musl)
 import Musl
@@ -25,6 +26,7 @@ import Testing
 /// Starts a `TestDaemon`, runs `body`, and stops the daemon (removing its
 /// directory) whether `body` returned or threw.
 func withTestDaemon<T: Sendable>(
+    on kind: StoreKind = .sqlite,
     agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)],
     globalConcurrency: Int = 64,
     runners: [String: any Runner] = [:],
@@ -32,8 +34,8 @@ func withTestDaemon<T: Sendable>(
     configure: (inout ServerConfiguration) -> Void = { _ in },
     _ body: (TestDaemon) async throws -> T
 ) async throws -> T {
-    let daemon = try await TestDaemon(agents: agents, globalConcurrency: globalConcurrency, runners: runners, workerPool: workerPool,
-                                      configure: configure)
+    let daemon = try await TestDaemon(on: kind, agents: agents, globalConcurrency: globalConcurrency, runners: runners,
+                                      workerPool: workerPool, configure: configure)
     do {
         let value = try await body(daemon)
         await daemon.stop()

@@ -1,4 +1,5 @@
 import FanoutClient
+import FanoutPostgresStore
 import FanoutRunners
 import FanoutScheduler
 import FanoutServer
@@ -8,18 +9,22 @@ import Foundation
 import Logging
 import Testing
 
-/// A real daemon in this process: SQLite file and Unix socket in a fresh
-/// temporary directory (short path, under the 108-byte sun_path limit).
+/// A real daemon in this process: its Unix socket in a fresh temporary directory (short path,
+/// under the 108-byte sun_path limit), its store a SQLite file there or a database of its own on
+/// the suite's PostgreSQL server.
 final class TestDaemon: Sendable {
     let directory: String
     let socketPath: String
     let databasePath: String
-    let store: SQLiteStore
+    let store: any Store
     let scheduler: Scheduler
     let server: FanoutServer
     private let runTask: Task<Void, any Error>
+    /// PostgreSQL: the task keeping the store's pool running until `stop`, and what ends it.
+    private let storeLife: (task: Task<Void, any Error>, stop: AsyncStream<Void>.Continuation)?
 
     init(
+        on kind: StoreKind = .sqlite,
         agents: [AgentConfiguration] = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)],
         globalConcurrency: Int = 64,
         runners explicitRunners: [String: any Runner] = [:],
@@ -30,7 +35,31 @@ final class TestDaemon: Sendable {
         directory = existing ?? TestDaemon.makeDirectory()
         socketPath = directory + "/d.sock"
         databasePath = directory + "/fanout.db"
-        store = try SQLiteStore(path: databasePath)
+        switch kind {
+        case .sqlite:
+            store = try SQLiteStore(path: databasePath)
+            storeLife = nil
+        case .postgres:
+            let postgres = try await PostgresTestServer.current().makeStore()
+            // The pool runs in a task of its own until `stop`; it says when the store is ready, or why not.
+            let (ready, readied) = AsyncStream<(any Error)?>.makeStream()
+            let (stopped, stop) = AsyncStream<Void>.makeStream()
+            let task = Task {
+                do {
+                    try await postgres.withRunning {
+                        readied.yield(nil)
+                        for await _ in stopped {}
+                    }
+                } catch {
+                    readied.yield(error)
+                    throw error
+                }
+            }
+            var answers = ready.makeAsyncIterator()
+            if case .some(.some(let error)) = await answers.next() { throw error }
+            store = postgres
+            storeLife = (task, stop)
+        }
         var schedulerConfiguration = SchedulerConfiguration(globalConcurrency: globalConcurrency, agents: agents)
         schedulerConfiguration.backoff = .init(baseMs: 10, maxMs: 50)
         var runners: [String: any Runner] = [:]
@@ -57,6 +86,10 @@ final class TestDaemon: Sendable {
         server.shutdown()
         _ = try? await runTask.value
         await scheduler.shutdown()
+        if let storeLife {
+            storeLife.stop.finish()
+            _ = try? await storeLife.task.value
+        }
         if removeFiles { try? FileManager.default.removeItem(atPath: directory) }
     }
 }

@@ -1,6 +1,7 @@
 import FanoutCore
 import FanoutRunners
 import FanoutStore
+import FanoutTestSupport
 import Foundation
 import Synchronization
 import Testing

@@ -1,5 +1,6 @@
 import FanoutCore
 import FanoutStore
+import FanoutTestSupport
 import Foundation
 import Testing
 

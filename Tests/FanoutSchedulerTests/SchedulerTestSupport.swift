@@ -26,11 +26,6 @@ func withScheduler<T>(
                             workerPool: workerPool, configure: configure, body)
 }
 
-/// The stores a test can run on: the suites that run on both carry `.postgresServer`.
-enum StoreKind: String, CaseIterable, Sendable {
-    case sqlite, postgres
-}
-
 /// A started scheduler over a fresh store of `kind` (a SQLite file, or a database of its own on
 /// the suite's PostgreSQL server); shut down afterwards even when `body` throws.
 @discardableResult
@@ -48,12 +43,7 @@ func withScheduler<T: Sendable>(
             scheduler, store in try await body(scheduler, store)
         }
     case .postgres:
-        let server = try PostgresTestServer.current()
-        let database = "s_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(20)
-        try await server.createDatabase(named: database)
-        var logger = Logger(label: "fanout.test.postgres")
-        logger.logLevel = .warning
-        let store = PostgresStore(location: try PostgresLocation(url: server.connectionURL(database: database)), logger: logger)
+        let store = try await PostgresTestServer.current().makeStore()
         return try await store.withRunning {
             try await runScheduler(on: store, agents: agents, globalConcurrency: globalConcurrency, runners: runners, workerPool: nil,
                                    configure: configure, body)
