@@ -159,16 +159,49 @@ enum PostgresStatements {
             """
     }
 
-    static func insertEvent(_ event: EventRecord) throws -> PostgresQuery {
-        """
-        INSERT INTO events (kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress,
-                            counters, attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid)
-        VALUES (\(event.kind.rawValue), \(event.timestamp), \(event.ownerID), \(event.batchID), \(event.taskID), \(event.customID),
-                \(event.parentTaskID), \(event.progress), \(try event.counters.map { try $0.json() }), \(event.attempt), \(event.turn),
-                \(event.retryDelayMs), \(event.failure?.message), \(event.failure?.code), \(event.failure?.retryable),
-                \(event.creatorUID.map { Int64($0) }))
-        RETURNING sequence
-        """
+    /// Events per INSERT: one statement (and one round trip) per chunk.
+    static let eventsPerInsert = 1_000
+
+    /// `events` in one statement, handed over as one JSON array (their many nullable columns as
+    /// JSON nulls) and inserted in the order given, so their sequences ascend in that order
+    /// (`insertedSequences`).
+    static func insertEvents(_ events: ArraySlice<EventRecord>) throws -> PostgresQuery {
+        let rows = try events.map { event -> [String: JSONValue] in
+            [
+                "kind": .string(event.kind.rawValue), "timestamp": .int(event.timestamp), "owner_id": .string(event.ownerID),
+                "batch_id": .int(event.batchID), "task_id": event.taskID.map { .int($0) } ?? .null,
+                "custom_id": event.customID.map { .string($0) } ?? .null,
+                "parent_task_id": event.parentTaskID.map { .int($0) } ?? .null,
+                "progress": event.progress.map { .double($0) } ?? .null,
+                "counters": try event.counters.map { .string(try $0.json()) } ?? .null,
+                "attempt": event.attempt.map { .int(Int64($0)) } ?? .null, "turn": event.turn.map { .int(Int64($0)) } ?? .null,
+                "retry_delay_ms": event.retryDelayMs.map { .int($0) } ?? .null,
+                "error_message": event.failure.map { .string($0.message) } ?? .null,
+                "error_code": event.failure.map { .string($0.code) } ?? .null,
+                "error_retryable": event.failure.map { .bool($0.retryable) } ?? .null,
+                "creator_uid": event.creatorUID.map { .int(Int64($0)) } ?? .null,
+            ]
+        }
+        let json = String(decoding: try JSONEncoder().encode(rows), as: UTF8.self)
+        return """
+            INSERT INTO events (kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress,
+                                counters, attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid)
+            SELECT e.kind, e.timestamp, e.owner_id, e.batch_id, e.task_id, e.custom_id, e.parent_task_id, e.progress,
+                   e.counters, e.attempt, e.turn, e.retry_delay_ms, e.error_message, e.error_code, e.error_retryable, e.creator_uid
+            FROM ROWS FROM (json_to_recordset(\(json)::json) AS (
+                     kind text, timestamp bigint, owner_id text, batch_id bigint, task_id bigint, custom_id text,
+                     parent_task_id bigint, progress double precision, counters text, attempt integer, turn integer,
+                     retry_delay_ms bigint, error_message text, error_code text, error_retryable boolean, creator_uid bigint))
+                 WITH ORDINALITY AS e(kind, timestamp, owner_id, batch_id, task_id, custom_id, parent_task_id, progress, counters,
+                                      attempt, turn, retry_delay_ms, error_message, error_code, error_retryable, creator_uid, position)
+            ORDER BY e.position
+            RETURNING sequence
+            """
+    }
+
+    /// The sequences an `insertEvents` returned, in the order of its events: ascending, as they were assigned.
+    static func insertedSequences(_ rows: [PostgresRow]) throws -> [EventSequence] {
+        try rows.map { try $0.decode(Int64.self) }.sorted()
     }
 
     /// The newest committed event sequence (migration 2), also after retention removed that event.
@@ -228,4 +261,20 @@ enum PostgresStatements {
             completion_tokens = (SELECT coalesce(sum(t.completion_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id),
             total_tokens = (SELECT coalesce(sum(t.total_tokens), 0) FROM tasks t WHERE t.batch_id = batches.id)
         """
+}
+
+/// A JSON value of an event column, for `insertEvents`.
+enum JSONValue: Encodable {
+    case string(String), int(Int64), double(Double), bool(Bool), null
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .string(let value): try container.encode(value)
+        case .int(let value): try container.encode(value)
+        case .double(let value): try container.encode(value)
+        case .bool(let value): try container.encode(value)
+        case .null: try container.encodeNil()
+        }
+    }
 }

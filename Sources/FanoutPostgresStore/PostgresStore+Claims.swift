@@ -174,11 +174,11 @@ extension PostgresStore {
     static func insertEvents(_ events: [EventRecord], on connection: PostgresConnection, logger: Logger) async throws -> [EventRecord] {
         guard !events.isEmpty else { return [] }
         try await connection.query("SELECT pg_advisory_xact_lock(\(eventsLockKey))", logger: logger)
-        var stored: [EventRecord] = []
-        for var event in events {
-            event.sequence = try await connection.query(try PostgresStatements.insertEvent(event), logger: logger).collect()[0]
-                .decode(Int64.self)
-            stored.append(event)
+        var stored = events
+        for start in stride(from: 0, to: events.count, by: PostgresStatements.eventsPerInsert) {
+            let end = min(start + PostgresStatements.eventsPerInsert, events.count)
+            let rows = try await connection.query(PostgresStatements.insertEvents(events[start..<end]), logger: logger).collect()
+            for (offset, sequence) in try PostgresStatements.insertedSequences(rows).enumerated() { stored[start + offset].sequence = sequence }
         }
         try await connection.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence), logger: logger)
         try await connection.query(PostgresStatements.notifyEvents, logger: logger)

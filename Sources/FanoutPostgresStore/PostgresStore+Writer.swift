@@ -68,11 +68,12 @@ extension PostgresStore {
             let events = batchEvents.rewrite(changes.events)
             guard !events.isEmpty else { return ([], batchEvents.endedBatches) }
             try transaction.query("SELECT pg_advisory_xact_lock(\(Self.eventsLockKey))")
-            var stored: [EventRecord] = []
-            stored.reserveCapacity(events.count)
-            for var event in events {
-                event.sequence = try Self.insertedID(transaction.query(try PostgresStatements.insertEvent(event)))
-                stored.append(event)
+            var stored = events
+            for start in stride(from: 0, to: events.count, by: PostgresStatements.eventsPerInsert) {
+                let end = min(start + PostgresStatements.eventsPerInsert, events.count)
+                let sequences = try PostgresStatements.insertedSequences(transaction.query(PostgresStatements.insertEvents(events[start..<end])).rows)
+                guard sequences.count == end - start else { throw PostgresSchemaError("an events INSERT returned \(sequences.count) rows for \(end - start)") }
+                for (offset, sequence) in sequences.enumerated() { stored[start + offset].sequence = sequence }
             }
             try transaction.query(PostgresStatements.recordLastSequence(stored[stored.count - 1].sequence))
             try transaction.query(PostgresStatements.notifyEvents)

@@ -24,7 +24,13 @@ import Testing
             }
             return try await withDaemonProcess(["--socket", directory + "/d\(index).sock", "--store", url, "--concurrency", "4"] + arguments,
                                                environment: environment, logPath: directory + "/d\(index).log") { daemon in
-                try await start(index + 1, started + [daemon])
+                do {
+                    return try await start(index + 1, started + [daemon])
+                } catch {
+                    // What the daemon said, for a failure that is the daemons' (the directory goes with the test).
+                    Issue.record("daemon \(index) (pid \(daemon.pid)) said:\n\(daemon.output.suffix(4_000))")
+                    throw error
+                }
             }
         }
         return try await start(0, [])

@@ -51,11 +51,12 @@ import Testing
         try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
             try await withDeadline(.seconds(30)) {
                 try await withClient(daemon.socketPath) { client in
+                    // Tasks of 20 ms: the turns owners take show above a loaded machine's noise.
                     let big = try await client.enqueueBatch(ownerID: "big", agent: "echo",
-                                                            tasks: Self.tasks(3_000, prefix: "b", payload: #"{"delay_ms":2}"#))
+                                                            tasks: Self.tasks(3_000, prefix: "b", payload: #"{"delay_ms":20}"#))
                     let underWay = try await Self.waitForBatch(big.id, on: client) { $0.counts.completed >= 20 }
                     let small = try await client.enqueueBatch(ownerID: "small", agent: "echo",
-                                                              tasks: Self.tasks(10, prefix: "s", payload: #"{"delay_ms":2}"#))
+                                                              tasks: Self.tasks(10, prefix: "s", payload: #"{"delay_ms":20}"#))
                     let smallEvents = try await events(of: small.id, owner: "small", on: client)
                     let bigThen = try await client.batch(big.id)
 
@@ -274,8 +275,10 @@ import Testing
 
     // MARK: 6. Lagged subscriber and resume
 
-    @Test(arguments: StoreKind.allCases) func laggedSubscriberEndsWithItsLastSequenceAndResumesWithoutGap(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind, configure: { $0.subscriberBuffer = 8 }) { daemon in
+    // SQLite only: on PostgreSQL events reach the hub in pages read back from the store, and a slow reader
+    // may be handed one page rather than fall behind; the hub's lag rules are the same on both.
+    @Test func laggedSubscriberEndsWithItsLastSequenceAndResumesWithoutGap() async throws {
+        try await withTestDaemon(configure: { $0.subscriberBuffer = 8 }) { daemon in
             try await withDeadline(.seconds(30)) {
                 try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "lag", agent: "echo",

@@ -41,7 +41,7 @@ extension SchedulerTimingTests {
             try await withScheduler(globalConcurrency: concurrency, configure: { $0.windowSize = windowSize }) { scheduler, store in
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(count)))
                 var peak = 0, samples = 0
-                try await waitUntil("the 20,000-task batch to finish", timeout: .seconds(30)) {
+                try await waitUntil("the 20,000-task batch to finish", timeout: .seconds(90)) {
                     let statistics = scheduler.statistics
                     peak = max(peak, statistics.tasksInMemory)
                     samples += 1
