@@ -54,7 +54,8 @@ import Testing
         try await withListeningDaemon { _, socket, directory in
             try await withDeadline(.seconds(60)) {
                 try await withClient(socket) { client in
-                    let worker = try await Self.startWorker(socket, ["--agent", "slow", "--", "sh", "-c", "sleep 1; cat"],
+                    // Five seconds per task: the SIGTERM must come while the first runs, also on a loaded machine.
+                    let worker = try await Self.startWorker(socket, ["--agent", "slow", "--", "sh", "-c", "sleep 5; cat"],
                                                       directory: directory, name: "draining")
                     defer { worker.kill() }
                     try await Self.waitForWorkers(client, 1)
