@@ -12,7 +12,8 @@ enum ChildProcess {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let process = try await BackgroundProcess(executable, arguments, logPrefix: directory + "/run")
         guard let status = await process.waitForExit(seconds: timeoutSeconds) else {
-            process.stop()
+            // SIGKILL: a program that is stuck may be stuck ignoring SIGTERM too.
+            process.kill()
             Issue.record("\(executable) \(arguments.joined(separator: " ")) did not finish within \(timeoutSeconds) s")
             return (await process.exitStatus(), process.output, process.errors)
         }

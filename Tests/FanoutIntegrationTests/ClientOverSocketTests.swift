@@ -14,11 +14,11 @@ import Foundation
 import Testing
 
 /// The in-process daemon through its real socket, driven with `FanoutClient`.
-@Suite(.postgresServer) struct ClientOverSocketTests {
+@Suite struct ClientOverSocketTests {
     // MARK: 1. Multiplexing
 
-    @Test(arguments: StoreKind.allCases) func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind) { daemon in
+    @Test func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription() async throws {
+        try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let first = try await client.enqueueBatch(
@@ -91,9 +91,9 @@ import Testing
 
     // MARK: 2. Chunked enqueue and paged results under a small frame limit
 
-    @Test(arguments: StoreKind.allCases) func chunkedEnqueueAndPagedResultsUnderSmallFrameLimit(on kind: StoreKind) async throws {
+    @Test func chunkedEnqueueAndPagedResultsUnderSmallFrameLimit() async throws {
         let maxFrame = 64 * 1024
-        try await withTestDaemon(on: kind, configure: { $0.maxFrameBytes = maxFrame }) { daemon in
+        try await withTestDaemon(configure: { $0.maxFrameBytes = maxFrame }) { daemon in
             // The client refuses any frame above the daemon's limit too.
             try await withClient(daemon.socketPath, maxFrameBytes: maxFrame) { client in
                 #expect(client.welcome.maxFrameBytes == UInt32(maxFrame))
@@ -147,8 +147,8 @@ import Testing
 
     // MARK: 3. Validation errors
 
-    @Test(arguments: StoreKind.allCases) func validationErrorsCarryCodeAndMessage(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind) { daemon in
+    @Test func validationErrorsCarryCodeAndMessage() async throws {
+        try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let empty = await caughtClientError { _ = try await client.enqueueBatch(ownerID: "v", agent: "echo", tasks: []) }
@@ -210,8 +210,8 @@ import Testing
 
     // MARK: 6. Subscribe resume
 
-    @Test(arguments: StoreKind.allCases) func subscribeResumesExactlyAfterTheGivenSequence(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind) { daemon in
+    @Test func subscribeResumesExactlyAfterTheGivenSequence() async throws {
+        try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let batch = try await client.enqueueBatch(
@@ -253,8 +253,8 @@ import Testing
 
     /// Resuming while the batch is still running: the replay of stored
     /// events hands over to live ones without a gap or a duplicate.
-    @Test(arguments: StoreKind.allCases) func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind) { daemon in
+    @Test func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap() async throws {
+        try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     // Slow enough that events keep coming while the second subscriber replays.
@@ -280,11 +280,11 @@ import Testing
 
     // MARK: 7. Cancellation
 
-    @Test(arguments: StoreKind.allCases) func cancelBatchIsPromptAndPublishesOneBatchCancelled(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind) { daemon in
+    @Test func cancelBatchIsPromptAndPublishesOneBatchCancelled() async throws {
+        try await withTestDaemon { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
-                    let slow = Array("{\"delay_ms\":5000}".utf8)
+                    let slow = Array("{\"delay_ms\":15000}".utf8)
                     let batch = try await client.enqueueBatch(
                         ownerID: "cancel", agent: "echo",
                         tasks: (0..<40).map { TaskSpec(customID: "slow-\($0)", payload: slow) })
@@ -298,7 +298,8 @@ import Testing
                     let started = clock.now
                     let cancelled = try await client.cancelBatch(batch.id)
                     let elapsed = clock.now - started
-                    #expect(elapsed < .seconds(3), "cancelBatch took \(elapsed)")
+                    // Well before the 15 s tasks would end, also on a loaded machine.
+                    #expect(elapsed < .seconds(8), "cancelBatch took \(elapsed)")
                     #expect(cancelled.status == .cancelled)
                     #expect(cancelled.counts.cancelled == 40, "\(cancelled.counts)")
                     #expect(cancelled.counts.finished == 40)
@@ -326,9 +327,9 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func enqueueTaskAnswersWithTheTaskAsEnqueued(on kind: StoreKind) async throws {
+    @Test func enqueueTaskAnswersWithTheTaskAsEnqueued() async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 5)]
-        try await withTestDaemon(on: kind, agents: agents) { daemon in
+        try await withTestDaemon(agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let task = try await client.enqueueTask(ownerID: "solo", task: TaskSpec(
@@ -350,12 +351,12 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases) func cancelTaskOnAPendingTaskLetsTheBatchComplete(on kind: StoreKind) async throws {
+    @Test func cancelTaskOnAPendingTaskLetsTheBatchComplete() async throws {
         let agents = [
             AgentConfiguration(name: "echo", runner: "echo", concurrency: 32),
             AgentConfiguration(name: "serial", runner: "echo", concurrency: 1),
         ]
-        try await withTestDaemon(on: kind, agents: agents) { daemon in
+        try await withTestDaemon(agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     // The first task runs long enough that the last is still pending when the cancel
@@ -505,8 +506,8 @@ import Testing
 
     // MARK: 9. Socket file
 
-    @Test(arguments: StoreKind.allCases) func socketFileIsPrivate(on kind: StoreKind) async throws {
-        try await withTestDaemon(on: kind) { daemon in
+    @Test func socketFileIsPrivate() async throws {
+        try await withTestDaemon { daemon in
             let mode = try #require(fileMode(daemon.socketPath))
             #expect((mode & S_IFMT) == S_IFSOCK)
             #expect(mode & 0o777 == 0o600, "mode is \(String(mode & 0o777, radix: 8))")

@@ -73,7 +73,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             try await Self.withDaemons(3, database: "three_daemons", in: directory) { daemons, sockets in
                 try await withDeadline(.seconds(90)) {
-                    let total = 2_000
+                    let total = 1_000
                     let payload = Array(#"{"delay_ms": 5}"#.utf8)
                     let batchID = try await withClient(sockets[0]) { client in
                         try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
@@ -113,7 +113,7 @@ import Testing
             try await Self.withDaemons(3, database: database, in: directory, environment: ["FANOUT_POSTGRES_LEASE_MS": "5000"]) {
                 daemons, sockets in
                 try await withDeadline(.seconds(90)) {
-                    let total = 2_000
+                    let total = 1_000
                     let payload = Array(#"{"delay_ms": 20}"#.utf8)
                     let batchID = try await withClient(sockets[0]) { client in
                         try await client.enqueueBatch(ownerID: "fleet", agent: "echo",

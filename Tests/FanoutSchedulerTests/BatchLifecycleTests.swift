@@ -99,8 +99,8 @@ extension SchedulerTimingTests {
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", deadlineAt: wallClockMs() + 300,
                                                                  tasks: echoTasks(10, payload: { payloads[$0] })))
                 let events = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
-                // Within ~one ticker period (100 ms) of the deadline, not after the 5 s tasks.
-                #expect(ContinuousClock.now - started < .seconds(2))
+                // Soon after the deadline (a ticker period, and a loaded machine's delays), not after the 5 s tasks.
+                #expect(ContinuousClock.now - started < .seconds(4))
                 #expect(events.last?.kind == .batchFailed)
                 #expect(events.filter { $0.kind == .batchFailed }.count == 1)
                 #expect(!events.contains { $0.kind == .batchCompleted || $0.kind == .batchCancelled })

@@ -35,7 +35,7 @@ import Testing
             let started = clock.now
             let running = try await scheduler.cancelTask(runningID)
             // The answer comes once the runner has stopped (well before its 10 s sleep would end).
-            #expect(clock.now - started < .seconds(3))
+            #expect(clock.now - started < .seconds(6))
             #expect(running.id == runningID)
             #expect(running.state == .cancelled)
             #expect(try await store.task(runningID, includePayload: false)?.state == .cancelled)
@@ -96,7 +96,7 @@ import Testing
             let started = clock.now
             let cancelled = try await scheduler.cancelBatch(batch.id)
             // Prompt: the running tasks' 10 s sleeps were interrupted (generous bound for loaded machines).
-            #expect(clock.now - started < .seconds(3))
+            #expect(clock.now - started < .seconds(6))
             #expect(cancelled.id == batch.id)
             #expect(cancelled.state == .cancelled)
             #expect(cancelled.counters.cancelled == 10)

@@ -62,22 +62,23 @@ public final class SpawnedProcess: Sendable {
     }
 
     /// The exit status once it has exited (128 + signal when killed, the shell's convention).
+    /// For a child known to have exited, or been signalled to: it waits for the exit, uncancellably.
     public func exitStatus() async -> Int32 {
         await exit.value
     }
 
-    /// Waits for the exit; returns its status, or nil after `seconds`.
+    /// Waits for the exit; returns its status, or nil after `seconds` (the child still running).
+    /// It looks every 20 ms rather than race `exit` in a task group: a group waits for all its
+    /// children, and awaiting `exit` does not end on cancellation, so a child that never exits
+    /// would hold the caller for ever instead of `seconds`.
     public func waitForExit(seconds: Double) async -> Int32? {
-        await withTaskGroup(of: Int32?.self) { group in
-            group.addTask { await self.exit.value }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(seconds))
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            // Exited: swift-subprocess reaps it at once, and `exit` ends with the status.
+            if !isRunning { return await exit.value }
+            try? await Task.sleep(for: .milliseconds(20))
         }
+        return nil
     }
 
     public func signal(_ number: Int32) {
