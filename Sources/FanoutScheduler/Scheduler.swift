@@ -587,35 +587,40 @@ public final class Scheduler: Service, Sendable {
     /// Takes requests from a rate limit other daemons share, then dispatches with them.
     private func askForRequests(_ order: RequestGrantOrder) {
         let store = self.store
-        Task {
-            let grant: (granted: Int, retryAfterMs: Int64)?
-            do {
-                grant = try await store.takeSharedRequests(agent: order.agent, perMinute: order.perMinute, want: order.want)
-            } catch {
-                logger.warning("taking requests from the shared rate limit failed; asking again shortly",
-                               metadata: ["agent": "\(order.agent)", "error": "\(error)"])
-                grant = nil
-            }
-            mutate { state, effects in
-                state.requestsGranted(order.agent, granted: grant?.granted, retryAfterMs: grant?.retryAfterMs ?? 500,
-                                      now: WallClock.now, effects: &effects)
-            }
+        callSharedRateLimit("taking requests from", agent: order.agent) {
+            try await store.takeSharedRequests(agent: order.agent, perMinute: order.perMinute, want: order.want)
+        } then: { grant, state, effects in
+            state.requestsGranted(order.agent, granted: grant?.granted, retryAfterMs: grant?.retryAfterMs ?? 500,
+                                  now: WallClock.now, effects: &effects)
         }
     }
 
     /// Charges tokens to (or looks at) a rate limit other daemons share.
     private func chargeTokens(_ order: TokenChargeOrder) {
         let store = self.store
+        callSharedRateLimit("charging tokens to", agent: order.agent) {
+            try await store.chargeSharedTokens(agent: order.agent, perMinute: order.perMinute, tokens: order.tokens)
+        } then: { wait, state, effects in
+            state.tokensCharged(order.agent, retryAfterMs: wait, now: WallClock.now, effects: &effects)
+        }
+    }
+
+    /// Calls the store about a shared rate limit, then hands the answer (nil when the call failed:
+    /// the state asks again shortly) to the state.
+    private func callSharedRateLimit<Answer: Sendable>(
+        _ doing: String, agent: String, _ call: @escaping @Sendable () async throws -> Answer,
+        then apply: @escaping @Sendable (Answer?, inout SchedulerState, inout Effects) -> Void
+    ) {
         Task {
-            let wait: Int64?
+            let answer: Answer?
             do {
-                wait = try await store.chargeSharedTokens(agent: order.agent, perMinute: order.perMinute, tokens: order.tokens)
+                answer = try await call()
             } catch {
-                logger.warning("charging tokens to the shared rate limit failed; looking again shortly",
-                               metadata: ["agent": "\(order.agent)", "error": "\(error)"])
-                wait = nil
+                logger.warning("\(doing) the shared rate limit failed; trying again shortly",
+                               metadata: ["agent": "\(agent)", "error": "\(error)"])
+                answer = nil
             }
-            mutate { state, effects in state.tokensCharged(order.agent, retryAfterMs: wait, now: WallClock.now, effects: &effects) }
+            mutate { state, effects in apply(answer, &state, &effects) }
         }
     }
 
