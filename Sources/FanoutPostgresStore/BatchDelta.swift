@@ -23,6 +23,7 @@ struct BatchDelta: Equatable {
 
 /// One task change as the database saw it: the task's state and turns before and after.
 struct TaskMove {
+    var taskID: TaskID
     var batchID: BatchID
     var oldState: TaskState
     var newState: TaskState
@@ -30,9 +31,10 @@ struct TaskMove {
     var newUnits: Int
     var usage: TokenUsage
 
-    /// A row of `PostgresStatements.taskChange`'s RETURNING.
+    /// A row of a `TaskChangeStatement`'s RETURNING.
     init(_ row: PostgresRow) throws {
         let cells = row.makeRandomAccess()
+        taskID = try cells["id"].decode(Int64.self)
         batchID = try cells["batch_id"].decode(Int64.self)
         let maxTurns = try cells.int("max_turns")
         func state(_ column: String) throws -> TaskState {

@@ -39,14 +39,14 @@ extension PostgresStore {
         return try writeTransaction { transaction in
             var deltas: [BatchID: BatchDelta] = [:]
             var fenced = Set<TaskID>()
-            for change in changes.tasks {
-                guard let row = try transaction.query(PostgresStatements.taskChange(change, daemon: daemonID, leaseMs: leaseMs)).rows.first
-                else {
-                    fenced.insert(change.taskID)
-                    continue
+            for statement in TaskChangeStatement.statements(for: changes.tasks, daemon: daemonID, leaseMs: leaseMs) {
+                var moved = Set<TaskID>()
+                for row in try transaction.query(statement.query).rows {
+                    let move = try TaskMove(row)
+                    moved.insert(move.taskID)
+                    deltas[move.batchID, default: BatchDelta()].add(move)
                 }
-                let move = try TaskMove(row)
-                deltas[move.batchID, default: BatchDelta()].add(move)
+                fenced.formUnion(statement.taskIDs.lazy.filter { !moved.contains($0) })
             }
             if !fenced.isEmpty {
                 logger.warning("changes to tasks another daemon has reclaimed were dropped", metadata: ["tasks": "\(fenced.sorted())"])
