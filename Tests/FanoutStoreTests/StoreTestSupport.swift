@@ -27,3 +27,22 @@ func snapshot(_ record: BatchRecord, state: BatchState, _ edit: (inout BatchCoun
     edit(&counters)
     return BatchSnapshot(id: record.id, state: state, counters: counters, progressUnits: units, startedAt: 2_000, finishedAt: nil)
 }
+
+/// A fresh store of `kind`: a SQLite file in a temporary directory, or a database of its own on
+/// the suite's PostgreSQL server (`.postgresServer`).
+func withFreshStore<T: Sendable>(on kind: StoreKind, _ body: @Sendable (any Store) async throws -> T) async throws -> T {
+    switch kind {
+    case .sqlite:
+        try await withStore { store, _ in try await body(store) }
+    case .postgres:
+        try await PostgresTestServer.current().withStore(database: "c_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(20)) {
+            try await body($0)
+        }
+    }
+}
+
+/// Reads a batch's pending tasks as the scheduler's window would: on a shared store this claims
+/// them, which a task's start and end then require.
+func claimPending(_ store: any Store, of inserted: InsertedBatch, agent: String = "echo") async throws {
+    _ = try await store.pendingTasks(batchID: inserted.batch.id, agent: agent, after: nil, limit: 100_000, inlinePayloadBytes: 0)
+}
