@@ -14,11 +14,11 @@ import Foundation
 import Testing
 
 /// The in-process daemon through its real socket, driven with `FanoutClient`.
-@Suite struct ClientOverSocketTests {
+@Suite(.postgresServer) struct ClientOverSocketTests {
     // MARK: 1. Multiplexing
 
-    @Test func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func manyConcurrentCallsShareOneConnectionWithAnOpenSubscription(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let first = try await client.enqueueBatch(
@@ -91,9 +91,9 @@ import Testing
 
     // MARK: 2. Chunked enqueue and paged results under a small frame limit
 
-    @Test func chunkedEnqueueAndPagedResultsUnderSmallFrameLimit() async throws {
+    @Test(arguments: StoreKind.allCases) func chunkedEnqueueAndPagedResultsUnderSmallFrameLimit(on kind: StoreKind) async throws {
         let maxFrame = 64 * 1024
-        try await withTestDaemon(configure: { $0.maxFrameBytes = maxFrame }) { daemon in
+        try await withTestDaemon(on: kind, configure: { $0.maxFrameBytes = maxFrame }) { daemon in
             // The client refuses any frame above the daemon's limit too.
             try await withClient(daemon.socketPath, maxFrameBytes: maxFrame) { client in
                 #expect(client.welcome.maxFrameBytes == UInt32(maxFrame))
@@ -147,8 +147,8 @@ import Testing
 
     // MARK: 3. Validation errors
 
-    @Test func validationErrorsCarryCodeAndMessage() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func validationErrorsCarryCodeAndMessage(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let empty = await caughtClientError { _ = try await client.enqueueBatch(ownerID: "v", agent: "echo", tasks: []) }
@@ -210,8 +210,8 @@ import Testing
 
     // MARK: 6. Subscribe resume
 
-    @Test func subscribeResumesExactlyAfterTheGivenSequence() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func subscribeResumesExactlyAfterTheGivenSequence(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let batch = try await client.enqueueBatch(
@@ -253,8 +253,8 @@ import Testing
 
     /// Resuming while the batch is still running: the replay of stored
     /// events hands over to live ones without a gap or a duplicate.
-    @Test func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func resumeWhileRunningHandsOverFromReplayToLiveWithoutGap(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     // Slow enough that events keep coming while the second subscriber replays.
@@ -280,8 +280,8 @@ import Testing
 
     // MARK: 7. Cancellation
 
-    @Test func cancelBatchIsPromptAndPublishesOneBatchCancelled() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func cancelBatchIsPromptAndPublishesOneBatchCancelled(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let slow = Array("{\"delay_ms\":15000}".utf8)
@@ -327,9 +327,9 @@ import Testing
         }
     }
 
-    @Test func enqueueTaskAnswersWithTheTaskAsEnqueued() async throws {
+    @Test(arguments: StoreKind.allCases) func enqueueTaskAnswersWithTheTaskAsEnqueued(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 5)]
-        try await withTestDaemon(agents: agents) { daemon in
+        try await withTestDaemon(on: kind, agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     let task = try await client.enqueueTask(ownerID: "solo", task: TaskSpec(
@@ -351,12 +351,12 @@ import Testing
         }
     }
 
-    @Test func cancelTaskOnAPendingTaskLetsTheBatchComplete() async throws {
+    @Test(arguments: StoreKind.allCases) func cancelTaskOnAPendingTaskLetsTheBatchComplete(on kind: StoreKind) async throws {
         let agents = [
             AgentConfiguration(name: "echo", runner: "echo", concurrency: 32),
             AgentConfiguration(name: "serial", runner: "echo", concurrency: 1),
         ]
-        try await withTestDaemon(agents: agents) { daemon in
+        try await withTestDaemon(on: kind, agents: agents) { daemon in
             try await withClient(daemon.socketPath) { client in
                 try await withDeadline(.seconds(20)) {
                     // The first task runs long enough that the last is still pending when the cancel
@@ -383,7 +383,20 @@ import Testing
                     #expect(cancelled.id == target.id)
                     #expect(cancelled.status == .cancelled)
 
-                    let live = try await subscriber.value
+                    // Cancelled with the test at its deadline; what the store holds then says why.
+                    let live: [Event]
+                    do {
+                        live = try await withTaskCancellationHandler { try await subscriber.value } onCancel: { subscriber.cancel() }
+                    } catch {
+                        let (store, id) = (daemon.store, Int64(batch.id))
+                        let stored = await Task.detached {
+                            let batch = try? await store.batch(id)
+                            let tasks = (try? await store.results(batchID: id, afterTaskID: 0, limit: 10, maxBytes: 1 << 20)) ?? []
+                            return "batch \(String(describing: batch)), its finished tasks \(tasks.map { "\($0.id): \($0.state)" })"
+                        }.value
+                        Issue.record("no end of batch \(id) seen (cancelled \(target.id), first started \(running)); the store holds \(stored)")
+                        throw error
+                    }
                     #expect(live.last?.type == .batchCompleted)
                     #expect(live.last?.counts?.completed == 2)
                     #expect(live.last?.counts?.cancelled == 1)
@@ -506,8 +519,8 @@ import Testing
 
     // MARK: 9. Socket file
 
-    @Test func socketFileIsPrivate() async throws {
-        try await withTestDaemon { daemon in
+    @Test(arguments: StoreKind.allCases) func socketFileIsPrivate(on kind: StoreKind) async throws {
+        try await withTestDaemon(on: kind) { daemon in
             let mode = try #require(fileMode(daemon.socketPath))
             #expect((mode & S_IFMT) == S_IFSOCK)
             #expect(mode & 0o777 == 0o600, "mode is \(String(mode & 0o777, radix: 8))")

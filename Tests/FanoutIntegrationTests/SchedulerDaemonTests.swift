@@ -226,7 +226,7 @@ enum FanoutCLI {
 
                         // A batch still running cannot be retried: FAILED_PRECONDITION, and the CLI says so.
                         let busy = try await client.enqueueBatch(ownerID: "retry", agent: "echo",
-                                                                 tasks: [TaskSpec(customID: "slow", payload: Array("{\"delay_ms\":5000}".utf8))])
+                                                                 tasks: [TaskSpec(customID: "slow", payload: Array("{\"delay_ms\":60000}".utf8))])
                         let error = await caughtClientError { _ = try await client.retryFailed(busy.id) }
                         #expect(error?.code == .failedPrecondition, "\(String(describing: error))")
                         let refused = try await FanoutCLI.run(["retry", "\(busy.id)", "--socket", socketPath])

@@ -13,7 +13,7 @@ import Testing
 ///
 /// Serialized: several of these measure time or relative progress, and on a
 /// loaded 2-core machine they would skew each other if run side by side.
-@Suite(.serialized) struct SchedulerOverSocketTests {
+@Suite(.postgresServer, .serialized) struct SchedulerOverSocketTests {
     private static func json(_ text: String) -> [UInt8] { Array(text.utf8) }
 
     private static func tasks(_ count: Int, prefix: String, payload: String) -> [TaskSpec] {
@@ -82,9 +82,9 @@ import Testing
 
     // MARK: 2. Retries, backoff, non-retryable failure
 
-    @Test func retryableFailureIsRetriedWithBackoffAndNonRetryableFailsAtOnce() async throws {
+    @Test(arguments: StoreKind.allCases) func retryableFailureIsRetriedWithBackoffAndNonRetryableFailsAtOnce(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 3)]
-        try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
+        try await withTestDaemon(on: kind, agents: agents, globalConcurrency: 4) { daemon in
             try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     // A retryable failure next to a task that succeeds.
@@ -146,9 +146,9 @@ import Testing
 
     // MARK: 3. Attempt timeout
 
-    @Test func attemptTimeoutCountsAsRetryableFailure() async throws {
+    @Test(arguments: StoreKind.allCases) func attemptTimeoutCountsAsRetryableFailure(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxAttempts: 2, timeoutMs: 100)]
-        try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
+        try await withTestDaemon(on: kind, agents: agents, globalConcurrency: 4) { daemon in
             try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let started = ContinuousClock.now
@@ -193,9 +193,9 @@ import Testing
 
     // MARK: 4. Batch deadline
 
-    @Test func completionWindowExpiresUnfinishedTasksAndFailsTheBatch() async throws {
+    @Test(arguments: StoreKind.allCases) func completionWindowExpiresUnfinishedTasksAndFailsTheBatch(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 2)]
-        try await withTestDaemon(agents: agents, globalConcurrency: 2) { daemon in
+        try await withTestDaemon(on: kind, agents: agents, globalConcurrency: 2) { daemon in
             try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let started = ContinuousClock.now
@@ -233,9 +233,9 @@ import Testing
 
     // MARK: 5. max_turns progress
 
-    @Test func turnEventsAndMonotoneProgressEndInOneBatchCompleted() async throws {
+    @Test(arguments: StoreKind.allCases) func turnEventsAndMonotoneProgressEndInOneBatchCompleted(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4, maxTurns: 4)]
-        try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
+        try await withTestDaemon(on: kind, agents: agents, globalConcurrency: 4) { daemon in
             try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "turns", agent: "echo",
@@ -342,9 +342,9 @@ import Testing
 
     // MARK: 7. Rate limit
 
-    @Test func requestsPerMinuteHoldsAfterTheBurst() async throws {
+    @Test(arguments: StoreKind.allCases) func requestsPerMinuteHoldsAfterTheBurst(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 64, requestsPerMinute: 600)]
-        try await withTestDaemon(agents: agents, globalConcurrency: 64) { daemon in
+        try await withTestDaemon(on: kind, agents: agents, globalConcurrency: 64) { daemon in
             try await withDeadline(.seconds(20)) {
                 try await withClient(daemon.socketPath) { client in
                     let batch = try await client.enqueueBatch(ownerID: "rate", agent: "echo",

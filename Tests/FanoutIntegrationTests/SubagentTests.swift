@@ -9,7 +9,7 @@ import Testing
 @Suite struct SubagentTests {
     /// A daemon with an `echo` agent and a worker pool; agents workers declare run there too.
     static func withSubagentDaemon<T: Sendable>(agents: [AgentConfiguration] = [], runners: (WorkerPool) -> [String: any Runner] = { _ in [:] },
-                                                leaseMs: Int64 = 5_000,
+                                                leaseMs: Int64 = 20_000,
                                                 _ body: @escaping @Sendable (TestDaemon) async throws -> T) async throws -> T {
         let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
         let timer = Task { try await pool.run() }

@@ -7,6 +7,7 @@ import FanoutStore
 import FanoutTestSupport
 import Foundation
 import Logging
+import Synchronization
 import Testing
 
 /// A real daemon in this process: its Unix socket in a fresh temporary directory (short path,
@@ -83,12 +84,23 @@ final class TestDaemon: Sendable {
 
     /// Stops the server and the scheduler; keeps the directory unless `removeFiles`.
     func stop(removeFiles: Bool = true) async {
+        // A stop that hangs says where, instead of leaving only a test that never ends.
+        let stage = Mutex("stopping the server")
+        let watchdog = Task { [directory] in
+            try await Task.sleep(for: .seconds(30))
+            FileHandle.standardError.write(Data("TestDaemon in \(directory): stop stuck at \(stage.withLock { $0 })\n".utf8))
+        }
+        defer { watchdog.cancel() }
         server.shutdown()
         _ = try? await runTask.value
+        stage.withLock { $0 = "shutting the scheduler down" }
         await scheduler.shutdown()
+        stage.withLock { $0 = "closing the store" }
         if let storeLife {
             storeLife.stop.finish()
             _ = try? await storeLife.task.value
+        } else {
+            (store as? SQLiteStore)?.close()
         }
         if removeFiles { try? FileManager.default.removeItem(atPath: directory) }
     }

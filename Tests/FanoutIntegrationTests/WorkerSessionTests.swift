@@ -9,7 +9,7 @@ import Testing
 /// socket), serving an agent whose runner is `worker`.
 @Suite struct WorkerSessionTests {
     /// A daemon whose agent `work` is served by workers, with the pool's lease timer running.
-    static func withWorkerDaemon<T: Sendable>(leaseMs: Int64 = 5_000, _ body: (TestDaemon) async throws -> T) async throws -> T {
+    static func withWorkerDaemon<T: Sendable>(leaseMs: Int64 = 30_000, _ body: (TestDaemon) async throws -> T) async throws -> T {
         let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
@@ -53,7 +53,7 @@ import Testing
                     while accepted < 6 || !duplicateRefused {
                         switch try await Self.next(&session) {
                         case .assignment(let task, let leaseMs, _):
-                            #expect(leaseMs == 5_000)
+                            #expect(leaseMs == 30_000)
                             #expect(task.agent == "work")
                             let answer = Array(String(decoding: task.payload, as: UTF8.self).uppercased().utf8)
                             try await session.send(Frame(streamID: 1, kind: .message(.worker(.turn(taskID: task.id, turns: 1)))))
