@@ -20,7 +20,8 @@ help:
 	@echo "                   SQLite insert and update, peak RSS, start latency idle and under a 1M-task backlog (LATENCY_SAMPLES=0"
 	@echo "                    skips it), enqueue with durability full (DURABLE_TASKS=0 skips it), the LLM row (LLM_TASKS=0 skips it),"
 	@echo "                    the worker row (WORKER_TASKS=0 skips it), run-through with 1, 2 and 3 fanoutd on one PostgreSQL it starts"
-	@echo "                    (POSTGRES_TASKS=0 skips it); every issue target marked met or not; JSON in Benchmarks/results/"
+	@echo "                    (POSTGRES_TASKS=0 skips it, POSTGRES_DAEMONS=\"3\" runs three only; each run checks every task ran once);"
+	@echo "                    every issue target marked met or not; JSON in Benchmarks/results/"
 	@echo "                   (SIZES=\"100000 1000000\" by default; BENCH_TIMEOUT=seconds per size overrides the default;"
 	@echo "                    SUBSCRIBER_SIZES=\"50000\" run alone and with a following subscriber, \"none\" to skip)"
 	@echo "  make stress       release build, then fanoutd under SIGKILLs, fuzzed frames, a following subscriber and"
@@ -85,7 +86,7 @@ bench: test-deps
 		--repo "$(CURDIR)" --fanoutd "$(CURDIR)/.build/release/fanoutd" --sizes "$(SIZES)" --subscriber-sizes "$(SUBSCRIBER_SIZES)" \
 		$(if $(BENCH_TIMEOUT),--timeout $(BENCH_TIMEOUT)) $(if $(LLM_TASKS),--llm-tasks $(LLM_TASKS)) $(if $(GATEWAY_LINES),--gateway-lines $(GATEWAY_LINES)) $(if $(WORKER_TASKS),--worker-tasks $(WORKER_TASKS)) \
 		$(if $(LATENCY_SAMPLES),--latency-samples $(LATENCY_SAMPLES)) $(if $(BACKLOG),--backlog $(BACKLOG)) $(if $(DURABLE_TASKS),--durable-tasks $(DURABLE_TASKS)) \
-		$(if $(POSTGRES_TASKS),--postgres-tasks $(POSTGRES_TASKS))
+		$(if $(POSTGRES_TASKS),--postgres-tasks $(POSTGRES_TASKS)) $(if $(POSTGRES_DAEMONS),--postgres-daemons "$(POSTGRES_DAEMONS)")
 
 STRESS_SECONDS ?= 600
 

@@ -22,17 +22,33 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     public var user: String
     public var password: String?
     public var database: String
-    /// `sslmode`: only `disable` (the default here) and `require` are understood.
-    public var requiresTLS: Bool
+    /// `sslmode`; `disable` when the URL names none.
+    public var tlsMode: TLSMode
+    /// `sslrootcert`: the certificates (PEM) a verifying mode trusts; the system's when nil.
+    public var rootCertificatePath: String?
+
+    /// `sslmode` as libpq names it. `allow` and `prefer`, which fall back to plain text without
+    /// saying so, are not offered: a daemon either encrypts or does not.
+    public enum TLSMode: String, Sendable, Equatable, CaseIterable {
+        case disable
+        /// Encrypted, the server's certificate not checked (as libpq's `require`).
+        case require
+        /// Encrypted, the certificate signed by a trusted authority, whatever host it names.
+        case verifyCA = "verify-ca"
+        /// Encrypted, the certificate trusted and naming the host connected to.
+        case verifyFull = "verify-full"
+    }
 
     public static let defaultPort = 5432
 
-    public init(endpoint: Endpoint, user: String, password: String? = nil, database: String, requiresTLS: Bool = false) {
+    public init(endpoint: Endpoint, user: String, password: String? = nil, database: String, tlsMode: TLSMode = .disable,
+                rootCertificatePath: String? = nil) {
         self.endpoint = endpoint
         self.user = user
         self.password = password
         self.database = database
-        self.requiresTLS = requiresTLS
+        self.tlsMode = tlsMode
+        self.rootCertificatePath = rootCertificatePath
     }
 
     /// Parses a `postgres://` or `postgresql://` URL; throws a message naming what is wrong.
@@ -42,7 +58,7 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
             throw PostgresLocationError("not a PostgreSQL URL: expected postgres://user@host[:port]/database, got \(Self.redacted(text))")
         }
         let parameters = Dictionary((components.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { _, last in last })
-        let known: Set<String> = ["host", "port", "user", "password", "dbname", "sslmode"]
+        let known: Set<String> = ["host", "port", "user", "password", "dbname", "sslmode", "sslrootcert"]
         if let unknown = parameters.keys.sorted().first(where: { !known.contains($0) }) {
             throw PostgresLocationError("unsupported parameter \"\(unknown)\" in the store URL (understood: \(known.sorted().joined(separator: ", ")))")
         }
@@ -65,28 +81,45 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
         database = parameters["dbname"] ?? path
         guard !database.isEmpty else { throw PostgresLocationError("the store URL names no database: postgres://user@host/DATABASE") }
-        switch parameters["sslmode"] ?? "disable" {
-        case "disable": requiresTLS = false
-        case "require": requiresTLS = true
-        case let mode: throw PostgresLocationError("unsupported sslmode \"\(mode)\" (understood: disable, require)")
+        let mode = parameters["sslmode"] ?? "disable"
+        guard let tlsMode = TLSMode(rawValue: mode) else {
+            throw PostgresLocationError("unsupported sslmode \"\(mode)\" (understood: \(TLSMode.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        self.tlsMode = tlsMode
+        rootCertificatePath = parameters["sslrootcert"].flatMap { $0.isEmpty ? nil : $0 }
+        if let rootCertificatePath, !FileManager.default.isReadableFile(atPath: rootCertificatePath) {
+            throw PostgresLocationError("sslrootcert \"\(rootCertificatePath)\" is not a readable file")
         }
     }
 
-    /// PostgresNIO's client configuration for this location.
-    public func clientConfiguration() -> PostgresClient.Configuration {
-        switch endpoint {
+    /// PostgresNIO's client configuration for this location: its pool of at most `poolSize`
+    /// connections, an idle one checked every `keepAliveSeconds` (a server or network that
+    /// dropped it is noticed before a call needs it).
+    public func clientConfiguration(poolSize: Int, keepAliveSeconds: Int64 = 30) -> PostgresClient.Configuration {
+        var configuration = switch endpoint {
         case let .tcp(host, port):
             PostgresClient.Configuration(host: host, port: port, username: user, password: password, database: database,
-                                         tls: requiresTLS ? .require(Self.requireTLS) : .disable)
+                                         tls: tlsConfiguration().map { .require($0) } ?? .disable)
         case let .unixSocket(path):
             PostgresClient.Configuration(unixSocketPath: path, username: user, password: password, database: database)
         }
+        configuration.options.maximumConnections = poolSize
+        configuration.options.minimumConnections = min(configuration.options.minimumConnections, poolSize)
+        configuration.options.keepAliveBehavior = .init(frequency: .seconds(keepAliveSeconds))
+        return configuration
     }
 
-    /// libpq's `sslmode=require`: encrypted, the certificate not verified (as with psql).
-    static var requireTLS: TLSConfiguration {
+    /// The TLS settings of `tlsMode` (nil: plain text). Over a Unix socket there is none, as with libpq.
+    public func tlsConfiguration() -> TLSConfiguration? {
+        guard case .tcp = endpoint else { return nil }
         var configuration = TLSConfiguration.makeClientConfiguration()
-        configuration.certificateVerification = .none
+        switch tlsMode {
+        case .disable: return nil
+        case .require: configuration.certificateVerification = .none
+        case .verifyCA: configuration.certificateVerification = .noHostnameVerification
+        case .verifyFull: configuration.certificateVerification = .fullVerification
+        }
+        if let rootCertificatePath { configuration.trustRoots = .file(rootCertificatePath) }
         return configuration
     }
 

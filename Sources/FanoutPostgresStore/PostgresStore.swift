@@ -54,14 +54,21 @@ public final class PostgresStore: Store, StoreWriter {
 
     public static let defaultLeaseMs = 30_000
 
+    /// Connections the pool (every call but the commit loop's) opens at most; the commit loop has
+    /// one more of its own.
+    public let poolSize: Int
+
+    public static let defaultPoolSize = 20
+
     public init(location: PostgresLocation, writerStatementTimeoutMs: Int = defaultWriterStatementTimeoutMs,
-                leaseMs: Int = defaultLeaseMs, logger: Logger = Logger(label: "fanout.store.postgres")) {
+                leaseMs: Int = defaultLeaseMs, poolSize: Int = defaultPoolSize, logger: Logger = Logger(label: "fanout.store.postgres")) {
         self.location = location
         self.writerStatementTimeoutMs = writerStatementTimeoutMs
         self.leaseMs = leaseMs
+        self.poolSize = poolSize
         daemonID = "\(Self.hostName)/\(getpid())/\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
         self.logger = logger
-        client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
+        client = PostgresClient(configuration: location.clientConfiguration(poolSize: poolSize), backgroundLogger: logger)
         eventLoop = MultiThreadedEventLoopGroup.singleton.any()
     }
 
@@ -213,7 +220,7 @@ public final class PostgresStore: Store, StoreWriter {
         case let .tcp(host, port):
             PostgresConnection.Configuration(
                 host: host, port: port, username: location.user, password: location.password, database: location.database,
-                tls: location.requiresTLS ? .require(try NIOSSLContext(configuration: PostgresLocation.requireTLS)) : .disable)
+                tls: try location.tlsConfiguration().map { .require(try NIOSSLContext(configuration: $0)) } ?? .disable)
         case let .unixSocket(path):
             PostgresConnection.Configuration(
                 unixSocketPath: path, username: location.user, password: location.password, database: location.database)

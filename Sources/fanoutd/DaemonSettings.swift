@@ -22,6 +22,8 @@ struct DaemonSettings {
     var postgresStatementTimeoutMs = PostgresStore.defaultWriterStatementTimeoutMs
     /// How long this daemon's claim on a task holds on PostgreSQL without renewal.
     var postgresLeaseMs = PostgresStore.defaultLeaseMs
+    /// Connections of this daemon's PostgreSQL pool at most (the commit loop has one more).
+    var postgresPoolSize = PostgresStore.defaultPoolSize
     var durability: Durability
     var logLevel: String
     var server: ServerConfiguration
@@ -55,7 +57,7 @@ struct DaemonSettings {
         case gatewayDefaultAgent = "gateway_default_agent"
         case workerLeaseMs = "worker_lease_ms", workerCancelGraceMs = "worker_cancel_grace_ms"
         case postgresStatementTimeoutMs = "postgres_statement_timeout_ms", postgresLeaseMs = "postgres_lease_ms"
-        case postgresPollMs = "postgres_poll_ms"
+        case postgresPollMs = "postgres_poll_ms", postgresPoolSize = "postgres_pool_size"
         case maxSpawnDepth = "max_spawn_depth", maxChildrenPerTask = "max_children_per_task"
 
         // One component: a snake_case name is not split on its underscores.
@@ -179,10 +181,13 @@ struct DaemonSettings {
                                                  max: SettingBounds.maxDurationMs)
         // At least a few round trips: it is renewed every third of it.
         let postgresLeaseMs = try int(.postgresLeaseMs, PostgresStore.defaultLeaseMs, min: 300, max: SettingBounds.maxDurationMs)
+        // Room for the calls that run at once: the event feed's listener, the poll, reads.
+        let postgresPoolSize = try int(.postgresPoolSize, PostgresStore.defaultPoolSize, min: 2, max: 1_000)
         return DaemonSettings(
             socketPath: socket, socketMode: server.socketMode,
             databasePath: config.string(forKey: Key.db.configKey) ?? defaultDatabasePath(environment), postgres: postgres,
-            postgresStatementTimeoutMs: postgresStatementTimeoutMs, postgresLeaseMs: postgresLeaseMs, durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
+            postgresStatementTimeoutMs: postgresStatementTimeoutMs, postgresLeaseMs: postgresLeaseMs,
+            postgresPoolSize: postgresPoolSize, durability: durability, logLevel: config.string(forKey: Key.logLevel.configKey) ?? "info",
             server: server, scheduler: scheduler, limits: limits, runnerSettings: runnerSettings, gateway: gateway,
             workers: workers)
     }

@@ -163,7 +163,8 @@ struct Daemon {
         try FanoutServer.prepareSocketPath(settings.socketPath)
         if let location = settings.postgres {
             let store = PostgresStore(location: location, writerStatementTimeoutMs: settings.postgresStatementTimeoutMs,
-                                      leaseMs: settings.postgresLeaseMs, logger: Logger(label: "fanout.store"))
+                                      leaseMs: settings.postgresLeaseMs, poolSize: settings.postgresPoolSize,
+                                      logger: Logger(label: "fanout.store"))
             // The pool runs for as long as the daemon, and past the scheduler's last commit.
             try await store.withRunning {
                 try await serve(store: store, gatewayStore: nil, where: location.description,

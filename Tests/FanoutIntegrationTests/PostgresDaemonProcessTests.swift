@@ -66,6 +66,13 @@ import Testing
                 #expect(status != nil && status != 0)
                 #expect(daemon.output.contains("postgres_lease_ms must be a whole number from 300 to"), "\(daemon.output)")
             }
+            // And so is a poll of the other daemons' work that would hammer the server.
+            try await withDaemonProcess(["--socket", directory + "/d.sock", "--store", "postgres://fanout@localhost/fanout"],
+                                        environment: ["FANOUT_POSTGRES_POLL_MS": "5"], logPath: directory + "/poll.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 20)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("postgres_poll_ms must be a whole number from 10 to"), "\(daemon.output)")
+            }
         }
     }
 }

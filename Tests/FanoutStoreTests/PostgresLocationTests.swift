@@ -1,4 +1,7 @@
 import FanoutPostgresStore
+import FanoutTestSupport
+import Foundation
+import PostgresNIO
 import Testing
 
 @Suite struct PostgresLocationTests {
@@ -16,9 +19,44 @@ import Testing
         #expect(location.database == "queue")
     }
 
-    @Test func requireTLSIsUnderstoodAndOtherModesAreRefusedByName() throws {
-        #expect(try PostgresLocation(url: "postgres://u@h/d?sslmode=require").requiresTLS)
-        #expect(throws: PostgresLocationError.self) { try PostgresLocation(url: "postgres://u@h/d?sslmode=verify-full") }
+    @Test func libpqsEncryptingModesAreUnderstoodAndTheOthersRefusedByName() throws {
+        func location(_ mode: String) throws -> PostgresLocation { try PostgresLocation(url: "postgres://u@h/d?sslmode=\(mode)") }
+        #expect(try location("disable").tlsMode == .disable && location("disable").tlsConfiguration() == nil)
+        #expect(try location("require").tlsMode == .require)
+        #expect(try location("require").tlsConfiguration()?.certificateVerification == .some(.none))
+        #expect(try location("verify-ca").tlsMode == .verifyCA)
+        #expect(try location("verify-ca").tlsConfiguration()?.certificateVerification == .noHostnameVerification)
+        #expect(try location("verify-full").tlsMode == .verifyFull)
+        #expect(try location("verify-full").tlsConfiguration()?.certificateVerification == .fullVerification)
+        // Over a Unix socket there is nothing to encrypt, as with libpq.
+        #expect(try PostgresLocation(url: "postgres://u@/d?host=/run/postgresql&sslmode=verify-full").tlsConfiguration() == nil)
+        // Silent fallbacks to plain text are not offered.
+        for mode in ["prefer", "allow", "verify"] {
+            #expect(throws: PostgresLocationError.self) { try PostgresLocation(url: "postgres://u@h/d?sslmode=\(mode)") }
+        }
+    }
+
+    @Test func sslrootcertNamesTheAuthoritiesToTrustAndMustBeReadable() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/ca.pem"
+            try "-----BEGIN CERTIFICATE-----\n".write(toFile: path, atomically: true, encoding: .utf8)
+            let location = try PostgresLocation(url: "postgres://u@h/d?sslmode=verify-full&sslrootcert=\(path)")
+            #expect(location.rootCertificatePath == path)
+            #expect(location.tlsConfiguration()?.trustRoots == .file(path))
+            do {
+                _ = try PostgresLocation(url: "postgres://u@h/d?sslmode=verify-full&sslrootcert=\(directory)/missing.pem")
+                Issue.record("a missing sslrootcert was accepted")
+            } catch {
+                #expect("\(error)".contains("is not a readable file"), "\(error)")
+            }
+        }
+    }
+
+    @Test func thePoolHasTheConfiguredSizeAndChecksIdleConnections() throws {
+        let configuration = try PostgresLocation(url: "postgres://u@h/d").clientConfiguration(poolSize: 7, keepAliveSeconds: 15)
+        #expect(configuration.options.maximumConnections == 7)
+        #expect(configuration.options.minimumConnections <= 7)
+        #expect(configuration.options.keepAliveBehavior?.frequency == .seconds(15))
     }
 
     @Test(arguments: [

@@ -18,7 +18,7 @@ import Testing
         let server = try PostgresTestServer.current()
         try await server.createDatabase(named: name)
         let location = try PostgresLocation(url: server.connectionURL(database: name))
-        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
+        let client = PostgresClient(configuration: location.clientConfiguration(poolSize: 4), backgroundLogger: logger)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await client.run() }
             defer { group.cancelAll() }

@@ -39,7 +39,9 @@ struct FanoutBench {
       --latency-samples N   single tasks timed from enqueue to task_started, idle and under the backlog (default 1000; 0: skip)
       --backlog N           pending tasks held while the second latency series runs; fanoutd's RSS is read then (default 1000000)
       --durable-tasks N     tasks enqueued with --durability full (default 100000; 0: skip)
-      --postgres-tasks N    zero-delay echo tasks through 1, 2 and 3 daemons on one PostgreSQL it starts (default 20000; 0: skip)
+      --postgres-tasks N    zero-delay echo tasks through 1, 2 and 3 daemons on one PostgreSQL it starts (default 20000; 0: skip);
+                            each run checks in the database that every task ran once and the counters are right
+      --postgres-daemons L  the daemon counts of those runs (default "1 2 3")
     """
 
     static func main() async {
@@ -156,8 +158,9 @@ struct FanoutBench {
 
         var postgres: PostgresResult?
         if options.postgresTasks > 0 {
-            log("PostgreSQL: \(options.postgresTasks) zero-delay echo tasks through 1, 2 and 3 daemons sharing one database...")
-            let result = await PostgresRun.run(tasks: options.postgresTasks, daemonCounts: [1, 2, 3], concurrency: 64,
+            let counts = options.postgresDaemons.map(String.init).joined(separator: ", ")
+            log("PostgreSQL: \(options.postgresTasks) zero-delay echo tasks through \(counts) daemon(s) sharing one database...")
+            let result = await PostgresRun.run(tasks: options.postgresTasks, daemonCounts: options.postgresDaemons, concurrency: 64,
                                                fanoutd: options.fanoutd)
             for run in result.runs {
                 log(run.status == "ok"
@@ -216,6 +219,7 @@ struct Options {
     var backlog = 1_000_000
     var durableTasks = 100_000
     var postgresTasks = 20_000
+    var postgresDaemons = [1, 2, 3]
     var stub = ""
 
     static func parse(_ arguments: [String]) throws -> Options {
@@ -261,6 +265,7 @@ struct Options {
             case "--backlog": options.backlog = try count(value(), "--backlog")
             case "--durable-tasks": options.durableTasks = try count(value(), "--durable-tasks")
             case "--postgres-tasks": options.postgresTasks = try count(value(), "--postgres-tasks")
+            case "--postgres-daemons": options.postgresDaemons = try parseSizes(value())
             case "--gateway-lines":
                 let text = try value()
                 guard let count = Int(text), count >= 0 else { throw BenchError("--gateway-lines: not a count: \(text)") }

@@ -16,6 +16,9 @@ struct PostgresRunResult: Codable, Sendable {
     var tasksPerSecond: Double?
     /// Tasks each daemon ran (`claimed_by`), in start order.
     var tasksPerDaemon: [Int]?
+    /// What the database says afterwards, checked: every task completed on its first attempt
+    /// and started once, the batch's counters equal a recount, one `batch_completed`.
+    var verified: Bool?
 }
 
 struct PostgresResult: Codable, Sendable {
@@ -84,6 +87,8 @@ enum PostgresRun {
                 if cells.count == 2, let pid = Int32(cells[0]), let ran = Int(cells[1]) { byPID[pid] = ran }
             }
             result.tasksPerDaemon = daemons.map { byPID[$0.pid] ?? 0 }
+            try await verify(batch: batch.id, tasks: tasks, server: server, database: database)
+            result.verified = true
             result.status = "ok"
         } catch {
             result.status = "error"
@@ -91,5 +96,23 @@ enum PostgresRun {
         }
         for daemon in daemons { _ = await daemon.stop() }
         return result
+    }
+
+    /// Each task ran exactly once and the counters are right, as the database records them.
+    private static func verify(batch: UInt64, tasks: Int, server: PostgresTestServer, database: String) async throws {
+        let facts = try await server.psql("""
+            SELECT (SELECT count(*) FROM tasks WHERE batch_id = \(batch) AND state = 'completed' AND attempt = 1),
+                   (SELECT count(*) FROM events WHERE batch_id = \(batch) AND kind = 'task_started'),
+                   (SELECT count(DISTINCT task_id) FROM events WHERE batch_id = \(batch) AND kind = 'task_started'),
+                   (SELECT count(*) FROM events WHERE batch_id = \(batch) AND kind = 'batch_completed'),
+                   (SELECT completed FROM batches WHERE id = \(batch)),
+                   (SELECT pending + running + waiting_children + retry_wait + failed + cancelled + expired FROM batches WHERE id = \(batch))
+            """, database: database)
+        let numbers = facts.split(separator: "|").map { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1 }
+        let expected = [tasks, tasks, tasks, 1, tasks, 0]
+        guard numbers == expected else {
+            throw BenchError("the database disagrees: [completed on attempt 1, task_started events, tasks started, batch_completed events, "
+                             + "completed counter, other counters] = \(numbers), expected \(expected)")
+        }
     }
 }
