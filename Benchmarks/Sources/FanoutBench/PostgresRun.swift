@@ -40,9 +40,14 @@ enum PostgresRun {
             result.error = "\(error)"
             return result
         }
-        // Daemons look for one another's work ten times a second (the default is once).
+        // Daemons look for one another's work ten times a second (the default is once), and keep
+        // every event, so the check after each run can count every task's start.
         setenv("FANOUT_POSTGRES_POLL_MS", "100", 1)
-        defer { unsetenv("FANOUT_POSTGRES_POLL_MS") }
+        setenv("FANOUT_EVENT_RETENTION_COUNT", "0", 1)
+        defer {
+            unsetenv("FANOUT_POSTGRES_POLL_MS")
+            unsetenv("FANOUT_EVENT_RETENTION_COUNT")
+        }
         for count in daemonCounts {
             let run = await runOnce(daemons: count, tasks: tasks, concurrency: concurrency, server: server, fanoutd: fanoutd)
             if run.status != "ok" { result.status = "error" }
