@@ -44,11 +44,9 @@ import Testing
 
     // MARK: 1. Fairness
 
-    // SQLite only for now: on PostgreSQL the small batch's insert waits behind the big batch's commits, which write
-    // row by row (docs/PERFORMANCE.md), and it finished after the big one.
-    @Test func smallBatchOfAnotherOwnerFinishesLongBeforeAHugeOne() async throws {
+    @Test(arguments: StoreKind.allCases) func smallBatchOfAnotherOwnerFinishesLongBeforeAHugeOne(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4)]
-        try await withTestDaemon(agents: agents, globalConcurrency: 4) { daemon in
+        try await withTestDaemon(on: kind, agents: agents, globalConcurrency: 4) { daemon in
             try await withDeadline(.seconds(30)) {
                 try await withClient(daemon.socketPath) { client in
                     // Tasks of 20 ms: the turns owners take show above a loaded machine's noise.

@@ -34,11 +34,10 @@ final class FailOnceRunner: Runner {
 }
 
 extension SchedulerTimingTests {
-    // SQLite only: it times SQLite's path (PostgreSQL writes row by row, docs/PERFORMANCE.md).
-    @Suite struct BoundedMemoryTests {
-        @Test func windowKeepsTasksInMemoryBoundedAndEveryTaskCompletesOnce() async throws {
+    @Suite(.postgresServer) struct BoundedMemoryTests {
+        @Test(arguments: StoreKind.allCases) func windowKeepsTasksInMemoryBoundedAndEveryTaskCompletesOnce(on kind: StoreKind) async throws {
             let windowSize = 64, concurrency = 4, count = 20_000
-            try await withScheduler(globalConcurrency: concurrency, configure: { $0.windowSize = windowSize }) { scheduler, store in
+            try await withScheduler(on: kind, globalConcurrency: concurrency, configure: { $0.windowSize = windowSize }) { scheduler, store in
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(count)))
                 var peak = 0, samples = 0
                 try await waitUntil("the 20,000-task batch to finish", timeout: .seconds(90)) {
@@ -285,11 +284,10 @@ extension SchedulerTimingTests {
 }
 
 extension SchedulerTimingTests {
-    // SQLite only: it times SQLite's path (PostgreSQL writes row by row, docs/PERFORMANCE.md).
-    @Suite struct LargeCancelTests {
-        @Test func cancellingATenThousandTaskBatchCancelsEachTaskOnce() async throws {
+    @Suite(.postgresServer) struct LargeCancelTests {
+        @Test(arguments: StoreKind.allCases) func cancellingATenThousandTaskBatchCancelsEachTaskOnce(on kind: StoreKind) async throws {
             let count = 10_000
-            try await withScheduler(globalConcurrency: 2) { scheduler, store in
+            try await withScheduler(on: kind, globalConcurrency: 2) { scheduler, store in
                 let slow = json(["delay_ms": 10_000])
                 // The first four are quick: they complete before the cancel and stay completed.
                 let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo",
