@@ -72,7 +72,10 @@ import Testing
                     let bigStarts = try await Self.storedEvents(of: big.id, owner: "big", on: client, types: [.taskStarted],
                                                                 since: smallFirstStart)
                         .filter { $0.sequence < smallDone }
-                    #expect(bigStarts.count <= 10 + 4 + 4, "big started \(bigStarts.count) tasks while small's 10 ran")
+                    // On PostgreSQL a batch's end goes out from the database's row, after the other events of the
+                    // commit that ended it: the starts that commit carries (up to a slot each) count too.
+                    let bound = 10 + 4 + 4 + (kind == .postgres ? 4 : 0)
+                    #expect(bigStarts.count <= bound, "big started \(bigStarts.count) tasks while small's 10 ran")
                 }
             }
         }
