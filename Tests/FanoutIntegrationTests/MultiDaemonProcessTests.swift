@@ -1,6 +1,7 @@
 import FanoutClient
 import FanoutTestSupport
 import Foundation
+import Synchronization
 import Testing
 
 /// Several real `fanoutd` processes sharing one PostgreSQL database (decision 51). One test at a
@@ -254,6 +255,86 @@ import Testing
                     let shares = try await Self.count("SELECT count(DISTINCT claimed_by) FROM tasks", database: database)
                     #expect(shares == 2, "both daemons ran tasks")
                     _ = daemons
+                }
+            }
+        }
+    }
+
+    /// What an outside harness checks: batches enqueued through three daemons, one of them killed at
+    /// a random moment (while enqueueing, claiming or running), and afterwards every accepted task
+    /// has one result, the counters equal a recount, and a subscriber on a surviving daemon saw
+    /// the owner's whole log in order, without a gap or a duplicate, one end per batch.
+    @Test func aDaemonKilledAtARandomMomentLosesNothingAndTheLogStaysGapFree() async throws {
+        let killAfterMs = Int.random(in: 0...1_200)
+        try await withTemporaryDirectory { directory in
+            let database = "random_kill"
+            try await Self.withDaemons(3, database: database, in: directory, environment: ["FANOUT_POSTGRES_LEASE_MS": "1500"]) {
+                daemons, sockets in
+                try await withDeadline(.seconds(90), "the run with a kill after \(killAfterMs) ms") {
+                    // About 2 s of work for the three daemons: the kill comes while it runs, or while it is enqueued.
+                    let perBatch = 300
+                    let payload = Array(#"{"delay_ms": 20}"#.utf8)
+                    // Following the whole owner on a daemon that stays, from before the first enqueue.
+                    let seen = Mutex<[Event]>([])
+                    let subscriber = Task {
+                        try await withClient(sockets[2]) { client in
+                            for try await event in client.subscribe(ownerID: "fleet", since: 0) { seen.withLock { $0.append(event) } }
+                        }
+                    }
+                    defer { subscriber.cancel() }
+                    // One batch through each daemon; the second is killed meanwhile, and the batch sent to it
+                    // may not have been accepted.
+                    let accepted = await withTaskGroup(of: UInt64?.self) { group in
+                        for socket in sockets {
+                            group.addTask {
+                                try? await withClient(socket) { client in
+                                    try await client.enqueueBatch(ownerID: "fleet", agent: "echo", tasks: (0..<perBatch).map {
+                                        TaskSpec(customID: "t\($0)", payload: payload)
+                                    }).id
+                                }
+                            }
+                        }
+                        group.addTask {
+                            try? await Task.sleep(for: .milliseconds(killAfterMs))
+                            daemons[1].kill()
+                            return nil
+                        }
+                        return await group.reduce(into: [UInt64]()) { if let id = $1 { $0.append(id) } }
+                    }
+                    #expect(accepted.count >= 2, "the surviving daemons accepted their batches (kill after \(killAfterMs) ms)")
+
+                    for batch in accepted {
+                        let ended = try await withClient(sockets[0]) { client in try await Self.waitForEnd(of: batch, on: client) }
+                        #expect(ended.status == .completed && ended.counts.completed == UInt32(perBatch),
+                                "batch \(batch): \(ended.status) \(ended.counts) (kill after \(killAfterMs) ms)")
+                        let results = try await Self.results(of: batch, socket: sockets[2])
+                        #expect(results.count == perBatch && Set(results.map(\.customID)).count == perBatch)
+                        #expect(results.allSatisfy { $0.status == .completed && $0.result == payload })
+                    }
+                    // Every counter equals a recount of the batch's tasks.
+                    #expect(try await Self.count("""
+                        SELECT count(*) FROM batches b WHERE state <> 'staging' AND (
+                            completed <> (SELECT count(*) FROM tasks t WHERE t.batch_id = b.id AND t.state = 'completed')
+                            OR pending + running + waiting_children + retry_wait + failed + cancelled + expired
+                               <> (SELECT count(*) FROM tasks t WHERE t.batch_id = b.id AND t.state <> 'completed'))
+                        """, database: database) == 0, "kill after \(killAfterMs) ms")
+
+                    // The subscriber has every batch's end, then the whole log up to it, in order.
+                    let ends: Set<EventType> = [.batchCompleted, .batchFailed, .batchCancelled]
+                    while seen.withLock({ events in Set(events.filter { ends.contains($0.type) }.map(\.batchID)) }).count < accepted.count {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    subscriber.cancel()
+                    let log = seen.withLock { $0 }
+                    let last = try #require(log.last?.sequence)
+                    let stored = try await PostgresTestServer.current().psql(
+                        "SELECT sequence FROM events WHERE owner_id = 'fleet' AND sequence <= \(last) ORDER BY sequence", database: database)
+                    #expect(log.map(\.sequence) == stored.split(separator: "\n").compactMap { UInt64($0) },
+                            "the subscriber's log is not the stored one (kill after \(killAfterMs) ms)")
+                    for batch in accepted {
+                        #expect(log.filter { $0.batchID == batch && ends.contains($0.type) }.count == 1)
+                    }
+                    #expect(daemons[0].isRunning && daemons[2].isRunning)
                 }
             }
         }
