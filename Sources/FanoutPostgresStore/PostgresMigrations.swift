@@ -211,6 +211,11 @@ public enum PostgresMigrations {
             // A claim is reclaimed once its lease passed and its daemon stopped beating, by the daemon's own lease.
             "ALTER TABLE daemons ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 30000",
         ]),
+        // The number of each daemon's last commit, written by that commit: a commit whose answer was
+        // lost is looked up here before it is written again (`CommitReceipts`).
+        Migration(version: 6, name: "commit receipts", statements: [
+            "CREATE TABLE commit_receipts (daemon TEXT PRIMARY KEY, last_commit BIGINT NOT NULL)",
+        ]),
     ]
 
     /// The newest schema version this build knows.

@@ -105,6 +105,7 @@ extension PostgresStore {
             try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid(), leaseMs: leaseMs),
                                        logger: logger)
             try await connection.query(ClaimStatements.forgetSilentDaemons, logger: logger)
+            try await connection.query(CommitReceipts.forgetOrphans, logger: logger)
             return try await connection.query(ClaimStatements.renewLeases(daemon: daemon, leaseMs: leaseMs), logger: logger)
                 .collect().count
         }

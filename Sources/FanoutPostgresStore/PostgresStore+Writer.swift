@@ -34,9 +34,33 @@ extension PostgresStore {
     /// the batch row takes the sums (`BatchDelta`), and the commit that leaves it nothing to run
     /// ends it and writes its terminal events (`CommittedBatchEvents`). Changes to tasks another
     /// daemon holds now are dropped, with their events.
+    ///
+    /// A commit whose answer was lost is retried by the commit loop with the same changes: its
+    /// receipt (`CommitReceipts`) says whether it was written, and a written one is not written
+    /// again. Its ended batches are then learnt by the next poll of the shared store.
     public func commitReportingEnded(_ changes: ChangeSet) throws -> (events: [EventRecord], endedBatches: [BatchRecord]) {
         guard !changes.isEmpty else { return ([], []) }
-        return try writeTransaction { transaction in
+        if let unsure = takeUnsureCommit() {
+            let written = try writeTransaction { transaction in
+                try transaction.query(CommitReceipts.last(daemon: daemonID)).rows.first?.decode(Int64.self) ?? 0
+            }
+            if written >= unsure {
+                logger.notice("a commit whose answer was lost had been written; it is not written again", metadata: ["commit": "\(unsure)"])
+                return ([], [])
+            }
+        }
+        let number = nextCommitNumber()
+        do {
+            return try write(changes, as: number)
+        } catch let lost as CommitAnswerLost {
+            markUnsure(number)
+            throw lost
+        }
+    }
+
+    private func write(_ changes: ChangeSet, as number: Int64) throws -> (events: [EventRecord], endedBatches: [BatchRecord]) {
+        try writeTransaction { transaction in
+            try transaction.query(CommitReceipts.record(number, daemon: daemonID))
             var deltas: [BatchID: BatchDelta] = [:]
             var fenced = Set<TaskID>()
             for statement in TaskChangeStatement.statements(for: changes.tasks, daemon: daemonID, leaseMs: leaseMs) {

@@ -23,7 +23,35 @@ public final class PostgresStore: Store, StoreWriter {
     private struct WriterState: ~Copyable {
         var connection: PostgresConnection?
         var closed = false
+        /// The number of this daemon's last commit, as its receipt records it (`CommitReceipts`).
+        var commitNumber: Int64 = 0
+        /// A commit whose COMMIT went out and whose answer never came: it may have been written.
+        var unsureCommit: Int64?
     }
+
+    /// Takes the next commit number.
+    func nextCommitNumber() -> Int64 {
+        writerState.withLock { state in
+            state.commitNumber += 1
+            return state.commitNumber
+        }
+    }
+
+    /// The commit whose outcome is unknown, if any, forgotten once asked for.
+    func takeUnsureCommit() -> Int64? {
+        writerState.withLock { state in
+            defer { state.unsureCommit = nil }
+            return state.unsureCommit
+        }
+    }
+
+    func markUnsure(_ number: Int64) {
+        writerState.withLock { $0.unsureCommit = number }
+    }
+
+    /// Tests only: the next COMMIT is written, and its answer then reported lost, as a connection
+    /// that breaks between the server's commit and its reply would.
+    let losesNextCommitAnswer = Atomic(false)
     private let eventLoop: any EventLoop
 
     /// Advisory lock a transaction takes before it inserts events and holds to its commit:
@@ -151,6 +179,7 @@ public final class PostgresStore: Store, StoreWriter {
             let transaction = WriterTransaction(connection: connection, logger: logger)
             _ = try? transaction.query(ClaimStatements.releasePending(daemon: daemonID, ids: nil))
             _ = try? transaction.query(ClaimStatements.forgetDaemon(daemonID))
+            _ = try? transaction.query(CommitReceipts.forgetOrphans)
         }
         let connection = writerState.withLock { state in
             state.closed = true
@@ -167,10 +196,15 @@ public final class PostgresStore: Store, StoreWriter {
     func writeTransaction<T>(_ body: (WriterTransaction) throws -> T) throws -> T {
         let connection = try writerConnectionOpened()
         let transaction = WriterTransaction(connection: connection, logger: logger)
+        var committing = false
         do {
             try transaction.execute("BEGIN")
             let value = try body(transaction)
+            committing = true
             try transaction.execute("COMMIT")
+            if losesNextCommitAnswer.exchange(false, ordering: .relaxed) {
+                throw FanoutError.unavailable("the answer to COMMIT was lost (a test's doing)")
+            }
             return value
         } catch {
             if (try? transaction.execute("ROLLBACK")) == nil {
@@ -178,6 +212,10 @@ public final class PostgresStore: Store, StoreWriter {
                 writerState.withLock { if $0.connection === connection { $0.connection = nil } }
                 // Waited for: a connection must be closed before it goes away.
                 try? (connection.close() as EventLoopFuture<Void>).wait()
+            }
+            // A server's answer to the COMMIT (a refusal) says it did not happen; no answer says nothing.
+            if committing, !(error is PSQLError && (error as! PSQLError).code == .server) {
+                throw CommitAnswerLost(error: Self.storeError(error))
             }
             throw Self.storeError(error)
         }

@@ -34,7 +34,7 @@ import Testing
             let tables = try await server.psql(
                 "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'",
                 database: "migrate_twice")
-            #expect(tables == "batches,daemons,event_log,events,fanout_migrations,file_chunks,files,gateway_batches,gateway_rejects,rate_limits,tasks")
+            #expect(tables == "batches,commit_receipts,daemons,event_log,events,fanout_migrations,file_chunks,files,gateway_batches,gateway_rejects,rate_limits,tasks")
         }
     }
 

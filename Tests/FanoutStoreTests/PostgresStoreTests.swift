@@ -137,6 +137,35 @@ import Testing
         }
     }
 
+    /// The commit loop retries a failed commit with the same changes. When only the answer to its
+    /// COMMIT was lost, the changes were written: written again, their events would be published twice.
+    @Test func aCommitWhoseAnswerWasLostIsNotWrittenTwice() async throws {
+        try await withStore("lost_answer") { store in
+            let inserted = try store.insertBatch(newBatch(count: 2), now: 1_000)
+            let (batchID, ids) = (inserted.batch.id, inserted.taskIDs)
+            #expect(try await store.pendingTasks(batchID: batchID, agent: "echo", after: nil, limit: 10, inlinePayloadBytes: 0).count == 2)
+            var changes = ChangeSet()
+            changes.tasks = [.started(ids[0], attempt: 1, at: 2_000),
+                             .finished(ids[0], state: .completed, result: [1], failure: nil, turnsCompleted: 0, at: 2_100)]
+            changes.events = [taskEvent(.taskStarted, batch: batchID, task: ids[0]), taskEvent(.taskCompleted, batch: batchID, task: ids[0])]
+
+            store.losesNextCommitAnswer.store(true, ordering: .relaxed)
+            #expect(throws: (any Error).self) { try store.commitReportingEnded(changes) }
+            // Retried as the commit loop does: nothing more is written.
+            #expect(try store.commitReportingEnded(changes).events.isEmpty)
+            #expect(try await store.events(after: 0, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).map(\.kind)
+                    == [.taskStarted, .taskCompleted])
+            #expect(try await store.batch(batchID)?.counters.completed == 1)
+
+            // A commit that failed before its COMMIT is written by its retry, once.
+            var next = ChangeSet()
+            next.tasks = [.started(ids[1], attempt: 1, at: 3_000)]
+            next.events = [taskEvent(.taskStarted, batch: batchID, task: ids[1])]
+            #expect(try store.commitReportingEnded(next).events.map(\.sequence) == [3])
+            #expect(try await store.lastEventSequence() == 3)
+        }
+    }
+
     @Test func aStagedBatchIsInvisibleUntilPublishedAndGoneWhenDiscarded() async throws {
         try await withStore("staging") { store in
             var header = newBatch(count: 0)
