@@ -13,13 +13,15 @@ enum ClaimStatements {
     /// Claims up to `limit` unclaimed pending tasks of a batch and agent, highest priority
     /// first, then oldest; rows another daemon is claiming at the same moment are skipped,
     /// not waited for. The rows come back unordered (UPDATE … RETURNING keeps no order).
+    /// `token` marks the rows this claim took, so that a claim whose answer was lost can be
+    /// given back (`releaseLostClaim`).
     static func claimPending(batchID: BatchID, agent: String, limit: Int, daemon: String, leaseMs: Int,
-                             inlinePayloadBytes: Int) -> PostgresQuery {
+                             inlinePayloadBytes: Int, token: Int64) -> PostgresQuery {
         var query = DynamicQuery("WITH claimable AS (SELECT id FROM tasks")
         query.sql += " WHERE batch_id = \(query.bind(batchID)) AND agent = \(query.bind(agent))"
         query.sql += " AND state = 'pending' AND claimed_by IS NULL"
         query.sql += " ORDER BY priority DESC, id LIMIT \(query.bind(limit)) FOR UPDATE SKIP LOCKED)"
-        query.sql += " UPDATE tasks t SET claimed_by = \(query.bind(daemon)),"
+        query.sql += " UPDATE tasks t SET claimed_by = \(query.bind(daemon)), claim_token = \(query.bind(token)),"
         query.sql += " lease_expires_at = \(serverNowMs) + \(query.bind(leaseMs))"
         query.sql += " FROM claimable c, batches b WHERE t.id = c.id AND b.id = t.batch_id"
         query.sql += """
@@ -139,6 +141,15 @@ enum ClaimStatements {
         query.sql += " WHERE claimed_by = \(query.bind(daemon)) AND state = 'pending' AND lease_expires_at IS NOT NULL"
         if let ids { query.sql += " AND id = ANY(\(query.bind(ids)))" }
         return query.query
+    }
+
+    /// The rows a claim took whose answer never reached this daemon (the connection broke, or the
+    /// call failed after the server ran it): its scheduler does not know them, so they go back.
+    static func releaseLostClaim(daemon: String, token: Int64) -> PostgresQuery {
+        """
+        UPDATE tasks SET claimed_by = NULL, lease_expires_at = NULL, claim_token = NULL
+        WHERE claimed_by = \(daemon) AND claim_token = \(token) AND state = 'pending' AND lease_expires_at IS NOT NULL
+        """
     }
 
     /// Claims whose lease passed while their task waited (pending in a window, or in retry_wait):

@@ -216,6 +216,10 @@ public enum PostgresMigrations {
         Migration(version: 6, name: "commit receipts", statements: [
             "CREATE TABLE commit_receipts (daemon TEXT PRIMARY KEY, last_commit BIGINT NOT NULL)",
         ]),
+        // Which claim took a task: the rows of a claim whose answer was lost are given back by it.
+        Migration(version: 7, name: "claim tokens", statements: [
+            "ALTER TABLE tasks ADD COLUMN claim_token BIGINT",
+        ]),
     ]
 
     /// The newest schema version this build knows.

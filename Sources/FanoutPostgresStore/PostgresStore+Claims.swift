@@ -12,15 +12,42 @@ extension PostgresStore {
     /// claimed task is no longer claimable. Highest priority first, then oldest.
     public func pendingTasks(batchID: BatchID, agent: String, after cursor: QueueCursor?, limit: Int,
                              inlinePayloadBytes: Int) async throws -> [RunnableTask] {
+        let token = Int64.random(in: 1...Int64.max)
         let claim = ClaimStatements.claimPending(batchID: batchID, agent: agent, limit: limit, daemon: daemonID,
-                                                 leaseMs: leaseMs, inlinePayloadBytes: inlinePayloadBytes)
-        let tasks = try await rows(claim).map { row in
-            let cells = row.makeRandomAccess()
-            var task = try PostgresRows.runnable(row, batchID: batchID, ownerID: try cells["owner_id"].decode(String.self), agent: agent)
-            task.payload = try cells.bytes("inline_payload")
-            return task
+                                                 leaseMs: leaseMs, inlinePayloadBytes: inlinePayloadBytes, token: token)
+        let tasks: [RunnableTask]
+        do {
+            tasks = try await rows(claim).map { row in
+                let cells = row.makeRandomAccess()
+                var task = try PostgresRows.runnable(row, batchID: batchID, ownerID: try cells["owner_id"].decode(String.self), agent: agent)
+                task.payload = try cells.bytes("inline_payload")
+                return task
+            }
+            if losesNextClaimAnswer.exchange(false, ordering: .relaxed) {
+                throw FanoutError.unavailable("the answer to a claim was lost (a test's doing)")
+            }
+        } catch {
+            // The claim may have been made with its answer lost: its rows go back, now or at the next heartbeat.
+            lostClaims.withLock { $0.append(token) }
+            await releaseLostClaims()
+            throw error
         }
         return tasks.sorted { ($0.priority, $1.id) > ($1.priority, $0.id) }
+    }
+
+    /// Gives back the rows of claims whose answer was lost; those it cannot yet are tried again later.
+    func releaseLostClaims() async {
+        let tokens = lostClaims.withLock { $0 }
+        for token in tokens {
+            do {
+                _ = try await rows(ClaimStatements.releaseLostClaim(daemon: daemonID, token: token))
+                lostClaims.withLock { $0.removeAll { $0 == token } }
+            } catch {
+                logger.warning("giving back a claim whose answer was lost failed; trying again at the next heartbeat",
+                               metadata: ["error": "\(error)"])
+                return
+            }
+        }
     }
 
     public var claimsPendingTasks: Bool { true }
@@ -100,6 +127,7 @@ extension PostgresStore {
     /// Pushes back this daemon's leases and records its heartbeat; returns how many tasks it holds.
     @discardableResult
     public func renewLeases() async throws -> Int {
+        await releaseLostClaims()
         let (daemon, leaseMs, logger) = (daemonID, leaseMs, logger)
         return try await transaction { connection in
             try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid(), leaseMs: leaseMs),

@@ -52,6 +52,11 @@ public final class PostgresStore: Store, StoreWriter {
     /// Tests only: the next COMMIT is written, and its answer then reported lost, as a connection
     /// that breaks between the server's commit and its reply would.
     let losesNextCommitAnswer = Atomic(false)
+    /// Tests only: the same for the next claim of pending tasks.
+    let losesNextClaimAnswer = Atomic(false)
+
+    /// Tokens of claims whose answer was lost and whose rows are not given back yet.
+    let lostClaims = Mutex<[Int64]>([])
     private let eventLoop: any EventLoop
 
     /// Advisory lock a transaction takes before it inserts events and holds to its commit:

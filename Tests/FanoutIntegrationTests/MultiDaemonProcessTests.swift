@@ -159,14 +159,11 @@ import Testing
             try await Self.withDaemons(2, database: database, in: directory) { daemons, sockets in
                 try await withDeadline(.seconds(60)) {
                     let slow = Array(#"{"delay_ms": 600000}"#.utf8)
-                    // Enqueued on the first daemon; either daemon may claim them (four run at a time on each).
-                    let (single, batch) = try await withClient(sockets[0]) { client in
-                        let single = try await client.enqueueTask(ownerID: "fleet", task: TaskSpec(customID: "one", agent: "echo", payload: slow))
-                        let batch = try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
-                                                                  tasks: (0..<6).map { TaskSpec(customID: "b\($0)", payload: slow) })
-                        return (single.id, batch.id)
+                    // Enqueued on the first daemon, either of which may claim it; running before the batch comes,
+                    // which would otherwise fill the slots of the daemon that claimed it.
+                    let single = try await withClient(sockets[0]) { client in
+                        try await client.enqueueTask(ownerID: "fleet", task: TaskSpec(customID: "one", agent: "echo", payload: slow)).id
                     }
-                    // The cancels go to the daemon that does not run the single task.
                     var holder = -1
                     while holder < 0 {
                         try await Task.sleep(for: .milliseconds(20))
@@ -174,6 +171,15 @@ import Testing
                             SELECT split_part(claimed_by, '/', 2) FROM tasks WHERE id = \(single) AND state = 'running'
                             """, database: database)
                     }
+                    let batch = try await withClient(sockets[0]) { client in
+                        try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
+                                                      tasks: (0..<6).map { TaskSpec(customID: "b\($0)", payload: slow) }).id
+                    }
+                    while try await Self.count("SELECT count(*) FROM tasks WHERE batch_id = \(batch) AND state = 'running'",
+                                               database: database) == 0 {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    // The cancels go to the daemon that does not run the single task.
                     let elsewhere = try #require(daemons.firstIndex { $0.pid != pid_t(holder) })
                     try await withClient(sockets[elsewhere]) { client in
                         let cancelled = try await client.cancelTask(single)

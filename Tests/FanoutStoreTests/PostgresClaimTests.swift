@@ -22,6 +22,25 @@ import Testing
         return claims
     }
 
+    /// A claim the server made but whose answer never came: the daemon does not know those tasks, and
+    /// would renew their leases for as long as it lives while nobody ran them. They go back at once.
+    @Test func theTasksOfAClaimWhoseAnswerWasLostGoBackToTheQueue() async throws {
+        try await withStore("claims_lost") { store in
+            let inserted = try store.insertBatch(newBatch(count: 5), now: 1_000)
+            store.losesNextClaimAnswer.store(true, ordering: .relaxed)
+            await #expect(throws: (any Error).self) {
+                try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 3, inlinePayloadBytes: 0)
+            }
+            #expect(try await claims(store, batch: inserted.batch.id).values.allSatisfy { $0.claimedBy == nil && !$0.leased })
+            #expect(try await store.renewLeases() == 0)
+            // Another daemon (or this one's next read) takes them all.
+            try await store.withPeer { peer in
+                let taken = try await peer.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 10, inlinePayloadBytes: 0)
+                #expect(Set(taken.map(\.id)) == Set(inserted.taskIDs))
+            }
+        }
+    }
+
     @Test func daemonsClaimingAtOnceTakeEveryTaskExactlyOnceInPriorityOrder() async throws {
         try await withStore("claims_concurrent") { store in
             let inserted = try store.insertBatch(newBatch(count: 3_000), now: 1_000)
