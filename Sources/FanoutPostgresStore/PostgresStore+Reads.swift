@@ -70,6 +70,12 @@ extension PostgresStore {
         try await rows("SELECT * FROM batches WHERE id = \(id) AND state != 'staging'").first.map(PostgresRows.batch)
     }
 
+    public func endedBatches(among ids: [BatchID]) async throws -> [BatchRecord] {
+        guard !ids.isEmpty else { return [] }
+        return try await rows("SELECT * FROM batches WHERE id = ANY(\(ids)) AND state IN ('completed', 'failed', 'cancelled')")
+            .map(PostgresRows.batch)
+    }
+
     public func batches(ownerID: String?, creatorUID: UInt32?, parentBatchID: BatchID?, limit: Int,
                         beforeID: BatchID?) async throws -> [BatchRecord] {
         var query = DynamicQuery("SELECT * FROM batches WHERE state != 'staging'")

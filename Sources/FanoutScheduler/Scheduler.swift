@@ -224,11 +224,9 @@ public final class Scheduler: Service, Sendable {
                 mutate { state, effects in _ = state.cancelTask(task, now: WallClock.now, effects: &effects) }
             }
         }
-        var ended: [BatchRecord] = []
-        for id in unlisted {
-            // Not active in the store: it ended, unless it was enqueued after the list was read.
-            if let record = try? await store.batch(id), record.state.isTerminal { ended.append(record) }
-        }
+        // Not active in the store: it ended, unless it was enqueued after the list was read (or is
+        // past the list's `limit`). One read for them all.
+        let ended = unlisted.isEmpty ? [] : (try? await store.endedBatches(among: unlisted)) ?? []
         if !ended.isEmpty {
             mutate { state, effects in state.batchesEndedInStore(ended, now: WallClock.now, effects: &effects) }
         }

@@ -80,6 +80,10 @@ public protocol Store: Sendable {
     /// closes, forgets) besides what it enqueued itself.
     func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch]
 
+    /// Those of `ids` that have ended (completed, failed, cancelled): on a shared store, batches
+    /// this daemon holds that another daemon ended.
+    func endedBatches(among ids: [BatchID]) async throws -> [BatchRecord]
+
     /// Puts a finished batch's failed (and optionally expired, cancelled) tasks back to pending,
     /// keeping the completed results.
     func reopenTasks(batchID: BatchID, states: Set<TaskState>, now: Milliseconds) async throws -> ReopenedBatch
@@ -144,6 +148,14 @@ extension Store {
     public func releaseClaims(_ ids: [TaskID]) async throws {}
 
     public func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch] { [] }
+
+    public func endedBatches(among ids: [BatchID]) async throws -> [BatchRecord] {
+        var ended: [BatchRecord] = []
+        for id in ids {
+            if let batch = try await batch(id), batch.state.isTerminal { ended.append(batch) }
+        }
+        return ended
+    }
 
     public func requestCancelElsewhere(_ id: TaskID) async throws -> Bool { false }
 

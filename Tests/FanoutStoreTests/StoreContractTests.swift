@@ -323,4 +323,24 @@ import Testing
             #expect(bobEvents.allSatisfy { $0.ownerID == "bob" && $0.taskID == bob.taskIDs[0] })
         }
     }
+
+    @Test(arguments: StoreKind.allCases) func endedBatchesAreFoundAmongOthersInOneCall(on kind: StoreKind) async throws {
+        try await withFreshStore(on: kind) { store async throws in
+            let done = try store.writer.insertBatch(newBatch(count: 1), now: 1_000)
+            let running = try store.writer.insertBatch(newBatch(count: 1), now: 1_000)
+            try await claimPending(store, of: done)
+            var changes = ChangeSet()
+            changes.tasks = [.started(done.taskIDs[0], attempt: 1, at: 2_000),
+                             .finished(done.taskIDs[0], state: .completed, result: [1], failure: nil, turnsCompleted: 0, at: 2_100)]
+            var ended = snapshot(done.batch, state: .completed, { $0.pending = 0; $0.completed = 1 }, units: 1)
+            ended.finishedAt = 2_100
+            changes.batches[done.batch.id] = ended
+            _ = try store.writer.commit(changes)
+
+            let found = try await store.endedBatches(among: [done.batch.id, running.batch.id, 999])
+            #expect(found.map(\.id) == [done.batch.id])
+            #expect(found.first?.state == .completed && found.first?.counters.completed == 1)
+            #expect(try await store.endedBatches(among: []).isEmpty)
+        }
+    }
 }
