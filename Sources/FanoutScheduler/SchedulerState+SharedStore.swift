@@ -4,13 +4,13 @@ import FanoutStore
 /// Following a store other daemons share (decision 51): each daemon runs what
 /// it claims, so it must learn of work it did not enqueue itself.
 extension SchedulerState {
+    /// The agents this daemon runs: configured ones, and those its workers declared.
+    var servedAgents: [String] { agents.keys.sorted() }
+
     /// Takes the shared store's active batches into account: adopts those with unclaimed tasks
     /// it does not hold, reads again for those it holds whose tasks were given back, and closes
     /// those cancelled (or expired) through another daemon. Returns the batches it holds that
     /// are not in the list: ended elsewhere, unless enqueued after the list was read.
-    /// The agents this daemon runs: configured ones, and those its workers declared.
-    var servedAgents: [String] { agents.keys.sorted() }
-
     mutating func follow(_ shared: [SharedBatch], now: Milliseconds, effects: inout Effects) -> [BatchID] {
         guard !stopping else { return [] }
         var listed = Set<BatchID>()

@@ -670,9 +670,9 @@ struct SchedulerState {
 
     /// Cancels one task of an active batch; `task` is its stored row. Returns
     /// false if there is nothing to do here. `onStopped` runs once it stopped.
-    @discardableResult
     /// On a shared store, a pending task outside every window is one nobody claimed (a claimed one
     /// is another daemon's, asked through the store): the cursor says nothing about it.
+    @discardableResult
     mutating func cancelTask(_ task: TaskRecord, now: Milliseconds, onStopped: (@Sendable () -> Void)? = nil,
                              effects: inout Effects) -> Bool {
         guard var batch = batches[task.batchID] else { return false }

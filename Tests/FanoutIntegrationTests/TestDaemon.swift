@@ -99,8 +99,15 @@ final class TestDaemon: Sendable {
         if let storeLife {
             storeLife.stop.finish()
             _ = try? await storeLife.task.value
-        } else {
-            (store as? SQLiteStore)?.close()
+        } else if let sqlite = store as? SQLiteStore {
+            // Its final checkpoint may wait for readers (the busy timeout): on a thread of its own, not
+            // one of the cooperative pool's two, which every test of the process shares.
+            await withCheckedContinuation { (closed: CheckedContinuation<Void, Never>) in
+                Thread {
+                    sqlite.close()
+                    closed.resume()
+                }.start()
+            }
         }
         if removeFiles { try? FileManager.default.removeItem(atPath: directory) }
     }

@@ -35,7 +35,7 @@ final class ManualClock: Sendable {
     func advance(by milliseconds: Milliseconds) { value.withLock { $0 += milliseconds } }
 }
 
-@Suite struct EventRetentionTests {
+@Suite(.postgresServer) struct EventRetentionTests {
     func appendEvents(_ queue: CommitQueue, count: Int, at timestamp: Milliseconds) {
         var changes = ChangeSet()
         for index in 0..<count {
@@ -189,12 +189,12 @@ final class ManualClock: Sendable {
         }
     }
 
-    @Test func sinceOlderThanTheLogEndsWithAGap() async throws {
-        try await withScheduler { scheduler, store in
+    @Test(arguments: StoreKind.allCases) func sinceOlderThanTheLogEndsWithAGap(on kind: StoreKind) async throws {
+        try await withScheduler(on: kind) { scheduler, store in
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(20)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: batch.id)
             let log = try await allEvents(store)
-            #expect(try store.trimEvents(keepingLast: 10, olderThan: nil, limit: 10_000) == log.count - 10)
+            #expect(try store.writer.trimEvents(keepingLast: 10, olderThan: nil, limit: 10_000) == log.count - 10)
             let first = try #require(try await store.firstEventSequence())
             #expect(first == log[log.count - 10].sequence)
             let gap = SubscriptionGap(after: 3, firstAvailable: first)
@@ -221,11 +221,11 @@ final class ManualClock: Sendable {
         }
     }
 
-    @Test func sinceZeroFollowsFromTheOldestStoredEvent() async throws {
-        try await withScheduler { scheduler, store in
+    @Test(arguments: StoreKind.allCases) func sinceZeroFollowsFromTheOldestStoredEvent(on kind: StoreKind) async throws {
+        try await withScheduler(on: kind) { scheduler, store in
             let one = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(10)))
             _ = try await eventsUntilBatchEnds(scheduler, batch: one.id)
-            _ = try store.trimEvents(keepingLast: 4, olderThan: nil, limit: 10_000)
+            _ = try store.writer.trimEvents(keepingLast: 4, olderThan: nil, limit: 10_000)
             let first = try #require(try await store.firstEventSequence())
 
             let subscription = Task {
