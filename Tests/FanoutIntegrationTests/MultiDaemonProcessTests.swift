@@ -114,7 +114,8 @@ import Testing
             try await Self.withDaemons(3, database: database, in: directory, environment: ["FANOUT_POSTGRES_LEASE_MS": "5000"]) {
                 daemons, sockets in
                 try await withDeadline(.seconds(90)) {
-                    let total = 1_000
+                    // About 3 s of work for three daemons running four at a time.
+                    let total = 2_000
                     let payload = Array(#"{"delay_ms": 20}"#.utf8)
                     let batchID = try await withClient(sockets[0]) { client in
                         try await client.enqueueBatch(ownerID: "fleet", agent: "echo",
@@ -124,7 +125,11 @@ import Testing
                     let victim = daemons[1]
                     while try await Self.count("""
                         SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND state = 'completed' AND claimed_by LIKE '%/\(victim.pid)/%'
-                        """, database: database) < 20 {
+                        """, database: database) < 5 {
+                        let pending = try await Self.count(
+                            "SELECT count(*) FROM tasks WHERE batch_id = \(batchID) AND state = 'pending'", database: database)
+                        // Not a hang if the others ran it all first: a failure that says so.
+                        try #require(pending > 100, "the batch was nearly done before the second daemon had run 5 of its tasks")
                         try await Task.sleep(for: .milliseconds(20))
                     }
                     victim.kill()

@@ -6,15 +6,15 @@ import Testing
 
 /// Subagents through the real socket: workers built on `FanoutWorker` spawn
 /// child batches, wait for them, and resume with their results.
-@Suite struct SubagentTests {
+@Suite(.postgresServer) struct SubagentTests {
     /// A daemon with an `echo` agent and a worker pool; agents workers declare run there too.
-    static func withSubagentDaemon<T: Sendable>(agents: [AgentConfiguration] = [], runners: (WorkerPool) -> [String: any Runner] = { _ in [:] },
-                                                leaseMs: Int64 = 20_000,
+    static func withSubagentDaemon<T: Sendable>(on kind: StoreKind = .sqlite, agents: [AgentConfiguration] = [],
+                                                runners: (WorkerPool) -> [String: any Runner] = { _ in [:] }, leaseMs: Int64 = 20_000,
                                                 _ body: @escaping @Sendable (TestDaemon) async throws -> T) async throws -> T {
         let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
-        return try await withTestDaemon(agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)] + agents,
+        return try await withTestDaemon(on: kind, agents: [AgentConfiguration(name: "echo", runner: "echo", concurrency: 32)] + agents,
                                         runners: runners(pool), workerPool: pool, body)
     }
 
@@ -54,9 +54,9 @@ import Testing
         }
     }
 
-    @Test func aParentSpawningTwentyChildrenResumesWithTheirResults() async throws {
+    @Test(arguments: StoreKind.allCases) func aParentSpawningTwentyChildrenResumesWithTheirResults(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withSubagentDaemon { daemon in
+            try await Self.withSubagentDaemon(on: kind) { daemon in
                 let research = WorkerAgent("research", concurrency: 2) { task in
                     let question = String(decoding: task.payload, as: UTF8.self)
                     let children = try await task.spawn((0..<20).map {
@@ -96,9 +96,9 @@ import Testing
         }
     }
 
-    @Test func cancellingAParentCancelsItsWholeSubtree() async throws {
+    @Test(arguments: StoreKind.allCases) func cancellingAParentCancelsItsWholeSubtree(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withSubagentDaemon { daemon in
+            try await Self.withSubagentDaemon(on: kind) { daemon in
                 let tree = Self.treeAgent(childrenPerNode: 2)
                 try await Self.withWorker(Self.worker(daemon, [tree])) {
                     let client = try await daemon.client()
@@ -129,9 +129,9 @@ import Testing
         }
     }
 
-    @Test func aWaitingParentsDeadlineCancelsTheRestAndResumesIt() async throws {
+    @Test(arguments: StoreKind.allCases) func aWaitingParentsDeadlineCancelsTheRestAndResumesIt(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withSubagentDaemon { daemon in
+            try await Self.withSubagentDaemon(on: kind) { daemon in
                 let sleepy = WorkerAgent("sleepy", concurrency: 4) { task in
                     if task.payload == Self.payload("quick") { return "done" }
                     try await Task.sleep(for: .seconds(600))
@@ -158,9 +158,9 @@ import Testing
         }
     }
 
-    @Test func tasksOfAnAgentWithNoWorkerWaitThenRunWhenOneConnects() async throws {
+    @Test(arguments: StoreKind.allCases) func tasksOfAnAgentWithNoWorkerWaitThenRunWhenOneConnects(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withSubagentDaemon(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 4)],
+            try await Self.withSubagentDaemon(on: kind, agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 4)],
                                               runners: { ["work": $0.runner(for: "work")] }) { daemon in
                 let client = try await daemon.client()
                 let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work",

@@ -7,13 +7,14 @@ import Testing
 
 /// A worker written against the wire protocol alone (raw frames on the
 /// socket), serving an agent whose runner is `worker`.
-@Suite struct WorkerSessionTests {
+@Suite(.postgresServer) struct WorkerSessionTests {
     /// A daemon whose agent `work` is served by workers, with the pool's lease timer running.
-    static func withWorkerDaemon<T: Sendable>(leaseMs: Int64 = 30_000, _ body: (TestDaemon) async throws -> T) async throws -> T {
+    static func withWorkerDaemon<T: Sendable>(on kind: StoreKind = .sqlite, leaseMs: Int64 = 30_000,
+                                              _ body: (TestDaemon) async throws -> T) async throws -> T {
         let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
-        return try await withTestDaemon(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 8, maxAttempts: 3)],
+        return try await withTestDaemon(on: kind, agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 8, maxAttempts: 3)],
                                         runners: ["work": pool.runner(for: "work")], workerPool: pool, body)
     }
 
@@ -38,9 +39,9 @@ import Testing
         throw RawSessionError.unexpected("the connection closed")
     }
 
-    @Test func aRawWorkerRunsTasksAndItsResultsReachClients() async throws {
+    @Test(arguments: StoreKind.allCases) func aRawWorkerRunsTasksAndItsResultsReachClients(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withWorkerDaemon { daemon in
+            try await Self.withWorkerDaemon(on: kind) { daemon in
                 let client = try await daemon.client()
                 let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work",
                                                           tasks: (0..<6).map { TaskSpec(customID: "t\($0)", payload: Array("hello \($0)".utf8)) })
@@ -85,9 +86,9 @@ import Testing
         }
     }
 
-    @Test func aWorkerThatDisconnectsHandsItsTasksBack() async throws {
+    @Test(arguments: StoreKind.allCases) func aWorkerThatDisconnectsHandsItsTasksBack(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withWorkerDaemon { daemon in
+            try await Self.withWorkerDaemon(on: kind) { daemon in
                 let client = try await daemon.client()
                 let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: [TaskSpec(customID: "only", payload: [1])])
                 try await withRawSession(daemon.socketPath) { session in
@@ -113,9 +114,9 @@ import Testing
 }
 
 extension WorkerSessionTests {
-    @Test func resultsSentJustBeforeTheWorkerLeavesAreKept() async throws {
+    @Test(arguments: StoreKind.allCases) func resultsSentJustBeforeTheWorkerLeavesAreKept(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withWorkerDaemon { daemon in
+            try await Self.withWorkerDaemon(on: kind) { daemon in
                 let client = try await daemon.client()
                 let batch = try await client.enqueueBatch(ownerID: "alice", agent: "work",
                                                           tasks: (0..<8).map { TaskSpec(customID: "t\($0)", payload: [UInt8($0)]) })
@@ -142,9 +143,9 @@ extension WorkerSessionTests {
 }
 
 extension WorkerSessionTests {
-    @Test func aCancelledTaskIsCancelledOnItsWorker() async throws {
+    @Test(arguments: StoreKind.allCases) func aCancelledTaskIsCancelledOnItsWorker(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
-            try await Self.withWorkerDaemon { daemon in
+            try await Self.withWorkerDaemon(on: kind) { daemon in
                 let client = try await daemon.client()
                 _ = try await client.enqueueBatch(ownerID: "alice", agent: "work", tasks: [TaskSpec(customID: "c", payload: [1])])
                 try await withRawSession(daemon.socketPath) { session in
