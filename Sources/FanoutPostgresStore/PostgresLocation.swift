@@ -115,7 +115,8 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         var configuration = TLSConfiguration.makeClientConfiguration()
         switch tlsMode {
         case .disable: return nil
-        case .require: configuration.certificateVerification = .none
+        // As libpq: `require` with a root certificate given checks the signature, as `verify-ca`.
+        case .require: configuration.certificateVerification = rootCertificatePath == nil ? .none : .noHostnameVerification
         case .verifyCA: configuration.certificateVerification = .noHostnameVerification
         case .verifyFull: configuration.certificateVerification = .fullVerification
         }

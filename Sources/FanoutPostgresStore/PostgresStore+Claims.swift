@@ -28,24 +28,28 @@ extension PostgresStore {
             }
         } catch {
             // The claim may have been made with its answer lost: its rows go back, now or at the next heartbeat.
-            lostClaims.withLock { $0.append(token) }
+            lostClaims.withLock { $0.append((token, .now)) }
             await releaseLostClaims()
             throw error
         }
         return tasks.sorted { ($0.priority, $1.id) > ($1.priority, $0.id) }
     }
 
-    /// Gives back the rows of claims whose answer was lost; those it cannot yet are tried again later.
+    /// Gives back the rows of claims whose answer was lost. Each is given back again at every
+    /// heartbeat until a lease has passed: a claim the server was still running when its call
+    /// failed commits later than the first attempt, which then found nothing to give back.
     func releaseLostClaims() async {
-        let tokens = lostClaims.withLock { $0 }
-        for token in tokens {
+        let claims = lostClaims.withLock { $0 }
+        for claim in claims {
             do {
-                _ = try await rows(ClaimStatements.releaseLostClaim(daemon: daemonID, token: token))
-                lostClaims.withLock { $0.removeAll { $0 == token } }
+                _ = try await rows(ClaimStatements.releaseLostClaim(daemon: daemonID, token: claim.token))
             } catch {
                 logger.warning("giving back a claim whose answer was lost failed; trying again at the next heartbeat",
                                metadata: ["error": "\(error)"])
                 return
+            }
+            if ContinuousClock.now - claim.since > .milliseconds(leaseMs) {
+                lostClaims.withLock { $0.removeAll { $0.token == claim.token } }
             }
         }
     }

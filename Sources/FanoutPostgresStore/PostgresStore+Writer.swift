@@ -35,35 +35,35 @@ extension PostgresStore {
     /// ends it and writes its terminal events (`CommittedBatchEvents`). Changes to tasks another
     /// daemon holds now are dropped, with their events.
     ///
-    /// A commit whose answer was lost is retried by the commit loop with the same changes: its
-    /// receipt (`CommitReceipts`) says whether it was written, and a written one is not written
-    /// again. Its ended batches are then learnt by the next poll of the shared store.
+    /// A failed commit is retried by the commit loop with the same changes, under the same number:
+    /// its receipt (`CommitReceipts`) says whether the failed attempt was written after all (only
+    /// its answer lost), and then nothing is written again. Its ended batches are then learnt by
+    /// the next poll of the shared store.
     public func commitReportingEnded(_ changes: ChangeSet) throws -> (events: [EventRecord], endedBatches: [BatchRecord]) {
         guard !changes.isEmpty else { return ([], []) }
-        if let unsure = takeUnsureCommit() {
-            let written = try writeTransaction { transaction in
-                try transaction.query(CommitReceipts.last(daemon: daemonID)).rows.first?.decode(Int64.self) ?? 0
-            }
-            if written >= unsure {
-                logger.notice("a commit whose answer was lost had been written; it is not written again", metadata: ["commit": "\(unsure)"])
-                return ([], [])
-            }
-        }
-        let number = nextCommitNumber()
+        let number = commitNumber(for: changes)
         do {
-            return try write(changes, as: number)
-        } catch let lost as CommitAnswerLost {
-            markUnsure(number)
-            throw lost
+            let written = try write(changes, as: number)
+            commitEnded(number, changes: changes, written: true)
+            return written
+        } catch is CommitAlreadyWritten {
+            commitEnded(number, changes: changes, written: true)
+            logger.notice("a commit whose answer was lost had been written; it is not written again", metadata: ["commit": "\(number)"])
+            return ([], [])
+        } catch {
+            commitEnded(number, changes: changes, written: false)
+            throw error
         }
     }
 
     private func write(_ changes: ChangeSet, as number: Int64) throws -> (events: [EventRecord], endedBatches: [BatchRecord]) {
         try writeTransaction { transaction in
-            try transaction.query(CommitReceipts.record(number, daemon: daemonID))
+            guard try !transaction.query(CommitReceipts.record(number, daemon: daemonID)).rows.isEmpty else { throw CommitAlreadyWritten() }
             var deltas: [BatchID: BatchDelta] = [:]
             var fenced = Set<TaskID>()
-            for statement in TaskChangeStatement.statements(for: changes.tasks, daemon: daemonID, leaseMs: leaseMs) {
+            let statements = TaskChangeStatement.statements(for: changes.tasks, daemon: daemonID, leaseMs: leaseMs)
+            if statements.count > 1 { try transaction.query(TaskChangeStatement.lockAll(changes.tasks)) }
+            for statement in statements {
                 var moved = Set<TaskID>()
                 for row in try transaction.query(statement.query).rows {
                     let move = try TaskMove(row)

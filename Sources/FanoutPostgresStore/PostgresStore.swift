@@ -25,28 +25,24 @@ public final class PostgresStore: Store, StoreWriter {
         var closed = false
         /// The number of this daemon's last commit, as its receipt records it (`CommitReceipts`).
         var commitNumber: Int64 = 0
-        /// A commit whose COMMIT went out and whose answer never came: it may have been written.
-        var unsureCommit: Int64?
+        /// The last commit that failed, and its number: the commit loop retries the same changes,
+        /// and the retry keeps the number, so its receipt tells whether the failed attempt was written.
+        var failedCommit: (number: Int64, changes: ChangeSet)?
     }
 
-    /// Takes the next commit number.
-    func nextCommitNumber() -> Int64 {
+    /// The number for a commit of `changes`: the failed attempt's when they are its retry, else the next.
+    func commitNumber(for changes: ChangeSet) -> Int64 {
         writerState.withLock { state in
+            if let failed = state.failedCommit, failed.changes == changes { return failed.number }
+            state.failedCommit = nil
             state.commitNumber += 1
             return state.commitNumber
         }
     }
 
-    /// The commit whose outcome is unknown, if any, forgotten once asked for.
-    func takeUnsureCommit() -> Int64? {
-        writerState.withLock { state in
-            defer { state.unsureCommit = nil }
-            return state.unsureCommit
-        }
-    }
-
-    func markUnsure(_ number: Int64) {
-        writerState.withLock { $0.unsureCommit = number }
+    /// Records how commit `number` ended: forgotten once written (or found written), kept after a failure.
+    func commitEnded(_ number: Int64, changes: ChangeSet, written: Bool) {
+        writerState.withLock { $0.failedCommit = written ? nil : (number, changes) }
     }
 
     /// Tests only: the next COMMIT is written, and its answer then reported lost, as a connection
@@ -55,8 +51,8 @@ public final class PostgresStore: Store, StoreWriter {
     /// Tests only: the same for the next claim of pending tasks.
     let losesNextClaimAnswer = Atomic(false)
 
-    /// Tokens of claims whose answer was lost and whose rows are not given back yet.
-    let lostClaims = Mutex<[Int64]>([])
+    /// Claims whose answer was lost: their tokens, and when (this process's clock) each was lost.
+    let lostClaims = Mutex<[(token: Int64, since: ContinuousClock.Instant)]>([])
     private let eventLoop: any EventLoop
 
     /// Advisory lock a transaction takes before it inserts events and holds to its commit:
@@ -201,11 +197,9 @@ public final class PostgresStore: Store, StoreWriter {
     func writeTransaction<T>(_ body: (WriterTransaction) throws -> T) throws -> T {
         let connection = try writerConnectionOpened()
         let transaction = WriterTransaction(connection: connection, logger: logger)
-        var committing = false
         do {
             try transaction.execute("BEGIN")
             let value = try body(transaction)
-            committing = true
             try transaction.execute("COMMIT")
             if losesNextCommitAnswer.exchange(false, ordering: .relaxed) {
                 throw FanoutError.unavailable("the answer to COMMIT was lost (a test's doing)")
@@ -217,10 +211,6 @@ public final class PostgresStore: Store, StoreWriter {
                 writerState.withLock { if $0.connection === connection { $0.connection = nil } }
                 // Waited for: a connection must be closed before it goes away.
                 try? (connection.close() as EventLoopFuture<Void>).wait()
-            }
-            // A server's answer to the COMMIT (a refusal) says it did not happen; no answer says nothing.
-            if committing, !(error is PSQLError && (error as! PSQLError).code == .server) {
-                throw CommitAnswerLost(error: Self.storeError(error))
             }
             throw Self.storeError(error)
         }

@@ -19,6 +19,14 @@ struct TaskChangeStatement {
     /// Tasks per statement: bounds one statement's size, results and all.
     static let maxTasks = 2_000
 
+    /// Locks every task `changes` touch, in id order, before the statements that change them: each
+    /// statement locks its own rows in id order, but a commit runs several, and two commits taking
+    /// the same rows in different statement orders would deadlock.
+    static func lockAll(_ changes: [TaskChange]) -> PostgresQuery {
+        let ids = Array(Set(changes.map(\.taskID))).sorted()
+        return "SELECT id FROM tasks WHERE id = ANY(\(ids)) ORDER BY id FOR UPDATE"
+    }
+
     static func statements(for changes: [TaskChange], daemon: String, leaseMs: Int) -> [TaskChangeStatement] {
         var rounds: [[TaskChange]] = []
         var seen: [TaskID: Int] = [:]
@@ -31,7 +39,7 @@ struct TaskChangeStatement {
         var statements: [TaskChangeStatement] = []
         for round in rounds {
             for kind in Kind.allCases {
-                let group = round.filter { Kind($0) == kind }
+                let group = round.filter { Kind($0) == kind }.sorted { $0.taskID < $1.taskID }
                 for start in stride(from: 0, to: group.count, by: maxTasks) {
                     let slice = group[start..<min(start + maxTasks, group.count)]
                     statements.append(TaskChangeStatement(taskIDs: slice.map(\.taskID),

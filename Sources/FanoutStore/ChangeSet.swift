@@ -2,7 +2,7 @@ import FanoutCore
 
 /// One group commit: task row changes, batch snapshots and new events,
 /// written together in one transaction.
-public struct ChangeSet: Sendable {
+public struct ChangeSet: Sendable, Equatable {
     public var tasks: [TaskChange] = []
     /// The latest state of each touched batch; later snapshots replace earlier ones.
     public var batches: [BatchID: BatchSnapshot] = [:]

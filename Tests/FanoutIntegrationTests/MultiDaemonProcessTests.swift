@@ -21,7 +21,20 @@ import Testing
             guard index < count else {
                 let sockets = (0..<count).map { directory + "/d\($0).sock" }
                 for (daemon, socket) in zip(started, sockets) { try await daemon.waitUntilListening(socket) }
-                return try await body(started, sockets)
+                do {
+                    return try await body(started, sockets)
+                } catch {
+                    // What the database held when the test gave up: who holds which tasks, in what state.
+                    let held = try? await server.psql("""
+                        SELECT batch_id, state, claimed_by, lease_expires_at IS NOT NULL, cancel_requested, count(*) FROM tasks
+                        GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3
+                        """, database: database)
+                    let batches = try? await server.psql(
+                        "SELECT id, state, closing, pending, running, completed, cancelled FROM batches ORDER BY id", database: database)
+                    let daemonsSeen = try? await server.psql("SELECT id, heartbeat_at FROM daemons", database: database)
+                    Issue.record("the database held: tasks\n\(held ?? "?")\nbatches\n\(batches ?? "?")\ndaemons\n\(daemonsSeen ?? "?")")
+                    throw error
+                }
             }
             return try await withDaemonProcess(["--socket", directory + "/d\(index).sock", "--store", url, "--concurrency", "4"] + arguments,
                                                environment: environment, logPath: directory + "/d\(index).log") { daemon in

@@ -2,6 +2,7 @@ import FanoutCore
 @testable import FanoutPostgresStore
 import FanoutStore
 import FanoutTestSupport
+import PostgresNIO
 import Testing
 
 /// `PostgresStore` against a real PostgreSQL: each test on a database of its own.
@@ -157,12 +158,23 @@ import Testing
                     == [.taskStarted, .taskCompleted])
             #expect(try await store.batch(batchID)?.counters.completed == 1)
 
-            // A commit that failed before its COMMIT is written by its retry, once.
+            // A commit of other changes after one whose answer was lost gets a number of its own.
             var next = ChangeSet()
             next.tasks = [.started(ids[1], attempt: 1, at: 3_000)]
             next.events = [taskEvent(.taskStarted, batch: batchID, task: ids[1])]
             #expect(try store.commitReportingEnded(next).events.map(\.sequence) == [3])
             #expect(try await store.lastEventSequence() == 3)
+
+            // A commit that failed before its COMMIT is written by its retry, once.
+            var failing = ChangeSet()
+            failing.events = [taskEvent(.taskCompleted, batch: batchID, task: ids[1])]
+            failing.batches[batchID] = BatchSnapshot(id: batchID, state: .processing, counters: BatchCounters(), progressUnits: 0,
+                                                     startedAt: 2_000, finishedAt: nil)
+            _ = try await store.rows(PostgresQuery(unsafeSQL: "ALTER TABLE events ADD CONSTRAINT fail_once CHECK (kind <> 'task_completed' OR task_id <> \(ids[1]))"))
+            #expect(throws: (any Error).self) { try store.commitReportingEnded(failing) }
+            _ = try await store.rows("ALTER TABLE events DROP CONSTRAINT fail_once")
+            #expect(try store.commitReportingEnded(failing).events.map(\.sequence).count == 1)
+            #expect(try await store.events(after: 3, upTo: nil, filter: EventFilter(ownerID: ""), limit: 10).map(\.kind) == [.taskCompleted])
         }
     }
 
