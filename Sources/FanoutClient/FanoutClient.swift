@@ -109,6 +109,9 @@ public final class FanoutClient: Sendable {
             try await withThrowingTaskGroup(of: BatchInfo?.self) { group in
             group.addTask {
                 for (index, range) in chunks.enumerated().dropFirst() {
+                    // A caller that gave up stops the upload here, not after the last chunk: writes that fit
+                    // the socket's buffers never suspend, so they would not see the cancellation.
+                    try Task.checkCancellation()
                     let chunk = BatchChunk(tasks: Array(tasks[range]), more: index < chunks.count - 1)
                     try await self.connection.send(Frame(streamID: id, kind: .message(.batchChunk(chunk))))
                 }

@@ -11,7 +11,8 @@ import Testing
     /// A daemon whose agent `work` is served by workers, with the pool's lease timer running.
     static func withWorkerDaemon<T: Sendable>(on kind: StoreKind = .sqlite, leaseMs: Int64 = 30_000,
                                               _ body: (TestDaemon) async throws -> T) async throws -> T {
-        let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 500))
+        // A cancelled task's worker has 10 s to answer: on a loaded machine the raw worker of a test may take seconds.
+        let pool = WorkerPool(settings: .init(leaseMs: leaseMs, cancelGraceMs: 10_000))
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
         return try await withTestDaemon(on: kind, agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 8, maxAttempts: 3)],
