@@ -130,17 +130,14 @@ extension PostgresStore {
 
     /// Pushes back this daemon's leases and records its heartbeat; returns how many tasks it holds.
     @discardableResult
+    /// Each statement commits on its own: the renewal holds its rows' locks only while the server
+    /// runs it, not across round trips (a commit of this daemon waiting on them would wait for them).
     public func renewLeases() async throws -> Int {
         await releaseLostClaims()
-        let (daemon, leaseMs, logger) = (daemonID, leaseMs, logger)
-        return try await transaction { connection in
-            try await connection.query(ClaimStatements.heartbeat(daemon: daemon, host: Self.hostName, pid: getpid(), leaseMs: leaseMs),
-                                       logger: logger)
-            try await connection.query(ClaimStatements.forgetSilentDaemons, logger: logger)
-            try await connection.query(CommitReceipts.forgetOrphans, logger: logger)
-            return try await connection.query(ClaimStatements.renewLeases(daemon: daemon, leaseMs: leaseMs), logger: logger)
-                .collect().count
-        }
+        _ = try await rows(ClaimStatements.heartbeat(daemon: daemonID, host: Self.hostName, pid: getpid(), leaseMs: leaseMs))
+        _ = try await rows(ClaimStatements.forgetSilentDaemons)
+        _ = try await rows(CommitReceipts.forgetOrphans)
+        return try await rows(ClaimStatements.renewLeases(daemon: daemonID, leaseMs: leaseMs)).count
     }
 
     /// Takes back the claims whose lease passed, from any daemon: waiting tasks return to the

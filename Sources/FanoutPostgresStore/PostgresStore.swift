@@ -1,5 +1,6 @@
 import FanoutCore
 import FanoutStore
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -112,16 +113,37 @@ public final class PostgresStore: Store, StoreWriter {
     public func withRunning<T: Sendable>(_ body: () async throws -> T) async throws -> T {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await self.run() }
-            defer {
-                close()
-                group.cancelAll()
+            let outcome: Result<T, any Error>
+            do {
+                // First: a database this daemon cannot use stops it before anything else.
+                try await Self.onOwnThread { try self.openWriter() }
+                try await migrate()
+                try await renewLeases()
+                outcome = await withTaskGroup(of: Void.self) { leases in
+                    leases.addTask { await self.keepLeases() }
+                    // The renewals end (and their transaction with its row locks) before the claims are given back.
+                    defer { leases.cancelAll() }
+                    do {
+                        return .success(try await body())
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+            } catch {
+                outcome = .failure(error)
             }
-            // First: a database this daemon cannot use stops it before anything else.
-            try openWriter()
-            try await migrate()
-            try await renewLeases()
-            group.addTask { await self.keepLeases() }
-            return try await body()
+            try? await Self.onOwnThread { self.close() }
+            group.cancelAll()
+            return try outcome.get()
+        }
+    }
+
+    /// Runs the writer's blocking `work` on a thread of its own. On the cooperative pool (two threads
+    /// on a small machine) it could wait for a row lock held by a transaction of this pool whose
+    /// next step needs one of those threads, until the statement timeout.
+    static func onOwnThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try work() }) }.start()
         }
     }
 
