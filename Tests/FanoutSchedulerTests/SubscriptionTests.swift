@@ -108,7 +108,7 @@ import Testing
 
     @Test func slowSubscriberIsCutOffWithItsLastDeliveredSequence() async throws {
         try await withScheduler { scheduler, store in
-            let outcome = try await withDeadline(.seconds(5), "the lagged subscription") { () -> ([EventSequence], SubscriptionLagged?) in
+            let outcome = try await withDeadline(.seconds(30), "the lagged subscription") { () -> ([EventSequence], SubscriptionLagged?) in
                 let stream = scheduler.subscribe(EventFilter(ownerID: "alice"), since: 0, follow: true, bufferSize: 5)
                 var iterator = stream.makeAsyncIterator() // registers the live subscription; nothing reads it yet
                 #expect(scheduler.statistics.subscribers == 1)
