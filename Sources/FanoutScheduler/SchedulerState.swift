@@ -362,8 +362,14 @@ struct SchedulerState {
             }
             // Popped in place: a copy of the source would copy its whole window for every task.
             guard let key = queues[agent]?.next(), var task = sources[key]?.window.popFirst() else {
-                // A listed source always has a window; repair rather than spin.
+                // A listed source always has a window; repair rather than spin. The agent's other
+                // sources are listed again: dropped with the lane, their windows would never run,
+                // and on a shared store their claims would be renewed for ever.
                 queues[agent] = nil
+                for other in sources.keys where other.agent == agent {
+                    sources[other]?.listedAt = nil
+                    relist(other)
+                }
                 continue
             }
             // Below a quarter, and at least when empty: a window under 4 would otherwise never be refilled.

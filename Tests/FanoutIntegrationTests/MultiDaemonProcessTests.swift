@@ -32,7 +32,23 @@ import Testing
                     let batches = try? await server.psql(
                         "SELECT id, state, closing, pending, running, completed, cancelled FROM batches ORDER BY id", database: database)
                     let daemonsSeen = try? await server.psql("SELECT id, heartbeat_at FROM daemons", database: database)
-                    Issue.record("the database held: tasks\n\(held ?? "?")\nbatches\n\(batches ?? "?")\ndaemons\n\(daemonsSeen ?? "?")")
+                    // And what each daemon still running says it holds.
+                    var views: [String] = []
+                    for (daemon, socket) in zip(started, sockets) where daemon.isRunning {
+                        let info = try? await withClient(socket) { try await $0.serverInfo() }
+                        views.append("pid \(daemon.pid): " + (info.map {
+                            "pending \($0.pendingTasks), running \($0.runningTasks), agents \($0.agents.map { "\($0.name) \($0.running)" })"
+                        } ?? "no answer"))
+                    }
+                    Issue.record("""
+                        the database held: tasks
+                        \(held ?? "?")
+                        batches
+                        \(batches ?? "?")
+                        daemons
+                        \(daemonsSeen ?? "?")
+                        the daemons said: \(views.joined(separator: "; "))
+                        """)
                     throw error
                 }
             }
