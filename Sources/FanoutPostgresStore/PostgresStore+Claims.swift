@@ -129,9 +129,9 @@ extension PostgresStore {
     }
 
     /// Pushes back this daemon's leases and records its heartbeat; returns how many tasks it holds.
-    @discardableResult
     /// Each statement commits on its own: the renewal holds its rows' locks only while the server
     /// runs it, not across round trips (a commit of this daemon waiting on them would wait for them).
+    @discardableResult
     public func renewLeases() async throws -> Int {
         await releaseLostClaims()
         _ = try await rows(ClaimStatements.heartbeat(daemon: daemonID, host: Self.hostName, pid: getpid(), leaseMs: leaseMs))

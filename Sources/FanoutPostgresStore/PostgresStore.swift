@@ -121,7 +121,7 @@ public final class PostgresStore: Store, StoreWriter {
                 try await renewLeases()
                 outcome = await withTaskGroup(of: Void.self) { leases in
                     leases.addTask { await self.keepLeases() }
-                    // The renewals end (and their transaction with its row locks) before the claims are given back.
+                    // The renewals end (and the row locks a renewal holds) before the claims are given back.
                     defer { leases.cancelAll() }
                     do {
                         return .success(try await body())
