@@ -73,6 +73,13 @@ import Testing
                 #expect(status != nil && status != 0)
                 #expect(daemon.output.contains("postgres_poll_ms must be a whole number from 10 to"), "\(daemon.output)")
             }
+            // A pool too small for the calls that run at once (the event feed's listener, the poll).
+            try await withDaemonProcess(["--socket", directory + "/d.sock", "--store", "postgres://fanout@localhost/fanout"],
+                                        environment: ["FANOUT_POSTGRES_POOL_SIZE": "1"], logPath: directory + "/pool.log") { daemon in
+                let status = await daemon.waitForExit(seconds: 20)
+                #expect(status != nil && status != 0)
+                #expect(daemon.output.contains("postgres_pool_size must be a whole number from 2 to 1000"), "\(daemon.output)")
+            }
         }
     }
 }
