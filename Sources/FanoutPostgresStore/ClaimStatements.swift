@@ -22,7 +22,7 @@ enum ClaimStatements {
         query.sql += " AND state = 'pending' AND claimed_by IS NULL"
         query.sql += " ORDER BY priority DESC, id LIMIT \(query.bind(limit)) FOR UPDATE SKIP LOCKED)"
         query.sql += " UPDATE tasks t SET claimed_by = \(query.bind(daemon)), claim_token = \(query.bind(token)),"
-        query.sql += " lease_expires_at = \(serverNowMs) + \(query.bind(leaseMs))"
+        query.sql += " claimed_at = \(serverNowMs), lease_expires_at = \(serverNowMs) + \(query.bind(leaseMs))"
         query.sql += " FROM claimable c, batches b WHERE t.id = c.id AND b.id = t.batch_id"
         query.sql += """
              RETURNING t.id, t.custom_id, t.priority, t.attempt, t.max_attempts, t.timeout_ms, t.turns_completed,
@@ -141,6 +141,16 @@ enum ClaimStatements {
         query.sql += " WHERE claimed_by = \(query.bind(daemon)) AND state = 'pending' AND lease_expires_at IS NOT NULL"
         if let ids { query.sql += " AND id = ANY(\(query.bind(ids)))" }
         return query.query
+    }
+
+    /// The pending tasks `daemon` claimed more than `ageMs` ago, at most `limit`, lowest id first.
+    static func oldPendingClaims(daemon: String, ageMs: Int, limit: Int) -> PostgresQuery {
+        """
+        SELECT id FROM tasks
+        WHERE claimed_by = \(daemon) AND lease_expires_at IS NOT NULL AND state = 'pending'
+            AND coalesce(claimed_at, 0) < \(unescaped: serverNowMs) - \(ageMs)
+        ORDER BY id LIMIT \(limit)
+        """
     }
 
     /// The rows a claim took whose answer never reached this daemon (the connection broke, or the

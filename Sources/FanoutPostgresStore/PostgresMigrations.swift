@@ -220,6 +220,11 @@ public enum PostgresMigrations {
         Migration(version: 7, name: "claim tokens", statements: [
             "ALTER TABLE tasks ADD COLUMN claim_token BIGINT",
         ]),
+        // When a claim was made (the server's clock): a daemon's scheduler gives back its claims on
+        // pending tasks it lost track of, and a claim younger than a lease may still be on its way.
+        Migration(version: 8, name: "claim times", statements: [
+            "ALTER TABLE tasks ADD COLUMN claimed_at BIGINT",
+        ]),
     ]
 
     /// The newest schema version this build knows.

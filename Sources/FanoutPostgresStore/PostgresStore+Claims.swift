@@ -128,6 +128,13 @@ extension PostgresStore {
         _ = try await rows(ClaimStatements.releasePending(daemon: daemonID, ids: ids))
     }
 
+    /// Once a lease: a claim's answer that has not arrived after a lease is lost for good.
+    public var claimCheckInterval: Duration? { .milliseconds(leaseMs) }
+
+    public func oldPendingClaims(limit: Int) async throws -> [TaskID] {
+        try await rows(ClaimStatements.oldPendingClaims(daemon: daemonID, ageMs: leaseMs, limit: limit)).map { try $0.decode(Int64.self) }
+    }
+
     /// Pushes back this daemon's leases and records its heartbeat; returns how many tasks it holds.
     /// Each statement commits on its own: the renewal holds its rows' locks only while the server
     /// runs it, not across round trips (a commit of this daemon waiting on them would wait for them).

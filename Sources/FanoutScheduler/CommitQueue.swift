@@ -93,6 +93,14 @@ final class CommitQueue: Sendable {
         }
     }
 
+    /// Returns once every change submitted before the call is written: true, or false when the
+    /// queue gave up on them (shutdown).
+    func written() async -> Bool {
+        await withCheckedContinuation { continuation in
+            submit(ChangeSet()) { outcome in continuation.resume(returning: (try? outcome.get()) != nil) }
+        }
+    }
+
     /// Runs `work` on the commit thread, between two group commits, and hands back its result
     /// to await. For a write that leads to changes at once (an enqueue, which admits and starts
     /// tasks): they are queued on the thread that writes them, with no hop between the two.

@@ -24,10 +24,10 @@ public final class Scheduler: Service, Sendable {
     let workerPool: WorkerPool?
     /// Agents workers declare (not in the configuration), while one of them is connected.
     private let declaredAgents = Mutex<[String: DeclaredAgent]>([:])
-    private let logger: Logger
-    private let state: Mutex<SchedulerState>
+    let logger: Logger
+    let state: Mutex<SchedulerState>
     private let hub: EventHub
-    private let commits: CommitQueue
+    let commits: CommitQueue
     /// On a store other daemons share: publishes every daemon's events, in the store's order.
     private let sharedEvents: SharedEventFeed?
     private let background = Mutex<[Task<Void, Never>]>([])
@@ -188,6 +188,16 @@ public final class Scheduler: Service, Sendable {
                 }
             })
         }
+        if let interval = store.claimCheckInterval {
+            background.append(Task { [weak self] in
+                var suspects: Set<TaskID> = []
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self else { return }
+                    suspects = await self.giveBackForgottenClaims(suspects: suspects)
+                }
+            })
+        }
         self.background.withLock { [background] in $0 = background }
         mutate { state, effects in
             let now = WallClock.now
@@ -199,36 +209,6 @@ public final class Scheduler: Service, Sendable {
             }
             state.recoverWaiting(recovered.waitingTasks, now: now, effects: &effects)
             state.dispatch(now: now, effects: &effects)
-        }
-    }
-
-    /// On a store other daemons share: adopts batches with tasks nobody claimed (enqueued
-    /// elsewhere, or given back by a daemon that stopped or died), closes batches cancelled
-    /// elsewhere, and forgets those that ended elsewhere.
-    func followSharedStore() async {
-        let active: [SharedBatch]
-        do {
-            let agents = state.withLock { $0.servedAgents }
-            active = try await store.sharedActiveBatches(agents: agents, limit: configuration.sharedBatchesPerPoll)
-        } catch is CancellationError {
-            return
-        } catch {
-            logger.warning("looking at the shared store's batches failed", metadata: ["error": "\(error)"])
-            return
-        }
-        let unlisted = mutate { state, effects in state.follow(active, now: WallClock.now, effects: &effects) }
-        // Cancels sent to other daemons for tasks this one runs.
-        if let requested = try? await store.cancelRequests(limit: configuration.sharedBatchesPerPoll) {
-            for id in requested {
-                guard let task = try? await store.task(id, includePayload: false) else { continue }
-                mutate { state, effects in _ = state.cancelTask(task, now: WallClock.now, effects: &effects) }
-            }
-        }
-        // Not active in the store: it ended, unless it was enqueued after the list was read (or is
-        // past the list's `limit`). One read for them all.
-        let ended = unlisted.isEmpty ? [] : (try? await store.endedBatches(among: unlisted)) ?? []
-        if !ended.isEmpty {
-            mutate { state, effects in state.batchesEndedInStore(ended, now: WallClock.now, effects: &effects) }
         }
     }
 

@@ -41,4 +41,13 @@ extension SchedulerState {
         dispatch(now: now, effects: &effects)
         return batches.keys.filter { !listed.contains($0) && !admitting.contains($0) }.sorted()
     }
+
+    /// Those of `ids` in no slot and no window.
+    func unheld(among ids: [TaskID]) -> Set<TaskID> {
+        var unheld = Set(ids.lazy.filter { slots[$0] == nil })
+        for source in sources.values where !unheld.isEmpty {
+            for task in source.window { unheld.remove(task.id) }
+        }
+        return unheld
+    }
 }

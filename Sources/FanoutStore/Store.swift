@@ -46,6 +46,14 @@ public protocol Store: Sendable {
     /// Gives back pending tasks `pendingTasks` returned that this daemon will not run.
     func releaseClaims(_ ids: [TaskID]) async throws
 
+    /// How often the scheduler compares `oldPendingClaims` with what it holds; nil for a store
+    /// that claims nothing.
+    var claimCheckInterval: Duration? { get }
+
+    /// This daemon's claims on pending tasks made longer ago than a claim's answer can take to
+    /// arrive, at most `limit`: each should be in one of its scheduler's windows.
+    func oldPendingClaims(limit: Int) async throws -> [TaskID]
+
     /// Asks the daemon holding a live task to cancel it, when that is another daemon sharing the
     /// store; returns whether it asked (false: this daemon holds it, or nobody does).
     func requestCancelElsewhere(_ id: TaskID) async throws -> Bool
@@ -146,6 +154,10 @@ extension Store {
     public var claimsPendingTasks: Bool { false }
 
     public func releaseClaims(_ ids: [TaskID]) async throws {}
+
+    public var claimCheckInterval: Duration? { nil }
+
+    public func oldPendingClaims(limit: Int) async throws -> [TaskID] { [] }
 
     public func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch] { [] }
 
