@@ -281,7 +281,10 @@ struct SchedulerState {
         // A read of a source dropped since (its batch finished, then RetryFailed admitted it again) is stale.
         guard var source = sources[key], source.generation == generation, let batch = batches[key.batchID] else { return false }
         source.refilling = false
-        for task in tasks where slots[task.id] == nil && !batch.cancelledInStore.contains(task.id) {
+        // On a shared store a claim may return a task the window holds already: another daemon gave
+        // the claim back while this one's lease had lapsed. It must not run twice.
+        let windowed = sharedStore ? Set(source.window.map(\.id)) : []
+        for task in tasks where slots[task.id] == nil && !batch.cancelledInStore.contains(task.id) && !windowed.contains(task.id) {
             source.window.append(task)
         }
         if let last = tasks.last { source.cursor = last.cursor }

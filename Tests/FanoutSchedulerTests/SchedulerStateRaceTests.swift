@@ -140,6 +140,22 @@ import Testing
         #expect(effects.starts.map(\.task.id) == [1, 2, 3, 4])
         #expect(state.batches[1]?.record.counters.running == 4)
     }
+
+    /// On a shared store, a daemon whose lease lapsed has its claims given back by another; its own
+    /// next claim may then return tasks its window still holds. Each is held, and runs, once.
+    @Test func aSharedStoreClaimReturningTasksTheWindowHoldsAddsThemOnce() throws {
+        var state = SchedulerState(configuration: Self.configuration(globalConcurrency: 1), now: 0)
+        state.sharedStore = true
+        let key = SourceKey(batchID: 1, agent: "a")
+        let tasks = (1...4).map { Self.task(TaskID($0), batch: 1, owner: "alice") }
+        var effects = Effects()
+        state.admit(Self.batch(1, owner: "alice", tasks: 4), agents: ["a"], now: 0, effects: &effects)
+        state.refilled(key, tasks: Array(tasks[0...2]), requested: 3, now: 1, effects: &effects)
+        #expect(effects.starts.map(\.task.id) == [1])
+        // The window ran low (2 of 16): the next read claims 2 and 3 again, and 4.
+        state.refilled(key, tasks: Array(tasks[1...3]), requested: 16, now: 2, effects: &effects)
+        #expect(state.sources[key]?.window.map(\.id) == [2, 3, 4])
+    }
 }
 
 extension SchedulerState {
