@@ -177,10 +177,19 @@ public final class PostgresStore: Store, StoreWriter {
     /// the calling task is cancelled. A failed pass is logged and tried again at the next.
     func keepLeases() async {
         let interval = Duration.milliseconds(max(1, leaseMs / 3))
+        var renewed = ContinuousClock.now
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: interval)
                 try await renewLeases()
+                let silence = ContinuousClock.now - renewed
+                renewed = .now
+                if silence > .milliseconds(leaseMs) {
+                    // Others may have taken its tasks meanwhile: its late changes to them are refused.
+                    logger.warning("this daemon's lease lapsed: no heartbeat for longer than postgres_lease_ms", metadata: [
+                        "silent_ms": "\(silence.components.seconds * 1000 + silence.components.attoseconds / 1_000_000_000_000_000)",
+                        "lease_ms": "\(leaseMs)"])
+                }
                 let reclaimed = try await reclaimExpiredLeases(now: WallClock.now)
                 if reclaimed != ReclaimedTasks() {
                     logger.warning("reclaimed tasks whose lease had expired", metadata: [

@@ -16,19 +16,10 @@ import Testing
         return try Scheduler(store: store, configuration: configuration, runners: ["echo": EchoRunner()])
     }
 
-    /// Pending tasks of a batch by who claims them (nil: nobody).
-    static func pendingClaims(_ store: PostgresStore, batch: BatchID) async throws -> [String?: Int] {
-        var claims: [String?: Int] = [:]
-        for row in try await store.rows("SELECT claimed_by FROM tasks WHERE batch_id = \(batch) AND state = 'pending'") {
-            claims[try row.decode(String?.self), default: 0] += 1
-        }
-        return claims
-    }
-
     /// A claim this daemon made but whose tasks its scheduler holds nowhere would be renewed for as
     /// long as the daemon lives, and nobody would run them. Its scheduler gives such claims back.
     @Test func claimsTheSchedulerHoldsNowhereAreGivenBackAndTheirTasksRun() async throws {
-        try await PostgresTestServer.current().withStore(database: "scheduler_forgotten_claims", leaseMs: 600) { store in
+        try await PostgresTestServer.current().withStore(database: "scheduler_forgotten_claims", leaseMs: 2_000) { store in
             let scheduler = try Self.makeScheduler(store, concurrency: 4, pollMs: 100)
             try scheduler.start()
             // A batch for an agent this daemon does not run, so it claims none of it; then, in one
@@ -42,7 +33,7 @@ import Testing
             let batch = try store.insertBatch(NewBatch(ownerID: "alice", agent: "elsewhere", tasks: tasks), now: WallClock.now).batch
             _ = try await store.rows("""
                 UPDATE tasks SET agent = 'echo', claimed_by = \(store.daemonID), claimed_at = 0,
-                    lease_expires_at = \(unescaped: ClaimStatements.serverNowMs) + 600
+                    lease_expires_at = \(unescaped: ClaimStatements.serverNowMs) + 2000
                 WHERE batch_id = \(batch.id)
                 """)
             try await waitUntil("the forgotten claims to be given back and their tasks run", timeout: .seconds(30)) {
@@ -52,29 +43,6 @@ import Testing
             let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
             #expect(results.map(\.state) == Array(repeating: .completed, count: 5))
             #expect(results.allSatisfy { $0.attempt == 1 }, "\(results.map(\.attempt))")
-        }
-    }
-
-    /// The check keeps what the scheduler holds: tasks waiting in a window for several leases,
-    /// behind a concurrency of one, stay claimed by this daemon until they run.
-    @Test func claimsWaitingInAWindowForSeveralLeasesAreKept() async throws {
-        try await PostgresTestServer.current().withStore(database: "scheduler_kept_claims", leaseMs: 500) { store in
-            let scheduler = try Self.makeScheduler(store, concurrency: 1, pollMs: 100)
-            try scheduler.start()
-            let slow = json(["delay_ms": 400])
-            let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(8, payload: { _ in slow }))).batch
-            try await waitUntil("the batch's tasks to be claimed") { try await Self.pendingClaims(store, batch: batch.id)[nil] == nil }
-            // About 3 s, six checks: no pending task may lose its claim meanwhile.
-            let deadline = ContinuousClock.now + .seconds(60)
-            while try await store.batch(batch.id)?.state != .completed {
-                try #require(ContinuousClock.now < deadline, "the batch did not finish")
-                let unclaimed = try await Self.pendingClaims(store, batch: batch.id)[nil] ?? 0
-                #expect(unclaimed == 0, "pending tasks given back while held in a window")
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            await scheduler.shutdown()
-            let results = try await store.results(batchID: batch.id, afterTaskID: 0, limit: 10)
-            #expect(results.map(\.state) == Array(repeating: .completed, count: 8))
         }
     }
 

@@ -156,6 +156,25 @@ import Testing
         state.refilled(key, tasks: Array(tasks[1...3]), requested: 16, now: 2, effects: &effects)
         #expect(state.sources[key]?.window.map(\.id) == [2, 3, 4])
     }
+
+    /// The claim check (`Scheduler.giveBackForgottenClaims`) gives back only claims the state holds
+    /// nowhere: a task in a window, running, or waiting to retry is held.
+    @Test func tasksInAWindowOrASlotAreHeldForTheClaimCheck() throws {
+        var state = SchedulerState(configuration: Self.configuration(globalConcurrency: 1), now: 0)
+        state.sharedStore = true
+        let key = SourceKey(batchID: 1, agent: "a")
+        var effects = Effects()
+        state.admit(Self.batch(1, owner: "alice", tasks: 3), agents: ["a"], now: 0, effects: &effects)
+        state.refilled(key, tasks: (1...3).map { Self.task(TaskID($0), batch: 1, owner: "alice", maxAttempts: 2) }, requested: 16,
+                       now: 1, effects: &effects)
+        #expect(effects.starts.map(\.task.id) == [1])
+        #expect(state.unheld(among: [1, 2, 3, 4]) == [4])
+        // Task 1 fails and waits to retry: still held. Task 2 starts.
+        effects = Effects()
+        state.finish(1, attempt: 1, run: 0, outcome: .failed(Self.retryable), jitter: 0, now: 2, effects: &effects)
+        #expect(state.slots[1]?.state == .retryWait)
+        #expect(state.unheld(among: [1, 2, 3, 4]) == [4])
+    }
 }
 
 extension SchedulerState {
