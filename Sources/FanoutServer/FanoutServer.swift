@@ -65,7 +65,10 @@ public final class FanoutServer: Service, Sendable {
                 try await server.executeThenClose { inbound in
                     for try await (channel, peer) in inbound {
                         accepted.served(channel)  // before the task starts: shutdown must not take it too
-                        group.addTask { await self.serve(channel, peer: peer) }
+                        // The read loop runs on the connection's event loop (see `EventLoopTaskExecutor`).
+                        group.addTask(executorPreference: EventLoopTaskExecutor(channel.channel.eventLoop)) {
+                            await self.serve(channel, peer: peer)
+                        }
                     }
                 }
                 // Listener closed: the accept loop is over; connections finish on their own. A connection
