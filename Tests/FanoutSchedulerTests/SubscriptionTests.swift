@@ -14,8 +14,9 @@ import Testing
     @Test(arguments: StoreKind.allCases) func replayThenLiveHasNoGapAndNoDuplicate(on kind: StoreKind) async throws {
         let agents = [AgentConfiguration(name: "echo", runner: "echo", concurrency: 4)]
         try await withScheduler(on: kind, agents: agents) { scheduler, store in
-            // Slow enough that a loaded machine still joins mid-batch (about 0.5 s in all).
-            let payload = json(["delay_ms": 25])
+            // Slow enough that a loaded machine still joins mid-batch (about 1.2 s in all; at 0.5 s the
+            // full suite's load once let the batch end before the last join).
+            let payload = json(["delay_ms": 60])
             let batch = try await scheduler.enqueue(NewBatch(ownerID: "alice", agent: "echo", tasks: echoTasks(80, payload: { _ in payload })))
             // Join mid-batch, several times, each starting a little behind the log so the replay has work to do.
             var subscriptions: [(since: EventSequence, task: Task<[EventRecord], any Error>)] = []
