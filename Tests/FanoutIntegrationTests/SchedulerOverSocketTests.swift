@@ -61,7 +61,7 @@ import Testing
                     #expect(smallEvents.last?.type == .batchCompleted)
                     #expect(try await client.batch(small.id).counts.completed == 10)
                     #expect(bigThen.status == .processing)
-                    // Far from all of big's 3,000 (about 200 of big's end per second here: a loaded machine
+                    // Far from all of big's 3,000 (big runs about 200 tasks a second here, and a loaded machine
                     // once took 7 s to hand small's end to the client, on PostgreSQL). The turns below are the
                     // precise check.
                     #expect(bigThen.counts.completed < 2_000,
