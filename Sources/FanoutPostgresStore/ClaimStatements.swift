@@ -143,14 +143,24 @@ enum ClaimStatements {
         return query.query
     }
 
-    /// The pending tasks `daemon` claimed more than `ageMs` ago, at most `limit`, lowest id first.
+    /// The pending tasks `daemon` claimed more than `ageMs` ago, with when, at most `limit`, lowest
+    /// id first. A claim made before claim times were kept counts as the oldest.
     static func oldPendingClaims(daemon: String, ageMs: Int, limit: Int) -> PostgresQuery {
         """
-        SELECT id FROM tasks
+        SELECT id, coalesce(claimed_at, 0) FROM tasks
         WHERE claimed_by = \(daemon) AND lease_expires_at IS NOT NULL AND state = 'pending'
             AND coalesce(claimed_at, 0) < \(unescaped: serverNowMs) - \(ageMs)
         ORDER BY id LIMIT \(limit)
         """
+    }
+
+    /// Gives back the claims listed, each only if the task still carries that claim and is pending.
+    static func releaseForgottenClaims(daemon: String, _ claims: [PendingClaim]) -> PostgresQuery {
+        var query = DynamicQuery("UPDATE tasks t SET claimed_by = NULL, lease_expires_at = NULL FROM unnest(")
+        query.sql += "\(query.bind(claims.map(\.taskID)))::bigint[], \(query.bind(claims.map(\.claimedAt)))::bigint[]) AS v(id, claimed_at)"
+        query.sql += " WHERE t.id = v.id AND coalesce(t.claimed_at, 0) = v.claimed_at AND t.claimed_by = \(query.bind(daemon))"
+        query.sql += " AND t.state = 'pending' AND t.lease_expires_at IS NOT NULL"
+        return query.query
     }
 
     /// The rows a claim took whose answer never reached this daemon (the connection broke, or the

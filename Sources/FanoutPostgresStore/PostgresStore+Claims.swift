@@ -131,8 +131,16 @@ extension PostgresStore {
     /// Once a lease: a claim's answer that has not arrived after a lease is lost for good.
     public var claimCheckInterval: Duration? { .milliseconds(leaseMs) }
 
-    public func oldPendingClaims(limit: Int) async throws -> [TaskID] {
-        try await rows(ClaimStatements.oldPendingClaims(daemon: daemonID, ageMs: leaseMs, limit: limit)).map { try $0.decode(Int64.self) }
+    public func oldPendingClaims(limit: Int) async throws -> [PendingClaim] {
+        try await rows(ClaimStatements.oldPendingClaims(daemon: daemonID, ageMs: leaseMs, limit: limit)).map { row in
+            let (id, claimedAt) = try row.decode((Int64, Int64).self)
+            return PendingClaim(taskID: id, claimedAt: claimedAt)
+        }
+    }
+
+    public func releaseForgottenClaims(_ claims: [PendingClaim]) async throws {
+        guard !claims.isEmpty else { return }
+        _ = try await rows(ClaimStatements.releaseForgottenClaims(daemon: daemonID, claims))
     }
 
     /// Pushes back this daemon's leases and records its heartbeat; returns how many tasks it holds.

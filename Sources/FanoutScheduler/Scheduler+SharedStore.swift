@@ -39,35 +39,29 @@ extension Scheduler {
 
     /// One check of this daemon's claims on pending tasks against what its scheduler holds. A claim
     /// it holds in no window and no slot would otherwise be renewed for as long as the daemon lives
-    /// while nobody runs the task (a window dropped without its claims given back). Such claims are
-    /// given back when two checks in a row find them: `suspects`, the claims the last check found,
-    /// comes back as those this one found and did not give back yet.
-    ///
-    /// Two checks, because one can be wrong: a task started and finished between the store's
-    /// answer and the look at the scheduler is held by neither. By the next check its changes are
-    /// written (each check first waits for every change decided before it), so its row is no
-    /// longer pending. A claim younger than a lease is not listed at all: its answer may still be
-    /// on its way to the scheduler.
-    func giveBackForgottenClaims(suspects: Set<TaskID>) async -> Set<TaskID> {
-        guard await commits.written() else { return suspects }
-        let claims: [TaskID]
+    /// while nobody runs the task (a window dropped without its claims given back). Such a claim is
+    /// given back once two checks in a row find it (`ForgottenClaimCheck`). Each check first waits
+    /// until every change decided before it is written; a claim younger than a lease is not listed,
+    /// as its answer may still be on its way to the scheduler.
+    func giveBackForgottenClaims(_ check: inout ForgottenClaimCheck) async {
+        guard await commits.written() else { return }
+        let claims: [PendingClaim]
         do {
             claims = try await store.oldPendingClaims(limit: Self.claimsPerCheck)
         } catch {
             logger.warning("listing this daemon's claims failed; they are checked at the next lease", metadata: ["error": "\(error)"])
-            return suspects
+            return
         }
-        let unheld = state.withLock { $0.unheld(among: claims) }
-        let forgotten = unheld.intersection(suspects)
-        guard !forgotten.isEmpty else { return unheld }
+        let unheldTasks = state.withLock { $0.unheld(among: claims.map(\.taskID)) }
+        let forgotten = check.found(unheld: Set(claims.filter { unheldTasks.contains($0.taskID) }))
+        guard !forgotten.isEmpty else { return }
         logger.warning("claims on pending tasks this daemon did not hold are given back, for any daemon to run them",
-                       metadata: ["tasks": "\(forgotten.sorted())"])
+                       metadata: ["tasks": "\(forgotten.map(\.taskID).sorted())"])
         do {
-            try await store.releaseClaims(forgotten.sorted())
+            try await store.releaseForgottenClaims(forgotten.sorted { $0.taskID < $1.taskID })
         } catch {
             logger.warning("giving back forgotten claims failed; trying again at the next check", metadata: ["error": "\(error)"])
-            return unheld
+            check.releaseFailed(forgotten)
         }
-        return unheld.subtracting(forgotten)
     }
 }

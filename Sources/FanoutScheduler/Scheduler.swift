@@ -190,11 +190,11 @@ public final class Scheduler: Service, Sendable {
         }
         if let interval = store.claimCheckInterval {
             background.append(Task { [weak self] in
-                var suspects: Set<TaskID> = []
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
+                var check = ForgottenClaimCheck()
+                while true {
+                    do { try await Task.sleep(for: interval) } catch { return }
                     guard let self else { return }
-                    suspects = await self.giveBackForgottenClaims(suspects: suspects)
+                    await self.giveBackForgottenClaims(&check)
                 }
             })
         }

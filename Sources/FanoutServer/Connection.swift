@@ -250,9 +250,10 @@ final class Connection: Sendable {
         // its first tasks start without waiting for the stream's task to be scheduled first.
         var startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?
         switch request {
-        case .enqueueBatch(let batch) where !batch.more && batch.tasks.count <= Self.maxTasksCheckedOnReadLoop:
+        case .enqueueBatch(let batch) where !batch.more && Self.isCheckedOnReadLoop(batch.tasks):
             startedEnqueue = service.startEnqueueBatch(batch, peer: peer)
-        case .enqueueTask(let task): startedEnqueue = service.startEnqueueTask(task, peer: peer)
+        case .enqueueTask(let task) where Self.isCheckedOnReadLoop([task.task]):
+            startedEnqueue = service.startEnqueueTask(task, peer: peer)
         default: break
         }
         let started = startedEnqueue
@@ -286,6 +287,20 @@ final class Connection: Sendable {
     /// Bigger unchunked batches (a client may put hundreds of thousands of small tasks in one
     /// frame) are checked by their stream's task, so the connection's other frames do not wait.
     static let maxTasksCheckedOnReadLoop = 1_024
+    /// Payload bytes checked on the read loop, which runs on the event loop (decision 52): a
+    /// runner may parse each payload (the OpenAI runner reads its JSON), and a frame of megabytes
+    /// would hold up every connection of that event loop meanwhile.
+    static let maxPayloadBytesCheckedOnReadLoop = 64 * 1_024
+
+    static func isCheckedOnReadLoop(_ tasks: [TaskSpec]) -> Bool {
+        guard tasks.count <= maxTasksCheckedOnReadLoop else { return false }
+        var bytes = 0
+        for task in tasks {
+            bytes += task.payload.count
+            if bytes > maxPayloadBytesCheckedOnReadLoop { return false }
+        }
+        return true
+    }
 
     private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, workerMessages: StreamPipe<WorkerMessage>?,
                        startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?, writer: FrameWriter) async -> WireStatus? {

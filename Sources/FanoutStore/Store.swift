@@ -52,7 +52,11 @@ public protocol Store: Sendable {
 
     /// This daemon's claims on pending tasks made longer ago than a claim's answer can take to
     /// arrive, at most `limit`: each should be in one of its scheduler's windows.
-    func oldPendingClaims(limit: Int) async throws -> [TaskID]
+    func oldPendingClaims(limit: Int) async throws -> [PendingClaim]
+
+    /// Gives back those of `claims` still as listed: the same claim, on a task still pending. A
+    /// task claimed again since keeps its new claim.
+    func releaseForgottenClaims(_ claims: [PendingClaim]) async throws
 
     /// Asks the daemon holding a live task to cancel it, when that is another daemon sharing the
     /// store; returns whether it asked (false: this daemon holds it, or nobody does).
@@ -157,7 +161,9 @@ extension Store {
 
     public var claimCheckInterval: Duration? { nil }
 
-    public func oldPendingClaims(limit: Int) async throws -> [TaskID] { [] }
+    public func oldPendingClaims(limit: Int) async throws -> [PendingClaim] { [] }
+
+    public func releaseForgottenClaims(_ claims: [PendingClaim]) async throws {}
 
     public func sharedActiveBatches(agents: [String], limit: Int) async throws -> [SharedBatch] { [] }
 
@@ -334,6 +340,18 @@ public struct RunnableTask: Sendable, Hashable {
     }
 
     public var cursor: QueueCursor { QueueCursor(priority: priority, id: id) }
+}
+
+/// One claim of this daemon on a pending task of a shared store: the task, and when the claim was
+/// made (the store's clock), which tells this claim from a later one on the same task.
+public struct PendingClaim: Sendable, Hashable {
+    public var taskID: TaskID
+    public var claimedAt: Milliseconds
+
+    public init(taskID: TaskID, claimedAt: Milliseconds) {
+        self.taskID = taskID
+        self.claimedAt = claimedAt
+    }
 }
 
 /// An active batch of a shared store, and the agents of its tasks nobody claimed.

@@ -147,15 +147,19 @@ import Testing
                     // A connected client with an open subscription does not hold the daemon up.
                     try await withClient(socketPath) { client in
                         try await expectClientWorks(client)
+                        let (delivered, deliver) = AsyncStream.makeStream(of: Void.self)
                         let subscription = Task {
                             do {
-                                for try await _ in client.subscribe(ownerID: "probe") {}
+                                for try await _ in client.subscribe(ownerID: "probe") { deliver.yield() }
                                 return "ended without error"
                             } catch let error as FanoutClientError {
                                 return "\(error)"
                             }
                         }
-                        try await Task.sleep(for: .milliseconds(100))
+                        // Open on the daemon once an event came (the probe's, replayed): a fixed pause was
+                        // sometimes too short on a loaded machine, and the stop found no stream to end.
+                        var events = delivered.makeAsyncIterator()
+                        _ = await events.next()
                         daemon.signal(SIGTERM)
                         let status = await daemon.waitForExit(seconds: 15)
                         #expect(status == 0, "exit status \(String(describing: status))\n\(daemon.output)")

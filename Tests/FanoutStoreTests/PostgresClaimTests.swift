@@ -41,6 +41,45 @@ import Testing
         }
     }
 
+    /// The scheduler's claim check lists this daemon's claims on pending tasks older than a lease,
+    /// and gives back a claim only as listed: a task claimed again since keeps its new claim.
+    @Test func oldPendingClaimsAreListedWithTheirTimeAndGivenBackOnlyAsListed() async throws {
+        try await withStore("claims_old", leaseMs: 60_000) { store in
+            let inserted = try store.insertBatch(newBatch(count: 6), now: 1_000)
+            let ids = inserted.taskIDs.sorted()
+            let claimed = try await store.pendingTasks(batchID: inserted.batch.id, agent: "echo", after: nil, limit: 5, inlinePayloadBytes: 0)
+            #expect(claimed.count == 5)
+            // Fresh claims are not listed: their answers may still be on the way.
+            #expect(try await store.oldPendingClaims(limit: 100).isEmpty)
+            // Made long ago: tasks 0–3. Task 3 then started (no longer pending); task 4's claim stays fresh;
+            // task 5 is claimed by another daemon, long ago.
+            let claimedIDs = claimed.map(\.id).sorted()
+            _ = try await store.rows("UPDATE tasks SET claimed_at = 1000 WHERE id = ANY(\(Array(claimedIDs.prefix(4))))")
+            var changes = ChangeSet()
+            changes.tasks = [.started(claimedIDs[3], attempt: 1, at: 2_000)]
+            _ = try store.commit(changes)
+            let other = try #require(ids.first { !claimedIDs.contains($0) })
+            _ = try await store.rows("""
+                UPDATE tasks SET claimed_by = 'another', claimed_at = 1000, lease_expires_at = \(unescaped: ClaimStatements.serverNowMs) + 60000
+                WHERE id = \(other)
+                """)
+            let old = try await store.oldPendingClaims(limit: 100)
+            #expect(old == claimedIDs.prefix(3).map { PendingClaim(taskID: $0, claimedAt: 1_000) })
+            #expect(try await store.oldPendingClaims(limit: 2).count == 2)
+
+            // Task 1 was given back and claimed again (a new claim, a new time) before the give-back came.
+            _ = try await store.rows("UPDATE tasks SET claimed_at = 2000 WHERE id = \(claimedIDs[1])")
+            try await store.releaseForgottenClaims(old)
+            let held = try await claims(store, batch: inserted.batch.id)
+            #expect(held[claimedIDs[0]]?.claimedBy == nil && held[claimedIDs[0]]?.leased == false)
+            #expect(held[claimedIDs[1]]?.claimedBy == store.daemonID, "the newer claim was given back")
+            #expect(held[claimedIDs[2]]?.claimedBy == nil)
+            #expect(held[claimedIDs[3]]?.state == "running" && held[claimedIDs[3]]?.claimedBy == store.daemonID)
+            #expect(held[claimedIDs[4]]?.claimedBy == store.daemonID)
+            #expect(held[other]?.claimedBy == "another")
+        }
+    }
+
     @Test func daemonsClaimingAtOnceTakeEveryTaskExactlyOnceInPriorityOrder() async throws {
         try await withStore("claims_concurrent") { store in
             let inserted = try store.insertBatch(newBatch(count: 3_000), now: 1_000)
