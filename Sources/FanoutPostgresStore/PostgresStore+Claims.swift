@@ -150,9 +150,14 @@ extension PostgresStore {
     public func renewLeases() async throws -> Int {
         await releaseLostClaims()
         _ = try await rows(ClaimStatements.heartbeat(daemon: daemonID, host: Self.hostName, pid: getpid(), leaseMs: leaseMs))
+        return try await rows(ClaimStatements.renewLeases(daemon: daemonID, leaseMs: leaseMs)).count
+    }
+
+    /// Forgets the daemons silent for ten of their leases, and their commit receipts: what it
+    /// removes is long dead, so the lease loop runs it only now and then.
+    func forgetSilentDaemons() async throws {
         _ = try await rows(ClaimStatements.forgetSilentDaemons)
         _ = try await rows(CommitReceipts.forgetOrphans)
-        return try await rows(ClaimStatements.renewLeases(daemon: daemonID, leaseMs: leaseMs)).count
     }
 
     /// Takes back the claims whose lease passed, from any daemon: waiting tasks return to the

@@ -173,15 +173,21 @@ public final class PostgresStore: Store, StoreWriter {
         _ = try writerConnectionOpened()
     }
 
+    /// Lease passes between two looks for daemons long silent (`forgetSilentDaemons`).
+    static let passesPerCleanup = 10
+
     /// Renews this daemon's leases and reclaims expired ones, every third of a lease, until
     /// the calling task is cancelled. A failed pass is logged and tried again at the next.
     func keepLeases() async {
         let interval = Duration.milliseconds(max(1, leaseMs / 3))
         var renewed = ContinuousClock.now
+        var passes = 0
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: interval)
                 try await renewLeases()
+                passes += 1
+                if passes % Self.passesPerCleanup == 0 { try await forgetSilentDaemons() }
                 let silence = ContinuousClock.now - renewed
                 renewed = .now
                 if silence > .milliseconds(leaseMs) {

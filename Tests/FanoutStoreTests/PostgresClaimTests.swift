@@ -80,6 +80,24 @@ import Testing
         }
     }
 
+    /// A daemon silent for ten of its leases is forgotten, with its commit receipt; live ones stay.
+    @Test func daemonsSilentForTenLeasesAreForgottenWithTheirReceipts() async throws {
+        try await withStore("claims_forget") { store in
+            _ = try await store.renewLeases()
+            _ = try await store.rows("""
+                INSERT INTO daemons (id, host, pid, started_at, heartbeat_at, lease_ms) VALUES
+                    ('gone', 'h', 1, 0, \(unescaped: ClaimStatements.serverNowMs) - 11000, 1000),
+                    ('quiet', 'h', 2, 0, \(unescaped: ClaimStatements.serverNowMs) - 9000, 1000)
+                """)
+            _ = try await store.rows("INSERT INTO commit_receipts (daemon, last_commit) VALUES ('gone', 7), ('quiet', 3)")
+            try await store.forgetSilentDaemons()
+            let daemons = try await store.rows("SELECT id FROM daemons ORDER BY id").map { try $0.decode(String.self) }
+            #expect(daemons == [store.daemonID, "quiet"].sorted())
+            let receipts = try await store.rows("SELECT daemon FROM commit_receipts").map { try $0.decode(String.self) }
+            #expect(receipts == ["quiet"])
+        }
+    }
+
     @Test func daemonsClaimingAtOnceTakeEveryTaskExactlyOnceInPriorityOrder() async throws {
         try await withStore("claims_concurrent") { store in
             let inserted = try store.insertBatch(newBatch(count: 3_000), now: 1_000)
