@@ -9,7 +9,7 @@ SWIFT ?= swift
 help:
 	@echo "Fanout make targets:"
 	@echo "  make deps         check (and as root, install) the system packages the build needs"
-	@echo "  make test-deps    the same, plus what the tests need: PostgreSQL (Debian's postgresql)"
+	@echo "  make test-deps    the same, plus what the tests need: PostgreSQL (Debian's postgresql) and openssl"
 	@echo "  make build        debug build of the package ($(SWIFT) build)"
 	@echo "  make proto        regenerate Sources/FanoutProtoC from proto/ with protoc-c"
 	@echo "  make proto-check  fail if Sources/FanoutProtoC differs from what proto/ generates"

@@ -86,10 +86,23 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
             throw PostgresLocationError("unsupported sslmode \"\(mode)\" (understood: \(TLSMode.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         self.tlsMode = tlsMode
+        if tlsMode == .verifyFull, case .tcp(let host, _) = endpoint, Self.isIPAddress(host) {
+            // PostgresNIO checks a certificate against a host name only (TLS's server name cannot be an address).
+            throw PostgresLocationError("""
+                sslmode=verify-full checks the server's certificate against the host's name, and \(host) is an address:                 name the server by a name its certificate carries, or use sslmode=verify-ca
+                """)
+        }
         rootCertificatePath = parameters["sslrootcert"].flatMap { $0.isEmpty ? nil : $0 }
         if let rootCertificatePath, !FileManager.default.isReadableFile(atPath: rootCertificatePath) {
             throw PostgresLocationError("sslrootcert \"\(rootCertificatePath)\" is not a readable file")
         }
+    }
+
+    static func isIPAddress(_ host: String) -> Bool {
+        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, bare, &v4) == 1 || inet_pton(AF_INET6, bare, &v6) == 1
     }
 
     /// PostgresNIO's client configuration for this location: its pool of at most `poolSize`

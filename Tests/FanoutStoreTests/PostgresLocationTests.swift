@@ -36,6 +36,19 @@ import Testing
         }
     }
 
+    /// verify-full checks a host name, which an address is not: refused with the way out, not at the first connection.
+    @Test func verifyFullWantsAHostName() throws {
+        for host in ["127.0.0.1", "[::1]", "10.1.2.3"] {
+            #expect {
+                try PostgresLocation(url: "postgres://u@\(host)/d?sslmode=verify-full")
+            } throws: { error in
+                "\(error)".contains("sslmode=verify-ca") && "\(error)".contains("address")
+            }
+            #expect(try PostgresLocation(url: "postgres://u@\(host)/d?sslmode=verify-ca").tlsMode == .verifyCA)
+        }
+        #expect(try PostgresLocation(url: "postgres://u@db.example.com/d?sslmode=verify-full").tlsMode == .verifyFull)
+    }
+
     @Test func sslrootcertNamesTheAuthoritiesToTrustAndMustBeReadable() async throws {
         try await withTemporaryDirectory { directory in
             let path = directory + "/ca.pem"

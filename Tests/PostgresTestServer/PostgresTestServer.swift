@@ -36,8 +36,11 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
     public let directory: String
     /// The server's only listening address; short, so the socket path fits `sun_path` (107 bytes).
     public var socketDirectory: String { directory }
-    /// Fixed: the socket directory is private to this server, so no two servers can clash on it.
-    public let port = 5432
+    /// 5432 unless the server also listens on TCP (`tls`): the socket directory is private to this
+    /// server, so no two servers can clash on it.
+    public let port: Int
+    /// Set: the server also listens on loopback TCP, at `port`, with TLS.
+    public let tls: TLSFiles?
     /// The database superuser, created by initdb; trust auth, no password.
     public let user = "postgres"
     /// The OS user the server process runs as; nil when it is the current user.
@@ -51,22 +54,39 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
     private let lock = NSLock()
     private var stopped = false
 
-    private init(binDirectory: String, serverUser: String?, directory: String) {
+    /// The server's certificate and key (PEM files) for TLS on loopback TCP, and the TCP port.
+    public struct TLSFiles: Sendable {
+        public var port: Int
+        public var certificatePath: String
+        public var keyPath: String
+
+        public init(port: Int, certificatePath: String, keyPath: String) {
+            self.port = port
+            self.certificatePath = certificatePath
+            self.keyPath = keyPath
+        }
+    }
+
+    private init(binDirectory: String, serverUser: String?, directory: String, tls: TLSFiles?) {
         self.binDirectory = binDirectory
         self.serverUser = serverUser
         self.directory = directory
+        self.tls = tls
+        port = tls?.port ?? 5432
     }
 
     /// Finds the binaries, creates the cluster and starts the server, waiting
-    /// (pg_ctl -w) until it accepts connections; about a second.
-    public static func start(binDirectory: String? = nil) async throws -> PostgresTestServer {
+    /// (pg_ctl -w) until it accepts connections; about a second. With `tls`, it
+    /// also listens on `localhost` at `tls.port`, with TLS.
+    public static func start(binDirectory: String? = nil, tls: TLSFiles? = nil) async throws -> PostgresTestServer {
         let binDirectory = try binDirectory.map(checkedBinDirectory) ?? locateBinaries()
         let serverUser = getuid() == 0 ? serverUserName : nil
         if serverUser != nil { try await ensureServerUser() }
         let server = PostgresTestServer(binDirectory: binDirectory, serverUser: serverUser,
-                                        directory: try makeShortTemporaryDirectory())
+                                        directory: try makeShortTemporaryDirectory(), tls: tls)
         do {
-            if let serverUser { try await chown(server.directory, to: serverUser) }
+            if let tls { try server.copyTLSFiles(tls) }
+            if let serverUser { try await chownRecursively(server.directory, to: serverUser) }
             try await server.initCluster()
             try await server.startServer()
         } catch {
@@ -159,8 +179,13 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
     private func startServer() async throws {
         // fsync and the rest off: a test cluster never has to survive a crash. Many stores at once
         // (each a pool of up to 20 connections, several daemons per test): more clients than the default 100.
-        let options = "-k \(socketDirectory) -p \(port) -c listen_addresses='' -c fsync=off -c max_connections=500"
+        var options = "-k \(socketDirectory) -p \(port) -c fsync=off -c max_connections=500"
             + " -c synchronous_commit=off -c full_page_writes=off"
+        if tls != nil {
+            options += " -c listen_addresses=localhost -c ssl=on -c ssl_cert_file=\(directory)/server.pem -c ssl_key_file=\(directory)/server.key"
+        } else {
+            options += " -c listen_addresses=''"
+        }
         let result = try await runServerCommand("pg_ctl", ["-D", dataDirectory, "-l", logPath, "-w", "-o", options,
                                                            "start"])
         guard result.status == 0 else {
@@ -235,6 +260,15 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
     }
 
     /// A system program by name; sbin included, since a test runner's PATH may lack it even for root.
+    /// Runs a system program (found like the server's own tools: `openssl` for a test's
+    /// certificates, say) in `directory`; returns its exit status and its output and errors.
+    public static func runSystemTool(_ name: String, _ arguments: [String], in directory: String? = nil) async throws
+        -> (status: Int32, output: String)
+    {
+        let result = try await run(try systemTool(name), arguments, in: directory)
+        return (result.status, result.output)
+    }
+
     private static func systemTool(_ name: String) throws -> String {
         let path = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
             + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -276,8 +310,17 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
             """)
     }
 
-    private static func chown(_ path: String, to user: String) async throws {
-        let result = try await run(try systemTool("chown"), ["\(user):\(user)", path])
+    /// The certificate and key in the server's directory: PostgreSQL wants its key readable by its
+    /// own user only.
+    private func copyTLSFiles(_ tls: TLSFiles) throws {
+        let manager = FileManager.default
+        try manager.copyItem(atPath: tls.certificatePath, toPath: directory + "/server.pem")
+        try manager.copyItem(atPath: tls.keyPath, toPath: directory + "/server.key")
+        try manager.setAttributes([.posixPermissions: 0o600], ofItemAtPath: directory + "/server.key")
+    }
+
+    private static func chownRecursively(_ path: String, to user: String) async throws {
+        let result = try await run(try systemTool("chown"), ["-R", "\(user):\(user)", path])
         guard result.status == 0 else {
             throw PostgresTestServerError("chown \(user) \(path) failed (exit \(result.status)):\n\(result.output)")
         }
