@@ -488,8 +488,10 @@ struct SchedulerState {
         effects.changes.events.append(event)
     }
 
-    mutating func finish(_ id: TaskID, attempt: Int, run: Int = 0, outcome: AttemptOutcome, jitter: Double, now: Milliseconds,
-                         effects: inout Effects) {
+    /// `jitter` (0…1, the backoff's random share) is evaluated only when the task waits to retry:
+    /// a random number from the system costs a system call, which most finished tasks need not pay.
+    mutating func finish(_ id: TaskID, attempt: Int, run: Int = 0, outcome: AttemptOutcome, jitter: @autoclosure () -> Double,
+                         now: Milliseconds, effects: inout Effects) {
         guard slots[id]?.run == run else { return }
         if slots[id]?.state == .waitingChildren, slots[id]?.task.attempt == attempt {
 
@@ -539,7 +541,7 @@ struct SchedulerState {
                 // No backoff timer can fire during shutdown: it waits as pending, and runs after a restart.
                 requeue(&slot, failure: failure.failure, now: now, effects: &effects)
             } else if failure.failure.retryable, slot.task.attempt < slot.task.maxAttempts {
-                let delay = configuration.backoff.delay(beforeAttempt: slot.task.attempt + 1, jitter: jitter,
+                let delay = configuration.backoff.delay(beforeAttempt: slot.task.attempt + 1, jitter: jitter(),
                                                         retryAfterMs: failure.retryAfterMs)
                 waitToRetry(&slot, failure: failure.failure, delayMs: delay, now: now, effects: &effects)
             } else {
