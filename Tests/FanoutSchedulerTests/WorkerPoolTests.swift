@@ -207,11 +207,19 @@ final class CommandHolder: Sendable {
             #expect(throws: FanoutError.self) {
                 _ = try pool.register(name: "b", uid: 1002, isAdmin: false, agents: ["mine": 1], send: { _ in })
             }
-            // The task may have reached the worker before it left (worker_lost, retried): either way it waits.
-            try await waitUntil("the task waits for a worker again") {
-                guard let counters = try await store.batch(inserted.batch.id)?.counters else { return false }
-                return counters.pending + counters.retryWait == 1 && counters.running == 0
+            // The task may have reached the worker before it left (worker_lost, then a retry), or have been
+            // started as it left and wait for a slot: either way it waits for a worker of 1001, and goes to
+            // the next one.
+            let (assignments, assign) = AsyncStream.makeStream(of: TaskID.self)
+            let third = try pool.register(name: "a", uid: 1001, isAdmin: false, agents: ["mine": 1], send: { command in
+                if case .assign(let context, _, _) = command { assign.yield(context.taskID) }
+            })
+            let assigned = try await withDeadline(.seconds(30), "the task's assignment to the next worker of 1001") {
+                var iterator = assignments.makeAsyncIterator()
+                return await iterator.next()
             }
+            #expect(assigned == inserted.taskIDs[0])
+            pool.unregister(third)
         }
     }
 }
