@@ -88,9 +88,8 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         self.tlsMode = tlsMode
         if tlsMode == .verifyFull, case .tcp(let host, _) = endpoint, Self.isIPAddress(host) {
             // PostgresNIO checks a certificate against a host name only (TLS's server name cannot be an address).
-            throw PostgresLocationError("""
-                sslmode=verify-full checks the server's certificate against the host's name, and \(host) is an address:                 name the server by a name its certificate carries, or use sslmode=verify-ca
-                """)
+            throw PostgresLocationError("sslmode=verify-full checks the server's certificate against the host's name, and \(host) is an "
+                + "address: name the server by a name its certificate carries, or use sslmode=verify-ca")
         }
         rootCertificatePath = parameters["sslrootcert"].flatMap { $0.isEmpty ? nil : $0 }
         if let rootCertificatePath, !FileManager.default.isReadableFile(atPath: rootCertificatePath) {

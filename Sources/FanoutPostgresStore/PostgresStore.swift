@@ -186,8 +186,6 @@ public final class PostgresStore: Store, StoreWriter {
             do {
                 try await Task.sleep(for: interval)
                 try await renewLeases()
-                passes += 1
-                if passes % Self.passesPerCleanup == 0 { try await forgetSilentDaemons() }
                 let silence = ContinuousClock.now - renewed
                 renewed = .now
                 if silence > .milliseconds(leaseMs) {
@@ -201,6 +199,17 @@ public final class PostgresStore: Store, StoreWriter {
                     logger.warning("reclaimed tasks whose lease had expired", metadata: [
                         "released": "\(reclaimed.released)", "requeued": "\(reclaimed.requeued)",
                         "failed": "\(reclaimed.failures.count)", "batches": "\(reclaimed.batches)"])
+                }
+                passes += 1
+                if passes % Self.passesPerCleanup == 0 {
+                    // Its failure is no reason to skip the next renewal: logged, and tried again ten passes on.
+                    do {
+                        try await forgetSilentDaemons()
+                    } catch is CancellationError {
+                        return
+                    } catch {
+                        logger.warning("forgetting long-silent daemons failed", metadata: ["error": "\(error)"])
+                    }
                 }
             } catch is CancellationError {
                 return

@@ -77,7 +77,7 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
 
     /// Finds the binaries, creates the cluster and starts the server, waiting
     /// (pg_ctl -w) until it accepts connections; about a second. With `tls`, it
-    /// also listens on `localhost` at `tls.port`, with TLS.
+    /// also listens on 127.0.0.1 at `tls.port`, with TLS (the port a caller found free there).
     public static func start(binDirectory: String? = nil, tls: TLSFiles? = nil) async throws -> PostgresTestServer {
         let binDirectory = try binDirectory.map(checkedBinDirectory) ?? locateBinaries()
         let serverUser = getuid() == 0 ? serverUserName : nil
@@ -182,7 +182,7 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
         var options = "-k \(socketDirectory) -p \(port) -c fsync=off -c max_connections=500"
             + " -c synchronous_commit=off -c full_page_writes=off"
         if tls != nil {
-            options += " -c listen_addresses=localhost -c ssl=on -c ssl_cert_file=\(directory)/server.pem -c ssl_key_file=\(directory)/server.key"
+            options += " -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=\(directory)/server.pem -c ssl_key_file=\(directory)/server.key"
         } else {
             options += " -c listen_addresses=''"
         }
@@ -259,7 +259,6 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
         FileManager.default.isExecutableFile(atPath: path)
     }
 
-    /// A system program by name; sbin included, since a test runner's PATH may lack it even for root.
     /// Runs a system program (found like the server's own tools: `openssl` for a test's
     /// certificates, say) in `directory`; returns its exit status and its output and errors.
     public static func runSystemTool(_ name: String, _ arguments: [String], in directory: String? = nil) async throws
@@ -269,6 +268,7 @@ public final class PostgresTestServer: @unchecked Sendable { // mutable state is
         return (result.status, result.output)
     }
 
+    /// A system program by name; sbin included, since a test runner's PATH may lack it even for root.
     private static func systemTool(_ name: String) throws -> String {
         let path = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
             + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
