@@ -149,7 +149,7 @@ struct PoolState {
     /// Ends a lease and frees its slot for the next waiter.
     mutating func endLease(_ taskID: TaskID) -> (CheckedContinuation<AttemptResult, Never>?, Wakeups) {
         guard let lease = leases.removeValue(forKey: taskID) else { return (nil, Wakeups()) }
-        workers[lease.worker]?.running[lease.agent, default: 1] -= 1
+        workers.modifyValue(forKey: lease.worker) { $0.running[lease.agent, default: 1] -= 1 }
         return (lease.continuation, grantWaiters())
     }
 
@@ -164,7 +164,7 @@ struct PoolState {
         var wakeups = Wakeups()
         for (taskID, lease) in leases where lease.continuation != nil && lease.deadline <= now {
             // Marked before its slot is given back, so the slot does not go straight back to it.
-            if !lease.cancelling { workers[lease.worker]?.stalled = true }
+            if !lease.cancelling { workers.modifyValue(forKey: lease.worker) { $0.stalled = true } }
             let (continuation, granted) = endLease(taskID)
             expired.append((continuation, taskID, lease.cancelling))
             wakeups.granted += granted.granted
@@ -195,7 +195,7 @@ struct PoolState {
     }
 
     private mutating func assign(_ taskID: TaskID, agent: String, to worker: WorkerPool.WorkerID, deadline: ContinuousClock.Instant) {
-        workers[worker]?.running[agent, default: 0] += 1
+        workers.modifyValue(forKey: worker) { $0.running[agent, default: 0] += 1 }
         leases[taskID] = Lease(worker: worker, agent: agent, deadline: deadline)
     }
 

@@ -46,11 +46,10 @@ struct AgentQueue {
             lanes[priority] = Lane()
             priorities.insert(priority, at: priorities.firstIndex { $0 < priority } ?? priorities.endIndex)
         }
-        if lanes[priority]!.sources[owner] == nil {
-            lanes[priority]!.owners.append(owner)
-            lanes[priority]!.sources[owner] = []
+        lanes.modifyValue(forKey: priority) { lane in
+            if lane.sources[owner] == nil { lane.owners.append(owner) }
+            lane.sources[owner, default: []].append(key)
         }
-        lanes[priority]!.sources[owner]!.append(key)
     }
 
     mutating func remove(_ key: SourceKey, owner: String, priority: Int32) {

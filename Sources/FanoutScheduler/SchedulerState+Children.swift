@@ -44,7 +44,7 @@ extension SchedulerState {
     /// Gives back a reservation whose spawn was refused.
     mutating func unreserveSpawn(_ id: TaskID, attempt: Int, count: Int) {
         guard slots[id]?.task.attempt == attempt else { return }
-        slots[id]?.spawnedChildren -= count
+        slots.modifyValue(forKey: id) { $0.spawnedChildren -= count }
     }
 
     /// 0 for a client's batch; one more than its parent's batch for a child batch.
@@ -73,7 +73,7 @@ extension SchedulerState {
         if cancelled || slot.interruptAs != nil { return .failure(CancellationError()) }
         guard childBatches[id]?.isEmpty == false else { return .success(()) }
         running -= 1
-        agents[slot.task.agent]?.running -= 1
+        agents.modifyValue(forKey: slot.task.agent) { $0.running -= 1 }
         slot.state = .waitingChildren
         slot.resumer = continuation
         slots[id] = slot
@@ -91,7 +91,7 @@ extension SchedulerState {
     /// still does, and runs again from the start when its children end.
     mutating func abandonWait(_ id: TaskID, attempt: Int, run: Int) -> CheckedContinuation<Void, any Error>? {
         guard slots[id]?.task.attempt == attempt, slots[id]?.run == run, let resumer = slots[id]?.resumer else { return nil }
-        slots[id]?.resumer = nil
+        slots.modifyValue(forKey: id) { $0.resumer = nil }
         return resumer
     }
 
@@ -99,7 +99,7 @@ extension SchedulerState {
     mutating func resume(_ id: TaskID, now: Milliseconds, effects: inout Effects) {
         guard var slot = slots[id], slot.state == .waitingChildren, var batch = batches[slot.task.batchID] else { return }
         running += 1
-        agents[slot.task.agent]?.running += 1
+        agents.modifyValue(forKey: slot.task.agent) { $0.running += 1 }
         slot.state = .running
         waitDeadlines[id] = nil
         batch.record.counters.move(from: .waitingChildren, to: .running)

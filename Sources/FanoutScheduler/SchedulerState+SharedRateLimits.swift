@@ -77,7 +77,7 @@ extension SchedulerState {
         shared.asking = false
         shared.permits += granted ?? 0
         shared.retryAt = (granted ?? 0) > 0 ? nil : now + max(1, retryAfterMs)
-        agents[agent]?.sharedRequests = shared
+        agents.modifyValue(forKey: agent) { $0.sharedRequests = shared }
         if let retryAt = shared.retryAt { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
         dispatch(now: now, effects: &effects)
     }
@@ -90,7 +90,7 @@ extension SchedulerState {
         let wait = retryAfterMs ?? 500
         budget.left = retryAfterMs == 0
         budget.retryAt = budget.left ? nil : now + max(1, wait)
-        agents[agent]?.sharedTokens = budget
+        agents.modifyValue(forKey: agent) { $0.sharedTokens = budget }
         if let retryAt = budget.retryAt { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
         dispatch(now: now, effects: &effects)
     }

@@ -34,7 +34,7 @@ extension SchedulerState {
             for agent in batch.unclaimedAgents where sources[SourceKey(batchID: record.id, agent: agent)] == nil {
                 let key = SourceKey(batchID: record.id, agent: agent)
                 sources[key] = makeSource(key, ownerID: record.ownerID)
-                batches[record.id]?.agents.insert(agent)
+                batches.modifyValue(forKey: record.id) { $0.agents.insert(agent) }
                 requestRefill(key, effects: &effects)
             }
         }

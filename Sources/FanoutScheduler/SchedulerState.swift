@@ -210,7 +210,7 @@ struct SchedulerState {
             agents[configuration.name]!.shareRateLimits(sharedStore)
             agentOrder.append(configuration.name)
         }
-        agents[configuration.name]?.capacity = slots
+        agents.modifyValue(forKey: configuration.name) { $0.capacity = slots }
         dispatch(now: now, effects: &effects)
     }
 
@@ -250,7 +250,7 @@ struct SchedulerState {
         admitting.remove(batch.id)
         if let parent = batch.parentTaskID { childBatches[parent, default: []].insert(batch.id) }
         if let waiters = cancelsAwaitingAdmission.removeValue(forKey: batch.id) {
-            batches[batch.id]!.finishWaiters.append(contentsOf: waiters)
+            batches.modifyValue(forKey: batch.id) { $0.finishWaiters.append(contentsOf: waiters) }
             closeBatch(batch.id, as: .cancelled, now: now, effects: &effects)
             return
         }
@@ -314,7 +314,7 @@ struct SchedulerState {
     /// A window read failed: let the next dispatch ask again.
     mutating func refillFailed(_ key: SourceKey, generation: Int, effects: inout Effects) {
         guard sources[key]?.generation == generation else { return }
-        sources[key]!.refilling = false
+        sources.modifyValue(forKey: key) { $0.refilling = false }
         requestRefill(key, effects: &effects)
     }
 
@@ -333,13 +333,13 @@ struct SchedulerState {
         guard var source = sources[key] else { return }
         let wanted = source.window.first?.priority
         if source.listedAt != wanted {
-            if let listed = source.listedAt { queues[key.agent]?.remove(key, owner: source.ownerID, priority: listed) }
+            if let listed = source.listedAt { queues.modifyValue(forKey: key.agent) { $0.remove(key, owner: source.ownerID, priority: listed) } }
             if let wanted { queues[key.agent, default: AgentQueue()].add(key, owner: source.ownerID, priority: wanted) }
             source.listedAt = wanted
         }
         if source.window.isEmpty && source.exhausted && !source.refilling {
             sources[key] = nil
-            batches[key.batchID]?.agents.remove(key.agent)
+            batches.modifyValue(forKey: key.batchID) { $0.agents.remove(key.agent) }
         } else {
             sources[key] = source
         }
@@ -358,19 +358,20 @@ struct SchedulerState {
     mutating func dispatch(now: Milliseconds, effects: inout Effects) {
         guard !stopping, storeHealthy else { return }
         while running < configuration.globalConcurrency, let agent = nextAgent(now: now, effects: &effects) {
-            if let waiting = resumable[agent]?.popFirst() {
+            if let waiting = resumable.modifyValue(forKey: agent, { $0.popFirst() }) ?? nil {
                 if resumable[agent]?.isEmpty == true { resumable[agent] = nil }
                 resume(waiting, now: now, effects: &effects)
                 continue
             }
             // Popped in place: a copy of the source would copy its whole window for every task.
-            guard let key = queues[agent]?.next(), var task = sources[key]?.window.popFirst() else {
+            guard let key = queues.modifyValue(forKey: agent, { $0.next() }) ?? nil,
+                  var task = sources.modifyValue(forKey: key, { $0.window.popFirst() }) ?? nil else {
                 // A listed source always has a window; repair rather than spin. The agent's other
                 // sources are listed again: dropped with the lane, their windows would never run,
                 // and on a shared store their claims would be renewed for ever.
                 queues[agent] = nil
                 for other in sources.keys where other.agent == agent {
-                    sources[other]?.listedAt = nil
+                    sources.modifyValue(forKey: other) { $0.listedAt = nil }
                     relist(other)
                 }
                 continue
@@ -416,7 +417,7 @@ struct SchedulerState {
     private mutating func start(_ task: inout RunnableTask, now: Milliseconds, effects: inout Effects) {
         guard var batch = batches[task.batchID] else { return }
         task.attempt += 1
-        agents[task.agent]?.running += 1
+        agents.modifyValue(forKey: task.agent) { $0.running += 1 }
         agents[task.agent]?.requests?.consume(1, now: now)
         agents[task.agent]?.sharedRequests?.permits -= 1
         running += 1
@@ -497,13 +498,13 @@ struct SchedulerState {
 
             // The runner stopped while its task waits (shutdown, its timeout): the wait stands, and
             // the task runs again from the start with its children's results when they end.
-            slots[id]?.handle = nil
+            slots.modifyValue(forKey: id) { $0.handle = nil }
             return
         }
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt else { return }
         let agent = slot.task.agent
         running -= 1
-        agents[agent]?.running -= 1
+        agents.modifyValue(forKey: agent) { $0.running -= 1 }
         slot.handle = nil
 
         switch outcome {
@@ -532,7 +533,7 @@ struct SchedulerState {
             if let retryAfter = failure.retryAfterMs, retryAfter > 0 {
                 // The provider asked the whole agent to slow down, not just this task.
                 let pausedUntil = max(agents[agent]?.pausedUntil ?? 0, now + retryAfter)
-                agents[agent]?.pausedUntil = pausedUntil
+                agents.modifyValue(forKey: agent) { $0.pausedUntil = pausedUntil }
                 effects.wakeAt = min(effects.wakeAt ?? now + retryAfter, now + retryAfter)
             }
             if let state = slot.interruptAs {
@@ -592,7 +593,7 @@ struct SchedulerState {
         batch.record.counters.move(from: slot.state, to: .pending)
         if slot.state == .retryWait { retryWaitCount -= 1 }
         pendingCount += 1
-        openSlots[batch.record.id]?.remove(slot.task.id)
+        openSlots.modifyValue(forKey: batch.record.id) { $0.remove(slot.task.id) }
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
@@ -614,9 +615,9 @@ struct SchedulerState {
             source.exhausted = true
             source.cursor = QueueCursor(priority: .min, id: .max)
             sources[key] = source
-            batches[batch.record.id]?.agents.insert(key.agent)
+            batches.modifyValue(forKey: batch.record.id) { $0.agents.insert(key.agent) }
         }
-        sources[key]!.window.prepend(slot.task)
+        sources.modifyValue(forKey: key) { $0.window.prepend(slot.task) }
         relist(key)
     }
 
@@ -632,7 +633,7 @@ struct SchedulerState {
         batch.record.counters.move(from: slot.state, to: state)
         batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
         if let usage = details.usage { batch.record.usage = batch.record.usage + usage }
-        openSlots[batch.record.id]?.remove(slot.task.id)
+        openSlots.modifyValue(forKey: batch.record.id) { $0.remove(slot.task.id) }
         batches[batch.record.id] = batch
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
@@ -666,7 +667,7 @@ struct SchedulerState {
         for id in stuck {
             guard var slot = slots[id] else { continue }
             running -= 1
-            agents[slot.task.agent]?.running -= 1
+            agents.modifyValue(forKey: slot.task.agent) { $0.running -= 1 }
             if let state = slot.interruptAs {
                 // A cancel (or a deadline) was asked for: it stands, the runner's silence notwithstanding.
                 close(&slot, as: state, result: nil, failure: nil, now: now, effects: &effects)
@@ -742,7 +743,7 @@ struct SchedulerState {
     /// the running ones have stopped. Returns false if the batch is not active.
     mutating func cancelBatch(_ id: BatchID, now: Milliseconds, onFinished: @escaping @Sendable () -> Void, effects: inout Effects) -> Bool {
         guard batches[id] != nil else { return false }
-        batches[id]!.finishWaiters.append(onFinished)
+        batches.modifyValue(forKey: id) { $0.finishWaiters.append(onFinished) }
         closeBatch(id, as: .cancelled, now: now, effects: &effects)
         return true
     }
@@ -804,7 +805,7 @@ struct SchedulerState {
                                 effects: inout Effects) {
         guard var source = sources[key], var batch = batches[key.batchID] else { return }
         if let listed = source.listedAt {
-            queues[key.agent]?.remove(key, owner: source.ownerID, priority: listed)
+            queues.modifyValue(forKey: key.agent) { $0.remove(key, owner: source.ownerID, priority: listed) }
             source.listedAt = nil
         }
         for task in source.window {
@@ -822,7 +823,7 @@ struct SchedulerState {
         batches[key.batchID] = batch
         if source.exhausted && !source.refilling {
             sources[key] = nil
-            batches[key.batchID]?.agents.remove(key.agent)
+            batches.modifyValue(forKey: key.batchID) { $0.agents.remove(key.agent) }
             finishIfDone(key.batchID, now: now, effects: &effects)
         } else {
             sources[key] = source
@@ -873,7 +874,7 @@ struct SchedulerState {
         for agent in batch.agents {
             let key = SourceKey(batchID: id, agent: agent)
             if let source = sources[key], let listed = source.listedAt {
-                queues[agent]?.remove(key, owner: source.ownerID, priority: listed)
+                queues.modifyValue(forKey: agent) { $0.remove(key, owner: source.ownerID, priority: listed) }
             }
             sources[key] = nil
         }

@@ -150,7 +150,7 @@ public final class WorkerPool: Service, Sendable {
     /// The worker takes no new tasks; those it holds stay with it until it reports them.
     public func drain(_ worker: WorkerID) {
         let (agents, wakeups) = state.withLock { state in
-            state.workers[worker]?.draining = true
+            state.workers.modifyValue(forKey: worker) { $0.draining = true }
             // Parents that were to resume on it resume on any worker.
             return (state.workers[worker]?.slots.keys.map { $0 } ?? [], state.unpinWaiters(from: worker))
         }
@@ -176,7 +176,7 @@ public final class WorkerPool: Service, Sendable {
     public func heard(from worker: WorkerID) {
         let (agents, wakeups) = state.withLock { state -> ([String], PoolState.Wakeups) in
             guard state.workers[worker]?.stalled == true else { return ([], PoolState.Wakeups()) }
-            state.workers[worker]?.stalled = false
+            state.workers.modifyValue(forKey: worker) { $0.stalled = false }
             return (state.workers[worker]?.slots.keys.map { $0 } ?? [], state.unpinWaiters(from: worker))
         }
         wakeups.resume()
@@ -188,7 +188,7 @@ public final class WorkerPool: Service, Sendable {
         let deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
         state.withLock { state in
             for id in taskIDs where state.leases[id]?.worker == worker && state.leases[id]?.cancelling == false {
-                state.leases[id]?.deadline = deadline
+                state.leases.modifyValue(forKey: id) { $0.deadline = deadline }
             }
         }
     }
@@ -316,12 +316,14 @@ public final class WorkerPool: Service, Sendable {
                         // Cancelled before it was sent: the worker never hears of it.
                         return .cancelled(state.endLease(taskID).1)
                     }
-                    state.leases[taskID]?.continuation = continuation
-                    state.leases[taskID]?.reportTurn = context.reportTurn
-                    state.leases[taskID]?.children = context.children
-                    state.leases[taskID]?.sent = true
-                    // The lease runs from the moment the worker is sent the task.
-                    state.leases[taskID]?.deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
+                    state.leases.modifyValue(forKey: taskID) { lease in
+                        lease.continuation = continuation
+                        lease.reportTurn = context.reportTurn
+                        lease.children = context.children
+                        lease.sent = true
+                        // The lease runs from the moment the worker is sent the task.
+                        lease.deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
+                    }
                     return .send(send)
                 }
                 switch next {
@@ -374,8 +376,10 @@ public final class WorkerPool: Service, Sendable {
     private func requestCancel(_ taskID: TaskID) {
         let send = state.withLock { state -> (@Sendable (Command) -> Void)? in
             guard let lease = state.leases[taskID], !lease.cancelling else { return nil }
-            state.leases[taskID]?.cancelling = true
-            state.leases[taskID]?.deadline = ContinuousClock.now + .milliseconds(settings.cancelGraceMs)
+            state.leases.modifyValue(forKey: taskID) { lease in
+                lease.cancelling = true
+                lease.deadline = ContinuousClock.now + .milliseconds(settings.cancelGraceMs)
+            }
             // Not sent yet: `run` sees the flag and never sends it.
             return lease.sent ? state.workers[lease.worker]?.send : nil
         }
