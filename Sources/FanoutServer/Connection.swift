@@ -16,8 +16,8 @@ final class Connection: Sendable {
         var task: Task<Void, Never>?
         /// Where the chunks of a chunked EnqueueBatch go.
         var chunks: ChunkPipe?
-        /// Where a worker session's messages go.
-        var workerMessages: StreamPipe<WorkerMessage>?
+        /// The worker session this stream is, which handles its messages.
+        var workerSession: WorkerSessionServer?
         /// Server streams are interrupted at shutdown; unary calls may finish.
         var interruptible: Bool
     }
@@ -93,11 +93,11 @@ final class Connection: Sendable {
         let (interrupted, unfinishedEnqueues, workerSessions) = table.withLock { table in
             table.shuttingDown = true
             return (table.open.values.filter(\.interruptible).compactMap(\.task),
-                    table.open.values.compactMap(\.chunks), table.open.values.compactMap(\.workerMessages))
+                    table.open.values.compactMap(\.chunks), table.open.values.compactMap(\.workerSession))
         }
         for task in interrupted { task.cancel() }
-        // Worker sessions end once what they sent is handled: their other tasks go back to pending for after the restart.
-        for messages in workerSessions { messages.finish() }
+        // Worker sessions end once the message being handled is: their other tasks go back to pending for after the restart.
+        for session in workerSessions { session.end() }
         // An EnqueueBatch still waiting for chunks has nothing committed: it
         // ends now with UNAVAILABLE instead of holding shutdown up.
         for chunks in unfinishedEnqueues { chunks.close() }
@@ -140,19 +140,19 @@ final class Connection: Sendable {
             let pipe = table.withLock { $0.open[frame.streamID]?.chunks }
             await pipe?.send(chunk)
         case .message(.worker(let message)):
-            // Waits while the session handles earlier reports.
-            let pipe = table.withLock { $0.open[frame.streamID]?.workerMessages }
-            await pipe?.send(message)
+            // Handled here, in order: a worker reporting faster than the daemon records waits.
+            let session = table.withLock { $0.open[frame.streamID]?.workerSession }
+            await session?.handle(message)
         case .message, .unknown:
             // Messages for another kind of stream, and unknown kinds from newer clients,
             // are ignored (PROTOCOL.md §12).
             break
         case .cancel, .end:
-            let (task, pipe, messages) = table.withLock {
-                ($0.open[frame.streamID]?.task, $0.open[frame.streamID]?.chunks, $0.open[frame.streamID]?.workerMessages)
+            let (task, pipe, session) = table.withLock {
+                ($0.open[frame.streamID]?.task, $0.open[frame.streamID]?.chunks, $0.open[frame.streamID]?.workerSession)
             }
             pipe?.close()
-            messages?.close()
+            session?.end()
             task?.cancel()
         case .response:
             return await refuse(frame.streamID, WireStatus(code: .invalidArgument, message: "clients do not send responses"),
@@ -203,12 +203,8 @@ final class Connection: Sendable {
     private func open(_ id: UInt32, _ request: Request, writer: FrameWriter) async -> Bool {
         let interruptible: Bool
         var chunks: ChunkPipe?
-        var workerMessages: StreamPipe<WorkerMessage>?
         switch request {
-        case .subscribe, .getResults: interruptible = true
-        case .workerSession:
-            interruptible = true
-            workerMessages = StreamPipe(capacity: 64)
+        case .subscribe, .getResults, .workerSession: interruptible = true
         case .enqueueBatch(let batch) where batch.more:
             interruptible = false
             chunks = ChunkPipe()
@@ -231,7 +227,7 @@ final class Connection: Sendable {
                 return .refused(WireStatus(code: .resourceExhausted,
                                            message: "\(table.open.count) streams are open; the limit is \(configuration.maxStreamsPerConnection) per connection (max_streams_per_connection)"))
             }
-            table.open[id] = OpenStream(task: nil, chunks: chunks, workerMessages: workerMessages, interruptible: interruptible)
+            table.open[id] = OpenStream(task: nil, chunks: chunks, workerSession: nil, interruptible: interruptible)
             return .admitted
         }
         switch admission {
@@ -256,9 +252,28 @@ final class Connection: Sendable {
             startedEnqueue = service.startEnqueueTask(task, peer: peer)
         default: break
         }
+        // A worker is registered from here too, so the frames it sends next find its session.
+        var workerSession: WorkerSessionServer?
+        if case .workerSession(let register) = request, let pool = service.workerPool {
+            switch WorkerSessionServer.open(register, pool: pool, service: service, peer: peer, streamID: id, writer: writer,
+                                            channel: channel) {
+            case .success(let session):
+                workerSession = session
+                table.withLock { $0.open.modifyValue(forKey: id) { $0.workerSession = session } }
+            case .failure(let status):
+                let drained = table.withLock { table -> (@Sendable () -> Void)? in
+                    table.open.removeValue(forKey: id)
+                    return table.open.isEmpty ? table.onDrained : nil
+                }
+                await writer.send(Frame(streamID: id, kind: .end(status)))
+                drained?()
+                return true
+            }
+        }
         let started = startedEnqueue
+        let session = workerSession
         let task = Task {
-            let status = await self.serve(id, request, chunks: chunks, workerMessages: workerMessages, startedEnqueue: started,
+            let status = await self.serve(id, request, chunks: chunks, workerSession: session, startedEnqueue: started,
                                           writer: writer)
             if let status {
                 // This task may be cancelled (a Cancel frame, shutdown), and NIO's async
@@ -275,7 +290,7 @@ final class Connection: Sendable {
         }
         // Shutdown may have begun between the admission and now, and found no task to cancel.
         let interruptNow = table.withLock { table -> Bool in
-            table.open[id]?.task = task
+            table.open.modifyValue(forKey: id) { $0.task = task }
             return table.shuttingDown && interruptible
         }
         if interruptNow { task.cancel() }
@@ -302,7 +317,7 @@ final class Connection: Sendable {
         return true
     }
 
-    private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, workerMessages: StreamPipe<WorkerMessage>?,
+    private func serve(_ id: UInt32, _ request: Request, chunks: ChunkPipe?, workerSession: WorkerSessionServer?,
                        startedEnqueue: Result<PendingResult<InsertedBatch>, any Error>?, writer: FrameWriter) async -> WireStatus? {
         do {
             switch request {
@@ -336,12 +351,11 @@ final class Connection: Sendable {
                 return try await streamEvents(id, subscribe, writer: writer)
             case .retryFailed(let retry):
                 return await reply(id, .retryFailed(try await service.retryFailed(retry, peer: peer)), writer)
-            case .workerSession(let register):
-                guard let pool = service.workerPool, let workerMessages else {
+            case .workerSession:
+                guard let workerSession else {
                     return WireStatus(code: .unimplemented, message: "no agent of this daemon is served by workers (runner \"worker\")")
                 }
-                let session = WorkerSessionServer(pool: pool, service: service, peer: peer, streamID: id, writer: writer)
-                return try await session.serve(register, inbox: workerMessages)
+                return await workerSession.serve()
             case .unknown:
                 return WireStatus(code: .unimplemented, message: "this call is not known to fanoutd \(configuration.serverVersion)")
             }
@@ -458,9 +472,9 @@ final class Connection: Sendable {
         let tasks = table.withLock { table -> [Task<Void, Never>] in
             for stream in table.open.values {
                 stream.chunks?.close()
-                // A worker session waits on its messages, not on cancellation: finishing them ends it,
-                // after the results the worker sent before it went are recorded.
-                stream.workerMessages?.finish()
+                // A worker session ends by itself, not by cancellation: the results the worker
+                // sent before it went are recorded.
+                stream.workerSession?.end()
             }
             return table.open.values.compactMap(\.task)
         }

@@ -1,75 +1,172 @@
 import FanoutCore
 import FanoutScheduler
 import FanoutWire
+import NIOCore
+import Synchronization
 
 /// Serves one worker session stream: registers the worker with the pool,
 /// sends it assignments and cancels, and hands its reports to the pool,
 /// answering each result or failure with an acknowledgement. When the
 /// stream ends, however it ends, the worker leaves the pool and the tasks
 /// it held run again elsewhere.
-struct WorkerSessionServer {
+///
+/// The worker's messages are handled by the connection's read loop, on the
+/// event loop that read them, and the pool's commands are written by the
+/// thread that sends them (`WorkerOutbound`): a task goes out and its result
+/// comes back without waking a session task (docs/PERFORMANCE.md, worker path).
+/// The session's own task writes only what must wait for the store (a resumed
+/// task's children's results), and ends the session.
+final class WorkerSessionServer: Sendable {
+    private struct Lifecycle {
+        var ended = false
+        /// Messages being handled now: the session ends after them.
+        var handling = 0
+        var endWaiter: CheckedContinuation<Void, Never>?
+    }
+
     let pool: WorkerPool
     let service: FanoutService
-    let peer: PeerCredentials
+    let worker: WorkerPool.WorkerID
     let streamID: UInt32
+    /// Answers to the worker's messages, written from the read loop: a worker that
+    /// sends faster than it reads is slowed down by the channel's backpressure.
     let writer: FrameWriter
+    let outbound: WorkerOutbound
+    private let lifecycle = Mutex(Lifecycle())
 
-    func serve(_ register: WorkerRegister, inbox: StreamPipe<WorkerMessage>) async throws -> WireStatus {
+    private init(pool: WorkerPool, service: FanoutService, worker: WorkerPool.WorkerID, streamID: UInt32, writer: FrameWriter,
+                 outbound: WorkerOutbound) {
+        self.pool = pool
+        self.service = service
+        self.worker = worker
+        self.streamID = streamID
+        self.writer = writer
+        self.outbound = outbound
+    }
+
+    /// Registers the worker, or says why not (the stream then ends with it).
+    static func open(_ register: WorkerRegister, pool: WorkerPool, service: FanoutService, peer: PeerCredentials,
+                     streamID: UInt32, writer: FrameWriter, channel: any Channel) -> Result<WorkerSessionServer, WireStatus> {
         guard !register.agents.isEmpty else {
-            return WireStatus(code: .invalidArgument, message: "a worker registers at least one agent")
+            return .failure(WireStatus(code: .invalidArgument, message: "a worker registers at least one agent"))
         }
         var agents: [String: Int] = [:]
         var maxTurns: [String: Int] = [:]
         for agent in register.agents {
             guard agents[agent.name] == nil else {
-                return WireStatus(code: .invalidArgument, message: "agent \"\(agent.name.prefix(100))\" is registered twice")
+                return .failure(WireStatus(code: .invalidArgument, message: "agent \"\(agent.name.prefix(100))\" is registered twice"))
             }
             if let problem = BatchValidation.agentNameProblem(agent.name) {
-                return WireStatus(code: .invalidArgument, message: problem)
+                return .failure(WireStatus(code: .invalidArgument, message: problem))
             }
             agents[agent.name] = Int(agent.concurrency)
             maxTurns[agent.name] = Int(agent.maxTurns)
         }
-        let (commands, outbound) = AsyncStream.makeStream(of: WorkerPool.Command.self)
-        let worker = try pool.register(name: register.workerName, uid: peer.uid, isAdmin: peer.isAdmin, agents: agents,
-                                       maxTurns: maxTurns, send: { outbound.yield($0) })
-        defer {
-            pool.unregister(worker)
-            outbound.finish()
+        let outbound = WorkerOutbound(channel: channel, streamID: streamID, maxFrameBytes: service.configuration.maxFrameBytes)
+        // Set once registered: an assignment sent before that (another thread may send at once) fails through it.
+        let registered = Mutex<WorkerPool.WorkerID?>(nil)
+        do {
+            let worker = try pool.register(name: register.workerName, uid: peer.uid, isAdmin: peer.isAdmin, agents: agents,
+                                           maxTurns: maxTurns, send: { [pool] command in
+                guard let problem = outbound.send(command), case .assign(let context, _, _) = command,
+                      let worker = registered.withLock({ $0 }) else { return }
+                // Too large for the worker's frames: this attempt cannot reach it, and would not the next time either.
+                _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
+                    "the task cannot be sent to its worker: \(problem)", code: "assignment_unsendable", retryable: false))
+            })
+            registered.withLock { $0 = worker }
+            return .success(WorkerSessionServer(pool: pool, service: service, worker: worker, streamID: streamID,
+                                                writer: writer, outbound: outbound))
+        } catch {
+            outbound.close()
+            return .failure(WireStatus(error))
         }
-        // Registered: the worker may now expect assignments.
-        try await send(.ack(taskID: 0, status: .ok))
-        // The outbound task ends when a write fails (the worker is gone); the inbound side goes on
-        // until the worker's last messages are handled.
-        await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await command in commands {
-                    try await send(Self.message(for: command))
-                    if case .assign(let context, _, resumed: true) = command {
-                        do {
-                            try await sendChildren(of: context)
-                        } catch let error as WireError {
-                            throw error
-                        } catch {
-                            // The children's results could not be read: the attempt fails (and may run
-                            // again), rather than the session silently stopping its assignments.
-                            _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
-                                "reading the children's results failed: \(error)", code: "children_unreadable", retryable: true))
-                            try await send(.cancel(taskID: UInt64(context.taskID)))
-                        }
-                    }
-                }
-            }
-            // The session lasts as long as the worker's side of the stream.
-            while let message = await inbox.receive() {
-                await handle(message, from: worker)
-            }
-            group.cancelAll()
-        }
-        return inbox.failure ?? .ok
     }
 
-    private func handle(_ message: WorkerMessage, from worker: WorkerPool.WorkerID) async {
+    /// Runs until the session ends: writes what was queued, then takes the worker out of the pool.
+    func serve() async -> WireStatus {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                do {
+                    for await frame in outbound.queuedFrames {
+                        try await outbound.writeQueued { try await write(frame) }
+                    }
+                } catch {
+                    // The connection is gone: the session ends with it.
+                }
+            }
+            await waitForEnd()
+            group.cancelAll()
+        }
+        pool.unregister(worker)
+        outbound.close()
+        return .ok
+    }
+
+    /// Ends the session once the messages being handled are: later ones are ignored.
+    func end() {
+        let waiter = lifecycle.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.ended = true
+            guard state.handling == 0 else { return nil }
+            defer { state.endWaiter = nil }
+            return state.endWaiter
+        }
+        waiter?.resume()
+    }
+
+    private func waitForEnd() async {
+        await withCheckedContinuation { continuation in
+            let now = lifecycle.withLock { state -> Bool in
+                if state.ended && state.handling == 0 { return true }
+                state.endWaiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Handles one of the worker's messages, in the order they were read.
+    func handle(_ message: WorkerMessage) async {
+        let open = lifecycle.withLock { state -> Bool in
+            guard !state.ended else { return false }
+            state.handling += 1
+            return true
+        }
+        guard open else { return }
+        await handleOpen(message)
+        let waiter = lifecycle.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.handling -= 1
+            guard state.ended, state.handling == 0 else { return nil }
+            defer { state.endWaiter = nil }
+            return state.endWaiter
+        }
+        waiter?.resume()
+    }
+
+    private func write(_ frame: WorkerOutbound.Queued) async throws {
+        switch frame {
+        case .registered:
+            // Registered: the worker may now expect assignments.
+            try await outbound.write(.ack(taskID: 0, status: .ok))
+        case .command(let command):
+            try await outbound.write(Self.message(for: command))
+            if case .assign(let context, _, resumed: true) = command {
+                do {
+                    try await sendChildren(of: context)
+                } catch let error as WireError {
+                    throw error
+                } catch {
+                    // The children's results could not be read: the attempt fails (and may run
+                    // again), rather than the session silently stopping its assignments.
+                    _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
+                        "reading the children's results failed: \(error)", code: "children_unreadable", retryable: true))
+                    try await outbound.write(.cancel(taskID: UInt64(context.taskID)))
+                }
+            }
+        }
+    }
+
+    private func handleOpen(_ message: WorkerMessage) async {
         pool.heard(from: worker)
         switch message {
         case .heartbeat(let taskIDs):
@@ -93,7 +190,7 @@ struct WorkerSessionServer {
             if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
             await reply(.ack(taskID: taskID, status: Self.status(status, taskID)))
         case .spawn(let taskID, let children):
-            await reply(await spawn(taskID, children, from: worker))
+            await reply(await spawn(taskID, children))
         case .waitChildren(let taskID, let timeoutMs):
             let status = pool.waitForChildren(worker, taskID: TaskID(clamping: taskID),
                                               timeoutMs: timeoutMs == 0 ? nil : Int64(clamping: timeoutMs))
@@ -104,7 +201,7 @@ struct WorkerSessionServer {
         }
     }
 
-    private func spawn(_ taskID: UInt64, _ request: EnqueueBatchRequest, from worker: WorkerPool.WorkerID) async -> ServerToWorker {
+    private func spawn(_ taskID: UInt64, _ request: EnqueueBatchRequest) async -> ServerToWorker {
         // Owner, creator and parent are the spawning task's: the pool sets them.
         let children = FanoutService.newBatch(request, tasks: request.tasks, creatorUID: 0)
         do {
@@ -128,14 +225,14 @@ struct WorkerSessionServer {
                 let page = try await service.resultsPage(batchID: UInt64(batch.id), afterTaskID: after, pageSize: 1_000)
                 guard let last = page.last else { break }
                 if let previous = held {
-                    try await send(.childrenDone(taskID: taskID, childBatchID: previous.batch, results: previous.results, last: false))
+                    try await outbound.write(.childrenDone(taskID: taskID, childBatchID: previous.batch, results: previous.results, last: false))
                 }
                 held = (UInt64(batch.id), page)
                 after = last.taskID
             }
         }
         let final = held ?? (batch: 0, results: [])
-        try await send(.childrenDone(taskID: taskID, childBatchID: final.batch, results: final.results, last: true))
+        try await outbound.write(.childrenDone(taskID: taskID, childBatchID: final.batch, results: final.results, last: true))
     }
 
     /// A result's or failure's acknowledgement: OK, or why it was not taken.
@@ -173,10 +270,6 @@ struct WorkerSessionServer {
     /// An answer to one of the worker's messages. A connection already gone is no reason to stop:
     /// what the worker sent before it went (a last result) is still recorded.
     private func reply(_ message: ServerToWorker) async {
-        try? await send(message)
-    }
-
-    private func send(_ message: ServerToWorker) async throws {
-        try await writer.write(Frame(streamID: streamID, kind: .message(.toWorker(message))))
+        try? await writer.write(Frame(streamID: streamID, kind: .message(.toWorker(message))))
     }
 }
