@@ -2,9 +2,14 @@ import FanoutCore
 
 /// The worker pool's bookkeeping, behind its lock: workers and their
 /// slots, attempts waiting for a slot, and the leases of assigned tasks.
-/// Nothing here awaits; continuations are handed back to be resumed outside.
+/// Nothing here awaits; what ends an attempt or grants it a slot is handed
+/// back to be called outside the lock.
 struct PoolState {
     typealias AttemptResult = Result<RunOutput, any Error>
+    /// Hands an attempt its outcome: resumes the Swift task awaiting it, or ends an attempt run without one.
+    typealias Outcome = @Sendable (AttemptResult) -> Void
+    /// Hands a waiting attempt its slot, or nil when it stopped waiting.
+    typealias Grant = @Sendable (WorkerPool.WorkerID?) -> Void
 
     struct Worker {
         var name: String
@@ -39,8 +44,8 @@ struct PoolState {
         var worker: WorkerPool.WorkerID
         var agent: String
         var deadline: ContinuousClock.Instant
-        /// Set once the attempt awaits its outcome.
-        var continuation: CheckedContinuation<AttemptResult, Never>?
+        /// Set once the task is sent: how the attempt learns its outcome.
+        var outcome: Outcome?
         var reportTurn: (@Sendable () async -> Void)?
         var children: (any ChildTasks)?
         var sent = false
@@ -53,16 +58,16 @@ struct PoolState {
         var taskID: TaskID
         var requirement: SlotRequirement
         var deadline: ContinuousClock.Instant
-        var continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>
+        var grant: Grant
     }
 
     /// Attempts given a slot by a change, to be resumed outside the lock.
     struct Wakeups {
         var workerID: WorkerPool.WorkerID = 0
-        var granted: [(CheckedContinuation<WorkerPool.WorkerID?, Never>, WorkerPool.WorkerID)] = []
+        var granted: [(Grant, WorkerPool.WorkerID)] = []
 
         func resume() {
-            for (continuation, worker) in granted { continuation.resume(returning: worker) }
+            for (grant, worker) in granted { grant(worker) }
         }
     }
 
@@ -91,12 +96,12 @@ struct PoolState {
     }
 
     /// Removes a worker; returns the attempts it held that await an outcome, and waiters it lets through.
-    mutating func removeWorker(_ id: WorkerPool.WorkerID) -> ([(CheckedContinuation<AttemptResult, Never>, TaskID)], Wakeups) {
+    mutating func removeWorker(_ id: WorkerPool.WorkerID) -> ([(Outcome, TaskID)], Wakeups) {
         workers[id] = nil
-        var ended: [(CheckedContinuation<AttemptResult, Never>, TaskID)] = []
+        var ended: [(Outcome, TaskID)] = []
         for (taskID, lease) in leases where lease.worker == id {
             leases[taskID] = nil
-            if let continuation = lease.continuation { ended.append((continuation, taskID)) }
+            if let outcome = lease.outcome { ended.append((outcome, taskID)) }
         }
         return (ended, unpinWaiters(from: id))
     }
@@ -110,7 +115,7 @@ struct PoolState {
 
     /// A slot for `taskID` now, or nil after queueing the waiter.
     mutating func takeSlot(agent: String, taskID: TaskID, requirement: SlotRequirement, deadline: ContinuousClock.Instant,
-                           waiter: Int, continuation: CheckedContinuation<WorkerPool.WorkerID?, Never>) -> WorkerPool.WorkerID? {
+                           waiter: Int, grant: @escaping Grant) -> WorkerPool.WorkerID? {
         var requirement = requirement
         if let only = requirement.worker, workers[only] == nil { requirement.worker = nil }
         if let worker = freeWorker(for: agent, requirement) {
@@ -118,7 +123,7 @@ struct PoolState {
             return worker
         }
         waiters.append(Waiter(id: waiter, agent: agent, taskID: taskID, requirement: requirement, deadline: deadline,
-                              continuation: continuation))
+                              grant: grant))
         return nil
     }
 
@@ -134,9 +139,9 @@ struct PoolState {
         }
     }
 
-    mutating func removeWaiter(_ id: Int) -> CheckedContinuation<WorkerPool.WorkerID?, Never>? {
+    mutating func removeWaiter(_ id: Int) -> Grant? {
         guard let index = waiters.firstIndex(where: { $0.id == id }) else { return nil }
-        return waiters.remove(at: index).continuation
+        return waiters.remove(at: index).grant
     }
 
     /// How a report from `worker` about `taskID` is received.
@@ -147,26 +152,26 @@ struct PoolState {
     }
 
     /// Ends a lease and frees its slot for the next waiter.
-    mutating func endLease(_ taskID: TaskID) -> (CheckedContinuation<AttemptResult, Never>?, Wakeups) {
+    mutating func endLease(_ taskID: TaskID) -> (Outcome?, Wakeups) {
         guard let lease = leases.removeValue(forKey: taskID) else { return (nil, Wakeups()) }
         workers.modifyValue(forKey: lease.worker) { $0.running[lease.agent, default: 1] -= 1 }
-        return (lease.continuation, grantWaiters())
+        return (lease.outcome, grantWaiters())
     }
 
     var earliestDeadline: ContinuousClock.Instant? {
-        leases.values.filter { $0.continuation != nil }.map(\.deadline).min()
+        leases.values.filter { $0.outcome != nil }.map(\.deadline).min()
     }
 
     /// Ends the leases past their deadline; says whether each was being cancelled.
     mutating func expire(now: ContinuousClock.Instant)
-        -> ([(CheckedContinuation<AttemptResult, Never>?, TaskID, Bool)], Wakeups) {
-        var expired: [(CheckedContinuation<AttemptResult, Never>?, TaskID, Bool)] = []
+        -> ([(Outcome?, TaskID, Bool)], Wakeups) {
+        var expired: [(Outcome?, TaskID, Bool)] = []
         var wakeups = Wakeups()
-        for (taskID, lease) in leases where lease.continuation != nil && lease.deadline <= now {
+        for (taskID, lease) in leases where lease.outcome != nil && lease.deadline <= now {
             // Marked before its slot is given back, so the slot does not go straight back to it.
             if !lease.cancelling { workers.modifyValue(forKey: lease.worker) { $0.stalled = true } }
-            let (continuation, granted) = endLease(taskID)
-            expired.append((continuation, taskID, lease.cancelling))
+            let (outcome, granted) = endLease(taskID)
+            expired.append((outcome, taskID, lease.cancelling))
             wakeups.granted += granted.granted
         }
         return (expired, wakeups)
@@ -209,7 +214,7 @@ struct PoolState {
 
                 waiters.remove(at: index)
                 assign(waiter.taskID, agent: waiter.agent, to: worker, deadline: waiter.deadline)
-                wakeups.granted.append((waiter.continuation, worker))
+                wakeups.granted.append((waiter.grant, worker))
             } else {
                 index += 1
             }

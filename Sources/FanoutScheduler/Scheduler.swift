@@ -228,7 +228,7 @@ public final class Scheduler: Service, Sendable {
     /// most; its task then goes back to pending like the others, and whatever
     /// it returns later is dropped.
     public func shutdown() async {
-        let handles = state.withLock { state -> [Task<Void, Never>] in
+        let handles = state.withLock { state -> [AttemptHandle] in
             state.stopping = true
             return state.slots.values.compactMap(\.handle)
         }
@@ -550,16 +550,36 @@ public final class Scheduler: Service, Sendable {
     }
 
     private func launch(_ order: StartOrder) {
+        if let pool = workerPool, runners[order.task.agent] == nil, let payload = order.task.payload,
+           !order.resumed, order.timeoutMs == 0 {
+            return launch(order, on: pool, payload: payload)
+        }
         let handle = Task {
             let outcome = await self.execute(order)
-            self.mutate { state, effects in
-                state.finish(order.task.id, attempt: order.attempt, run: order.run, outcome: outcome,
-                             jitter: Double.random(in: 0...1), now: WallClock.now, effects: &effects)
-            }
-            self.inFlight.remove(1)
+            self.attemptEnded(order, outcome)
         }
-        let keep = state.withLock { $0.attach(handle, to: order.task.id, attempt: order.attempt, run: order.run) }
+        let keep = state.withLock { $0.attach(.task(handle), to: order.task.id, attempt: order.attempt, run: order.run) }
         if !keep { handle.cancel() }
+    }
+
+    /// An attempt on workers, without a Swift task (docs/PERFORMANCE.md, worker path): sent from
+    /// here, or from the thread that frees a slot, and finished on the thread that hears how it went.
+    /// Attempts with a timeout, a resumed parent's, and a payload still in the store take `execute`.
+    private func launch(_ order: StartOrder, on pool: WorkerPool, payload: [UInt8]) {
+        let attempt = pool.makeAttempt(taskID: order.task.id) { [weak self] result, cancelled in
+            self?.attemptEnded(order, Self.outcome(of: result, cancelled: cancelled))
+        }
+        let keep = state.withLock { $0.attach(.worker(attempt), to: order.task.id, attempt: order.attempt, run: order.run) }
+        if !keep { attempt.cancel() }
+        pool.start(attempt, agent: order.task.agent, context: makeContext(order, payload: payload))
+    }
+
+    private func attemptEnded(_ order: StartOrder, _ outcome: AttemptOutcome) {
+        mutate { state, effects in
+            state.finish(order.task.id, attempt: order.attempt, run: order.run, outcome: outcome,
+                         jitter: Double.random(in: 0...1), now: WallClock.now, effects: &effects)
+        }
+        inFlight.remove(1)
     }
 
     /// Takes requests from a rate limit other daemons share, then dispatches with them.
@@ -661,32 +681,48 @@ public final class Scheduler: Service, Sendable {
             if task.payload == nil {
                 payload = try await store.payload(of: task.id)
             }
-            var context = RunContext(
-                taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
-                attempt: order.attempt, maxTurns: order.maxTurns, payload: payload, url: task.url,
-                timeoutMs: order.timeoutMs > 0 ? order.timeoutMs : nil,
-                creatorUID: order.creatorUID,
-                reportTurn: { [weak self] in
-                    guard let self else { return }
-                    self.mutate { state, effects in
-                        state.turn(task.id, attempt: order.attempt, run: order.run, now: WallClock.now, effects: &effects)
-                    }
-                    // A runner reporting faster than commits land waits here instead of piling changes up,
-                    // and one reporting in a tight loop gives others the thread at each turn.
-                    if !(await self.commits.waitForRoom()) { await Task.yield() }
-                })
-            context.resumed = order.resumed
             if order.resumed { await committed() }
-            context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt, run: order.run)
-            let runContext = context
-            let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(runContext) }
+            let context = makeContext(order, payload: payload)
+            let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
             return .succeeded(output)
-        } catch let failure as RunnerFailure {
-            return Task.isCancelled ? .interrupted : .failed(failure)
         } catch is AttemptTimedOut {
             return .failed(RunnerFailure("attempt timed out after \(order.timeoutMs) ms", code: "timeout", retryable: true))
         } catch {
-            if Task.isCancelled { return .interrupted }
+            return Self.outcome(of: .failure(error), cancelled: Task.isCancelled)
+        }
+    }
+
+    private func makeContext(_ order: StartOrder, payload: [UInt8]) -> RunContext {
+        let task = order.task
+        var context = RunContext(
+            taskID: task.id, batchID: task.batchID, customID: task.customID, agent: task.agent,
+            attempt: order.attempt, maxTurns: order.maxTurns, payload: payload, url: task.url,
+            timeoutMs: order.timeoutMs > 0 ? order.timeoutMs : nil,
+            creatorUID: order.creatorUID,
+            reportTurn: { [weak self] in
+                guard let self else { return }
+                self.mutate { state, effects in
+                    state.turn(task.id, attempt: order.attempt, run: order.run, now: WallClock.now, effects: &effects)
+                }
+                // A runner reporting faster than commits land waits here instead of piling changes up,
+                // and one reporting in a tight loop gives others the thread at each turn.
+                if !(await self.commits.waitForRoom()) { await Task.yield() }
+            })
+        context.resumed = order.resumed
+        context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt, run: order.run)
+        return context
+    }
+
+    /// How an attempt ended, from what its runner returned or threw: a failure of an attempt
+    /// that was cancelled is its interruption.
+    static func outcome(of result: Result<RunOutput, any Error>, cancelled: Bool) -> AttemptOutcome {
+        switch result {
+        case .success(let output):
+            return .succeeded(output)
+        case .failure(let failure as RunnerFailure):
+            return cancelled ? .interrupted : .failed(failure)
+        case .failure(let error):
+            if cancelled { return .interrupted }
             return .failed(RunnerFailure(error is CancellationError
                                              ? "the runner stopped the attempt without being asked to (it threw a cancellation)"
                                              : "\(error)", code: "runner_error", retryable: false))

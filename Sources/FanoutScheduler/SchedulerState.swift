@@ -6,7 +6,7 @@ import FanoutStore
 struct Effects: Sendable {
     var changes = ChangeSet()
     var starts: [StartOrder] = []
-    var cancellations: [Task<Void, Never>] = []
+    var cancellations: [AttemptHandle] = []
     var retries: [(id: TaskID, attempt: Int, delayMs: Int64)] = []
     var refills: [RefillOrder] = []
     /// Requests per minute to take from a bucket other daemons share.
@@ -63,7 +63,7 @@ struct TaskSlot {
     var state: TaskState
     /// What an interruption turns into: cancelled or expired. Nil: shutdown.
     var interruptAs: TaskState?
-    var handle: Task<Void, Never>?
+    var handle: AttemptHandle?
     /// Called once the task has left `running` and that is committed.
     var stopWaiters: [@Sendable () -> Void] = []
     /// Without `max_turns`, turn events are coalesced: when the last one went
@@ -443,9 +443,9 @@ struct SchedulerState {
 
     // MARK: Running tasks
 
-    /// Records the Swift task running an attempt. Returns false when it must
+    /// Records what runs an attempt. Returns false when it must
     /// be cancelled at once (cancel requested, or the scheduler is stopping).
-    mutating func attach(_ handle: Task<Void, Never>, to id: TaskID, attempt: Int, run: Int) -> Bool {
+    mutating func attach(_ handle: AttemptHandle, to id: TaskID, attempt: Int, run: Int) -> Bool {
         guard var slot = slots[id], slot.state == .running, slot.task.attempt == attempt, slot.run == run else { return false }
         slot.handle = handle
         slots[id] = slot

@@ -166,9 +166,8 @@ public final class WorkerPool: Service, Sendable {
         wakeups.resume()
         reportCapacity(of: agents)
 
-        for (continuation, taskID) in ended {
-            continuation.resume(returning: .failure(RunnerFailure(
-                "the worker running task \(taskID) disconnected", code: "worker_lost", retryable: true)))
+        for (outcome, taskID) in ended {
+            outcome(.failure(RunnerFailure("the worker running task \(taskID) disconnected", code: "worker_lost", retryable: true)))
         }
     }
 
@@ -231,13 +230,13 @@ public final class WorkerPool: Service, Sendable {
 
     /// The worker stopped a cancelled task: its slot is free.
     public func cancelAcknowledged(_ worker: WorkerID, taskID: TaskID) {
-        let (continuation, wakeups) = state.withLock { state in
+        let (outcome, wakeups) = state.withLock { state in
             guard state.leases[taskID]?.worker == worker, state.leases[taskID]?.cancelling == true else {
-                return (nil as CheckedContinuation<AttemptResult, Never>?, PoolState.Wakeups())
+                return (nil as PoolState.Outcome?, PoolState.Wakeups())
             }
             return state.endLease(taskID)
         }
-        continuation?.resume(returning: .failure(CancellationError()))
+        outcome?(.failure(CancellationError()))
         wakeups.resume()
     }
 
@@ -245,13 +244,13 @@ public final class WorkerPool: Service, Sendable {
     public var workers: [WorkerInfo] { state.withLock { $0.workerInfos() } }
 
     private func finish(_ worker: WorkerID, taskID: TaskID, with result: AttemptResult) -> ReportStatus {
-        let (status, continuation, wakeups) = state.withLock { state -> (ReportStatus, CheckedContinuation<AttemptResult, Never>?, PoolState.Wakeups) in
+        let (status, outcome, wakeups) = state.withLock { state -> (ReportStatus, PoolState.Outcome?, PoolState.Wakeups) in
             let status = state.status(of: taskID, for: worker)
             guard status == .accepted else { return (status, nil, PoolState.Wakeups()) }
-            let (continuation, wakeups) = state.endLease(taskID)
-            return (status, continuation, wakeups)
+            let (outcome, wakeups) = state.endLease(taskID)
+            return (status, outcome, wakeups)
         }
-        continuation?.resume(returning: result)
+        outcome?(result)
         wakeups.resume()
         return status
     }
@@ -265,11 +264,33 @@ public final class WorkerPool: Service, Sendable {
     /// ended, and the task goes back with their results: to the same worker while
     /// it is connected (its handler waits there), otherwise to any.
     func run(agent: String, context: RunContext) async throws -> RunOutput {
-        // Tasks of an agent a worker declared reach only workers of the uid that submitted them.
-        let ownUID = scheduler.withLock { $0 }?.agentsByName[agent] == nil ? context.creatorUID : nil
-        var requirement = PoolState.SlotRequirement(uid: ownUID)
-        var resumed = context.resumed
+        try await run(agent: agent, context: context, resumed: context.resumed, requirement: slotRequirement(agent: agent, context: context))
+    }
+
+    /// Tasks of an agent a worker declared reach only workers of the uid that submitted them.
+    private func slotRequirement(agent: String, context: RunContext) -> PoolState.SlotRequirement {
+        PoolState.SlotRequirement(uid: scheduler.withLock { $0 }?.agentsByName[agent] == nil ? context.creatorUID : nil)
+    }
+
+    /// `run`, from a point in the attempt: the task was sent `resumed`, or waits for its children on `waiting`.
+    private func run(agent: String, context: RunContext, resumed: Bool, requirement: PoolState.SlotRequirement,
+                     waiting: (ChildrenWait, on: WorkerID)? = nil) async throws -> RunOutput {
+        var requirement = requirement
+        var resumed = resumed
+        var waiting = waiting
         while true {
+            if let (wait, worker) = waiting {
+                do {
+                    guard let children = context.children else { throw CancellationError() }
+                    try await children.wait(timeoutMs: wait.timeoutMs)
+                } catch {
+                    stopWaitingHandler(on: worker, taskID: context.taskID)
+                    throw error
+                }
+                requirement.worker = worker
+                resumed = true
+                waiting = nil
+            }
             let worker: WorkerID
             do {
                 worker = try await acquireSlot(agent: agent, taskID: context.taskID, requirement: requirement)
@@ -282,15 +303,7 @@ public final class WorkerPool: Service, Sendable {
             do {
                 return try await runOnce(on: worker, context: context, resumed: resumed)
             } catch let wait as ChildrenWait {
-                do {
-                    guard let children = context.children else { throw CancellationError() }
-                    try await children.wait(timeoutMs: wait.timeoutMs)
-                } catch {
-                    stopWaitingHandler(on: worker, taskID: context.taskID)
-                    throw error
-                }
-                requirement.worker = worker
-                resumed = true
+                waiting = (wait, worker)
             } catch {
                 // Cancelled before the resumed assignment went out: the handler waiting on its worker stops.
                 if resumed { stopWaitingHandler(on: requirement.worker, taskID: context.taskID) }
@@ -306,44 +319,47 @@ public final class WorkerPool: Service, Sendable {
     }
 
     private func runOnce(on worker: WorkerID, context: RunContext, resumed: Bool) async throws -> RunOutput {
-        let taskID = context.taskID
         let result: AttemptResult = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                enum Next { case send(@Sendable (Command) -> Void), lost, cancelled(PoolState.Wakeups) }
-                let next = state.withLock { state -> Next in
-                    guard let lease = state.leases[taskID], let send = state.workers[worker]?.send else { return .lost }
-                    if lease.cancelling {
-                        // Cancelled before it was sent: the worker never hears of it.
-                        return .cancelled(state.endLease(taskID).1)
-                    }
-                    state.leases.modifyValue(forKey: taskID) { lease in
-                        lease.continuation = continuation
-                        lease.reportTurn = context.reportTurn
-                        lease.children = context.children
-                        lease.sent = true
-                        // The lease runs from the moment the worker is sent the task.
-                        lease.deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
-                    }
-                    return .send(send)
-                }
-                switch next {
-                case .cancelled(let wakeups):
-                    continuation.resume(returning: .failure(CancellationError()))
-                    wakeups.resume()
-                    return
-                case .lost:
-                    // The worker went away between the slot and the send.
-                    continuation.resume(returning: .failure(RunnerFailure("the worker went away before task \(taskID) reached it",
-                                                                          code: "worker_lost", retryable: true)))
-                case .send(let send):
-                    send(.assign(context, leaseMs: settings.leaseMs, resumed: resumed))
-                    kickSweeper(for: ContinuousClock.now + .milliseconds(settings.leaseMs))
-                }
+                send(context, on: worker, resumed: resumed) { continuation.resume(returning: $0) }
             }
         } onCancel: {
-            requestCancel(taskID)
+            requestCancel(context.taskID)
         }
         return try result.get()
+    }
+
+    /// Sends the task to the worker whose slot it was given; `outcome` is told how the attempt ends.
+    private func send(_ context: RunContext, on worker: WorkerID, resumed: Bool, outcome: @escaping PoolState.Outcome) {
+        let taskID = context.taskID
+        enum Next { case send(@Sendable (Command) -> Void), lost, cancelled(PoolState.Wakeups) }
+        let next = state.withLock { state -> Next in
+            guard let lease = state.leases[taskID], let send = state.workers[worker]?.send else { return .lost }
+            if lease.cancelling {
+                // Cancelled before it was sent: the worker never hears of it.
+                return .cancelled(state.endLease(taskID).1)
+            }
+            state.leases.modifyValue(forKey: taskID) { lease in
+                lease.outcome = outcome
+                lease.reportTurn = context.reportTurn
+                lease.children = context.children
+                lease.sent = true
+                // The lease runs from the moment the worker is sent the task.
+                lease.deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
+            }
+            return .send(send)
+        }
+        switch next {
+        case .cancelled(let wakeups):
+            outcome(.failure(CancellationError()))
+            wakeups.resume()
+        case .lost:
+            // The worker went away between the slot and the send.
+            outcome(.failure(RunnerFailure("the worker went away before task \(taskID) reached it", code: "worker_lost", retryable: true)))
+        case .send(let send):
+            send(.assign(context, leaseMs: settings.leaseMs, resumed: resumed))
+            kickSweeper(for: ContinuousClock.now + .milliseconds(settings.leaseMs))
+        }
     }
 
     /// Waits until a worker allowed to serve `agent` has a free slot, and takes it for `taskID`.
@@ -357,7 +373,7 @@ public final class WorkerPool: Service, Sendable {
                     if Task.isCancelled { return .cancelled }
                     return state.takeSlot(agent: agent, taskID: taskID, requirement: requirement,
                                           deadline: ContinuousClock.now + .milliseconds(settings.leaseMs),
-                                          waiter: waiterID, continuation: continuation).map(Taken.slot) ?? .waiting
+                                          waiter: waiterID, grant: { continuation.resume(returning: $0) }).map(Taken.slot) ?? .waiting
                 }
                 switch taken {
                 case .slot(let worker): continuation.resume(returning: worker)
@@ -366,11 +382,60 @@ public final class WorkerPool: Service, Sendable {
                 }
             }
         } onCancel: {
-            let continuation = state.withLock { $0.removeWaiter(waiterID) }
-            continuation?.resume(returning: nil)
+            state.withLock { $0.removeWaiter(waiterID) }?(nil)
         }
         guard let worker else { throw CancellationError() }
         return worker
+    }
+
+    // MARK: Attempts without a Swift task
+
+    /// Starts `attempt` without a Swift task of its own (docs/PERFORMANCE.md, worker path): it
+    /// is sent from this thread if a slot is free, otherwise from the thread that frees one,
+    /// and ends on the thread that hears how it went. Only a wait for the task's children
+    /// takes a Swift task, then.
+    func start(_ attempt: PoolAttempt, agent: String, context: RunContext) {
+        let requirement = slotRequirement(agent: agent, context: context)
+        enum Taken { case slot(WorkerID), queued, cancelled }
+        let taken = state.withLock { state -> Taken in
+            // Checked under the lock: a cancel from now on finds the waiter queued, or the lease.
+            guard !attempt.isCancelled else { return .cancelled }
+            return state.takeSlot(agent: agent, taskID: context.taskID, requirement: requirement,
+                                  deadline: ContinuousClock.now + .milliseconds(settings.leaseMs),
+                                  waiter: attempt.waiterID, grant: { [self] worker in
+                guard let worker else { return attempt.end(.failure(CancellationError())) }
+                send(attempt, context: context, agent: agent, on: worker, requirement: requirement)
+            }).map(Taken.slot) ?? .queued
+        }
+        switch taken {
+        case .slot(let worker): send(attempt, context: context, agent: agent, on: worker, requirement: requirement)
+        case .cancelled: attempt.end(.failure(CancellationError()))
+        case .queued: break
+        }
+    }
+
+    private func send(_ attempt: PoolAttempt, context: RunContext, agent: String, on worker: WorkerID,
+                      requirement: PoolState.SlotRequirement) {
+        send(context, on: worker, resumed: false) { [self] result in
+            guard case .failure(let wait as ChildrenWait) = result else { return attempt.end(result) }
+            attempt.waitForChildren {
+                try await self.run(agent: agent, context: context, resumed: false, requirement: requirement, waiting: (wait, worker))
+            }
+        }
+    }
+
+    /// An attempt to `start`; `onEnd` is called once, with how it ended and whether it was cancelled.
+    func makeAttempt(taskID: TaskID, onEnd: @escaping @Sendable (AttemptResult, _ cancelled: Bool) -> Void) -> PoolAttempt {
+        PoolAttempt(taskID: taskID, waiterID: state.withLock { $0.nextWaiterID() }, pool: self, onEnd: onEnd)
+    }
+
+    /// Cancels an attempt started with `start`: it stops waiting for a slot, or its worker is told.
+    func cancel(_ attempt: PoolAttempt) {
+        if state.withLock({ $0.removeWaiter(attempt.waiterID) }) != nil {
+            attempt.end(.failure(CancellationError()))
+        } else {
+            requestCancel(attempt.taskID)
+        }
     }
 
     private func requestCancel(_ taskID: TaskID) {
@@ -432,8 +497,8 @@ public final class WorkerPool: Service, Sendable {
             return (expired, wakeups, agents)
         }
         if !stalledAgents.isEmpty { reportCapacity(of: stalledAgents) }
-        for (continuation, taskID, wasCancelling) in expired {
-            continuation?.resume(returning: wasCancelling ? .failure(CancellationError()) : .failure(RunnerFailure(
+        for (outcome, taskID, wasCancelling) in expired {
+            outcome?(wasCancelling ? .failure(CancellationError()) : .failure(RunnerFailure(
                 "the worker holding task \(taskID) sent no heartbeat within \(settings.leaseMs) ms", code: "lease_expired", retryable: true)))
         }
         wakeups.resume()

@@ -261,11 +261,12 @@ final class Connection: Sendable {
                 workerSession = session
                 table.withLock { $0.open.modifyValue(forKey: id) { $0.workerSession = session } }
             case .failure(let status):
+                // Open until its final frame is written, as every stream: shutdown closes the socket once none is.
+                await writer.send(Frame(streamID: id, kind: .end(status)))
                 let drained = table.withLock { table -> (@Sendable () -> Void)? in
                     table.open.removeValue(forKey: id)
                     return table.open.isEmpty ? table.onDrained : nil
                 }
-                await writer.send(Frame(streamID: id, kind: .end(status)))
                 drained?()
                 return true
             }
@@ -355,7 +356,9 @@ final class Connection: Sendable {
                 guard let workerSession else {
                     return WireStatus(code: .unimplemented, message: "no agent of this daemon is served by workers (runner \"worker\")")
                 }
-                return await workerSession.serve()
+                await workerSession.serve()
+                // PROTOCOL.md §11: a session the daemon ends at shutdown says so, for the worker to come back.
+                return table.withLock { $0.shuttingDown } ? WireStatus(code: .unavailable, message: "the daemon is shutting down") : .ok
             case .unknown:
                 return WireStatus(code: .unimplemented, message: "this call is not known to fanoutd \(configuration.serverVersion)")
             }

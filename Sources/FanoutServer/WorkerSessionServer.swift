@@ -28,8 +28,8 @@ final class WorkerSessionServer: Sendable {
     let service: FanoutService
     let worker: WorkerPool.WorkerID
     let streamID: UInt32
-    /// Answers to the worker's messages, written from the read loop: a worker that
-    /// sends faster than it reads is slowed down by the channel's backpressure.
+    /// What the read loop waits on while the channel is full: a worker that sends
+    /// faster than it reads is slowed down by the channel's backpressure.
     let writer: FrameWriter
     let outbound: WorkerOutbound
     private let lifecycle = Mutex(Lifecycle())
@@ -63,18 +63,19 @@ final class WorkerSessionServer: Sendable {
             maxTurns[agent.name] = Int(agent.maxTurns)
         }
         let outbound = WorkerOutbound(channel: channel, streamID: streamID, maxFrameBytes: service.configuration.maxFrameBytes)
-        // Set once registered: an assignment sent before that (another thread may send at once) fails through it.
+        // Set once registered; until then what the pool sends is held back, unencoded.
         let registered = Mutex<WorkerPool.WorkerID?>(nil)
         do {
             let worker = try pool.register(name: register.workerName, uid: peer.uid, isAdmin: peer.isAdmin, agents: agents,
                                            maxTurns: maxTurns, send: { [pool] command in
-                guard let problem = outbound.send(command), case .assign(let context, _, _) = command,
-                      let worker = registered.withLock({ $0 }) else { return }
-                // Too large for the worker's frames: this attempt cannot reach it, and would not the next time either.
-                _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
-                    "the task cannot be sent to its worker: \(problem)", code: "assignment_unsendable", retryable: false))
+                guard let problem = outbound.send(command), let worker = registered.withLock({ $0 }) else { return }
+                failUnsendable(command, problem, pool: pool, worker: worker)
             })
             registered.withLock { $0 = worker }
+            // Written here, on the read loop, before any answer to the worker's next messages.
+            for (command, problem) in outbound.acknowledgeRegistration() {
+                failUnsendable(command, problem, pool: pool, worker: worker)
+            }
             return .success(WorkerSessionServer(pool: pool, service: service, worker: worker, streamID: streamID,
                                                 writer: writer, outbound: outbound))
         } catch {
@@ -83,25 +84,36 @@ final class WorkerSessionServer: Sendable {
         }
     }
 
+    /// An assignment too large for the worker's frames: this attempt cannot reach it, nor would the next.
+    private static func failUnsendable(_ command: WorkerPool.Command, _ problem: WireError, pool: WorkerPool,
+                                       worker: WorkerPool.WorkerID) {
+        guard case .assign(let context, _, _) = command else { return }
+        _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
+            "the task cannot be sent to its worker: \(problem)", code: "assignment_unsendable", retryable: false))
+    }
+
     /// Runs until the session ends: writes what was queued, then takes the worker out of the pool.
-    func serve() async -> WireStatus {
+    func serve() async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
                 do {
-                    for await frame in outbound.queuedFrames {
-                        try await outbound.writeQueued { try await write(frame) }
+                    for await command in outbound.queuedCommands {
+                        guard !isEnded else { break }
+                        try await outbound.writeQueued { try await write(command) }
                     }
                 } catch {
-                    // The connection is gone: the session ends with it.
+                    // The connection is gone, or the session ends: it ends with it.
+                    end()
                 }
             }
-            await waitForEnd()
+            await withTaskCancellationHandler { await waitForEnd() } onCancel: { end() }
             group.cancelAll()
         }
         pool.unregister(worker)
         outbound.close()
-        return .ok
     }
+
+    private var isEnded: Bool { lifecycle.withLock { $0.ended } }
 
     /// Ends the session once the messages being handled are: later ones are ignored.
     func end() {
@@ -143,26 +155,26 @@ final class WorkerSessionServer: Sendable {
         waiter?.resume()
     }
 
-    private func write(_ frame: WorkerOutbound.Queued) async throws {
-        switch frame {
-        case .registered:
-            // Registered: the worker may now expect assignments.
-            try await outbound.write(.ack(taskID: 0, status: .ok))
-        case .command(let command):
+    /// Writes a queued command: a resumed assignment with its children's results.
+    private func write(_ command: WorkerPool.Command) async throws {
+        do {
             try await outbound.write(Self.message(for: command))
-            if case .assign(let context, _, resumed: true) = command {
-                do {
-                    try await sendChildren(of: context)
-                } catch let error as WireError {
-                    throw error
-                } catch {
-                    // The children's results could not be read: the attempt fails (and may run
-                    // again), rather than the session silently stopping its assignments.
-                    _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
-                        "reading the children's results failed: \(error)", code: "children_unreadable", retryable: true))
-                    try await outbound.write(.cancel(taskID: UInt64(context.taskID)))
-                }
-            }
+        } catch let problem as WireError {
+            return Self.failUnsendable(command, problem, pool: pool, worker: worker)
+        }
+        guard case .assign(let context, _, resumed: true) = command else { return }
+        do {
+            try await sendChildren(of: context)
+        } catch let error as WireError {
+            throw error
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            // The children's results could not be read: the attempt fails (and may run
+            // again), rather than the session silently stopping its assignments.
+            _ = pool.fail(worker, taskID: context.taskID, failure: RunnerFailure(
+                "reading the children's results failed: \(error)", code: "children_unreadable", retryable: true))
+            try await outbound.write(.cancel(taskID: UInt64(context.taskID)))
         }
     }
 
@@ -190,7 +202,8 @@ final class WorkerSessionServer: Sendable {
             if status == .cancelled { pool.cancelAcknowledged(worker, taskID: TaskID(clamping: taskID)) }
             await reply(.ack(taskID: taskID, status: Self.status(status, taskID)))
         case .spawn(let taskID, let children):
-            await reply(await spawn(taskID, children))
+            // Checked and stored off the event loop: up to `max_children_per_task` tasks in one frame.
+            await reply(await Task { await spawn(taskID, children) }.value)
         case .waitChildren(let taskID, let timeoutMs):
             let status = pool.waitForChildren(worker, taskID: TaskID(clamping: taskID),
                                               timeoutMs: timeoutMs == 0 ? nil : Int64(clamping: timeoutMs))
@@ -270,6 +283,7 @@ final class WorkerSessionServer: Sendable {
     /// An answer to one of the worker's messages. A connection already gone is no reason to stop:
     /// what the worker sent before it went (a last result) is still recorded.
     private func reply(_ message: ServerToWorker) async {
-        try? await writer.write(Frame(streamID: streamID, kind: .message(.toWorker(message))))
+        outbound.reply(message)
+        await outbound.waitForRoom(writer)
     }
 }
