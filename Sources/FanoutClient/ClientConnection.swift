@@ -13,6 +13,9 @@ final class ClientConnection: Sendable {
     }
 
     private let channel: any Channel
+    /// What several tasks send at once (a worker's results) goes out in one system call.
+    private let writer: BurstWriter
+    /// Waited on while the channel is full, so a daemon that stops reading slows the senders down.
     private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     /// The largest frame `send` writes: the daemon's limit once the handshake announced it.
     private let sendLimit: Atomic<Int>
@@ -25,6 +28,7 @@ final class ClientConnection: Sendable {
     private init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, maxFrameBytes: Int) {
         self.channel = channel
         self.outbound = outbound
+        writer = BurstWriter(channel)
         sendLimit = Atomic(maxFrameBytes)
     }
 
@@ -152,7 +156,10 @@ final class ClientConnection: Sendable {
             throw FanoutClientError(code: error.statusCode, message: error.description)
         }
         do {
-            try await outbound.write(buffer)
+            guard channel.isActive else { throw FanoutClientError.connectionLost() }
+            writer.write(buffer)
+            // NIO's writer waits until the channel is writable again (and fails once it is closed).
+            if !channel.isWritable { try await outbound.write(ByteBuffer()) }
         } catch {
             throw routes.withLock { $0.closed } ?? .connectionLost()
         }
@@ -160,7 +167,7 @@ final class ClientConnection: Sendable {
 
     /// Closes the socket without waiting: for a client dropped without `close()`.
     func closeNow() {
-        channel.close(promise: nil)
+        writer.closeSoon()
     }
 
     /// Stops routing a stream's frames (after it ended or was abandoned).
@@ -171,7 +178,7 @@ final class ClientConnection: Sendable {
     }
 
     func close() async {
-        try? await channel.close()
+        try? await writer.close()
         let task = reader.withLock { $0 }
         _ = await task?.value
     }

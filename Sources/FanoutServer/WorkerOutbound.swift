@@ -28,15 +28,14 @@ final class WorkerOutbound: Sendable {
     private let streamID: UInt32
     private let maxFrameBytes: Int
     private let state = Mutex(State())
-    /// A flush is queued on the event loop: frames written before it runs go out with it. Only the
-    /// event loop touches it.
-    private let flushQueued = Atomic(false)
+    private let writer: BurstWriter
     private let queue: AsyncStream<WorkerPool.Command>.Continuation
     /// What the session's task writes, in order.
     let queuedCommands: AsyncStream<WorkerPool.Command>
 
     init(channel: any Channel, streamID: UInt32, maxFrameBytes: Int) {
         self.channel = channel
+        writer = BurstWriter(channel)
         self.streamID = streamID
         self.maxFrameBytes = maxFrameBytes
         (queuedCommands, queue) = AsyncStream.makeStream()
@@ -90,7 +89,7 @@ final class WorkerOutbound: Sendable {
 
     /// Writes one frame and waits until the channel took it.
     func write(_ message: ServerToWorker) async throws {
-        try await channel.writeAndFlush(try encode(message))
+        try await writer.writeAndWait(try encode(message))
     }
 
     /// Answers one of the worker's messages. Answers may overtake what the pool sends (PROTOCOL.md
@@ -103,9 +102,9 @@ final class WorkerOutbound: Sendable {
 
     /// Waits while the channel holds more than it may: a worker that sends without reading
     /// stops being read, rather than its answers piling up here.
-    func waitForRoom(_ writer: FrameWriter) async {
+    func waitForRoom(_ asyncWriter: FrameWriter) async {
         // NIO's writer, which the stream's final frame goes through too, waits until the channel is writable.
-        if !channel.isWritable { try? await writer.outbound.write(ByteBuffer()) }
+        if !channel.isWritable { try? await asyncWriter.outbound.write(ByteBuffer()) }
     }
 
     /// No frame goes out after this: the session's final frame follows.
@@ -115,17 +114,7 @@ final class WorkerOutbound: Sendable {
     }
 
     private func writeNow(_ message: ServerToWorker) throws(WireError) {
-        let frame = try encode(message)
-        // Queued on the event loop even from it, so frames reach the channel in the order they were
-        // sent; the flush the first of a burst queues runs after the others, and sends them all.
-        channel.eventLoop.execute { [self] in
-            channel.write(frame, promise: nil)
-            guard !flushQueued.exchange(true, ordering: .relaxed) else { return }
-            channel.eventLoop.execute { [self] in
-                flushQueued.store(false, ordering: .relaxed)
-                channel.flush()
-            }
-        }
+        writer.write(try encode(message))
     }
 
     private func encode(_ message: ServerToWorker) throws(WireError) -> ByteBuffer {

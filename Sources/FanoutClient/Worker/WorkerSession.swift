@@ -227,7 +227,10 @@ final class WorkerSession: Sendable {
             resumeDrainedIfIdle()
         }
         state.withLock { state in
-            if state.tasks[task.id]?.generation == generation { state.tasks[task.id]?.handle = handle }
+            // In place: `tasks[id]?.handle = handle` would heap-allocate its accessor's frame, for every task.
+            if let index = state.tasks.index(forKey: task.id), state.tasks.values[index].generation == generation {
+                state.tasks.values[index].handle = handle
+            }
         }
     }
 
