@@ -157,9 +157,10 @@ final class ClientConnection: Sendable {
         }
         do {
             guard channel.isActive else { throw FanoutClientError.connectionLost() }
-            writer.write(buffer)
-            // NIO's writer waits until the channel is writable again (and fails once it is closed).
+            // Waits for room first, so a throw (the connection closed, the caller cancelled) means nothing went out.
+            // NIO's writer waits until the channel is writable again.
             if !channel.isWritable { try await outbound.write(ByteBuffer()) }
+            writer.write(buffer)
         } catch {
             throw routes.withLock { $0.closed } ?? .connectionLost()
         }

@@ -550,8 +550,7 @@ public final class Scheduler: Service, Sendable {
     }
 
     private func launch(_ order: StartOrder) {
-        if let pool = workerPool, runners[order.task.agent] == nil, let payload = order.task.payload,
-           !order.resumed, order.timeoutMs == 0 {
+        if let pool = workerPool(of: order.task.agent), let payload = order.task.payload, !order.resumed, order.timeoutMs == 0 {
             return launch(order, on: pool, payload: payload)
         }
         let handle = Task {
@@ -560,6 +559,12 @@ public final class Scheduler: Service, Sendable {
         }
         let keep = state.withLock { $0.attach(.task(handle), to: order.task.id, attempt: order.attempt, run: order.run) }
         if !keep { handle.cancel() }
+    }
+
+    /// The pool serving `agent`: a configured agent whose runner is `worker`, or one a worker declares.
+    private func workerPool(of agent: String) -> WorkerPool? {
+        guard let runner = runners[agent] else { return workerPool }
+        return (runner as? PoolRunner)?.pool
     }
 
     /// An attempt on workers, without a Swift task (docs/PERFORMANCE.md, worker path): sent from

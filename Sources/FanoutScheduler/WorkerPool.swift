@@ -343,7 +343,6 @@ public final class WorkerPool: Service, Sendable {
                 lease.outcome = outcome
                 lease.reportTurn = context.reportTurn
                 lease.children = context.children
-                lease.sent = true
                 // The lease runs from the moment the worker is sent the task.
                 lease.deadline = ContinuousClock.now + .milliseconds(settings.leaseMs)
             }
@@ -358,6 +357,15 @@ public final class WorkerPool: Service, Sendable {
             outcome(.failure(RunnerFailure("the worker went away before task \(taskID) reached it", code: "worker_lost", retryable: true)))
         case .send(let send):
             send(.assign(context, leaseMs: settings.leaseMs, resumed: resumed))
+            // Marked sent only now: a cancel requested meanwhile found it unsent and left its sending
+            // to this thread, so the cancel cannot reach the worker before the assignment.
+            let cancelledMeanwhile = state.withLock { state in
+                state.leases.modifyValue(forKey: taskID) { lease in
+                    lease.sent = true
+                    return lease.cancelling
+                } ?? false
+            }
+            if cancelledMeanwhile { send(.cancel(taskID)) }
             kickSweeper(for: ContinuousClock.now + .milliseconds(settings.leaseMs))
         }
     }
@@ -445,7 +453,7 @@ public final class WorkerPool: Service, Sendable {
                 lease.cancelling = true
                 lease.deadline = ContinuousClock.now + .milliseconds(settings.cancelGraceMs)
             }
-            // Not sent yet: `run` sees the flag and never sends it.
+            // Not sent yet: `send` sees the flag, and either never sends the task or sends the cancel after it.
             return lease.sent ? state.workers[lease.worker]?.send : nil
         }
         send?(.cancel(taskID))

@@ -69,7 +69,9 @@ final class WorkerSessionServer: Sendable {
             let worker = try pool.register(name: register.workerName, uid: peer.uid, isAdmin: peer.isAdmin, agents: agents,
                                            maxTurns: maxTurns, send: { [pool] command in
                 guard let problem = outbound.send(command), let worker = registered.withLock({ $0 }) else { return }
-                failUnsendable(command, problem, pool: pool, worker: worker)
+                // Not from here: failing the attempt starts the next task, whose send would fail the same way
+                // and recurse once per task.
+                channel.eventLoop.execute { failUnsendable(command, problem, pool: pool, worker: worker) }
             })
             registered.withLock { $0 = worker }
             // Written here, on the read loop, before any answer to the worker's next messages.
