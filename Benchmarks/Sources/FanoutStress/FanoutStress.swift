@@ -10,9 +10,11 @@ import Musl
 
 /// `make stress`: a release `fanoutd` for a set time under everything at
 /// once: SIGKILLs at random moments, clients sending fuzzed frames, one
-/// client following every event, rounds of 1,000 concurrent connections, and
-/// a steady stream of batches. Then every acknowledged batch must finish with
-/// every task completed exactly once.
+/// client following every event, rounds of 1,000 concurrent connections, a
+/// steady stream of batches, and worker-served batches run by a steady
+/// worker, a worker that leaves mid-task and raw sessions sending fuzzed
+/// worker messages. Then every acknowledged batch must finish with every task
+/// completed exactly once.
 ///
 ///     FanoutStress --fanoutd PATH [--seconds 600]
 ///
@@ -49,8 +51,13 @@ struct FanoutStress {
                 group.addTask { await Workloads.subscriber(supervisor, tally, until: until + .seconds(30)) }
                 group.addTask { await Workloads.fuzzer(supervisor, tally, until: until) }
                 group.addTask { await Workloads.connectionRounds(supervisor, tally, until: until) }
-                // The first four end at `until`; the subscriber reads on while the last batches finish.
-                for _ in 0..<4 { await group.next() }
+                group.addTask { await WorkerWorkloads.producer(supervisor, tally, until: until) }
+                group.addTask { await WorkerWorkloads.flakyWorker(supervisor, tally, until: until) }
+                group.addTask { await WorkerWorkloads.hostileWorker(supervisor, tally, until: until) }
+                group.addTask { await WorkerWorkloads.steadyWorker(supervisor) }
+                // These seven end at `until`; the subscriber reads on, and the steady worker works on,
+                // while the last batches finish.
+                for _ in 0..<7 { await group.next() }
                 let lost = await Workloads.verify(supervisor, tally)
                 tally.update { $0.lostTasks = lost }
                 try? await Task.sleep(for: .seconds(2))
@@ -70,7 +77,8 @@ struct FanoutStress {
             crashes \(crashes.count); tasks acknowledged \(summary.acknowledgedTasks); tasks lost \(summary.lostTasks); \
             results duplicated \(summary.duplicatedResults); subscriber events \(summary.subscriberEvents) \
             (resumed \(summary.subscriberResumes) times, out-of-order \(summary.subscriberOutOfOrder)); \
-            connection rounds \(summary.connectionRounds) of 1000 (\(summary.connectionFailures) failed)
+            connection rounds \(summary.connectionRounds) of 1000 (\(summary.connectionFailures) failed); \
+            flaky worker departures \(summary.workerDepartures); worker frames fuzzed \(summary.workerFramesFuzzed)
             """)
         let failed = !crashes.isEmpty || summary.lostTasks > 0 || summary.duplicatedResults > 0 || summary.subscriberOutOfOrder > 0
         print(failed ? "0 passed, 1 failed" : "1 passed, 0 failed")
@@ -92,6 +100,8 @@ final class Tally: Sendable {
         var duplicatedResults = 0
         var connectionRounds = 0
         var connectionFailures = 0
+        var workerDepartures = 0
+        var workerFramesFuzzed = 0
         var lostTasks = 0
     }
 
