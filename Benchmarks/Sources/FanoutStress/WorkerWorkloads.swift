@@ -14,27 +14,8 @@ enum WorkerWorkloads {
     /// Batches of 40 worker tasks, one every 100 ms. Many attempts each: a task
     /// may be held by a worker that leaves, several times.
     static func producer(_ supervisor: Supervisor, _ tally: Tally, until: ContinuousClock.Instant) async {
-        var number = 0
-        while ContinuousClock.now < until {
-            guard let client = try? await FanoutClient.connect(socketPath: supervisor.socketPath, clientName: "stress-worker-producer") else {
-                try? await Task.sleep(for: .milliseconds(100))
-                continue
-            }
-            while ContinuousClock.now < until {
-                number += 1
-                let tasks = (0..<40).map { TaskSpec(customID: "w\(number)-t\($0)", payload: Array("w\(number)-\($0)".utf8), maxAttempts: 50) }
-                do {
-                    let batch = try await client.enqueueBatch(ownerID: "stress", agent: agent, tasks: tasks)
-                    tally.update {
-                        $0.batches[batch.id] = tasks.count
-                        $0.acknowledgedTasks += tasks.count
-                    }
-                    try? await Task.sleep(for: .milliseconds(100))
-                } catch {
-                    break  // the daemon was killed: connect again
-                }
-            }
-            await client.close()
+        await Workloads.produce(supervisor, tally, until: until, agent: agent, every: .milliseconds(100)) { number in
+            (0..<40).map { TaskSpec(customID: "w\(number)-t\($0)", payload: Array("w\(number)-\($0)".utf8), maxAttempts: 50) }
         }
     }
 

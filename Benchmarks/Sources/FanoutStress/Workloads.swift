@@ -24,22 +24,30 @@ enum Workloads {
 
     /// Batches of 40 short echo tasks, one every 50 ms; a batch counts once its EnqueueBatch was answered.
     static func producer(_ supervisor: Supervisor, _ tally: Tally, until: ContinuousClock.Instant) async {
+        await produce(supervisor, tally, until: until, agent: "echo", every: .milliseconds(50)) { number in
+            (0..<40).map { TaskSpec(customID: "b\(number)-t\($0)", payload: Array(#"{"delay_ms":5}"#.utf8)) }
+        }
+    }
+
+    /// Enqueues `tasks(n)` for `agent` every `every`, connecting again after each kill.
+    static func produce(_ supervisor: Supervisor, _ tally: Tally, until: ContinuousClock.Instant, agent: String,
+                        every: Duration, tasks: (Int) -> [TaskSpec]) async {
         var number = 0
         while ContinuousClock.now < until {
-            guard let client = try? await FanoutClient.connect(socketPath: supervisor.socketPath, clientName: "stress-producer") else {
+            guard let client = try? await FanoutClient.connect(socketPath: supervisor.socketPath, clientName: "stress-\(agent)-producer") else {
                 try? await Task.sleep(for: .milliseconds(100))
                 continue
             }
             while ContinuousClock.now < until {
                 number += 1
-                let tasks = (0..<40).map { TaskSpec(customID: "b\(number)-t\($0)", payload: Array(#"{"delay_ms":5}"#.utf8)) }
+                let tasks = tasks(number)
                 do {
-                    let batch = try await client.enqueueBatch(ownerID: "stress", agent: "echo", tasks: tasks)
+                    let batch = try await client.enqueueBatch(ownerID: "stress", agent: agent, tasks: tasks)
                     tally.update {
                         $0.batches[batch.id] = tasks.count
                         $0.acknowledgedTasks += tasks.count
                     }
-                    try await Task.sleep(for: .milliseconds(50))
+                    try await Task.sleep(for: every)
                 } catch {
                     break  // the daemon was killed: connect again
                 }
