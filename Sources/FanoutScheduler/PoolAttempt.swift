@@ -4,26 +4,34 @@ import Synchronization
 /// An attempt on a worker that runs without a Swift task of its own
 /// (`WorkerPool.start`): the pool sends it, and `end` is called once, from
 /// whichever thread learns how it went. A wait for the task's children is the
-/// one part that needs a Swift task, and takes one then.
+/// one part that needs a Swift task, and takes one then. Its timeout, when it
+/// has one, is kept by the pool's lease timer, which cancels it then.
 final class PoolAttempt: Sendable {
     private struct State {
         var cancelled = false
+        /// Cancelled by its timeout, before anyone else cancelled it.
+        var timedOut = false
         var ended = false
         /// Set while the task waits for its children: the rest of the attempt runs in it.
         var childrenWait: Task<Void, Never>?
     }
 
+    /// How it ended: what the worker (or the pool) said, whether it was cancelled, and whether by its timeout.
+    typealias End = @Sendable (Result<RunOutput, any Error>, _ cancelled: Bool, _ timedOut: Bool) -> Void
+
     let taskID: TaskID
     /// Its place in the pool's queue while it waits for a slot.
     let waiterID: Int
+    /// From its start, slot and children included (as `withAttemptTimeout` for a task); nil: none.
+    let timeout: Duration?
     private let pool: WorkerPool
-    private let onEnd: @Sendable (Result<RunOutput, any Error>, _ cancelled: Bool) -> Void
+    private let onEnd: End
     private let state = Mutex(State())
 
-    init(taskID: TaskID, waiterID: Int, pool: WorkerPool,
-         onEnd: @escaping @Sendable (Result<RunOutput, any Error>, _ cancelled: Bool) -> Void) {
+    init(taskID: TaskID, waiterID: Int, timeout: Duration?, pool: WorkerPool, onEnd: @escaping End) {
         self.taskID = taskID
         self.waiterID = waiterID
+        self.timeout = timeout
         self.pool = pool
         self.onEnd = onEnd
     }
@@ -44,13 +52,25 @@ final class PoolAttempt: Sendable {
         }
     }
 
+    /// Its timeout passed: it is cancelled, and ends as timed out once it stopped.
+    func timeOut() {
+        let first = state.withLock { state in
+            guard !state.cancelled, !state.ended else { return false }
+            state.timedOut = true
+            return true
+        }
+        if first { cancel() }
+    }
+
     /// The attempt ended; later calls are ignored.
     func end(_ result: Result<RunOutput, any Error>) {
-        let (first, cancelled) = state.withLock { state in
+        let (first, cancelled, timedOut) = state.withLock { state in
             defer { state.ended = true }
-            return (!state.ended, state.cancelled)
+            return (!state.ended, state.cancelled, state.timedOut)
         }
-        if first { onEnd(result, cancelled) }
+        guard first else { return }
+        if timeout != nil { pool.forgetTimeout(of: self) }
+        onEnd(result, cancelled, timedOut)
     }
 
     /// Runs the rest of the attempt, from the wait for its children, in a Swift task.

@@ -73,6 +73,8 @@ struct PoolState {
 
     var workers: [WorkerPool.WorkerID: Worker] = [:]
     var leases: [TaskID: Lease] = [:]
+    /// Attempts run without a Swift task that have a timeout, by when it passes.
+    var attemptTimeouts: [ObjectIdentifier: (deadline: ContinuousClock.Instant, attempt: PoolAttempt)] = [:]
     /// Waiting attempts, oldest first.
     var waiters: [Waiter] = []
     var shuttingDown = false
@@ -159,7 +161,17 @@ struct PoolState {
     }
 
     var earliestDeadline: ContinuousClock.Instant? {
-        leases.values.filter { $0.outcome != nil }.map(\.deadline).min()
+        let lease = leases.values.filter { $0.outcome != nil }.map(\.deadline).min()
+        let timeout = attemptTimeouts.values.map(\.deadline).min()
+        guard let lease, let timeout else { return lease ?? timeout }
+        return min(lease, timeout)
+    }
+
+    /// Removes and returns the attempts whose timeout passed.
+    mutating func expireTimeouts(now: ContinuousClock.Instant) -> [PoolAttempt] {
+        let expired = attemptTimeouts.filter { $0.value.deadline <= now }
+        for key in expired.keys { attemptTimeouts[key] = nil }
+        return expired.values.map(\.attempt)
     }
 
     /// Ends the leases past their deadline; says whether each was being cancelled.

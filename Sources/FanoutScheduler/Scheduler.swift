@@ -550,7 +550,7 @@ public final class Scheduler: Service, Sendable {
     }
 
     private func launch(_ order: StartOrder) {
-        if let pool = workerPool(of: order.task.agent), let payload = order.task.payload, !order.resumed, order.timeoutMs == 0 {
+        if let pool = workerPool(of: order.task.agent), let payload = order.task.payload, !order.resumed {
             return launch(order, on: pool, payload: payload)
         }
         let handle = Task {
@@ -569,10 +569,11 @@ public final class Scheduler: Service, Sendable {
 
     /// An attempt on workers, without a Swift task (docs/PERFORMANCE.md, worker path): sent from
     /// here, or from the thread that frees a slot, and finished on the thread that hears how it went.
-    /// Attempts with a timeout, a resumed parent's, and a payload still in the store take `execute`.
+    /// A resumed parent's attempt, and one whose payload is still in the store, take `execute`.
     private func launch(_ order: StartOrder, on pool: WorkerPool, payload: [UInt8]) {
-        let attempt = pool.makeAttempt(taskID: order.task.id) { [weak self] result, cancelled in
-            self?.attemptEnded(order, Self.outcome(of: result, cancelled: cancelled))
+        let timeout: Duration? = order.timeoutMs > 0 ? .milliseconds(order.timeoutMs) : nil
+        let attempt = pool.makeAttempt(taskID: order.task.id, timeout: timeout) { [weak self] result, cancelled, timedOut in
+            self?.attemptEnded(order, timedOut ? .failed(Self.timedOut(after: order.timeoutMs)) : Self.outcome(of: result, cancelled: cancelled))
         }
         let keep = state.withLock { $0.attach(.worker(attempt), to: order.task.id, attempt: order.attempt, run: order.run) }
         if !keep { attempt.cancel() }
@@ -691,7 +692,7 @@ public final class Scheduler: Service, Sendable {
             let output = try await withAttemptTimeout(milliseconds: order.timeoutMs) { try await runner.run(context) }
             return .succeeded(output)
         } catch is AttemptTimedOut {
-            return .failed(RunnerFailure("attempt timed out after \(order.timeoutMs) ms", code: "timeout", retryable: true))
+            return .failed(Self.timedOut(after: order.timeoutMs))
         } catch {
             return Self.outcome(of: .failure(error), cancelled: Task.isCancelled)
         }
@@ -716,6 +717,10 @@ public final class Scheduler: Service, Sendable {
         context.resumed = order.resumed
         context.children = AttemptChildren(scheduler: self, taskID: task.id, attempt: order.attempt, run: order.run)
         return context
+    }
+
+    static func timedOut(after milliseconds: Int64) -> RunnerFailure {
+        RunnerFailure("attempt timed out after \(milliseconds) ms", code: "timeout", retryable: true)
     }
 
     /// How an attempt ended, from what its runner returned or threw: a failure of an attempt

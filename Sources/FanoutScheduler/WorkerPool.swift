@@ -403,6 +403,11 @@ public final class WorkerPool: Service, Sendable {
     /// and ends on the thread that hears how it went. Only a wait for the task's children
     /// takes a Swift task, then.
     func start(_ attempt: PoolAttempt, agent: String, context: RunContext) {
+        if let timeout = attempt.timeout {
+            let deadline = ContinuousClock.now + timeout
+            state.withLock { $0.attemptTimeouts[ObjectIdentifier(attempt)] = (deadline, attempt) }
+            kickSweeper(for: deadline)
+        }
         let requirement = slotRequirement(agent: agent, context: context)
         enum Taken { case slot(WorkerID), queued, cancelled }
         let taken = state.withLock { state -> Taken in
@@ -432,9 +437,14 @@ public final class WorkerPool: Service, Sendable {
         }
     }
 
-    /// An attempt to `start`; `onEnd` is called once, with how it ended and whether it was cancelled.
-    func makeAttempt(taskID: TaskID, onEnd: @escaping @Sendable (AttemptResult, _ cancelled: Bool) -> Void) -> PoolAttempt {
-        PoolAttempt(taskID: taskID, waiterID: state.withLock { $0.nextWaiterID() }, pool: self, onEnd: onEnd)
+    /// An attempt to `start`; `onEnd` is called once, with how it ended.
+    func makeAttempt(taskID: TaskID, timeout: Duration?, onEnd: @escaping PoolAttempt.End) -> PoolAttempt {
+        PoolAttempt(taskID: taskID, waiterID: state.withLock { $0.nextWaiterID() }, timeout: timeout, pool: self, onEnd: onEnd)
+    }
+
+    /// The attempt ended: its timeout no longer matters.
+    func forgetTimeout(of attempt: PoolAttempt) {
+        state.withLock { $0.attemptTimeouts[ObjectIdentifier(attempt)] = nil }
     }
 
     /// Cancels an attempt started with `start`: it stops waiting for a slot, or its worker is told.
@@ -498,12 +508,13 @@ public final class WorkerPool: Service, Sendable {
 
     private func expireLeases() {
         let now = ContinuousClock.now
-        let (expired, wakeups, stalledAgents) = state.withLock { state in
+        let (expired, wakeups, stalledAgents, timedOut) = state.withLock { state in
             let before = Set(state.workers.filter { $0.value.stalled }.map(\.key))
             let (expired, wakeups) = state.expire(now: now)
             let agents = state.workers.filter { $0.value.stalled && !before.contains($0.key) }.flatMap(\.value.slots.keys)
-            return (expired, wakeups, agents)
+            return (expired, wakeups, agents, state.expireTimeouts(now: now))
         }
+        for attempt in timedOut { attempt.timeOut() }
         if !stalledAgents.isEmpty { reportCapacity(of: stalledAgents) }
         for (outcome, taskID, wasCancelling) in expired {
             outcome?(wasCancelling ? .failure(CancellationError()) : .failure(RunnerFailure(

@@ -51,12 +51,13 @@ final class CommandHolder: Sendable {
 @Suite struct WorkerPoolTests {
     /// A scheduler whose agent `work` is served by `pool`, with the pool's lease timer running.
     static func withPool<T>(_ settings: WorkerPool.Settings = .init(leaseMs: 2_000, cancelGraceMs: 300),
-                            allowedUIDs: [String: Set<UInt32>] = [:],
+                            allowedUIDs: [String: Set<UInt32>] = [:], timeoutMs: Int64 = 0,
                             _ body: (Scheduler, WorkerPool) async throws -> T) async throws -> T {
         let pool = WorkerPool(settings: settings, allowedUIDs: allowedUIDs)
         let timer = Task { try await pool.run() }
         defer { timer.cancel() }
-        return try await withScheduler(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 16, maxAttempts: 3)],
+        return try await withScheduler(agents: [AgentConfiguration(name: "work", runner: "worker", concurrency: 16, maxAttempts: 3,
+                                                                   timeoutMs: timeoutMs)],
                                        runners: ["work": pool.runner(for: "work")], workerPool: pool) { scheduler, _ in
             try await body(scheduler, pool)
         }
@@ -111,6 +112,34 @@ final class CommandHolder: Sendable {
                 #expect(try await scheduler.store.results(batchID: inserted.batch.id, afterTaskID: 0, limit: 1).first?.result == Array("ok".utf8))
                 let retrying = try await allEvents(scheduler.store as! SQLiteStore).filter { $0.kind == .taskRetrying }
                 #expect(retrying.first?.failure?.code == "worker_lost")
+            }
+        }
+    }
+
+    @Test func aWorkersTaskPastItsTimeoutIsCancelledThereAndRunsAgain() async throws {
+        try await withDeadline(.seconds(20)) {
+            try await Self.withPool(.init(leaseMs: 10_000, cancelGraceMs: 5_000), timeoutMs: 300) { scheduler, pool in
+                let inserted = try await Self.enqueue(scheduler, 1)
+                let worker = try FakeWorker(pool, agents: ["work": 1])
+                try await waitUntil("the assignment") { !worker.assignments.isEmpty }
+                let taskID = worker.assignments[0].taskID
+                #expect(worker.assignments[0].timeoutMs == 300, "the worker is told its timeout")
+                // Heartbeats keep the lease; the timeout ends the attempt anyway, by cancelling it on the worker.
+                let sent = ContinuousClock.now
+                while worker.cancels.isEmpty {
+                    pool.heartbeat(worker.id, taskIDs: [taskID])
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                #expect(ContinuousClock.now - sent >= .milliseconds(250))
+                #expect(worker.cancels == [taskID])
+                // The worker stops it: the attempt fails as timed out, and the task runs again.
+                pool.cancelAcknowledged(worker.id, taskID: taskID)
+                try await waitUntil("the second attempt") { worker.assignments.count == 2 }
+                #expect(worker.assignments[1].attempt == 2)
+                #expect(pool.complete(worker.id, taskID: taskID, output: RunOutput(result: Array("ok".utf8))) == .accepted)
+                try await waitUntil("completion") { try await scheduler.store.batch(inserted.batch.id)?.state == .completed }
+                let retrying = try await allEvents(scheduler.store as! SQLiteStore).filter { $0.kind == .taskRetrying }
+                #expect(retrying.map(\.failure?.code) == ["timeout"])
             }
         }
     }
