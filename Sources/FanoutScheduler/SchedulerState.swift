@@ -392,20 +392,23 @@ struct SchedulerState {
             let agent = agentOrder[(agentRotation + offset) % agentOrder.count]
             // A resumed parent goes first: it holds its children's work, and its batch cannot end without it.
             let resuming = resumable[agent]?.isEmpty == false
-            guard let priority = resuming ? Int32.max : queues[agent]?.topPriority, var runtime = agents[agent] else { continue }
-            if let want = runtime.sharedRequestsWanted(now: now) {
-                // Until the answer comes (it dispatches), nothing to wake for.
-                runtime.sharedRequests?.asking = true
-                runtime.sharedRequests?.retryAt = nil
-                effects.requestGrants.append(RequestGrantOrder(agent: agent, perMinute: runtime.configuration.requestsPerMinute, want: want))
-            }
-            if runtime.sharedTokensCheckWanted(now: now) {
-                runtime.sharedTokens?.checking = true
-                runtime.sharedTokens?.retryAt = nil
-                effects.tokenCharges.append(TokenChargeOrder(agent: agent, perMinute: runtime.configuration.tokensPerMinute, tokens: 0))
-            }
-            let (ready, retryAt) = runtime.readiness(now: now)
-            agents[agent] = runtime
+            guard let priority = resuming ? Int32.max : queues[agent]?.topPriority,
+                  let (ready, retryAt) = agents.modifyValue(forKey: agent, { runtime in
+                      if let want = runtime.sharedRequestsWanted(now: now) {
+                          // Until the answer comes (it dispatches), nothing to wake for.
+                          runtime.sharedRequests?.asking = true
+                          runtime.sharedRequests?.retryAt = nil
+                          effects.requestGrants.append(RequestGrantOrder(agent: agent, perMinute: runtime.configuration.requestsPerMinute,
+                                                                         want: want))
+                      }
+                      if runtime.sharedTokensCheckWanted(now: now) {
+                          runtime.sharedTokens?.checking = true
+                          runtime.sharedTokens?.retryAt = nil
+                          effects.tokenCharges.append(TokenChargeOrder(agent: agent, perMinute: runtime.configuration.tokensPerMinute,
+                                                                       tokens: 0))
+                      }
+                      return runtime.readiness(now: now)
+                  }) else { continue }
             if let retryAt, retryAt < .max { effects.wakeAt = min(effects.wakeAt ?? retryAt, retryAt) }
             guard ready else { continue }
             if best == nil || priority > best!.priority { best = (agent, priority) }
@@ -415,30 +418,34 @@ struct SchedulerState {
     }
 
     private mutating func start(_ task: inout RunnableTask, now: Milliseconds, effects: inout Effects) {
-        guard var batch = batches[task.batchID] else { return }
+        // Changed where they lie: a copy of the batch or the agent, written back, costs more than the rest of a start.
+        guard let (snapshot, creatorUID) = batches.modifyValue(forKey: task.batchID, { batch in
+            batch.record.counters.move(from: .pending, to: .running)
+            if batch.record.state == .pending {
+                batch.record.state = .processing
+                batch.record.startedAt = now
+            }
+            return (batch.snapshot, batch.record.creatorUID)
+        }) else { return }
         task.attempt += 1
-        agents.modifyValue(forKey: task.agent) { $0.running += 1 }
-        agents[task.agent]?.requests?.consume(1, now: now)
-        agents[task.agent]?.sharedRequests?.permits -= 1
+        let agentTimeout = agents.modifyValue(forKey: task.agent) { (agent: inout AgentRuntime) -> Int64 in
+            agent.running += 1
+            agent.requests?.consume(1, now: now)
+            agent.sharedRequests?.permits -= 1
+            return agent.configuration.timeoutMs
+        } ?? 0
         running += 1
         pendingCount -= 1
         var stored = task
         stored.payload = nil
         slots[task.id] = TaskSlot(task: stored, state: .running)
-        openSlots[batch.record.id, default: []].insert(task.id)
-        batch.record.counters.move(from: .pending, to: .running)
-        if batch.record.state == .pending {
-            batch.record.state = .processing
-            batch.record.startedAt = now
-        }
-        batches[batch.record.id] = batch
+        openSlots[task.batchID, default: []].insert(task.id)
         effects.changes.tasks.append(.started(task.id, attempt: task.attempt, at: now))
-        effects.changes.batches[batch.record.id] = batch.snapshot
+        effects.changes.batches[task.batchID] = snapshot
         effects.changes.events.append(taskEvent(.taskStarted, task, now: now))
-        let agentTimeout = agents[task.agent]?.configuration.timeoutMs ?? 0
         effects.starts.append(StartOrder(task: task, attempt: task.attempt,
                                          timeoutMs: task.timeoutMs > 0 ? task.timeoutMs : agentTimeout,
-                                         maxTurns: task.maxTurns, creatorUID: batch.record.creatorUID))
+                                         maxTurns: task.maxTurns, creatorUID: creatorUID))
     }
 
     // MARK: Running tasks
@@ -510,7 +517,7 @@ struct SchedulerState {
         switch outcome {
         case .succeeded(let output):
             if let tokens = output.details.usage?.totalTokens, tokens > 0 {
-                agents[agent]?.tokens?.consume(Double(tokens), now: now)
+                agents.modifyValue(forKey: agent) { $0.tokens?.consume(Double(tokens), now: now) }
                 if let runtime = agents[agent], runtime.sharedTokens != nil {
                     effects.tokenCharges.append(TokenChargeOrder(agent: agent, perMinute: runtime.configuration.tokensPerMinute, tokens: tokens))
                 }
@@ -624,27 +631,30 @@ struct SchedulerState {
     /// Moves a running or retry-waiting task to a terminal state and settles its batch.
     mutating func close(_ slot: inout TaskSlot, as state: TaskState, result: [UInt8]?, failure: TaskFailure?,
                                 details: ResponseDetails = ResponseDetails(), now: Milliseconds, effects: inout Effects) {
-        guard var batch = batches[slot.task.batchID] else { return }
+        let batchID = slot.task.batchID
+        guard batches.index(forKey: batchID) != nil else { return }
         // The last count of coalesced turns goes out before the task's terminal event.
         if slot.turnEventPending { emitTurn(&slot, now: now, effects: &effects) }
         if slot.state == .retryWait { retryWaitCount -= 1 }
         if let resumer = slot.resumer { effects.abandonedWaits.append(resumer) }
         waitDeadlines[slot.task.id] = nil
-        batch.record.counters.move(from: slot.state, to: state)
-        batch.record.progress.recordTerminal(turnsCompleted: slot.task.turnsCompleted)
-        if let usage = details.usage { batch.record.usage = batch.record.usage + usage }
-        openSlots.modifyValue(forKey: batch.record.id) { $0.remove(slot.task.id) }
-        batches[batch.record.id] = batch
+        let from = slot.state, turns = slot.task.turnsCompleted
+        effects.changes.batches[batchID] = batches.modifyValue(forKey: batchID) { batch in
+            batch.record.counters.move(from: from, to: state)
+            batch.record.progress.recordTerminal(turnsCompleted: turns)
+            if let usage = details.usage { batch.record.usage = batch.record.usage + usage }
+            return batch.snapshot
+        }
+        openSlots.modifyValue(forKey: batchID) { $0.remove(slot.task.id) }
         slots[slot.task.id] = nil
         effects.afterCommit.append(contentsOf: slot.stopWaiters)
         effects.changes.tasks.append(.finished(slot.task.id, state: state, result: result, failure: failure,
                                                turnsCompleted: slot.task.turnsCompleted, at: now, details: details))
-        effects.changes.batches[batch.record.id] = batch.snapshot
         var event = taskEvent(Self.eventKind(for: state), slot.task, now: now)
         event.failure = failure
         effects.changes.events.append(event)
-        if !finishIfDone(batch.record.id, now: now, effects: &effects) {
-            noteProgress(batch.record.id, now: now, effects: &effects)
+        if !finishIfDone(batchID, now: now, effects: &effects) {
+            noteProgress(batchID, now: now, effects: &effects)
         }
         // A task that ended leaves no children behind.
         cancelChildren(of: slot.task.id, now: now, effects: &effects)
@@ -836,7 +846,8 @@ struct SchedulerState {
     /// Finishes the batch if every task is terminal. Returns whether it did.
     @discardableResult
     private mutating func finishIfDone(_ id: BatchID, now: Milliseconds, effects: inout Effects) -> Bool {
-        guard var batch = batches[id], batch.record.counters.isFinished else { return false }
+        // Looked at in place first: most tasks that end do not end their batch.
+        guard batches.modifyValue(forKey: id, { $0.record.counters.isFinished }) == true, var batch = batches[id] else { return false }
         let (state, kind): (BatchState, EventKind) = switch batch.closing {
         case .cancelled?: (.cancelled, .batchCancelled)
         case .expired?: (.failed, .batchFailed)
@@ -883,22 +894,23 @@ struct SchedulerState {
     }
 
     private mutating func noteProgress(_ id: BatchID, now: Milliseconds, effects: inout Effects) {
-        guard var batch = batches[id] else { return }
-        if batch.record.progress.units >= batch.record.progress.maxUnits {
-            // 100 % before the last task ended (its last turn came first): the one event at 100 %
-            // goes out with the batch's terminal event (`finishIfDone`), not twice.
-            batch.progressDirty = false
-            batches[id] = batch
-            return
-        }
-        if now - batch.lastProgressAt >= configuration.progressIntervalMs {
+        let interval = configuration.progressIntervalMs
+        let due = batches.modifyValue(forKey: id) { batch -> BatchRecord? in
+            if batch.record.progress.units >= batch.record.progress.maxUnits {
+                // 100 % before the last task ended (its last turn came first): the one event at 100 %
+                // goes out with the batch's terminal event (`finishIfDone`), not twice.
+                batch.progressDirty = false
+                return nil
+            }
+            guard now - batch.lastProgressAt >= interval else {
+                batch.progressDirty = true
+                return nil
+            }
             batch.lastProgressAt = now
             batch.progressDirty = false
-            effects.changes.events.append(batchEvent(.batchProgress, batch.record, now: now))
-        } else {
-            batch.progressDirty = true
+            return batch.record
         }
-        batches[id] = batch
+        if let record = due ?? nil { effects.changes.events.append(batchEvent(.batchProgress, record, now: now)) }
     }
 
     /// Emits the coalesced progress and turn events that are due.

@@ -283,8 +283,10 @@ import Testing
         try await withTestDaemon(configure: { $0.subscriberBuffer = 8 }) { daemon in
             try await withDeadline(.seconds(30)) {
                 try await withClient(daemon.socketPath) { client in
+                    // 2 ms each: the batch's events come in many commits. Zero-delay tasks on a loaded machine
+                    // once ended in one commit, whose events arrive as one group, which no buffer cuts off.
                     let batch = try await client.enqueueBatch(ownerID: "lag", agent: "echo",
-                                                              tasks: Self.tasks(300, prefix: "t", payload: "x"))
+                                                              tasks: Self.tasks(300, prefix: "t", payload: #"{"delay_ms":2}"#))
                     var delivered: [Event] = []
                     // The client's own buffer is small too: the consumer below stalls, and with the daemon
                     // writing each commit's events in one go, the client is where they pile up.
