@@ -42,7 +42,7 @@ final class PoolAttempt: Sendable {
     func cancel() {
         let (first, childrenWait) = state.withLock { state in
             defer { state.cancelled = true }
-            return (!state.cancelled, state.childrenWait)
+            return (!state.cancelled && !state.ended, state.childrenWait)
         }
         guard first else { return }
         if let childrenWait {
@@ -70,6 +70,8 @@ final class PoolAttempt: Sendable {
         }
         guard first else { return }
         if timeout != nil { pool.forgetTimeout(of: self) }
+        // A result taken just before the timeout cancelled it stands: its worker was told so.
+        if case .success = result { return onEnd(result, cancelled, false) }
         onEnd(result, cancelled, timedOut)
     }
 

@@ -43,6 +43,8 @@ struct PoolState {
     struct Lease {
         var worker: WorkerPool.WorkerID
         var agent: String
+        /// The waiter the slot was taken for: which attempt of the task holds it.
+        var waiter: Int
         var deadline: ContinuousClock.Instant
         /// Set once the task is sent: how the attempt learns its outcome.
         var outcome: Outcome?
@@ -121,7 +123,7 @@ struct PoolState {
         var requirement = requirement
         if let only = requirement.worker, workers[only] == nil { requirement.worker = nil }
         if let worker = freeWorker(for: agent, requirement) {
-            assign(taskID, agent: agent, to: worker, deadline: deadline)
+            assign(taskID, agent: agent, to: worker, deadline: deadline, waiter: waiter)
             return worker
         }
         waiters.append(Waiter(id: waiter, agent: agent, taskID: taskID, requirement: requirement, deadline: deadline,
@@ -211,9 +213,10 @@ struct PoolState {
         return best?.id
     }
 
-    private mutating func assign(_ taskID: TaskID, agent: String, to worker: WorkerPool.WorkerID, deadline: ContinuousClock.Instant) {
+    private mutating func assign(_ taskID: TaskID, agent: String, to worker: WorkerPool.WorkerID, deadline: ContinuousClock.Instant,
+                                 waiter: Int) {
         workers.modifyValue(forKey: worker) { $0.running[agent, default: 0] += 1 }
-        leases[taskID] = Lease(worker: worker, agent: agent, deadline: deadline)
+        leases[taskID] = Lease(worker: worker, agent: agent, waiter: waiter, deadline: deadline)
     }
 
     /// Gives free slots to waiting attempts, oldest first.
@@ -225,7 +228,7 @@ struct PoolState {
             if let worker = freeWorker(for: waiter.agent, waiter.requirement) {
 
                 waiters.remove(at: index)
-                assign(waiter.taskID, agent: waiter.agent, to: worker, deadline: waiter.deadline)
+                assign(waiter.taskID, agent: waiter.agent, to: worker, deadline: waiter.deadline, waiter: waiter.id)
                 wakeups.granted.append((waiter.grant, worker))
             } else {
                 index += 1

@@ -452,13 +452,15 @@ public final class WorkerPool: Service, Sendable {
         if state.withLock({ $0.removeWaiter(attempt.waiterID) }) != nil {
             attempt.end(.failure(CancellationError()))
         } else {
-            requestCancel(attempt.taskID)
+            requestCancel(attempt.taskID, waiter: attempt.waiterID)
         }
     }
 
-    private func requestCancel(_ taskID: TaskID) {
+    /// Cancels the attempt on `taskID`'s lease; with `waiter`, only if the lease is that attempt's (a late
+    /// cancel must not reach the task's next attempt).
+    private func requestCancel(_ taskID: TaskID, waiter: Int? = nil) {
         let send = state.withLock { state -> (@Sendable (Command) -> Void)? in
-            guard let lease = state.leases[taskID], !lease.cancelling else { return nil }
+            guard let lease = state.leases[taskID], !lease.cancelling, waiter.map({ $0 == lease.waiter }) ?? true else { return nil }
             state.leases.modifyValue(forKey: taskID) { lease in
                 lease.cancelling = true
                 lease.deadline = ContinuousClock.now + .milliseconds(settings.cancelGraceMs)
@@ -476,11 +478,13 @@ public final class WorkerPool: Service, Sendable {
     public func run() async throws {
         await withGracefulShutdownHandler {
             while !Task.isCancelled && !isShuttingDown {
-                let deadline = state.withLock { $0.earliestDeadline } ?? ContinuousClock.now + .seconds(60)
-                let sleeper = Task { _ = try? await Task.sleep(until: deadline, clock: .continuous) }
-                state.withLock { state in
+                // One step under the lock: a deadline added from now on finds the new one and wakes it if earlier.
+                let sleeper = state.withLock { state in
+                    let deadline = state.earliestDeadline ?? ContinuousClock.now + .seconds(60)
+                    let sleeper = Task { _ = try? await Task.sleep(until: deadline, clock: .continuous) }
                     state.sleeper = sleeper
                     state.sleepingUntil = deadline
+                    return sleeper
                 }
                 await withTaskCancellationHandler { await sleeper.value } onCancel: { sleeper.cancel() }
                 expireLeases()
