@@ -87,6 +87,50 @@ import Testing
         }
     }
 
+    /// A worker's reports are handled on the read loop, as soon as read: even one sent in the same write as
+    /// the registration is answered only after the registration's acknowledgement.
+    @Test func theRegistrationIsAcknowledgedBeforeAnyAnswer() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                try await withRawSession(daemon.socketPath) { session in
+                    try await session.handshake()
+                    let register = try framed(Frame(streamID: 1, kind: .request(.workerSession(WorkerRegister(
+                        workerName: "eager", agents: [AgentRegistration(name: "work", concurrency: 1)])))))
+                    let report = try framed(Frame(streamID: 1, kind: .message(.worker(.result(taskID: 999, result: [1], usage: nil)))))
+                    try await session.send(register + report)
+                    guard case .ack(taskID: 0, let registered) = try await Self.next(&session) else {
+                        Issue.record("the first answer was not the registration's acknowledgement")
+                        return
+                    }
+                    #expect(registered.code == .ok)
+                    guard case .ack(taskID: 999, let refused) = try await Self.next(&session) else {
+                        Issue.record("the report was not answered next")
+                        return
+                    }
+                    #expect(refused.code == .notFound)
+                }
+            }
+        }
+    }
+
+    /// PROTOCOL.md §11, step 11: a session the daemon ends at shutdown ends UNAVAILABLE, so the worker comes back.
+    @Test func aSessionTheDaemonEndsAtShutdownSaysUnavailable() async throws {
+        try await withDeadline(.seconds(30)) {
+            try await Self.withWorkerDaemon { daemon in
+                try await withRawSession(daemon.socketPath) { session in
+                    try await Self.register(&session, slots: 1)
+                    daemon.server.shutdown()
+                    while let (frame, _) = try await session.readFrame() {
+                        guard frame.streamID == 1, case .end(let status) = frame.kind else { continue }
+                        #expect(status.code == .unavailable, "\(status)")
+                        return
+                    }
+                    Issue.record("the connection closed without ending the session")
+                }
+            }
+        }
+    }
+
     @Test(arguments: StoreKind.allCases) func aWorkerThatDisconnectsHandsItsTasksBack(on kind: StoreKind) async throws {
         try await withDeadline(.seconds(30)) {
             try await Self.withWorkerDaemon(on: kind) { daemon in
