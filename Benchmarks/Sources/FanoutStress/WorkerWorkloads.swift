@@ -2,7 +2,6 @@ import FanoutClient
 import FanoutWire
 import Foundation
 import NIOCore
-import NIOPosix
 
 /// Workloads of worker-served tasks: batches for an agent that workers
 /// declare, a steady worker, a worker that leaves mid-task every few seconds,
@@ -46,15 +45,12 @@ enum WorkerWorkloads {
     /// short or with absurd lengths, for tasks held or not; then close, holding whatever was assigned.
     static func hostileWorker(_ supervisor: Supervisor, _ tally: Tally, until: ContinuousClock.Instant) async {
         var random = SystemRandomNumberGenerator()
-        let register = framed(Frame(streamID: 1, kind: .request(.workerSession(WorkerRegister(
+        let register = FrameTemplates.framed(Frame(streamID: 1, kind: .request(.workerSession(WorkerRegister(
             workerName: "stress-hostile", agents: [AgentRegistration(name: agent, concurrency: 4)])))))
-        let hello = framed(Frame(streamID: 0, kind: .request(.hello(Hello(clientName: "stress-hostile")))))
+        let hello = FrameTemplates.framed(Frame(streamID: 0, kind: .request(.hello(Hello(clientName: "stress-hostile")))))
         while ContinuousClock.now < until {
             do {
-                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .connect(unixDomainSocketPath: supervisor.socketPath) { channel in
-                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
-                    }
+                let channel = try await Workloads.rawConnection(to: supervisor)
                 try await channel.executeThenClose { inbound, outbound in
                     // Half the sessions read what they are sent; the others never do.
                     let reads = Bool.random(using: &random)
@@ -64,7 +60,7 @@ enum WorkerWorkloads {
                     try? await Task.sleep(for: .milliseconds(Int.random(in: 0...50, using: &random)))
                     for _ in 0..<20 {
                         let message = messages(taskID: UInt64.random(in: 1...5_000, using: &random)).randomElement(using: &random)!
-                        let frame = framed(Frame(streamID: 1, kind: .message(.worker(message))))
+                        let frame = FrameTemplates.framed(Frame(streamID: 1, kind: .message(.worker(message))))
                         try await outbound.write(ByteBuffer(bytes: FrameTemplates.mutate(frame, using: &random)))
                         tally.update { $0.workerFramesFuzzed += 1 }
                     }
@@ -94,11 +90,5 @@ enum WorkerWorkloads {
             .waitChildren(taskID: taskID, timeoutMs: 1),
             .drain,
         ]
-    }
-
-    private static func framed(_ frame: Frame) -> [UInt8] {
-        var buffer = ByteBuffer()
-        try? FrameCoding.encodeFramed(frame, into: &buffer)
-        return Array(buffer.readableBytesView)
     }
 }

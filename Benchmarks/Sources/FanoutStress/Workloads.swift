@@ -92,10 +92,7 @@ enum Workloads {
         let templates = FrameTemplates.make()
         while ContinuousClock.now < until {
             do {
-                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .connect(unixDomainSocketPath: supervisor.socketPath) { channel in
-                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
-                    }
+                let channel = try await rawConnection(to: supervisor)
                 try await channel.executeThenClose { inbound, outbound in
                     // Whatever the daemon answers is read and dropped, so it is never blocked on us.
                     let drain = Task { for try await _ in inbound {} }
@@ -112,6 +109,14 @@ enum Workloads {
                 try? await Task.sleep(for: .milliseconds(20))
             }
         }
+    }
+
+    /// A connection that carries bytes as they are, for frames a client library would never send.
+    static func rawConnection(to supervisor: Supervisor) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(unixDomainSocketPath: supervisor.socketPath) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
     }
 
     /// Every 15 s, 1,000 clients connect at once, each asks ServerInfo, and all close.
@@ -188,12 +193,14 @@ struct FrameTemplates {
     var hello: [UInt8]
     var frames: [[UInt8]]
 
+    /// A frame as it goes on the socket: length, then body.
+    static func framed(_ frame: Frame) -> [UInt8] {
+        var buffer = ByteBuffer()
+        try? FrameCoding.encodeFramed(frame, into: &buffer)
+        return Array(buffer.readableBytesView)
+    }
+
     static func make() -> FrameTemplates {
-        func framed(_ frame: Frame) -> [UInt8] {
-            var buffer = ByteBuffer()
-            try? FrameCoding.encodeFramed(frame, into: &buffer)
-            return Array(buffer.readableBytesView)
-        }
         let tasks = [TaskSpec(customID: "f", payload: Array(#"{"turns":2}"#.utf8), priority: 3, maxAttempts: 2, timeoutMs: 1_000)]
         let requests: [Request] = [
             .enqueueBatch(EnqueueBatchRequest(ownerID: "fuzz", agent: "echo", metadata: ["k": "v"], priority: 1,
